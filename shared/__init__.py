@@ -1,0 +1,1 @@
+"""Common package for both stages: data, model loading, metrics, logging."""

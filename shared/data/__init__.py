@@ -1,0 +1,1 @@
+"""Data: the common sample schema, dataset loaders, audio I/O and manifest checks."""

@@ -1,0 +1,1 @@
+"""The embedded audio-visual world: scenes, sounds, questions and its small pretrained models."""

@@ -1,0 +1,1 @@
+"""Stage A: the audio fusion model and its training."""

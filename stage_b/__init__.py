@@ -1,0 +1,1 @@
+"""Stage B: outcome table, policy training, evaluation and Pareto curves."""
