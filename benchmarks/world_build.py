@@ -1,0 +1,56 @@
+"""Benchmark: wall time of a full `safe-world build` of the default world, against its target.
+
+Run: python benchmarks/world_build.py [--dir DIR] [--out benchmarks/results/world_build.json]
+Builds from nothing (forced) into DIR (a temp folder by default) and records the build's
+own timings and quality figures with the machine they were measured on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from shared.logs import setup_logging
+from shared.world.build import WorldConfig, build_world, read_record
+
+TARGET_SECONDS = 600.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dir", type=Path, default=None, help="world folder (default: a temp folder)")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "world_build.json")
+    args = parser.parse_args()
+    setup_logging()
+    world_dir = args.dir or Path(tempfile.mkdtemp(prefix="safe-world-bench-"))
+    start = time.perf_counter()
+    build_world(WorldConfig(), world_dir, force=True)
+    wall = time.perf_counter() - start
+    parts = read_record(world_dir)["parts"]
+    result = {
+        "benchmark": "world_build",
+        "wall_seconds": round(wall, 1),
+        "target_seconds": TARGET_SECONDS,
+        "ratio_to_target": round(wall / TARGET_SECONDS, 3),
+        "data_seconds": parts["data"]["seconds"],
+        "vl_wall_seconds": parts["vl"]["wall_seconds"],
+        "clap_wall_seconds": parts["clap"]["wall_seconds"],
+        "vl_visual_test_accuracy": parts["vl"].get("visual_accuracy"),
+        "clap_test_retrieval_top1": parts["clap"].get("retrieval_top1"),
+        "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
+                    "python": platform.python_version(), "torch": torch.__version__},
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""Build the embedded world on disk, rebuilding only the parts whose spec changed.
+
+A world folder holds:
+    data/          images, clips and manifests (see generate.py)
+    models/vl/     the base VL model (LLaVA architecture), saved with save_pretrained
+    models/clap/   the audio encoder (CLAP architecture), saved with save_pretrained
+    build.json     the build record: spec, the hash each part was built from, metrics, timings
+
+Each part is keyed by a hash of everything it depends on; `build_world` redoes a part only
+when its hash differs from the record (or its folder is missing). The two models train in
+parallel processes, one thread each: at this size a second thread gives a model nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+
+import platformdirs
+import torch
+
+from shared.world.clap_train import ClapTrainConfig, train_clap
+from shared.world.generate import generate_split
+from shared.world.spec import SPLITS, WorldSpec, stable_hash
+from shared.world.vl_train import VLTrainConfig, train_base_vl
+
+log = logging.getLogger(__name__)
+WORLD_DIR_ENV = "SAFE_WORLD_DIR"
+RECORD = "build.json"
+
+
+@dataclass
+class WorldConfig:
+    """What `safe-world build` builds: the world spec and the two model recipes."""
+
+    world: WorldSpec = field(default_factory=WorldSpec)
+    vl: VLTrainConfig = field(default_factory=VLTrainConfig)
+    clap: ClapTrainConfig = field(default_factory=ClapTrainConfig)
+    jobs: int = 2
+
+    def __post_init__(self) -> None:
+        if self.jobs not in (1, 2):
+            raise ValueError(f"jobs is {self.jobs}; expected 1 (sequential) or 2 (models in parallel)")
+
+    def part_hashes(self) -> dict[str, str]:
+        data = self.world.data_hash()
+        return {
+            "data": data,
+            "vl": stable_hash({"data": data, "recipe": asdict(self.vl)}),
+            "clap": stable_hash({"data": data, "recipe": asdict(self.clap)}),
+        }
+
+
+def default_world_dir(spec: WorldSpec) -> Path:
+    """$SAFE_WORLD_DIR, else a folder per size and seed in the user cache dir."""
+    if os.environ.get(WORLD_DIR_ENV):
+        return Path(os.environ[WORLD_DIR_ENV])
+    return Path(platformdirs.user_cache_dir("safe")) / "world" / f"{spec.size}-seed{spec.seed}"
+
+
+def read_record(world_dir: Path) -> dict:
+    path = Path(world_dir) / RECORD
+    if not path.is_file():
+        return {}
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _write_record(world_dir: Path, record: dict) -> None:
+    tmp = world_dir / (RECORD + ".tmp")
+    tmp.write_text(json.dumps(record, indent=2, sort_keys=True), encoding="utf-8")
+    os.replace(tmp, world_dir / RECORD)
+
+
+def _stale_parts(config: WorldConfig, world_dir: Path, record: dict) -> list[str]:
+    folders = {"data": world_dir / "data", "vl": world_dir / "models" / "vl", "clap": world_dir / "models" / "clap"}
+    hashes = config.part_hashes()
+    built = record.get("parts", {})
+    return [p for p in hashes if built.get(p, {}).get("hash") != hashes[p] or not folders[p].is_dir()]
+
+
+def _build_data(spec: WorldSpec, world_dir: Path) -> dict:
+    start = time.perf_counter()
+    tmp = world_dir / "data.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    counts = {split: generate_split(spec, split, tmp) for split in SPLITS}
+    shutil.rmtree(world_dir / "data", ignore_errors=True)
+    os.replace(tmp, world_dir / "data")
+    return {"questions": counts, "seconds": round(time.perf_counter() - start, 1)}
+
+
+def _train_part(part: str, data_dir: Path, out_dir: Path, spec: WorldSpec,
+                recipe: VLTrainConfig | ClapTrainConfig) -> dict:
+    """Train one model in this process, single-threaded; returns its metrics."""
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    train = train_base_vl if part == "vl" else train_clap
+    metrics = train(data_dir, out_dir, spec, recipe)
+    metrics["wall_seconds"] = round(time.perf_counter() - start, 1)
+    return metrics
+
+
+def build_world(config: WorldConfig, world_dir: Path | None = None, force: bool = False) -> Path:
+    """Build what is missing or stale; returns the world folder."""
+    world_dir = Path(world_dir) if world_dir else default_world_dir(config.world)
+    world_dir.mkdir(parents=True, exist_ok=True)
+    record = {} if force else read_record(world_dir)
+    stale = list(config.part_hashes()) if force else _stale_parts(config, world_dir, record)
+    if not stale:
+        log.info("world at %s is up to date", world_dir)
+        return world_dir
+    log.info("building world parts %s in %s", stale, world_dir)
+    record.setdefault("parts", {})
+    hashes = config.part_hashes()
+    total = time.perf_counter()
+    if "data" in stale:
+        record["parts"]["data"] = {"hash": hashes["data"], **_build_data(config.world, world_dir)}
+        # Models trained on other data are stale too.
+        stale = sorted(set(stale) | {"vl", "clap"})
+        _write_record(world_dir, {**record, "spec": asdict(config.world)})
+    models = [p for p in ("vl", "clap") if p in stale]
+    jobs = [(p, world_dir / "data", world_dir / "models" / p, config.world, getattr(config, p)) for p in models]
+    if config.jobs == 2 and len(jobs) == 2:
+        with ProcessPoolExecutor(max_workers=2, mp_context=get_context("spawn")) as pool:
+            futures = {job[0]: pool.submit(_train_part, *job) for job in jobs}
+            results = {p: f.result() for p, f in futures.items()}
+    else:
+        results = {job[0]: _train_part(*job) for job in jobs}
+    for part, metrics in results.items():
+        record["parts"][part] = {"hash": hashes[part], "recipe": asdict(getattr(config, part)), **metrics}
+    record["spec"] = asdict(config.world)
+    record["last_build_seconds"] = round(time.perf_counter() - total, 1)
+    record["last_build_parts"] = stale
+    _write_record(world_dir, record)
+    log.info("world built in %.1f s at %s", record["last_build_seconds"], world_dir)
+    return world_dir
+

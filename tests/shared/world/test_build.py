@@ -1,0 +1,78 @@
+"""`safe-world build / info / verify` on a micro world: build, reuse, partial rebuild, reload, errors."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from shared.world.build import read_record
+from shared.world.cli import main
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    world_dir = tmp_path_factory.mktemp("world")
+    assert main(["build", "--preset", "world_micro", "--dir", str(world_dir)]) == 0
+    return world_dir
+
+
+def test_build_writes_data_models_and_record(world: Path) -> None:
+    record = read_record(world)
+    assert set(record["parts"]) == {"data", "vl", "clap"}
+    for part in ("vl", "clap"):
+        assert (world / "models" / part / "config.json").is_file()
+        assert (world / "models" / part / "model.safetensors").is_file()
+    assert not list(world.glob("*.tmp")) and not list((world / "models").glob(".*"))
+
+
+def test_info_json_reports_families_and_model_quality(world: Path, capsys: pytest.CaptureFixture) -> None:
+    capsys.readouterr()
+    assert main(["info", "--preset", "world_micro", "--dir", str(world), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert set(info["splits"]["test"]["families"]) == {"visual", "audio", "audio_visual"}
+    assert info["splits"]["train"]["scenes"] == 24
+    assert 0.0 <= info["base_vl"]["test_accuracy"] <= 1.0
+    assert info["base_vl"]["params"] > 0 and info["audio_encoder"]["params"] > 0
+    assert 0.0 <= info["audio_encoder"]["retrieval"]["top1"] <= 1.0
+    assert info["answers"]["visual.count"]
+
+
+def test_verify_reloads_base_model_with_identical_logits(world: Path, capsys: pytest.CaptureFixture) -> None:
+    capsys.readouterr()
+    assert main(["verify", "--preset", "world_micro", "--dir", str(world)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["identical"] is True and result["max_abs_diff"] == 0.0
+
+
+def test_unchanged_spec_rebuilds_nothing_and_changed_recipe_rebuilds_one_part(world: Path) -> None:
+    before = read_record(world)
+    assert main(["build", "--preset", "world_micro", "--dir", str(world)]) == 0
+    assert read_record(world) == before
+    assert main(["build", "--preset", "world_micro", "--dir", str(world), "--clap.seed", "1"]) == 0
+    after = read_record(world)
+    assert after["last_build_parts"] == ["clap"]
+    assert after["parts"]["vl"] == before["parts"]["vl"]
+    assert after["parts"]["clap"]["hash"] != before["parts"]["clap"]["hash"]
+
+
+def test_bad_config_value_exits_2_naming_the_key(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["build", "--preset", "world_micro", "--dir", str(tmp_path), "--world.size", "huge"]) == 2
+    err = capsys.readouterr().err
+    assert "world" in err and "'huge'" in err and "micro" in err
+    assert not (tmp_path / "build.json").exists()
+
+
+def test_info_on_missing_world_says_how_to_build(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["info", "--preset", "world_micro", "--dir", str(tmp_path / "none")]) == 2
+    assert "safe-world build" in capsys.readouterr().err
+
+
+def test_world_dir_defaults_to_env_var_then_user_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from shared.world.build import default_world_dir
+    from shared.world.spec import WorldSpec
+
+    monkeypatch.setenv("SAFE_WORLD_DIR", str(tmp_path / "w"))
+    assert default_world_dir(WorldSpec()) == tmp_path / "w"
+    monkeypatch.delenv("SAFE_WORLD_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert default_world_dir(WorldSpec(size="micro", seed=2)) == tmp_path / "cache" / "safe" / "world" / "micro-seed2"
