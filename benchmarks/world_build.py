@@ -42,8 +42,8 @@ def main() -> None:
         "data_seconds": parts["data"]["seconds"],
         "vl_wall_seconds": parts["vl"]["wall_seconds"],
         "clap_wall_seconds": parts["clap"]["wall_seconds"],
-        "vl_visual_test_accuracy": parts["vl"].get("visual_accuracy"),
-        "clap_test_retrieval_top1": parts["clap"].get("retrieval_top1"),
+        "vl_visual_test_accuracy": parts["vl"]["test_accuracy"],
+        "clap_test_retrieval_top1": parts["clap"]["retrieval"]["top1"],
         "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
                     "python": platform.python_version(), "torch": torch.__version__},
     }

@@ -112,7 +112,8 @@ def build_clap(spec: WorldSpec, cfg: ClapTrainConfig) -> tuple[ClapModel, ClapPr
     stages = len(cfg.audio_depths)
     if len(cfg.audio_heads) != stages:
         raise ValueError(
-            f"audio_heads has {len(cfg.audio_heads)} entries and audio_depths {stages}; expected one head count per stage"
+            f"audio_heads has {len(cfg.audio_heads)} entries and audio_depths {stages}; "
+            "expected one head count per stage"
         )
     text_config = ClapTextConfig(
         vocab_size=len(tokenizer),
@@ -187,7 +188,10 @@ def _require_frozen(model: ClapModel) -> None:
 
 
 def frames_from_hidden(last_hidden_state: torch.Tensor) -> torch.Tensor:
-    """HTSAT's (B, C, F, T) last_hidden_state (time already unfolded on the last axis) to (B, T, C)."""
+    """HTSAT's (B, C, F, T) last_hidden_state to (B, T, C), averaging the F frequency rows."""
+    # HTSAT folds the spectrogram into 4 time chunks stacked along frequency; transformers' encoder
+    # unfolds them again, so the last axis is chunk-major time: frame t covers clip_seconds * [t, t+1) / T.
+    # (B, C, 1, 16) at spec_size 128 with 4 stages; the tests check the order on shifted sounds.
     if last_hidden_state.ndim != 4:
         raise ValueError(f"last_hidden_state has shape {tuple(last_hidden_state.shape)}; expected (B, C, F, T)")
     return last_hidden_state.mean(dim=2).transpose(1, 2).contiguous()
@@ -205,12 +209,16 @@ def features_from_mels(model: ClapModel, mels: torch.Tensor) -> tuple[torch.Tens
     return torch.cat(frames), torch.cat(embeds)
 
 
-def clap_frame_features(model: ClapModel, processor: ClapProcessor, waves: np.ndarray, sample_rate: int) -> torch.Tensor:
+def clap_frame_features(
+    model: ClapModel, processor: ClapProcessor, waves: np.ndarray, sample_rate: int
+) -> torch.Tensor:
     """Frozen encoder features (B, T, C) in true temporal order for waves (B, N) float32 at sample_rate."""
     return features_from_mels(model, mel_features(processor, waves, sample_rate))[0]
 
 
-def clap_audio_embeddings(model: ClapModel, processor: ClapProcessor, waves: np.ndarray, sample_rate: int) -> torch.Tensor:
+def clap_audio_embeddings(
+    model: ClapModel, processor: ClapProcessor, waves: np.ndarray, sample_rate: int
+) -> torch.Tensor:
     """Unit-norm pooled audio embeddings (B, D) in the joint audio-text space."""
     return features_from_mels(model, mel_features(processor, waves, sample_rate))[1]
 
@@ -224,5 +232,6 @@ def clap_text_embeddings(model: ClapModel, processor: ClapProcessor, texts: Sequ
     parts = []
     for i in range(0, len(texts), BATCH_SIZE):
         enc = processor.tokenizer(list(texts[i:i + BATCH_SIZE]), padding=True, truncation=True, return_tensors="pt")
-        parts.append(model.get_text_features(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).pooler_output)
+        out = model.get_text_features(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
+        parts.append(out.pooler_output)
     return torch.cat(parts)

@@ -18,6 +18,8 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
@@ -34,6 +36,7 @@ from shared.world.vl_train import VLTrainConfig, train_base_vl
 log = logging.getLogger(__name__)
 WORLD_DIR_ENV = "SAFE_WORLD_DIR"
 RECORD = "build.json"
+_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 @dataclass
@@ -106,6 +109,21 @@ def _train_part(part: str, data_dir: Path, out_dir: Path, spec: WorldSpec,
     return metrics
 
 
+@contextmanager
+def _single_threaded_children() -> Iterator[None]:
+    """Spawned workers start with one BLAS/OpenMP thread (numpy's mel extraction included)."""
+    saved = {k: os.environ.get(k) for k in _THREAD_VARS}
+    os.environ.update({k: "1" for k in _THREAD_VARS})
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def build_world(config: WorldConfig, world_dir: Path | None = None, force: bool = False) -> Path:
     """Build what is missing or stale; returns the world folder."""
     world_dir = Path(world_dir) if world_dir else default_world_dir(config.world)
@@ -127,7 +145,8 @@ def build_world(config: WorldConfig, world_dir: Path | None = None, force: bool 
     models = [p for p in ("vl", "clap") if p in stale]
     jobs = [(p, world_dir / "data", world_dir / "models" / p, config.world, getattr(config, p)) for p in models]
     if config.jobs == 2 and len(jobs) == 2:
-        with ProcessPoolExecutor(max_workers=2, mp_context=get_context("spawn")) as pool:
+        with _single_threaded_children(), \
+                ProcessPoolExecutor(max_workers=2, mp_context=get_context("spawn")) as pool:
             futures = {job[0]: pool.submit(_train_part, *job) for job in jobs}
             results = {p: f.result() for p, f in futures.items()}
     else:

@@ -11,9 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,6 +22,7 @@ from tqdm import tqdm
 from transformers import ClapModel, ClapProcessor
 
 from shared.data.audio_io import load_audio
+from shared.checkpoint import atomic_directory
 from shared.world.audio_model import (
     all_captions,
     build_clap,
@@ -59,7 +57,7 @@ class ClapTrainConfig:
     projection_dim: int = 64
     dropout: float = 0.0
     frequency_code: float = 2.0
-    train_frequency_code: bool = True
+    train_frequency_code: bool = False
     steps: int = 900
     batch_size: int = 48
     audio_lr: float = 5e-4
@@ -68,8 +66,18 @@ class ClapTrainConfig:
     warmup_steps: int = 50
     eval_split: str = "test"
 
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "audio_dim", "text_dim", "projection_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"ClapTrainConfig.{name} is {getattr(self, name)}; expected a positive int")
+        for name in ("audio_lr", "text_lr"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"ClapTrainConfig.{name} is {getattr(self, name)}; expected a positive float")
 
-def load_mels(processor: ClapProcessor, data_dir: Path, split: str, sample_rate: int) -> tuple[torch.Tensor, list[dict]]:
+
+def load_mels(
+    processor: ClapProcessor, data_dir: Path, split: str, sample_rate: int
+) -> tuple[torch.Tensor, list[dict]]:
     """Mel inputs (N, 1, frames, mels) of every clip of a split, extracted once, with the scene records."""
     scenes = read_scenes(data_dir, split)
     if not scenes:
@@ -131,7 +139,9 @@ def _optimizer(model: ClapModel, cfg: ClapTrainConfig) -> torch.optim.Optimizer:
     )
 
 
-def contrastive_step_loss(model: ClapModel, mels: torch.Tensor, labels: torch.Tensor, text_inputs: dict) -> torch.Tensor:
+def contrastive_step_loss(
+    model: ClapModel, mels: torch.Tensor, labels: torch.Tensor, text_inputs: dict
+) -> torch.Tensor:
     """Symmetric InfoNCE between a batch's clips and its distinct captions (a repeated caption is no negative)."""
     present, inverse = torch.unique(labels, return_inverse=True)
     audio = F.normalize(model.audio_projection(model.audio_model(input_features=mels).pooler_output), dim=-1)
@@ -182,21 +192,11 @@ def _train_loop(model: ClapModel, mels: torch.Tensor, labels: torch.Tensor, text
 
 
 def save_clap(model: ClapModel, processor: ClapProcessor, out_dir: Path, metrics: dict) -> None:
-    """save_pretrained (model + processor + metrics) into a temp dir next to out_dir, then rename it in."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    model.save_pretrained(tmp)
-    processor.save_pretrained(tmp)
-    (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2, sort_keys=True), encoding="utf-8")
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, out_dir)
+    """save_pretrained model, processor and metrics into out_dir, atomically."""
+    with atomic_directory(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2, sort_keys=True), encoding="utf-8")
 
 
 def fit_clap(data_dir: Path, spec: WorldSpec, cfg: ClapTrainConfig) -> tuple[ClapModel, ClapProcessor, dict]:
@@ -210,7 +210,9 @@ def fit_clap(data_dir: Path, spec: WorldSpec, cfg: ClapTrainConfig) -> tuple[Cla
     index = {c: i for i, c in enumerate(captions)}
     missing = sorted({s["caption"] for s in scenes} - index.keys())
     if missing:
-        raise ValueError(f"train captions {missing[:3]} are not in the world's caption grammar; expected world captions")
+        raise ValueError(
+            f"train captions {missing[:3]} are not in the world's caption grammar; expected world captions"
+        )
     labels = torch.tensor([index[s["caption"]] for s in scenes])
     text_inputs = dict(processor.tokenizer(captions, padding=True, return_tensors="pt"))
     log.info("clap: %d train clips, %d captions, %d parameters", len(mels), len(captions), model.num_parameters())

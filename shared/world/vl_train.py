@@ -12,9 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import shutil
-import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -30,6 +27,7 @@ from torch import nn
 from tqdm import tqdm
 from transformers import LlavaForConditionalGeneration, LlavaProcessor
 
+from shared.checkpoint import atomic_directory
 from shared.data.schema import Sample, read_manifest
 from shared.logs import setup_logging
 from shared.metrics import vqa_accuracy
@@ -245,22 +243,13 @@ def probe_logits(model: LlavaForConditionalGeneration, processor: LlavaProcessor
     return model.eval()(**inputs).logits
 
 
-def save_atomically(model: LlavaForConditionalGeneration, processor: LlavaProcessor, out_dir: Path) -> None:
-    """save_pretrained model and processor into a temp dir beside out_dir, then rename it into place."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    tmp.chmod(0o755)
-    model.save_pretrained(tmp)
-    processor.save_pretrained(tmp)
-    if out_dir.exists():
-        old = out_dir.with_name(out_dir.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, out_dir)
+def save_base_vl(model: LlavaForConditionalGeneration, processor: LlavaProcessor, data_dir: Path,
+                 out_dir: Path) -> None:
+    """save_pretrained model and processor, plus the probe logits a reload must reproduce, atomically."""
+    with atomic_directory(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        save_file({"logits": probe_logits(model, processor, data_dir).contiguous()}, str(tmp / PROBE_FILE))
 
 
 def fit_base_vl(data_dir: Path, spec: WorldSpec, cfg: VLTrainConfig) -> tuple[LlavaForConditionalGeneration,
@@ -287,10 +276,7 @@ def fit_base_vl(data_dir: Path, spec: WorldSpec, cfg: VLTrainConfig) -> tuple[Ll
 def train_base_vl(data_dir: Path, out_dir: Path, spec: WorldSpec, cfg: VLTrainConfig) -> dict:
     """Train the base VL model on the visual train questions, save it to out_dir, return test metrics."""
     model, processor, stats = fit_base_vl(data_dir, spec, cfg)
-    save_atomically(model, processor, Path(out_dir))
-    tmp = Path(out_dir) / (PROBE_FILE + ".tmp")
-    save_file({"logits": probe_logits(model, processor, Path(data_dir)).contiguous()}, str(tmp))
-    os.replace(tmp, Path(out_dir) / PROBE_FILE)
+    save_base_vl(model, processor, Path(data_dir), Path(out_dir))
     test = evaluate_visual(model, processor, Path(data_dir), "test", cfg.eval_batch_size)
     log.info("base VL: test accuracy %.4f %s, trained in %.1f s", test["accuracy"], test["per_type"],
              stats["train_seconds"])

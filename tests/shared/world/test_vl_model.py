@@ -24,7 +24,7 @@ from shared.world.vl_model import (
     format_prompt,
     world_vocabulary,
 )
-from shared.world.vl_train import VLTrainConfig, fit_base_vl, load_visual_qa, save_atomically, train_base_vl
+from shared.world.vl_train import VLTrainConfig, fit_base_vl, load_visual_qa, save_base_vl, train_base_vl
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(1)
@@ -117,7 +117,7 @@ def test_train_base_vl_saves_a_hub_style_dir(micro_dir: Path, tmp_path: Path) ->
 
 def test_reloaded_model_gives_bit_identical_logits(fitted: tuple, micro_dir: Path, tmp_path: Path) -> None:
     model, processor, _ = fitted
-    save_atomically(model, processor, tmp_path / "vl")
+    save_base_vl(model, processor, micro_dir, tmp_path / "vl")
     model2 = LlavaForConditionalGeneration.from_pretrained(tmp_path / "vl").eval()
     processor2 = AutoProcessor.from_pretrained(tmp_path / "vl")
     images, questions = _batch(processor, micro_dir)
