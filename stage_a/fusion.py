@@ -1,0 +1,144 @@
+"""Gated fusion adapter: low-rank cross-attention from LM hidden states to audio tokens.
+
+A `FusionBlock` sits after a decoder layer of the frozen LM (through a forward hook) and adds
+
+    h <- h + gate_b * residual_scale * W_out(attend(q = W_q LN(h), k = W_k a, v = W_v a))
+
+for each sample b that has audio tokens a. W_q, W_k, W_v project to rank r (the "LoRA rank" of
+the ablations) and W_out starts at zero, so an untrained adapter changes nothing. Samples with
+gate 0 or no audio take the untouched path `h` (selected with torch.where, not multiplied by
+zero), which makes them bit-identical to the base model whatever the adapter's weights are.
+
+Mask convention: 1 (True) = attend, 0 (False) = ignore; masked audio tokens get no attention.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+PLACEMENTS = ("early", "middle", "late")
+# Where decoder layers live in the supported families, searched in this order.
+LAYER_PATHS = (
+    "model.language_model.layers",          # LLaVA family (transformers 5)
+    "language_model.model.decoder.layers",  # BLIP-2 with an OPT decoder
+    "language_model.model.layers",          # BLIP-2 / others with a Llama-style decoder
+    "model.layers",                         # plain decoder-only LMs
+)
+
+
+@dataclass
+class FusionConfig:
+    """Adapter sizes and placement: a preset name or explicit decoder-layer indices."""
+
+    rank: int = 8
+    heads: int = 2
+    residual_scale: float = 0.05
+    placement: str = "middle"
+    layers: tuple[int, ...] = field(default_factory=tuple)
+    max_blocks: int = 3
+
+    def __post_init__(self) -> None:
+        if self.placement not in PLACEMENTS:
+            raise ValueError(f"fusion placement is {self.placement!r}; expected one of {PLACEMENTS}")
+        if self.rank < 1 or self.rank % self.heads:
+            raise ValueError(f"fusion rank is {self.rank} with {self.heads} heads; expected a positive multiple of heads")
+        if self.residual_scale <= 0:
+            raise ValueError(f"fusion residual_scale is {self.residual_scale}; expected > 0")
+
+
+def find_decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The LM's decoder layers, or an error naming every path that was searched."""
+    for path in LAYER_PATHS:
+        node: object = model
+        for part in path.split("."):
+            node = getattr(node, part, None)
+            if node is None:
+                break
+        if isinstance(node, nn.ModuleList) and len(node) > 0:
+            return node
+    raise ValueError(f"cannot locate the decoder layers of {type(model).__name__}; searched {list(LAYER_PATHS)}")
+
+
+def resolve_layers(config: FusionConfig, num_layers: int) -> list[int]:
+    """Explicit indices, or up to max_blocks evenly spaced layers in the preset's third of the LM."""
+    if config.layers:
+        bad = [i for i in config.layers if not 0 <= i < num_layers]
+        if bad:
+            raise ValueError(f"fusion layers {bad} are out of range; the LM has {num_layers} layers (0..{num_layers - 1})")
+        return sorted(set(config.layers))
+    a, b = num_layers // 3, 2 * num_layers // 3
+    span = {"early": range(0, max(a, 1)), "middle": range(a, max(b, a + 1)), "late": range(b, num_layers)}[config.placement]
+    step = max(1, len(span) // config.max_blocks)
+    return list(span[::step])[: config.max_blocks]
+
+
+class FusionBlock(nn.Module):
+    """One gated, low-rank cross-attention block acting on a decoder layer's output."""
+
+    def __init__(self, hidden_size: int, config: FusionConfig) -> None:
+        super().__init__()
+        self.heads, self.scale = config.heads, config.residual_scale
+        self.norm = nn.LayerNorm(hidden_size)
+        self.q = nn.Linear(hidden_size, config.rank, bias=False)
+        self.k = nn.Linear(hidden_size, config.rank, bias=False)
+        self.v = nn.Linear(hidden_size, config.rank, bias=False)
+        self.out = nn.Linear(config.rank, hidden_size, bias=False)
+        nn.init.zeros_(self.out.weight)
+
+    def forward(self, hidden: torch.Tensor, audio: torch.Tensor, audio_mask: torch.Tensor,
+                gate: torch.Tensor) -> torch.Tensor:
+        active = (gate > 0) & audio_mask.any(-1)
+        if not active.any():
+            return hidden
+        b, n, _ = hidden.shape
+        split = lambda x: x.view(b, x.shape[1], self.heads, -1).transpose(1, 2)  # noqa: E731
+        q, k, v = split(self.q(self.norm(hidden))), split(self.k(audio)), split(self.v(audio))
+        # Rows with no valid audio token would be all -inf; they are inactive and replaced below.
+        attn_mask = audio_mask[:, None, None, :] | ~active[:, None, None, None]
+        mixed = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        update = self.out(mixed.transpose(1, 2).reshape(b, n, -1))
+        fused = hidden + (gate.to(hidden.dtype) * self.scale)[:, None, None] * update
+        return torch.where(active[:, None, None], fused, hidden)
+
+
+class FusionAdapter(nn.Module):
+    """Fusion blocks hooked after chosen decoder layers of a frozen LM; audio is set per call."""
+
+    def __init__(self, base: nn.Module, hidden_size: int, config: FusionConfig) -> None:
+        super().__init__()
+        layers = find_decoder_layers(base)
+        self.layer_indices = resolve_layers(config, len(layers))
+        self.blocks = nn.ModuleDict({str(i): FusionBlock(hidden_size, config) for i in self.layer_indices})
+        self._context: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self._handles = [layers[i].register_forward_hook(self._hook(str(i))) for i in self.layer_indices]
+
+    def _hook(self, key: str):
+        def hook(module: nn.Module, args: tuple, output: torch.Tensor | tuple) -> torch.Tensor | tuple | None:
+            if self._context is None:
+                return None
+            hidden = output[0] if isinstance(output, tuple) else output
+            fused = self.blocks[key](hidden, *self._context)
+            return (fused, *output[1:]) if isinstance(output, tuple) else fused
+        return hook
+
+    @contextmanager
+    def audio(self, tokens: torch.Tensor, token_mask: torch.Tensor, gate: torch.Tensor | float) -> Iterator[None]:
+        """Within this block, base forward/generate calls see these audio tokens and per-sample gates."""
+        gate = torch.as_tensor(gate, dtype=torch.float32, device=tokens.device).expand(tokens.shape[0])
+        if ((gate < 0) | (gate > 1)).any():
+            raise ValueError(f"gate values {gate.tolist()} are outside [0, 1]")
+        self._context = (tokens, token_mask.bool(), gate)
+        try:
+            yield
+        finally:
+            self._context = None
+
+    def remove(self) -> None:
+        """Detach the hooks from the base model."""
+        for handle in self._handles:
+            handle.remove()
