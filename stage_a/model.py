@@ -1,0 +1,124 @@
+"""SAFE model: a frozen base VL model plus the trainable bridge (projector + gated fusion).
+
+The audio encoder stays outside: the model takes frame-level features (B, T, C) with a frame
+mask (1 = valid), which come from the frozen encoder through the feature cache. Per call, the
+caller chooses k (audio tokens) and a gate per sample; samples without valid frames, or with
+gate 0, run the base model's exact computation.
+
+Only the bridge is saved: `adapter.safetensors` plus `safe_config.json` beside it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from shared.checkpoint import atomic_directory
+from stage_a.fusion import FusionAdapter, FusionConfig
+from stage_a.projector import AudioProjector, ProjectorConfig
+
+WEIGHTS_FILE = "adapter.safetensors"
+CONFIG_FILE = "safe_config.json"
+
+
+@dataclass
+class BridgeConfig:
+    """Everything needed to rebuild the trainable bridge around a base model."""
+
+    projector: ProjectorConfig
+    fusion: FusionConfig
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict, where: str) -> "BridgeConfig":
+        try:
+            fusion = dict(data["fusion"])
+            fusion["layers"] = tuple(fusion.get("layers", ()))
+            return cls(ProjectorConfig(**data["projector"]), FusionConfig(**fusion))
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"{where}: bridge config does not fit (missing or unknown key: {err})") from err
+
+
+def lm_hidden_size(base: nn.Module) -> int:
+    """Hidden size of the base model's language model."""
+    config = base.config
+    text = getattr(config, "text_config", None) or config
+    return int(text.hidden_size)
+
+
+class SafeModel(nn.Module):
+    """Frozen base VL model with an audio bridge; forward/generate accept audio features."""
+
+    def __init__(self, base: nn.Module, bridge: BridgeConfig) -> None:
+        super().__init__()
+        if bridge.projector.hidden_size != lm_hidden_size(base):
+            raise ValueError(f"projector hidden_size is {bridge.projector.hidden_size}; "
+                             f"expected the LM hidden size {lm_hidden_size(base)}")
+        self.base = base.eval().requires_grad_(False)
+        self.bridge_config = bridge
+        self.projector = AudioProjector(bridge.projector)
+        self.fusion = FusionAdapter(base, bridge.projector.hidden_size, bridge.fusion)
+
+    def train(self, mode: bool = True) -> "SafeModel":
+        """Only the bridge switches mode; the frozen base always stays in eval mode."""
+        self.projector.train(mode)
+        self.fusion.train(mode)
+        self.training = mode
+        return self
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """The bridge's weights, the only thing a SAFE checkpoint holds."""
+        return {**{f"projector.{k}": v for k, v in self.projector.state_dict().items()},
+                **{f"fusion.{k}": v for k, v in self.fusion.state_dict().items()}}
+
+    def _run(self, method: Any, inputs: dict, audio_frames: torch.Tensor | None, frame_mask: torch.Tensor | None,
+             k: int, gate: torch.Tensor | float) -> Any:
+        if audio_frames is None:
+            return method(**inputs)
+        tokens, token_mask = self.projector(audio_frames, k, frame_mask)
+        with self.fusion.audio(tokens, token_mask, gate):
+            return method(**inputs)
+
+    def forward(self, audio_frames: torch.Tensor | None = None, frame_mask: torch.Tensor | None = None,
+                k: int = 8, gate: torch.Tensor | float = 1.0, **inputs: Any) -> Any:
+        return self._run(self.base, inputs, audio_frames, frame_mask, k, gate)
+
+    @torch.no_grad()
+    def generate(self, audio_frames: torch.Tensor | None = None, frame_mask: torch.Tensor | None = None,
+                 k: int = 8, gate: torch.Tensor | float = 1.0, **inputs: Any) -> torch.Tensor:
+        return self._run(self.base.generate, inputs, audio_frames, frame_mask, k, gate)
+
+    def save_bridge(self, out_dir: str | Path) -> Path:
+        """Write adapter.safetensors and safe_config.json atomically; returns the folder."""
+        with atomic_directory(out_dir) as tmp:
+            state = {k: v.detach().cpu().contiguous() for k, v in self.trainable_state().items()}
+            save_file(state, str(tmp / WEIGHTS_FILE))
+            (tmp / CONFIG_FILE).write_text(json.dumps(self.bridge_config.to_json(), indent=2), encoding="utf-8")
+        return Path(out_dir)
+
+    @classmethod
+    def from_bridge(cls, base: nn.Module, bridge_dir: str | Path) -> "SafeModel":
+        """Rebuild SAFE around a freshly loaded base from a saved bridge folder (safetensors only)."""
+        bridge_dir = Path(bridge_dir)
+        config_path, weights_path = bridge_dir / CONFIG_FILE, bridge_dir / WEIGHTS_FILE
+        for path in (config_path, weights_path):
+            if not path.is_file():
+                raise FileNotFoundError(f"SAFE bridge file {path} does not exist; expected {CONFIG_FILE} and {WEIGHTS_FILE}")
+        bridge = BridgeConfig.from_json(json.loads(config_path.read_text(encoding="utf-8")), str(config_path))
+        model = cls(base, bridge)
+        state = load_file(str(weights_path))
+        expected = set(model.trainable_state())
+        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+        if missing or unexpected:
+            raise ValueError(f"{weights_path}: missing keys {missing}, unexpected keys {unexpected}")
+        model.projector.load_state_dict({k[len("projector."):]: v for k, v in state.items() if k.startswith("projector.")})
+        model.fusion.load_state_dict({k[len("fusion."):]: v for k, v in state.items() if k.startswith("fusion.")})
+        return model
