@@ -1,0 +1,34 @@
+"""Prompts in each base model's own convention, and a sample image its processor accepts."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from shared.world.vl_model import format_prompt
+
+
+def build_prompt(processor, question: str) -> str:
+    """The model's chat template when it has one; else the embedded world's or BLIP-2's convention.
+
+    - chat template (LLaVA-1.5 and most hub VLMs): a user turn with an image and the question;
+    - no template but an image token (the embedded world's LLaVA): "question: … <image> answer:";
+    - neither (BLIP-2, whose processor inserts the query tokens itself): "Question: … Answer:".
+    """
+    if getattr(processor, "chat_template", None):
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+        return processor.apply_chat_template(messages, add_generation_prompt=True)
+    if getattr(processor, "image_token", None) and processor.image_token in processor.tokenizer.get_vocab():
+        return format_prompt(question)
+    return f"Question: {question} Answer:"
+
+
+def sample_image(processor, seed: int = 0) -> Image.Image:
+    """A random RGB image at the size the image processor expects."""
+    size = processor.image_processor.size
+    height = getattr(size, "height", None) or (size.get("height") if isinstance(size, dict) else None)
+    width = getattr(size, "width", None) or (size.get("width") if isinstance(size, dict) else None)
+    edge = getattr(size, "shortest_edge", None) or (size.get("shortest_edge") if isinstance(size, dict) else None)
+    height, width = height or edge or 224, width or edge or 224
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    return Image.fromarray(pixels)

@@ -1,0 +1,53 @@
+"""`stage_a-check` on a tiny LLaVA and a tiny CLAP saved to disk and loaded by path."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from shared.world.audio_model import build_clap
+from shared.world.clap_train import ClapTrainConfig
+from shared.world.spec import WorldSpec
+from shared.world.vl_model import VLModelConfig, build_base_vl, build_processor
+from stage_a.check import main
+
+SPEC = WorldSpec(size="micro")
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    torch.manual_seed(0)
+    vl = tmp_path_factory.mktemp("vl")
+    build_base_vl(SPEC, VLModelConfig(vision_dim=32, text_dim=32, vision_layers=1, text_layers=3)).save_pretrained(vl)
+    build_processor(SPEC).save_pretrained(vl)
+    clap = tmp_path_factory.mktemp("clap")
+    model, processor = build_clap(SPEC, ClapTrainConfig())
+    model.save_pretrained(clap)
+    processor.save_pretrained(clap)
+    return vl, clap
+
+
+def test_check_reports_exactness_placement_and_parameters(dirs, capsys: pytest.CaptureFixture) -> None:
+    vl, clap = dirs
+    code = main(["--base-vl", str(vl), "--clap", str(clap), "--placement", "late", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0 and report["exact"] is True and report["gate1_changes_logits"] is True
+    assert all(c["logits"] and c["generate"] and c["max_abs_logit_diff"] == 0.0 for c in report["checks"].values())
+    assert report["adapter_layers"] == [2] and report["base_class"] == "LlavaForConditionalGeneration"
+    params = report["params"]
+    assert params["trainable"] == params["projector"] + params["fusion"] and params["frozen"] > 0
+    assert set(report["param_memory_mb"]) == {"base_vl", "projector", "fusion", "audio_encoder"}
+
+
+def test_check_table_output(dirs, capsys: pytest.CaptureFixture) -> None:
+    vl, clap = dirs
+    assert main(["--base-vl", str(vl), "--clap", str(clap)]) == 0
+    out = capsys.readouterr().out
+    assert "gate0" in out and "no_audio" in out and "exact: True" in out
+
+
+def test_whisper_needs_a_path(dirs) -> None:
+    vl, _ = dirs
+    with pytest.raises(ValueError, match="--audio-encoder whisper needs --whisper"):
+        main(["--base-vl", str(vl), "--audio-encoder", "whisper"])
