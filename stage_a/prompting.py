@@ -4,23 +4,27 @@ from __future__ import annotations
 
 import numpy as np
 from PIL import Image
+from transformers import Blip2Processor
 
 from shared.world.vl_model import format_prompt
 
 
 def build_prompt(processor, question: str) -> str:
-    """The model's chat template when it has one; else the embedded world's or BLIP-2's convention.
+    """The prompt in the model's own convention:
 
+    - BLIP-2 (whose processor inserts the query tokens itself): "Question: … Answer:";
     - chat template (LLaVA-1.5 and most hub VLMs): a user turn with an image and the question;
-    - no template but an image token (the embedded world's LLaVA): "question: … <image> answer:";
-    - neither (BLIP-2, whose processor inserts the query tokens itself): "Question: … Answer:".
+    - no template but an image token (the embedded world's LLaVA): "question: … <image> answer:".
     """
+    if isinstance(processor, Blip2Processor):
+        return f"Question: {question} Answer:"
     if getattr(processor, "chat_template", None):
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
         return processor.apply_chat_template(messages, add_generation_prompt=True)
-    if getattr(processor, "image_token", None) and processor.image_token in processor.tokenizer.get_vocab():
-        return format_prompt(question)
-    return f"Question: {question} Answer:"
+    if getattr(processor, "image_token", None) is None:
+        raise ValueError(f"{type(processor).__name__} has no chat template and no image token; "
+                         "expected a LLaVA-style or BLIP-2 processor")
+    return format_prompt(question)
 
 
 def sample_image(processor, seed: int = 0) -> Image.Image:

@@ -51,3 +51,11 @@ def test_whisper_needs_a_path(dirs) -> None:
     vl, _ = dirs
     with pytest.raises(ValueError, match="--audio-encoder whisper needs --whisper"):
         main(["--base-vl", str(vl), "--audio-encoder", "whisper"])
+
+
+def test_check_on_a_tiny_blip2_folder(dirs, blip2_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    _, clap = dirs
+    assert main(["--base-vl", str(blip2_dir), "--clap", str(clap), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["base_class"] == "Blip2ForConditionalGeneration" and report["exact"] is True
+    assert report["gate1_changes_logits"] is True and report["adapter_layers"] == [1]
