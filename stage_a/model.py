@@ -81,8 +81,9 @@ class SafeModel(nn.Module):
 
     def _run(self, method: Any, inputs: dict, audio_frames: torch.Tensor | None, frame_mask: torch.Tensor | None,
              k: int, gate: torch.Tensor | float) -> Any:
-        if audio_frames is None:
-            return method(**inputs)
+        gate_t = torch.as_tensor(gate)
+        if audio_frames is None or not bool((gate_t > 0).any()):
+            return method(**inputs)  # the exact base path, without running the projector
         tokens, token_mask = self.projector(audio_frames, k, frame_mask)
         with self.fusion.audio(tokens, token_mask, gate):
             return method(**inputs)
