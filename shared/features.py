@@ -22,6 +22,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from shared.data.audio_io import load_audio
+
 log = logging.getLogger(__name__)
 
 
@@ -40,7 +42,7 @@ def weights_hash(module: torch.nn.Module) -> str:
     for name, tensor in sorted(module.state_dict().items()):
         digest.update(name.encode())
         digest.update(str(tensor.dtype).encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -84,11 +86,11 @@ class FeatureCache:
         save_file({"features": features.detach().cpu().contiguous()}, str(tmp))
         os.replace(tmp, path)
 
-    def features(self, refs: Sequence[AudioRef], encode: Callable[[list[AudioRef]], torch.Tensor],
+    def features(self, refs: Sequence[AudioRef], encode: Callable[[list[AudioRef]], Sequence[torch.Tensor]],
                  batch_size: int = 32) -> list[torch.Tensor]:
         """Features for every ref: cached ones are read, the rest encoded in batches and stored.
 
-        `encode` takes a batch of refs and returns a (B, T, C) tensor.
+        `encode` takes a batch of refs and returns one (T, C) tensor per ref (or a (B, T, C) tensor).
         """
         out: list[torch.Tensor | None] = [self.get(r) for r in refs]
         missing = [i for i, f in enumerate(out) if f is None]
@@ -100,9 +102,34 @@ class FeatureCache:
                           disable=len(missing) <= batch_size):
             idx = missing[start:start + batch_size]
             batch = encode([refs[i] for i in idx])
-            if batch.shape[0] != len(idx):
-                raise ValueError(f"encoder returned {batch.shape[0]} feature rows for {len(idx)} clips; expected one per clip")
+            if len(batch) != len(idx):
+                raise ValueError(f"encoder returned {len(batch)} feature rows for {len(idx)} clips; expected one per clip")
             for i, feats in zip(idx, batch):
                 self.put(refs[i], feats)
                 out[i] = feats.detach().cpu()
         return out  # type: ignore[return-value]
+
+
+def valid_frames_encoder(encoder, sample_rate: int) -> Callable[[list[AudioRef]], list[torch.Tensor]]:
+    """An `encode` for FeatureCache.features: reads each audio window, keeps only its valid frames.
+
+    `encoder` is a frozen encoder from shared.encoders (encode(waves, sample_rate) -> frames, mask).
+    """
+    def encode(refs: list[AudioRef]) -> list[torch.Tensor]:
+        waves = [load_audio(r.path, sample_rate, r.start, r.end) for r in refs]
+        frames, mask = encoder.encode(waves, sample_rate)
+        return [f[m] for f, m in zip(frames, mask.bool())]
+    return encode
+
+
+def pad_frames(features: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack variable-length (T_i, C) features into (B, T_max, C) with a frame mask (1 = valid)."""
+    if not features:
+        raise ValueError("pad_frames: no features; expected at least one clip")
+    longest = max(f.shape[0] for f in features)
+    out = features[0].new_zeros(len(features), longest, features[0].shape[1])
+    mask = torch.zeros(len(features), longest, dtype=torch.bool)
+    for i, f in enumerate(features):
+        out[i, : f.shape[0]] = f
+        mask[i, : f.shape[0]] = True
+    return out, mask

@@ -67,3 +67,23 @@ def test_both_aligns_in_time_on_the_coarser_grid(clap_dir: Path, whisper_dir: Pa
     whisper_frames, _ = whisper.encode(_waves(), SR)
     # Frame j of "both" carries Whisper's frame nearest to the centre of [0.25 j, 0.25 (j + 1)) s.
     assert torch.equal(frames[:, 3, clap.dim:], whisper_frames[:, int(3.5 * 0.25 / 0.02)])
+
+
+def test_cached_valid_frames_round_trip(clap_dir: Path, tmp_path: Path) -> None:
+    from shared.data.audio_io import write_audio
+    from shared.features import AudioRef, FeatureCache, pad_frames, valid_frames_encoder, weights_hash
+
+    enc = ClapEncoder(EncoderSettings(str(clap_dir)))
+    refs = []
+    for i, wave in enumerate(_waves()):
+        refs.append(AudioRef(str(write_audio(tmp_path / f"{i}.wav", wave, SR))))
+    cache = FeatureCache(tmp_path / "cache", enc.identity, weights_hash(enc.model))
+    first = cache.features(refs, valid_frames_encoder(enc, SR))
+    again = FeatureCache(tmp_path / "cache", enc.identity, weights_hash(enc.model))
+    second = again.features(refs, valid_frames_encoder(enc, SR))
+    assert (again.hits, again.misses) == (2, 0)
+    frames, mask = pad_frames(second)
+    direct, direct_mask = enc.encode(_waves(), SR)
+    assert torch.equal(mask, direct_mask)
+    assert torch.allclose(frames[mask], direct[direct_mask], atol=1e-4)
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
