@@ -11,7 +11,8 @@ Only the bridge is saved: `adapter.safetensors` plus `safe_config.json` beside i
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from torch import nn
 
 from shared.checkpoint import atomic_directory
 from stage_a.fusion import FusionAdapter, FusionConfig
+from stage_a.lora import AudioOnlyLora, LoraSettings
 from stage_a.projector import AudioProjector, ProjectorConfig
 
 WEIGHTS_FILE = "adapter.safetensors"
@@ -33,6 +35,7 @@ class BridgeConfig:
 
     projector: ProjectorConfig
     fusion: FusionConfig
+    lora: LoraSettings = field(default_factory=LoraSettings)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -42,7 +45,9 @@ class BridgeConfig:
         try:
             fusion = dict(data["fusion"])
             fusion["layers"] = tuple(fusion.get("layers", ()))
-            return cls(ProjectorConfig(**data["projector"]), FusionConfig(**fusion))
+            lora = dict(data.get("lora", {}))
+            lora["targets"] = tuple(lora.get("targets", LoraSettings.targets))
+            return cls(ProjectorConfig(**data["projector"]), FusionConfig(**fusion), LoraSettings(**lora))
         except (KeyError, TypeError) as err:
             raise ValueError(f"{where}: bridge config does not fit (missing or unknown key: {err})") from err
 
@@ -66,6 +71,7 @@ class SafeModel(nn.Module):
         self.bridge_config = bridge
         self.projector = AudioProjector(bridge.projector)
         self.fusion = FusionAdapter(base, bridge.projector.hidden_size, bridge.fusion)
+        self.lora = AudioOnlyLora(base, bridge.lora) if bridge.lora.rank > 0 else None
 
     def train(self, mode: bool = True) -> "SafeModel":
         """Only the bridge switches mode; the frozen base always stays in eval mode."""
@@ -76,8 +82,10 @@ class SafeModel(nn.Module):
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """The bridge's weights, the only thing a SAFE checkpoint holds."""
+        lora = AudioOnlyLora.state(self.base) if self.lora else {}
         return {**{f"projector.{k}": v for k, v in self.projector.state_dict().items()},
-                **{f"fusion.{k}": v for k, v in self.fusion.state_dict().items()}}
+                **{f"fusion.{k}": v for k, v in self.fusion.state_dict().items()},
+                **{f"lora.{k}": v for k, v in lora.items()}}
 
     def _run(self, method: Any, inputs: dict, audio_frames: torch.Tensor | None, frame_mask: torch.Tensor | None,
              k: int, gate: torch.Tensor | float) -> Any:
@@ -85,7 +93,8 @@ class SafeModel(nn.Module):
         if audio_frames is None or not bool((gate_t > 0).any()):
             return method(**inputs)  # the exact base path, without running the projector
         tokens, token_mask = self.projector(audio_frames, k, frame_mask)
-        with self.fusion.audio(tokens, token_mask, gate):
+        active = (torch.as_tensor(gate, device=tokens.device).expand(tokens.shape[0]) > 0) & token_mask.any(-1)
+        with self.fusion.audio(tokens, token_mask, gate), (self.lora.active(active) if self.lora else nullcontext()):
             return method(**inputs)
 
     def forward(self, audio_frames: torch.Tensor | None = None, frame_mask: torch.Tensor | None = None,
@@ -122,4 +131,7 @@ class SafeModel(nn.Module):
             raise ValueError(f"{weights_path}: missing keys {missing}, unexpected keys {unexpected}")
         model.projector.load_state_dict({k[len("projector."):]: v for k, v in state.items() if k.startswith("projector.")})
         model.fusion.load_state_dict({k[len("fusion."):]: v for k, v in state.items() if k.startswith("fusion.")})
+        lora = {k[len("lora."):]: v for k, v in state.items() if k.startswith("lora.")}
+        if lora:
+            model.base.load_state_dict(lora, strict=False)
         return model

@@ -1,0 +1,68 @@
+"""Optional peft LoRA on the base LM's attention, active only for samples that carry audio.
+
+LoRA goes on language-model projections only (a regex anchored on the LM's module path, so
+the vision tower's q/v projections are never touched). Each LoRA branch's output is multiplied
+by a per-sample activity mask (1 = sample has audio and gate > 0); outside an audio context
+every sample is inactive. An inactive sample's projection is `base(x) + 0`, bit-identical to
+the frozen base model, so gate-0 and no-audio exactness still hold with LoRA on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from peft import LoraConfig, inject_adapter_in_model
+from torch import nn
+
+ADAPTER = "default"
+
+
+@dataclass
+class LoraSettings:
+    """rank 0 turns LoRA off; targets are LM projection names."""
+
+    rank: int = 0
+    alpha: float = 16.0
+    targets: tuple[str, ...] = ("q_proj", "v_proj")
+
+    def __post_init__(self) -> None:
+        if self.rank < 0:
+            raise ValueError(f"lora rank is {self.rank}; expected 0 (off) or a positive rank")
+
+
+class AudioOnlyLora:
+    """LoRA injected into the LM of `base`, gated per sample by an activity mask."""
+
+    def __init__(self, base: nn.Module, settings: LoraSettings) -> None:
+        pattern = r".*(language_model|decoder)\..*\.(" + "|".join(settings.targets) + r")$"
+        inject_adapter_in_model(LoraConfig(r=settings.rank, lora_alpha=settings.alpha, target_modules=pattern), base)
+        self.branches = {name: module for name, module in base.named_modules()
+                         if name.endswith(f"lora_B.{ADAPTER}")}
+        if not self.branches:
+            raise ValueError(f"LoRA found no LM projections named {settings.targets}; expected attention projections")
+        if any("vision" in name for name in self.branches):
+            raise ValueError("LoRA reached the vision tower; expected language-model modules only")
+        self._active: torch.Tensor | None = None
+        self._handles = [m.register_forward_hook(self._gate) for m in self.branches.values()]
+
+    def _gate(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        if self._active is None:
+            return output * 0
+        return output * self._active.to(output.dtype).view(-1, *([1] * (output.dim() - 1)))
+
+    @staticmethod
+    def state(base: nn.Module) -> dict[str, torch.Tensor]:
+        """The LoRA weights of base, by name."""
+        return {n: p for n, p in base.named_parameters() if ".lora_" in n}
+
+    @contextmanager
+    def active(self, mask: torch.Tensor) -> Iterator[None]:
+        """Within this block, LoRA acts on the samples where mask is True."""
+        self._active = mask
+        try:
+            yield
+        finally:
+            self._active = None
