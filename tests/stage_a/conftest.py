@@ -1,7 +1,8 @@
-"""Shared fixtures for Stage A tests: a tiny BLIP-2 (OPT decoder) and processor saved like a hub checkpoint."""
+"""Shared fixtures for Stage A tests: tiny LLaVA and BLIP-2 checkpoints with processors, saved like hub models."""
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
@@ -15,6 +16,9 @@ from transformers import (
     OPTConfig,
     PreTrainedTokenizerFast,
 )
+
+from shared.world.spec import WorldSpec
+from shared.world.vl_model import VLModelConfig, build_base_vl, build_processor, format_prompt
 
 QUERIES = 4
 WORDS = ["<pad>", "<s>", "</s>", "<unk>", "question:", "answer:", "what", "color", "is", "the", "circle?"]
@@ -48,3 +52,23 @@ def save_tiny_blip2(path: Path) -> Path:
 @pytest.fixture(scope="session")
 def blip2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_tiny_blip2(tmp_path_factory.mktemp("blip2"))
+
+
+@pytest.fixture(scope="session")
+def llava_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny LLaVA (3 LM layers, hidden size 32) with the embedded world's processor."""
+    torch.manual_seed(0)
+    spec = WorldSpec(size="micro")
+    path = tmp_path_factory.mktemp("llava")
+    build_base_vl(spec, VLModelConfig(vision_dim=32, text_dim=32, vision_layers=1, text_layers=3)).save_pretrained(path)
+    build_processor(spec).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def llava_inputs() -> dict:
+    """Two (image, question) pairs processed for the tiny LLaVA."""
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (48, 48, 3), dtype=np.uint8) for _ in range(2)]
+    prompts = [format_prompt(q) for q in ("what color is the circle?", "is the sound high or low?")]
+    return dict(build_processor(WorldSpec(size="micro"))(images=images, text=prompts, return_tensors="pt", padding=True))

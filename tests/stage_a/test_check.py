@@ -4,28 +4,22 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from shared.world.audio_model import build_clap
 from shared.world.clap_train import ClapTrainConfig
 from shared.world.spec import WorldSpec
-from shared.world.vl_model import VLModelConfig, build_base_vl, build_processor
 from stage_a.check import main
 
 SPEC = WorldSpec(size="micro")
 
 
 @pytest.fixture(scope="module")
-def dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    torch.manual_seed(0)
-    vl = tmp_path_factory.mktemp("vl")
-    build_base_vl(SPEC, VLModelConfig(vision_dim=32, text_dim=32, vision_layers=1, text_layers=3)).save_pretrained(vl)
-    build_processor(SPEC).save_pretrained(vl)
+def dirs(llava_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     clap = tmp_path_factory.mktemp("clap")
     model, processor = build_clap(SPEC, ClapTrainConfig())
     model.save_pretrained(clap)
     processor.save_pretrained(clap)
-    return vl, clap
+    return llava_dir, clap
 
 
 def test_check_reports_exactness_placement_and_parameters(dirs, capsys: pytest.CaptureFixture) -> None:

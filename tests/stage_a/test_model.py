@@ -3,40 +3,17 @@
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from transformers import LlavaForConditionalGeneration
 
-from shared.world.spec import WorldSpec
-from shared.world.vl_model import VLModelConfig, build_base_vl, build_processor, format_prompt
 from stage_a.fusion import FusionConfig
 from stage_a.model import WEIGHTS_FILE, BridgeConfig, SafeModel
 from stage_a.projector import ProjectorConfig
 
-SPEC = WorldSpec(size="micro")
 
-
-@pytest.fixture(scope="module")
-def base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    model = build_base_vl(SPEC, VLModelConfig(vision_dim=32, text_dim=32, vision_layers=1, text_layers=3))
-    path = tmp_path_factory.mktemp("base")
-    model.save_pretrained(path)
-    build_processor(SPEC).save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def inputs() -> dict:
-    rng = np.random.default_rng(0)
-    images = [rng.integers(0, 255, (48, 48, 3), dtype=np.uint8) for _ in range(2)]
-    prompts = [format_prompt(q) for q in ("what color is the circle?", "is the sound high or low?")]
-    return dict(build_processor(SPEC)(images=images, text=prompts, return_tensors="pt", padding=True))
-
-
-def _safe(base_dir: Path) -> SafeModel:
-    base = LlavaForConditionalGeneration.from_pretrained(base_dir)
+def _safe(llava_dir: Path) -> SafeModel:
+    base = LlavaForConditionalGeneration.from_pretrained(llava_dir)
     torch.manual_seed(3)
     bridge = BridgeConfig(ProjectorConfig(audio_dim=24, hidden_size=32, k_max=16, depth=2), FusionConfig(rank=8, layers=(1,)))
     model = SafeModel(base, bridge)
@@ -45,8 +22,8 @@ def _safe(base_dir: Path) -> SafeModel:
     return model
 
 
-def test_base_is_frozen_and_bridge_is_small(base_dir: Path) -> None:
-    model = _safe(base_dir)
+def test_base_is_frozen_and_bridge_is_small(llava_dir: Path) -> None:
+    model = _safe(llava_dir)
     model.train()
     assert not model.base.training and model.projector.training
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -55,32 +32,32 @@ def test_base_is_frozen_and_bridge_is_small(base_dir: Path) -> None:
     assert 0 < trainable and all(not p.requires_grad for p in model.base.parameters()) and frozen > 0
 
 
-def test_no_audio_and_gate_zero_equal_base(base_dir: Path, inputs: dict) -> None:
-    model = _safe(base_dir)
-    reference = LlavaForConditionalGeneration.from_pretrained(base_dir).eval()(**inputs).logits
+def test_no_audio_and_gate_zero_equal_base(llava_dir: Path, llava_inputs: dict) -> None:
+    model = _safe(llava_dir)
+    reference = LlavaForConditionalGeneration.from_pretrained(llava_dir).eval()(**llava_inputs).logits
     frames = torch.randn(2, 16, 24)
-    assert torch.equal(model(**inputs).logits, reference)
-    assert torch.equal(model(audio_frames=frames, k=4, gate=0.0, **inputs).logits, reference)
-    assert not torch.allclose(model(audio_frames=frames, k=4, gate=1.0, **inputs).logits, reference)
+    assert torch.equal(model(**llava_inputs).logits, reference)
+    assert torch.equal(model(audio_frames=frames, k=4, gate=0.0, **llava_inputs).logits, reference)
+    assert not torch.allclose(model(audio_frames=frames, k=4, gate=1.0, **llava_inputs).logits, reference)
 
 
-def test_bridge_save_and_reload_on_fresh_base(base_dir: Path, inputs: dict, tmp_path: Path) -> None:
-    model = _safe(base_dir)
+def test_bridge_save_and_reload_on_fresh_base(llava_dir: Path, llava_inputs: dict, tmp_path: Path) -> None:
+    model = _safe(llava_dir)
     frames, gate = torch.randn(2, 16, 24), torch.tensor([1.0, 0.3])
-    before = model(audio_frames=frames, k=8, gate=gate, **inputs).logits
+    before = model(audio_frames=frames, k=8, gate=gate, **llava_inputs).logits
     out = model.save_bridge(tmp_path / "bridge")
     assert sorted(p.name for p in out.iterdir()) == ["adapter.safetensors", "safe_config.json"]
     assert (out / WEIGHTS_FILE).stat().st_size < 200_000
     assert json.loads((out / "safe_config.json").read_text())["fusion"]["layers"] == [1]
-    fresh = SafeModel.from_bridge(LlavaForConditionalGeneration.from_pretrained(base_dir), out)
-    assert torch.equal(fresh(audio_frames=frames, k=8, gate=gate, **inputs).logits, before)
-    generated = model.generate(audio_frames=frames, k=8, gate=gate, max_new_tokens=3, do_sample=False, **inputs)
-    assert torch.equal(fresh.generate(audio_frames=frames, k=8, gate=gate, max_new_tokens=3, do_sample=False, **inputs),
+    fresh = SafeModel.from_bridge(LlavaForConditionalGeneration.from_pretrained(llava_dir), out)
+    assert torch.equal(fresh(audio_frames=frames, k=8, gate=gate, **llava_inputs).logits, before)
+    generated = model.generate(audio_frames=frames, k=8, gate=gate, max_new_tokens=3, do_sample=False, **llava_inputs)
+    assert torch.equal(fresh.generate(audio_frames=frames, k=8, gate=gate, max_new_tokens=3, do_sample=False, **llava_inputs),
                        generated)
 
 
-def test_reload_errors_name_the_file(base_dir: Path, tmp_path: Path) -> None:
-    base = LlavaForConditionalGeneration.from_pretrained(base_dir)
+def test_reload_errors_name_the_file(llava_dir: Path, tmp_path: Path) -> None:
+    base = LlavaForConditionalGeneration.from_pretrained(llava_dir)
     with pytest.raises(FileNotFoundError, match="safe_config.json does not exist"):
         SafeModel.from_bridge(base, tmp_path)
     bad = BridgeConfig(ProjectorConfig(audio_dim=24, hidden_size=64), FusionConfig())
