@@ -54,12 +54,12 @@ def run_check(args: argparse.Namespace) -> dict:
     if args.audio_encoder in ("whisper", "both") and not args.whisper:
         raise ValueError(f"--audio-encoder {args.audio_encoder} needs --whisper PATH_OR_ID")
     dtype = getattr(torch, args.dtype)
-    load = lambda: AutoModelForImageTextToText.from_pretrained(args.base_vl, dtype=dtype).to(args.device).eval()  # noqa: E731
     processor = AutoProcessor.from_pretrained(args.base_vl)
     inputs = processor(images=[sample_image(processor, i) for i in range(len(QUESTIONS))],
                        text=[build_prompt(processor, q) for q in QUESTIONS], return_tensors="pt", padding=True)
     inputs = {k: v.to(args.device) for k, v in inputs.items()}
-    base = load()
+    # References come from the bare model first; SAFE then wraps that same model (one copy in memory).
+    base = AutoModelForImageTextToText.from_pretrained(args.base_vl, dtype=dtype).to(args.device).eval()
     with torch.no_grad():
         ref_logits = base(**inputs).logits
     ref_tokens = base.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False)
@@ -69,11 +69,11 @@ def run_check(args: argparse.Namespace) -> dict:
     waves = [rng.normal(0, 0.1, 16000 * 2).astype(np.float32) for _ in QUESTIONS]
     frames, frame_mask = encoder.encode(waves, 16000)
     if args.bridge:
-        model = SafeModel.from_bridge(load(), args.bridge)
+        model = SafeModel.from_bridge(base, args.bridge)
     else:
         torch.manual_seed(0)
         fusion = FusionConfig(rank=args.rank, placement=args.placement)
-        model = SafeModel(load(), BridgeConfig(ProjectorConfig(encoder.dim, lm_hidden_size(base), k_max=16), fusion))
+        model = SafeModel(base, BridgeConfig(ProjectorConfig(encoder.dim, lm_hidden_size(base), k_max=16), fusion))
         with torch.no_grad():
             for block in model.fusion.blocks.values():
                 block.out.weight.normal_(0.0, 1.0)

@@ -77,6 +77,11 @@ def resolve_layers(config: FusionConfig, num_layers: int) -> list[int]:
     return list(span[::step])[: config.max_blocks]
 
 
+def active_samples(gate: torch.Tensor, audio_mask: torch.Tensor) -> torch.Tensor:
+    """(B,) True where a sample has at least one valid audio token and a gate above 0."""
+    return (gate > 0) & audio_mask.any(-1)
+
+
 class FusionBlock(nn.Module):
     """One gated, low-rank cross-attention block acting on a decoder layer's output."""
 
@@ -92,7 +97,7 @@ class FusionBlock(nn.Module):
 
     def forward(self, hidden: torch.Tensor, audio: torch.Tensor, audio_mask: torch.Tensor,
                 gate: torch.Tensor) -> torch.Tensor:
-        active = (gate > 0) & audio_mask.any(-1)
+        active = active_samples(gate, audio_mask)
         if not active.any():
             return hidden
         b, n, _ = hidden.shape

@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from shared.checkpoint import atomic_directory
-from stage_a.fusion import FusionAdapter, FusionConfig
+from stage_a.fusion import FusionAdapter, FusionConfig, active_samples
 from stage_a.lora import AudioOnlyLora, LoraSettings
 from stage_a.projector import AudioProjector, ProjectorConfig
 
@@ -93,7 +93,7 @@ class SafeModel(nn.Module):
         if audio_frames is None or not bool((gate_t > 0).any()):
             return method(**inputs)  # the exact base path, without running the projector
         tokens, token_mask = self.projector(audio_frames, k, frame_mask)
-        active = (torch.as_tensor(gate, device=tokens.device).expand(tokens.shape[0]) > 0) & token_mask.any(-1)
+        active = active_samples(torch.as_tensor(gate, device=tokens.device).expand(tokens.shape[0]), token_mask)
         with self.fusion.audio(tokens, token_mask, gate), (self.lora.active(active) if self.lora else nullcontext()):
             return method(**inputs)
 

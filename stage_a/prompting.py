@@ -29,10 +29,8 @@ def build_prompt(processor, question: str) -> str:
 
 def sample_image(processor, seed: int = 0) -> Image.Image:
     """A random RGB image at the size the image processor expects."""
-    size = processor.image_processor.size
-    height = getattr(size, "height", None) or (size.get("height") if isinstance(size, dict) else None)
-    width = getattr(size, "width", None) or (size.get("width") if isinstance(size, dict) else None)
-    edge = getattr(size, "shortest_edge", None) or (size.get("shortest_edge") if isinstance(size, dict) else None)
-    height, width = height or edge or 224, width or edge or 224
+    size = processor.image_processor.size  # a dict or transformers' SizeDict; both have .get
+    edge = size.get("shortest_edge")
+    height, width = size.get("height") or edge or 224, size.get("width") or edge or 224
     pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
     return Image.fromarray(pixels)
