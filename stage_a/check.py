@@ -22,7 +22,7 @@ from shared.config import load_config
 from shared.encoders import ClapEncoder, EncoderSettings, WhisperEncoder, BothEncoder
 from shared.logs import setup_logging
 from shared.world.build import WorldConfig, build_world
-from stage_a.fusion import FusionConfig
+from stage_a.fusion import MODES, FusionAdapter, FusionConfig
 from stage_a.model import BridgeConfig, SafeModel, lm_hidden_size
 from stage_a.projector import ProjectorConfig
 from stage_a.prompting import build_prompt, sample_image
@@ -72,11 +72,12 @@ def run_check(args: argparse.Namespace) -> dict:
         model = SafeModel.from_bridge(base, args.bridge)
     else:
         torch.manual_seed(0)
-        fusion = FusionConfig(rank=args.rank, placement=args.placement)
+        fusion = FusionConfig(mode=args.fusion_mode, rank=args.rank, placement=args.placement)
         model = SafeModel(base, BridgeConfig(ProjectorConfig(encoder.dim, lm_hidden_size(base), k_max=16), fusion))
-        with torch.no_grad():
-            for block in model.fusion.blocks.values():
-                block.out.weight.normal_(0.0, 1.0)
+        if isinstance(model.fusion, FusionAdapter):
+            with torch.no_grad():
+                for block in model.fusion.blocks.values():
+                    block.out.weight.normal_(0.0, 1.0)
     model.projector.to(args.device, dtype)
     model.fusion.to(args.device, dtype)
     audio = {"audio_frames": frames.to(args.device, dtype), "frame_mask": frame_mask.to(args.device), "k": args.k}
@@ -96,7 +97,7 @@ def run_check(args: argparse.Namespace) -> dict:
         "exact": all(v["logits"] and v["generate"] for v in exact.values()), "checks": exact,
         "adapter_weights": args.bridge or "random (zero-init outputs filled, so exactness is not trivial)",
         "gate1_changes_logits": not bool(torch.equal(gate1, ref_logits)),
-        "adapter_layers": model.fusion.layer_indices, "k": args.k,
+        "fusion_mode": model.bridge_config.fusion.mode, "adapter_layers": model.fusion.layer_indices, "k": args.k,
         "params": {"trainable": trainable, "frozen": sum(p.numel() for p in model.base.parameters()),
                    "projector": sum(p.numel() for p in model.projector.parameters()),
                    "fusion": sum(p.numel() for p in model.fusion.parameters()),
@@ -115,7 +116,9 @@ def _encoder_modules(encoder) -> list[torch.nn.Module]:
 
 def format_table(report: dict) -> str:
     lines = [f"base VL: {report['base_vl']} ({report['base_class']})", f"audio encoder: {report['audio_encoder']}",
-             f"adapter weights: {report['adapter_weights']}", f"adapters after decoder layers: {report['adapter_layers']}",
+             f"adapter weights: {report['adapter_weights']}",
+             f"adapters after decoder layers: {report['adapter_layers']}" if report["fusion_mode"] != "prefix"
+             else f"prefix fusion: {report['k']} audio tokens spliced into the input embeddings",
              "", f"{'check':<10} {'logits':>7} {'generate':>9} {'max|diff|':>10}"]
     for name, c in report["checks"].items():
         lines.append(f"{name:<10} {str(c['logits']):>7} {str(c['generate']):>9} {c['max_abs_logit_diff']:>10.3g}")
@@ -137,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--whisper", default=None, help="WhisperModel id or folder")
     parser.add_argument("--bridge", default=None, help="a saved SAFE bridge folder to check instead of random adapters")
     parser.add_argument("--k", type=int, default=8, help="audio tokens (default: %(default)s)")
+    parser.add_argument("--fusion-mode", choices=MODES, default="cross_attention")
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--placement", choices=("early", "middle", "late"), default="middle")
     parser.add_argument("--max-new-tokens", type=int, default=4)

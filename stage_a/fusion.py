@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 PLACEMENTS = ("early", "middle", "late")
+MODES = ("cross_attention", "prefix")
 # Where decoder layers live in the supported families, searched in this order.
 LAYER_PATHS = (
     "model.language_model.layers",          # LLaVA family (transformers 5)
@@ -33,8 +34,13 @@ LAYER_PATHS = (
 
 @dataclass
 class FusionConfig:
-    """Adapter sizes and placement: a preset name or explicit decoder-layer indices."""
+    """Adapter mode, sizes and placement (a preset name or explicit decoder-layer indices).
 
+    mode "prefix" splices the audio tokens into the input embeddings instead (stage_a.prefix);
+    rank, heads, residual_scale and placement then do not apply.
+    """
+
+    mode: str = "cross_attention"
     rank: int = 8
     heads: int = 2
     residual_scale: float = 0.05
@@ -43,6 +49,8 @@ class FusionConfig:
     max_blocks: int = 3
 
     def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"fusion mode is {self.mode!r}; expected one of {MODES}")
         if self.placement not in PLACEMENTS:
             raise ValueError(f"fusion placement is {self.placement!r}; expected one of {PLACEMENTS}")
         if self.rank < 1 or self.rank % self.heads:
@@ -75,6 +83,14 @@ def resolve_layers(config: FusionConfig, num_layers: int) -> list[int]:
     span = {"early": range(0, max(a, 1)), "middle": range(a, max(b, a + 1)), "late": range(b, num_layers)}[config.placement]
     step = max(1, len(span) // config.max_blocks)
     return list(span[::step])[: config.max_blocks]
+
+
+def gate_vector(gate: torch.Tensor | float, batch: int, device: torch.device) -> torch.Tensor:
+    """(B,) float gates from a scalar or per-sample gate, checked to lie in [0, 1]."""
+    gate = torch.as_tensor(gate, dtype=torch.float32, device=device).expand(batch)
+    if ((gate < 0) | (gate > 1)).any():
+        raise ValueError(f"gate values {gate.tolist()} are outside [0, 1]")
+    return gate
 
 
 def active_samples(gate: torch.Tensor, audio_mask: torch.Tensor) -> torch.Tensor:
@@ -134,10 +150,7 @@ class FusionAdapter(nn.Module):
     @contextmanager
     def audio(self, tokens: torch.Tensor, token_mask: torch.Tensor, gate: torch.Tensor | float) -> Iterator[None]:
         """Within this block, base forward/generate calls see these audio tokens and per-sample gates."""
-        gate = torch.as_tensor(gate, dtype=torch.float32, device=tokens.device).expand(tokens.shape[0])
-        if ((gate < 0) | (gate > 1)).any():
-            raise ValueError(f"gate values {gate.tolist()} are outside [0, 1]")
-        self._context = (tokens, token_mask.bool(), gate)
+        self._context = (tokens, token_mask.bool(), gate_vector(gate, tokens.shape[0], tokens.device))
         try:
             yield
         finally:

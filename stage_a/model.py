@@ -3,7 +3,8 @@
 The audio encoder stays outside: the model takes frame-level features (B, T, C) with a frame
 mask (1 = valid), which come from the frozen encoder through the feature cache. Per call, the
 caller chooses k (audio tokens) and a gate per sample; samples without valid frames, or with
-gate 0, run the base model's exact computation.
+gate 0, run the base model's exact computation. The fusion is the gated cross-attention adapter
+(stage_a.fusion) or, for comparison, prefix tokens spliced into the input embeddings (stage_a.prefix).
 
 Only the bridge is saved: `adapter.safetensors` plus `safe_config.json` beside it.
 """
@@ -21,8 +22,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from shared.checkpoint import atomic_directory
-from stage_a.fusion import FusionAdapter, FusionConfig, active_samples
+from stage_a.fusion import FusionAdapter, FusionConfig, active_samples, gate_vector
 from stage_a.lora import AudioOnlyLora, LoraSettings
+from stage_a.prefix import PrefixSplicer
 from stage_a.projector import AudioProjector, ProjectorConfig
 
 WEIGHTS_FILE = "adapter.safetensors"
@@ -70,7 +72,8 @@ class SafeModel(nn.Module):
         self.base = base.eval().requires_grad_(False)
         self.bridge_config = bridge
         self.projector = AudioProjector(bridge.projector)
-        self.fusion = FusionAdapter(base, bridge.projector.hidden_size, bridge.fusion)
+        self.fusion = (PrefixSplicer(base) if bridge.fusion.mode == "prefix"
+                       else FusionAdapter(base, bridge.projector.hidden_size, bridge.fusion))
         self.lora = AudioOnlyLora(base, bridge.lora) if bridge.lora.rank > 0 else None
 
     def train(self, mode: bool = True) -> "SafeModel":
@@ -87,24 +90,29 @@ class SafeModel(nn.Module):
                 **{f"fusion.{k}": v for k, v in self.fusion.state_dict().items()},
                 **{f"lora.{k}": v for k, v in lora.items()}}
 
+    def _lora_scope(self, active: torch.Tensor) -> Any:
+        return self.lora.active(active) if self.lora else nullcontext()
+
     def _run(self, method: Any, inputs: dict, audio_frames: torch.Tensor | None, frame_mask: torch.Tensor | None,
-             k: int, gate: torch.Tensor | float) -> Any:
-        gate_t = torch.as_tensor(gate)
-        if audio_frames is None or not bool((gate_t > 0).any()):
+             k: int, gate: torch.Tensor | float, generate: bool) -> Any:
+        if audio_frames is None or not bool((torch.as_tensor(gate) > 0).any()):
             return method(**inputs)  # the exact base path, without running the projector
         tokens, token_mask = self.projector(audio_frames, k, frame_mask)
-        active = active_samples(torch.as_tensor(gate, device=tokens.device).expand(tokens.shape[0]), token_mask)
-        with self.fusion.audio(tokens, token_mask, gate), (self.lora.active(active) if self.lora else nullcontext()):
+        gates = gate_vector(gate, tokens.shape[0], tokens.device)
+        active = active_samples(gates, token_mask)
+        if isinstance(self.fusion, PrefixSplicer):
+            return self.fusion.run(method, inputs, tokens, active, gates, generate, self._lora_scope)
+        with self.fusion.audio(tokens, token_mask, gates), self._lora_scope(active):
             return method(**inputs)
 
     def forward(self, audio_frames: torch.Tensor | None = None, frame_mask: torch.Tensor | None = None,
                 k: int = 8, gate: torch.Tensor | float = 1.0, **inputs: Any) -> Any:
-        return self._run(self.base, inputs, audio_frames, frame_mask, k, gate)
+        return self._run(self.base, inputs, audio_frames, frame_mask, k, gate, generate=False)
 
     @torch.no_grad()
     def generate(self, audio_frames: torch.Tensor | None = None, frame_mask: torch.Tensor | None = None,
                  k: int = 8, gate: torch.Tensor | float = 1.0, **inputs: Any) -> torch.Tensor:
-        return self._run(self.base.generate, inputs, audio_frames, frame_mask, k, gate)
+        return self._run(self.base.generate, inputs, audio_frames, frame_mask, k, gate, generate=True)
 
     def save_bridge(self, out_dir: str | Path) -> Path:
         """Write adapter.safetensors and safe_config.json atomically; returns the folder."""

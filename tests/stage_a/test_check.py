@@ -9,6 +9,7 @@ from shared.world.audio_model import build_clap
 from shared.world.clap_train import ClapTrainConfig
 from shared.world.spec import WorldSpec
 from stage_a.check import main
+from stage_a.fusion import FusionAdapter
 
 SPEC = WorldSpec(size="micro")
 
@@ -53,3 +54,28 @@ def test_check_on_a_tiny_blip2_folder(dirs, blip2_dir: Path, capsys: pytest.Capt
     report = json.loads(capsys.readouterr().out)
     assert report["base_class"] == "Blip2ForConditionalGeneration" and report["exact"] is True
     assert report["gate1_changes_logits"] is True and report["adapter_layers"] == [1]
+
+
+def test_check_in_prefix_mode(dirs, capsys: pytest.CaptureFixture) -> None:
+    vl, clap = dirs
+    assert main(["--base-vl", str(vl), "--clap", str(clap), "--fusion-mode", "prefix", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["fusion_mode"] == "prefix" and report["exact"] is True and report["gate1_changes_logits"] is True
+    assert report["adapter_layers"] == [] and report["params"]["fusion"] == 0
+
+
+def test_check_exits_non_zero_when_an_adapter_leaks(dirs, monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    """A hook that perturbs the LM even outside an audio context must fail the check."""
+    def leaky_hook(self, key):
+        def hook(module, args, output):
+            if isinstance(output, tuple):
+                return (output[0] + 1e-3, *output[1:])
+            return output + 1e-3
+        return hook
+
+    monkeypatch.setattr(FusionAdapter, "_hook", leaky_hook)
+    vl, clap = dirs
+    assert main(["--base-vl", str(vl), "--clap", str(clap), "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["exact"] is False and report["checks"]["no_audio"]["max_abs_logit_diff"] > 0
