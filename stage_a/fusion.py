@@ -135,28 +135,27 @@ class FusionAdapter(nn.Module):
         layers = find_decoder_layers(base)
         self.layer_indices = resolve_layers(config, len(layers))
         self.blocks = nn.ModuleDict({str(i): FusionBlock(hidden_size, config) for i in self.layer_indices})
-        self._context: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
-        self._handles = [layers[i].register_forward_hook(self._hook(str(i))) for i in self.layer_indices]
-
-    def _hook(self, key: str):
-        def hook(module: nn.Module, args: tuple, output: torch.Tensor | tuple) -> torch.Tensor | tuple | None:
-            if self._context is None:
-                return None
-            hidden = output[0] if isinstance(output, tuple) else output
-            fused = self.blocks[key](hidden, *self._context)
-            return (fused, *output[1:]) if isinstance(output, tuple) else fused
-        return hook
+        self._layers = [layers[i] for i in self.layer_indices]  # a plain list: not submodules of the adapter
 
     @contextmanager
     def audio(self, tokens: torch.Tensor, token_mask: torch.Tensor, gate: torch.Tensor | float) -> Iterator[None]:
-        """Within this block, base forward/generate calls see these audio tokens and per-sample gates."""
-        self._context = (tokens, token_mask.bool(), gate_vector(gate, tokens.shape[0], tokens.device))
+        """Within this block, base forward/generate calls see these audio tokens and per-sample gates.
+
+        The hooks exist only inside the block, so outside it the base model runs untouched and at full speed.
+        """
+        context = (tokens, token_mask.bool(), gate_vector(gate, tokens.shape[0], tokens.device))
+
+        def hook_for(block: FusionBlock):
+            def hook(module: nn.Module, args: tuple, output: torch.Tensor | tuple) -> torch.Tensor | tuple:
+                hidden = output[0] if isinstance(output, tuple) else output
+                fused = block(hidden, *context)
+                return (fused, *output[1:]) if isinstance(output, tuple) else fused
+            return hook
+
+        handles = [layer.register_forward_hook(hook_for(self.blocks[str(i)]))
+                   for i, layer in zip(self.layer_indices, self._layers)]
         try:
             yield
         finally:
-            self._context = None
-
-    def remove(self) -> None:
-        """Detach the hooks from the base model."""
-        for handle in self._handles:
-            handle.remove()
+            for handle in handles:
+                handle.remove()

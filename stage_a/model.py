@@ -95,7 +95,7 @@ class SafeModel(nn.Module):
 
     def _run(self, method: Any, inputs: dict, audio_frames: torch.Tensor | None, frame_mask: torch.Tensor | None,
              k: int, gate: torch.Tensor | float, generate: bool) -> Any:
-        if audio_frames is None or not bool((torch.as_tensor(gate) > 0).any()):
+        if audio_frames is None or not (bool((gate > 0).any()) if torch.is_tensor(gate) else gate > 0):
             return method(**inputs)  # the exact base path, without running the projector
         tokens, token_mask = self.projector(audio_frames, k, frame_mask)
         gates = gate_vector(gate, tokens.shape[0], tokens.device)

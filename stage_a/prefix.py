@@ -2,8 +2,8 @@
 
 The k audio tokens are spliced into the LM's input embeddings just before the image tokens
 (LLaVA / BLIP-2 style): "question: … <audio × k><image × N> answer:". SAFE inserts k placeholder
-ids itself (the caller's prompt stays unchanged), and a hook on the LM's input embedding writes
-gate_b × token into those positions at prefill time. The returned logits and generated
+ids itself (the caller's prompt stays unchanged), and a hook on the LM's input embedding, present
+only during the call, writes gate_b × token into those positions at prefill time. The returned logits and generated
 sequences drop the placeholder positions, so they line up with the caller's input ids.
 
 Samples without audio (or with gate 0) never see a placeholder: the batch is split and they
@@ -63,14 +63,7 @@ class PrefixSplicer(nn.Module):
         self.layer_indices: list[int] = []
         self.image_id = image_token_id(base)
         self.pad_id = int(getattr(base.generation_config, "pad_token_id", None) or 0)
-        self._context: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._handle = base.get_input_embeddings().register_forward_hook(self._hook)
-
-    def _hook(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
-        if self._context is None or output.shape[:2] != self._context[0].shape:
-            return None  # decoding steps after the prefill carry no audio slots
-        slots, tokens = self._context
-        return output.masked_scatter(slots[..., None], tokens.to(output.dtype))
+        self._embedding = [base.get_input_embeddings()]  # a plain list: not a submodule of the splicer
 
     def run(self, method: Callable[..., Any], inputs: dict, tokens: torch.Tensor, active: torch.Tensor,
             gate: torch.Tensor, generate: bool, lora_scope: Callable[[torch.Tensor], Any]) -> Any:
@@ -86,12 +79,19 @@ class PrefixSplicer(nn.Module):
         k = tokens.shape[1]
         ids, mask, slots = splice_ids(sub["input_ids"], sub.get("attention_mask", torch.ones_like(sub["input_ids"])),
                                       k, self.image_id)
-        self._context = (slots, tokens[active] * gate[active].to(tokens.dtype)[:, None, None])
+        audio = tokens[active] * gate[active].to(tokens.dtype)[:, None, None]
+
+        def splice(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
+            if output.shape[:2] != slots.shape:
+                return None  # decoding steps after the prefill carry no audio slots
+            return output.masked_scatter(slots[..., None], audio.to(output.dtype))
+
+        handle = self._embedding[0].register_forward_hook(splice)
         try:
             with lora_scope(torch.ones(int(active.sum()), dtype=torch.bool, device=active.device)):
                 out = method(**{**sub, "input_ids": ids, "attention_mask": mask})
         finally:
-            self._context = None
+            handle.remove()
         rest = method(**_rows(inputs, ~active, batch)) if not active.all() else None
         if generate:
             return self._merge_sequences(out, ids, slots, length, rest, active)
@@ -116,7 +116,3 @@ class PrefixSplicer(nn.Module):
         merged[active, : sequences.shape[1]] = sequences
         merged[~active, : rest.shape[1]] = rest
         return merged
-
-    def remove(self) -> None:
-        """Detach the embedding hook from the base model."""
-        self._handle.remove()

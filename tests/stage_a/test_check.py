@@ -4,12 +4,14 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from shared.world.audio_model import build_clap
 from shared.world.clap_train import ClapTrainConfig
 from shared.world.spec import WorldSpec
+from stage_a import check
 from stage_a.check import main
-from stage_a.fusion import FusionAdapter
+from stage_a.model import SafeModel
 
 SPEC = WorldSpec(size="micro")
 
@@ -64,17 +66,16 @@ def test_check_in_prefix_mode(dirs, capsys: pytest.CaptureFixture) -> None:
     assert report["adapter_layers"] == [] and report["params"]["fusion"] == 0
 
 
-def test_check_exits_non_zero_when_an_adapter_leaks(dirs, monkeypatch: pytest.MonkeyPatch,
-                                                    capsys: pytest.CaptureFixture) -> None:
-    """A hook that perturbs the LM even outside an audio context must fail the check."""
-    def leaky_hook(self, key):
-        def hook(module, args, output):
-            if isinstance(output, tuple):
-                return (output[0] + 1e-3, *output[1:])
-            return output + 1e-3
-        return hook
+def test_check_exits_non_zero_when_the_wrapper_alters_the_base(dirs, monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture) -> None:
+    """A wrapper that touches a base weight (a 0.1% change to one LM norm) must fail the check."""
+    class Tampering(SafeModel):
+        def __init__(self, base: torch.nn.Module, bridge) -> None:
+            super().__init__(base, bridge)
+            with torch.no_grad():
+                next(p for n, p in base.named_parameters() if "language_model" in n and "norm" in n).mul_(1.001)
 
-    monkeypatch.setattr(FusionAdapter, "_hook", leaky_hook)
+    monkeypatch.setattr(check, "SafeModel", Tampering)
     vl, clap = dirs
     assert main(["--base-vl", str(vl), "--clap", str(clap), "--json"]) == 1
     report = json.loads(capsys.readouterr().out)

@@ -44,27 +44,22 @@ def test_gate_zero_and_no_audio_are_bit_identical(base) -> None:
     reference = model(**inputs).logits
     adapter = _adapter(model)
     tokens, mask = _audio(len(QUESTIONS))
-    try:
-        with adapter.audio(tokens, mask, gate=0.0):
-            assert torch.equal(model(**inputs).logits, reference)
-        with adapter.audio(tokens, torch.zeros_like(mask), gate=1.0):
-            assert torch.equal(model(**inputs).logits, reference)
-        with adapter.audio(tokens, mask, gate=1.0):
-            assert not torch.allclose(model(**inputs).logits, reference)
-        assert torch.equal(model(**inputs).logits, reference)  # outside the context: base path
-    finally:
-        adapter.remove()
+    with adapter.audio(tokens, mask, gate=0.0):
+        assert torch.equal(model(**inputs).logits, reference)
+    with adapter.audio(tokens, torch.zeros_like(mask), gate=1.0):
+        assert torch.equal(model(**inputs).logits, reference)
+    with adapter.audio(tokens, mask, gate=1.0):
+        assert not torch.allclose(model(**inputs).logits, reference)
+    assert torch.equal(model(**inputs).logits, reference)  # outside the context: base path
+    assert all(not layer._forward_hooks for layer in find_decoder_layers(model))  # hooks live only in the context
 
 
 def test_zero_initialised_adapter_is_exact_at_gate_one(base) -> None:
     model, inputs = base
     reference = model(**inputs).logits
     adapter = _adapter(model, trained=False)
-    try:
-        with adapter.audio(*_audio(len(QUESTIONS)), gate=1.0):
-            assert torch.equal(model(**inputs).logits, reference)
-    finally:
-        adapter.remove()
+    with adapter.audio(*_audio(len(QUESTIONS)), gate=1.0):
+        assert torch.equal(model(**inputs).logits, reference)
 
 
 def test_per_sample_gate_and_mixed_batch_match_single_runs(base) -> None:
@@ -72,28 +67,22 @@ def test_per_sample_gate_and_mixed_batch_match_single_runs(base) -> None:
     adapter = _adapter(model)
     tokens, mask = _audio(len(QUESTIONS))
     gate = torch.tensor([1.0, 0.0, 0.5])
-    try:
-        with adapter.audio(tokens, mask, gate):
-            mixed = model(**inputs).logits
-        for i in range(len(QUESTIONS)):
-            one = {k: v[i:i + 1] for k, v in inputs.items()}
-            with adapter.audio(tokens[i:i + 1], mask[i:i + 1], gate[i:i + 1]):
-                alone = model(**one).logits
-            assert torch.allclose(mixed[i:i + 1], alone, atol=1e-5)
-        assert torch.equal(mixed[1], model(**inputs).logits[1])
-    finally:
-        adapter.remove()
+    with adapter.audio(tokens, mask, gate):
+        mixed = model(**inputs).logits
+    for i in range(len(QUESTIONS)):
+        one = {k: v[i:i + 1] for k, v in inputs.items()}
+        with adapter.audio(tokens[i:i + 1], mask[i:i + 1], gate[i:i + 1]):
+            alone = model(**one).logits
+        assert torch.allclose(mixed[i:i + 1], alone, atol=1e-5)
+    assert torch.equal(mixed[1], model(**inputs).logits[1])
 
 
 def test_generate_honours_the_gate(base) -> None:
     model, inputs = base
     reference = model.generate(**inputs, max_new_tokens=4, do_sample=False)
     adapter = _adapter(model)
-    try:
-        with adapter.audio(*_audio(len(QUESTIONS)), gate=0.0):
-            assert torch.equal(model.generate(**inputs, max_new_tokens=4, do_sample=False), reference)
-    finally:
-        adapter.remove()
+    with adapter.audio(*_audio(len(QUESTIONS)), gate=0.0):
+        assert torch.equal(model.generate(**inputs, max_new_tokens=4, do_sample=False), reference)
 
 
 def test_placement_presets_and_errors(base) -> None:
@@ -119,17 +108,14 @@ def test_training_moves_only_the_adapter_and_reaches_every_part(base) -> None:
     opt = torch.optim.AdamW(adapter.parameters(), lr=1e-2)
     labels = inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, -100)
     reached = {}
-    try:
-        for step in range(3):
-            opt.zero_grad()
-            with adapter.audio(tokens, mask, gate=1.0):
-                model(**inputs, labels=labels).loss.backward()
-            for name, p in adapter.named_parameters():
-                if p.grad is not None and p.grad.abs().sum() > 0:
-                    reached.setdefault(name, step)
-            opt.step()
-    finally:
-        adapter.remove()
+    for step in range(3):
+        opt.zero_grad()
+        with adapter.audio(tokens, mask, gate=1.0):
+            model(**inputs, labels=labels).loss.backward()
+        for name, p in adapter.named_parameters():
+            if p.grad is not None and p.grad.abs().sum() > 0:
+                reached.setdefault(name, step)
+        opt.step()
     names = {n for n, _ in adapter.named_parameters()}
     assert set(reached) == names
     assert {n for n, s in reached.items() if s == 0} == {n for n in names if n.endswith("out.weight")}
