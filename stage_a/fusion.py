@@ -9,6 +9,10 @@ the ablations) and W_out starts at zero, so an untrained adapter changes nothing
 gate 0 or no audio take the untouched path `h` (selected with torch.where, not multiplied by
 zero), which makes them bit-identical to the base model whatever the adapter's weights are.
 
+Gradients: because W_out starts at zero, the first step's gradient reaches only W_out; W_q,
+W_k, W_v, the block's LayerNorm and the projector feed the update through W_out, so their
+gradient is exactly zero until W_out has moved (from the second step on, every part learns).
+
 Mask convention: 1 (True) = attend, 0 (False) = ignore; masked audio tokens get no attention.
 """
 
