@@ -30,3 +30,13 @@ def atomic_directory(out_dir: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(old)
     else:
         os.replace(tmp, out_dir)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write a text file through a temp file and a rename, so readers never see half of it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path

@@ -63,6 +63,9 @@ class ClapEncoder:
         probe = self.encode_frames([silent], fe.sampling_rate)
         self.frame_seconds, self.dim = self.max_seconds / probe.shape[1], int(probe.shape[2])
 
+    def modules(self) -> list[torch.nn.Module]:
+        return [self.model]
+
     @torch.no_grad()
     def encode_frames(self, waves: Sequence[np.ndarray], sample_rate: int) -> torch.Tensor:
         return clap_frame_features(self.model, self.processor, list(waves), sample_rate).float().cpu()
@@ -82,6 +85,9 @@ class WhisperEncoder:
         self.dim = int(self.encoder.config.d_model)
         self.frame_seconds = 2 * self.extractor.hop_length / self.extractor.sampling_rate
         self.identity = f"whisper:{settings.path}:chunk{self.extractor.chunk_length}"
+
+    def modules(self) -> list[torch.nn.Module]:
+        return [self.encoder]
 
     @torch.no_grad()
     def encode(self, waves: Sequence[np.ndarray], sample_rate: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,6 +112,9 @@ class BothEncoder:
         self.identity = f"both:{clap.identity}|{whisper.identity}"
         self.frame_seconds = max(clap.frame_seconds, whisper.frame_seconds)
 
+    def modules(self) -> list[torch.nn.Module]:
+        return [m for part in self.parts for m in part.modules()]
+
     def encode(self, waves: Sequence[np.ndarray], sample_rate: int) -> tuple[torch.Tensor, torch.Tensor]:
         outputs = [(enc.encode(waves, sample_rate), enc.frame_seconds) for enc in self.parts]
         duration = max(len(w) for w in waves) / sample_rate
@@ -117,3 +126,21 @@ class BothEncoder:
             aligned.append(frames[:, index])
             masks.append(mask[:, index])
         return torch.cat(aligned, dim=-1), masks[0] & masks[1]
+
+
+def build_encoder(kind: str, clap: str | None, whisper: str | None, device: str = "cpu",
+                  dtype: str = "float32") -> ClapEncoder | WhisperEncoder | BothEncoder:
+    """The frozen encoder named by kind ('clap', 'whisper' or 'both') from the given ids or folders."""
+    needed = {"clap": ("clap",), "whisper": ("whisper",), "both": ("clap", "whisper")}
+    if kind not in needed:
+        raise ValueError(f"audio encoder is {kind!r}; expected one of {sorted(needed)}")
+    paths = {"clap": clap, "whisper": whisper}
+    missing = [name for name in needed[kind] if not paths[name]]
+    if missing:
+        raise ValueError(f"audio encoder {kind!r} needs a {' and a '.join(missing)} id or folder")
+    settings = lambda path: EncoderSettings(path, device, dtype)  # noqa: E731
+    if kind == "clap":
+        return ClapEncoder(settings(clap))
+    if kind == "whisper":
+        return WhisperEncoder(settings(whisper))
+    return BothEncoder(ClapEncoder(settings(clap)), WhisperEncoder(settings(whisper)))

@@ -19,7 +19,7 @@ import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from shared.config import load_config
-from shared.encoders import ClapEncoder, EncoderSettings, WhisperEncoder, BothEncoder
+from shared.encoders import build_encoder
 from shared.logs import setup_logging
 from shared.world.build import WorldConfig, build_world
 from stage_a.fusion import MODES, FusionAdapter, FusionConfig
@@ -34,16 +34,6 @@ def _mb(module: torch.nn.Module) -> float:
     return sum(p.numel() * p.element_size() for p in module.parameters()) / 2**20
 
 
-def _encoder(args: argparse.Namespace, world_clap: str | None):
-    clap = args.clap or world_clap
-    settings = lambda path: EncoderSettings(path, args.device, args.dtype)  # noqa: E731
-    if args.audio_encoder == "whisper":
-        return WhisperEncoder(settings(args.whisper))
-    if args.audio_encoder == "both":
-        return BothEncoder(ClapEncoder(settings(clap)), WhisperEncoder(settings(args.whisper)))
-    return ClapEncoder(settings(clap))
-
-
 def run_check(args: argparse.Namespace) -> dict:
     """Build SAFE around the base model and measure exactness, placement, parameters and memory."""
     world_clap = None
@@ -51,8 +41,6 @@ def run_check(args: argparse.Namespace) -> dict:
         world = build_world(load_config(WorldConfig, "world"))
         world_clap = str(world / "models" / "clap")
         args.base_vl = args.base_vl or str(world / "models" / "vl")
-    if args.audio_encoder in ("whisper", "both") and not args.whisper:
-        raise ValueError(f"--audio-encoder {args.audio_encoder} needs --whisper PATH_OR_ID")
     dtype = getattr(torch, args.dtype)
     processor = AutoProcessor.from_pretrained(args.base_vl)
     inputs = processor(images=[sample_image(processor, i) for i in range(len(QUESTIONS))],
@@ -64,7 +52,7 @@ def run_check(args: argparse.Namespace) -> dict:
         ref_logits = base(**inputs).logits
     ref_tokens = base.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False)
 
-    encoder = _encoder(args, world_clap)
+    encoder = build_encoder(args.audio_encoder, args.clap or world_clap, args.whisper, args.device, args.dtype)
     rng = np.random.default_rng(0)
     waves = [rng.normal(0, 0.1, 16000 * 2).astype(np.float32) for _ in QUESTIONS]
     frames, frame_mask = encoder.encode(waves, 16000)
@@ -101,17 +89,11 @@ def run_check(args: argparse.Namespace) -> dict:
         "params": {"trainable": trainable, "frozen": sum(p.numel() for p in model.base.parameters()),
                    "projector": sum(p.numel() for p in model.projector.parameters()),
                    "fusion": sum(p.numel() for p in model.fusion.parameters()),
-                   "audio_encoder": sum(p.numel() for m in _encoder_modules(encoder) for p in m.parameters())},
+                   "audio_encoder": sum(p.numel() for m in encoder.modules() for p in m.parameters())},
         "param_memory_mb": {"base_vl": round(_mb(model.base), 3), "projector": round(_mb(model.projector), 3),
                             "fusion": round(_mb(model.fusion), 3),
-                            "audio_encoder": round(sum(_mb(m) for m in _encoder_modules(encoder)), 3)},
+                            "audio_encoder": round(sum(_mb(m) for m in encoder.modules()), 3)},
     }
-
-
-def _encoder_modules(encoder) -> list[torch.nn.Module]:
-    if isinstance(encoder, BothEncoder):
-        return [m for part in encoder.parts for m in _encoder_modules(part)]
-    return [encoder.model if isinstance(encoder, ClapEncoder) else encoder.encoder]
 
 
 def format_table(report: dict) -> str:

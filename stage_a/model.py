@@ -114,13 +114,29 @@ class SafeModel(nn.Module):
                  k: int = 8, gate: torch.Tensor | float = 1.0, **inputs: Any) -> torch.Tensor:
         return self._run(self.base.generate, inputs, audio_frames, frame_mask, k, gate, generate=True)
 
+    def write_bridge(self, folder: Path) -> None:
+        """Write adapter.safetensors and safe_config.json into an existing folder (the caller makes it atomic)."""
+        state = {k: v.detach().cpu().contiguous() for k, v in self.trainable_state().items()}
+        save_file(state, str(folder / WEIGHTS_FILE))
+        (folder / CONFIG_FILE).write_text(json.dumps(self.bridge_config.to_json(), indent=2), encoding="utf-8")
+
     def save_bridge(self, out_dir: str | Path) -> Path:
-        """Write adapter.safetensors and safe_config.json atomically; returns the folder."""
+        """Write the bridge folder atomically; returns it."""
         with atomic_directory(out_dir) as tmp:
-            state = {k: v.detach().cpu().contiguous() for k, v in self.trainable_state().items()}
-            save_file(state, str(tmp / WEIGHTS_FILE))
-            (tmp / CONFIG_FILE).write_text(json.dumps(self.bridge_config.to_json(), indent=2), encoding="utf-8")
+            self.write_bridge(tmp)
         return Path(out_dir)
+
+    def load_trainable_state(self, state: dict[str, torch.Tensor], where: str) -> None:
+        """Load bridge weights saved by `write_bridge`; missing or unexpected keys are named."""
+        expected = set(self.trainable_state())
+        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+        if missing or unexpected:
+            raise ValueError(f"{where}: missing keys {missing}, unexpected keys {unexpected}")
+        self.projector.load_state_dict({k[len("projector."):]: v for k, v in state.items() if k.startswith("projector.")})
+        self.fusion.load_state_dict({k[len("fusion."):]: v for k, v in state.items() if k.startswith("fusion.")})
+        lora = {k[len("lora."):]: v for k, v in state.items() if k.startswith("lora.")}
+        if lora:
+            self.base.load_state_dict(lora, strict=False)
 
     @classmethod
     def from_bridge(cls, base: nn.Module, bridge_dir: str | Path) -> "SafeModel":
@@ -132,14 +148,5 @@ class SafeModel(nn.Module):
                 raise FileNotFoundError(f"SAFE bridge file {path} does not exist; expected {CONFIG_FILE} and {WEIGHTS_FILE}")
         bridge = BridgeConfig.from_json(json.loads(config_path.read_text(encoding="utf-8")), str(config_path))
         model = cls(base, bridge)
-        state = load_file(str(weights_path))
-        expected = set(model.trainable_state())
-        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-        if missing or unexpected:
-            raise ValueError(f"{weights_path}: missing keys {missing}, unexpected keys {unexpected}")
-        model.projector.load_state_dict({k[len("projector."):]: v for k, v in state.items() if k.startswith("projector.")})
-        model.fusion.load_state_dict({k[len("fusion."):]: v for k, v in state.items() if k.startswith("fusion.")})
-        lora = {k[len("lora."):]: v for k, v in state.items() if k.startswith("lora.")}
-        if lora:
-            model.base.load_state_dict(lora, strict=False)
+        model.load_trainable_state(load_file(str(weights_path)), str(weights_path))
         return model

@@ -46,7 +46,7 @@ def test_check_table_output(dirs, capsys: pytest.CaptureFixture) -> None:
 
 def test_whisper_needs_a_path(dirs) -> None:
     vl, _ = dirs
-    with pytest.raises(ValueError, match="--audio-encoder whisper needs --whisper"):
+    with pytest.raises(ValueError, match="audio encoder .whisper. needs a whisper id or folder"):
         main(["--base-vl", str(vl), "--audio-encoder", "whisper"])
 
 

@@ -1,0 +1,123 @@
+"""Stage A training configuration: plain dataclasses, loaded from YAML presets with overrides.
+
+Baselines are configs of the same trainer (see configs/baseline_*.yaml): original VL
+(`use_audio: false`, no steps), LoRA-only (prefix tokens + LoRA, gate fixed at 1, no retention),
+full fine-tuning (`model.train_base_lm: true`) and random audio (`shuffle_audio: true`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from stage_a.fusion import FusionConfig
+from stage_a.lora import LoraSettings
+from stage_a.sampler import MixConfig
+
+GATE_SCHEDULES = ("none", "linear", "cosine", "step")
+
+
+@dataclass
+class ModelSettings:
+    """Base VL model, frozen audio encoder and bridge sizes. Empty paths mean the embedded world's models."""
+
+    base_vl: str = ""
+    audio_encoder: str = "clap"
+    clap: str = ""
+    whisper: str = ""
+    dtype: str = "float32"
+    k_max: int = 16
+    projector_depth: int = 2
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    train_base_lm: bool = False
+
+    def __post_init__(self) -> None:
+        if self.audio_encoder not in ("clap", "whisper", "both"):
+            raise ValueError(f"model.audio_encoder is {self.audio_encoder!r}; expected 'clap', 'whisper' or 'both'")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"model.dtype is {self.dtype!r}; expected float32, bfloat16 or float16")
+
+
+@dataclass
+class DataSettings:
+    """Manifests (empty: the embedded world's splits), feature cache and how VL labels are used."""
+
+    train: str = ""
+    val: str = ""
+    test: str = ""
+    feature_cache: str = ""
+    sample_rate: int = 16000
+    vl_labels: str = "use"
+    eval_size: int = 600
+    test_size: int = 0
+
+    def __post_init__(self) -> None:
+        if self.vl_labels not in ("use", "ignore"):
+            raise ValueError(f"data.vl_labels is {self.vl_labels!r}; expected 'use' or 'ignore'")
+
+
+@dataclass
+class TrainConfig:
+    """Everything one `stage_a-train` run needs; `world` names the embedded world's preset (used for empty paths)."""
+
+    name: str = "stage_a"
+    out_dir: str = "runs"
+    seed: int = 0
+    world: str = "world"
+    model: ModelSettings = field(default_factory=ModelSettings)
+    data: DataSettings = field(default_factory=DataSettings)
+    mix: MixConfig = field(default_factory=MixConfig)
+    retention: str = "full"
+    kl_weight: float | None = None
+    fisher_weight: float | None = None
+    nullspace_energy: float | None = None
+    steps: int = 1500
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 50
+    grad_clip: float = 1.0
+    label_smoothing: float = 0.0
+    k_choices: tuple[int, ...] = (4, 8, 16)
+    k_eval: int = 8
+    gate_schedule: str = "linear"
+    gate_warmup_steps: int = 200
+    use_audio: bool = True
+    shuffle_audio: bool = False
+    eval_every: int = 250
+    eval_batch_size: int = 128
+    tolerance_pts: float = 1.0
+    log_every: int = 25
+    vanish_patience: int = 50
+    threads: int = 0
+    tensorboard: bool = True
+    wandb: bool = False
+
+    def __post_init__(self) -> None:
+        if self.gate_schedule not in GATE_SCHEDULES:
+            raise ValueError(f"gate_schedule is {self.gate_schedule!r}; expected one of {GATE_SCHEDULES}")
+        if not self.k_choices or any(not 1 <= k <= self.model.k_max for k in (*self.k_choices, self.k_eval)):
+            raise ValueError(f"k_choices {self.k_choices} / k_eval {self.k_eval}; expected values in 1..{self.model.k_max}")
+        if self.steps < 0 or self.eval_every < 1 or self.log_every < 1:
+            raise ValueError(f"steps={self.steps}, eval_every={self.eval_every}, log_every={self.log_every}; "
+                             "expected steps >= 0 and positive intervals")
+
+
+def gate_value(schedule: str, step: int, warmup: int) -> float:
+    """The fusion gate at `step`: 1 throughout ('none'), or rising from 0 to 1 over `warmup` steps."""
+    if schedule == "none" or warmup <= 0 or step >= warmup:
+        return 1.0
+    t = step / warmup
+    if schedule == "linear":
+        return t
+    if schedule == "cosine":
+        return 0.5 * (1.0 - math.cos(math.pi * t))
+    return 0.0 if t < 0.5 else 1.0  # "step": closed for the first half of the warmup, then open
+
+
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warmup, then cosine decay to 10% of the peak."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))

@@ -1,0 +1,174 @@
+"""Stage A data: checked manifests, cached frozen-encoder features, and batches for the trainer.
+
+Every split is read from a sample manifest (the embedded world's, or a converted dataset's),
+checked with `shared.data.check` (corrupt audio, missing images: counted and excluded, never
+silently turned into VL samples), and its audio windows are encoded once through the feature
+cache. VL questions are paired with audio too: their own clip (the world's scenes have one), or,
+for datasets whose VL samples have none, a clip of the split's audio samples chosen by the
+sample id, so the adapter is active on VL inputs, where it can harm them.
+
+Batches are right-padded for training (answer tokens last, labels -100 elsewhere) and
+left-padded prompts for generation. Mask convention: 1 = attend / valid, 0 = padding.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from shared.data.check import check_manifest
+from shared.data.schema import Sample, read_manifest
+from shared.features import AudioRef, FeatureCache, pad_frames, valid_frames_encoder
+from stage_a.prompting import build_prompt
+
+log = logging.getLogger(__name__)
+IGNORE = -100
+AUDIO_FAMILIES = ("audio", "audio_visual", "caption")
+
+
+def target_answer(sample: Sample) -> str:
+    """The training target: the most frequent annotator answer (ties: the first given)."""
+    if not sample.answers:
+        raise ValueError(f"sample {sample.id!r}: field 'answers' is empty; expected at least one answer")
+    counts = Counter(sample.answers)
+    return max(sample.answers, key=lambda a: counts[a])
+
+
+@dataclass
+class Split:
+    """One checked split: samples, their targets, audio features and images (loaded once)."""
+
+    name: str
+    samples: list[Sample]
+    targets: list[str]
+    features: list[torch.Tensor]
+    feature_index: list[int]
+    images: dict[str, Image.Image]
+    excluded: dict
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def is_vl(self, i: int) -> bool:
+        return self.samples[i].family == "visual"
+
+    def indices(self, audio: bool) -> list[int]:
+        """Indices of audio-dependent (True) or VL (False) samples."""
+        return [i for i, s in enumerate(self.samples) if (s.family in AUDIO_FAMILIES) == audio]
+
+
+def _audio_ref(sample: Sample) -> AudioRef:
+    return AudioRef(sample.audio, sample.audio_start, sample.audio_end)  # type: ignore[arg-type]
+
+
+def _borrowed_clip(sample: Sample, pool: list[AudioRef]) -> AudioRef:
+    if not pool:
+        raise ValueError(f"sample {sample.id!r} has no audio and the split has no audio samples to attach; "
+                         "expected VL samples with audio or an audio dataset in the same manifest")
+    digest = int(hashlib.sha256(sample.id.encode()).hexdigest()[:8], 16)
+    return pool[digest % len(pool)]
+
+
+def load_split(name: str, manifest: str | Path, encoder, cache: FeatureCache, sample_rate: int) -> Split:
+    """Read, check and encode one split; excluded samples are counted and logged, never lost silently."""
+    samples = read_manifest(manifest)
+    if not samples:
+        raise ValueError(f"manifest {manifest} holds no samples; expected at least one")
+    report = check_manifest(samples, sample_rate=sample_rate, decode_images=False, progress=False)
+    if report.excluded:
+        log.warning("%s split (%s): %d of %d samples excluded: %s", name, manifest, report.excluded,
+                    report.total, report.counts())
+    clean = report.clean
+    pool = sorted({_audio_ref(s) for s in clean if s.family in AUDIO_FAMILIES and s.has_audio},
+                  key=lambda r: (r.path, r.start))
+    refs = [_audio_ref(s) if s.has_audio else _borrowed_clip(s, pool) for s in clean]
+    borrowed = sum(not s.has_audio for s in clean)
+    if borrowed:
+        log.info("%s split: %d VL samples without audio get a clip of the split's audio samples", name, borrowed)
+    unique = sorted(set(refs), key=lambda r: (r.path, r.start, r.end or 0.0))
+    position = {r: i for i, r in enumerate(unique)}
+    features = cache.features(unique, valid_frames_encoder(encoder, sample_rate))
+    images = {}
+    for s in clean:
+        if s.image is None:
+            raise ValueError(f"sample {s.id!r} in {manifest} has no image; Stage A needs an image per question")
+        if s.image not in images:
+            with Image.open(s.image) as im:
+                images[s.image] = im.convert("RGB")
+    excluded = {"total": report.total, "excluded": report.excluded, "counts": report.counts()}
+    return Split(name, clean, [target_answer(s) for s in clean], features, [position[r] for r in refs], images, excluded)
+
+
+@dataclass
+class Batch:
+    """Model inputs, answer labels, per-row flags and audio frames of one batch."""
+
+    inputs: dict[str, torch.Tensor]
+    labels: torch.Tensor
+    is_vl: torch.Tensor
+    frames: torch.Tensor
+    frame_mask: torch.Tensor
+    ids: list[str]
+
+    def to(self, device: torch.device | str) -> "Batch":
+        return Batch({k: v.to(device) for k, v in self.inputs.items()}, self.labels.to(device), self.is_vl.to(device),
+                     self.frames.to(device), self.frame_mask.to(device), self.ids)
+
+
+class Collator:
+    """Builds training batches (prompt + answer, right-padded) and prompt-only batches for generation."""
+
+    def __init__(self, processor) -> None:
+        self.processor = processor
+        self.tokenizer = getattr(processor, "tokenizer", processor)
+        self.eos = self.tokenizer.eos_token or ""
+        self._answer_ids: dict[str, list[int]] = {}
+
+    def answer_ids(self, answer: str) -> list[int]:
+        if answer not in self._answer_ids:
+            self._answer_ids[answer] = self.tokenizer(answer + self.eos, add_special_tokens=False)["input_ids"]
+        return self._answer_ids[answer]
+
+    def _audio(self, split: Split, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        return pad_frames([split.features[split.feature_index[i]] for i in rows])
+
+    def train_batch(self, split: Split, rows: list[int], targets: list[str] | None = None) -> Batch:
+        """Prompt + answer + EOS per row; labels hold the answer tokens only."""
+        samples = [split.samples[i] for i in rows]
+        answers = targets or [split.targets[i] for i in rows]
+        texts = [f"{build_prompt(self.processor, s.question)} {a}{self.eos}" for s, a in zip(samples, answers)]
+        inputs = self.processor(images=[split.images[s.image] for s in samples], text=texts, return_tensors="pt",
+                                padding=True, padding_side="right")
+        ids, lengths = inputs["input_ids"], inputs["attention_mask"].sum(1)
+        labels = torch.full_like(ids, IGNORE)
+        for row, (sample, answer) in enumerate(zip(samples, answers)):
+            target = torch.tensor(self.answer_ids(answer))
+            end = int(lengths[row])
+            if end < len(target) or not torch.equal(ids[row, end - len(target): end], target):
+                raise ValueError(f"sample {sample.id!r}: answer {answer!r} does not tokenise to the end of its "
+                                 "prompt + answer text; expected the prompt and answer to split at the space")
+            labels[row, end - len(target): end] = target
+        frames, frame_mask = self._audio(split, rows)
+        return Batch(dict(inputs), labels, torch.tensor([s.family == "visual" for s in samples]), frames, frame_mask,
+                     [s.id for s in samples])
+
+    def prompt_batch(self, split: Split, rows: list[int]) -> Batch:
+        """Left-padded prompts for greedy generation, with the rows' audio."""
+        samples = [split.samples[i] for i in rows]
+        inputs = self.processor(images=[split.images[s.image] for s in samples],
+                                text=[build_prompt(self.processor, s.question) for s in samples],
+                                return_tensors="pt", padding=True, padding_side="left")
+        frames, frame_mask = self._audio(split, rows)
+        return Batch(dict(inputs), torch.empty(0), torch.tensor([s.family == "visual" for s in samples]), frames,
+                     frame_mask, [s.id for s in samples])
+
+    def decode(self, sequences: torch.Tensor, prompt_length: int) -> list[str]:
+        """Answers from generated sequences: new tokens only, specials stripped, spaces collapsed."""
+        texts = self.tokenizer.batch_decode(sequences[:, prompt_length:], skip_special_tokens=True)
+        return [" ".join(t.split()) for t in texts]

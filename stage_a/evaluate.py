@@ -1,0 +1,156 @@
+"""Stage A evaluation on a fixed question set: audio gain, VL retention and gate-0 exactness.
+
+The untouched base model is measured once, when the evaluator is built: its greedy answers
+without audio (the audio questions' no-audio floor and the VL reference) and its next-token
+logits at the end of each VL prompt. Each evaluation then measures SAFE with audio attached to
+every question (gate 1, k = k_eval) and, on VL questions, at gate 0: its answers and the max
+|logit diff| to the stored base logits, which must be exactly 0. Retention is the paired
+difference of VL accuracy with audio vs the base on the same questions.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from shared.metrics import vqa_accuracy
+from shared.stats import mean_ci, paired_diff_ci
+from stage_a.data import AUDIO_FAMILIES, Batch, Collator, Split
+from stage_a.model import SafeModel
+
+log = logging.getLogger(__name__)
+
+
+def shuffled_audio(batch: Batch, seed: int) -> Batch:
+    """The batch with its audio rows permuted (the random-audio baseline): same clips, wrong questions."""
+    perm = torch.randperm(len(batch.ids), generator=torch.Generator().manual_seed(seed))
+    return Batch(batch.inputs, batch.labels, batch.is_vl, batch.frames[perm], batch.frame_mask[perm], batch.ids)
+
+
+def eval_rows(split: Split, size: int, seed: int) -> list[int]:
+    """A fixed, family-stratified subset of `size` rows (all rows if size is 0 or larger than the split)."""
+    if size <= 0 or size >= len(split):
+        return list(range(len(split)))
+    rng = np.random.default_rng(seed)
+    by_family: dict[str, list[int]] = defaultdict(list)
+    for i, s in enumerate(split.samples):
+        by_family[s.family].append(i)
+    rows: list[int] = []
+    for family, members in sorted(by_family.items()):
+        take = max(1, round(size * len(members) / len(split)))
+        rows += sorted(rng.choice(members, size=min(take, len(members)), replace=False).tolist())
+    return sorted(rows)
+
+
+@dataclass
+class EvalSettings:
+    """How evaluation runs: k, batch size, answer length, and the random-audio switch."""
+
+    k: int = 8
+    batch_size: int = 128
+    max_new_tokens: int = 4
+    shuffle_audio: bool = False
+    use_audio: bool = True
+
+
+def _batches(collator: Collator, split: Split, rows: list[int], settings: EvalSettings,
+             device: torch.device | str, desc: str) -> Iterator[tuple[list[int], Batch]]:
+    size = settings.batch_size
+    for start in tqdm(range(0, len(rows), size), desc=desc, unit="batch", leave=False, disable=len(rows) <= size):
+        chunk = rows[start: start + size]
+        batch = collator.prompt_batch(split, chunk)
+        if settings.shuffle_audio:
+            batch = shuffled_audio(batch, seed=start)
+        yield chunk, batch.to(device)
+
+
+def _audio_kwargs(batch: Batch, settings: EvalSettings, audio: bool, gate: float) -> dict:
+    if not (audio and settings.use_audio):
+        return {}
+    return {"audio_frames": batch.frames, "frame_mask": batch.frame_mask, "k": settings.k, "gate": gate}
+
+
+@torch.no_grad()
+def generate_answers(model: SafeModel, collator: Collator, split: Split, rows: list[int], settings: EvalSettings,
+                     device: torch.device | str = "cpu", audio: bool = True, gate: float = 1.0) -> dict[int, str]:
+    """Greedy answers per row, with audio at `gate` or without audio."""
+    out: dict[int, str] = {}
+    for chunk, batch in _batches(collator, split, rows, settings, device, "answering"):
+        generated = model.generate(**_audio_kwargs(batch, settings, audio, gate), **batch.inputs,
+                                   max_new_tokens=settings.max_new_tokens, do_sample=False)
+        out.update(zip(chunk, collator.decode(generated, batch.inputs["input_ids"].shape[1])))
+    return out
+
+
+class Evaluator:
+    """Measures SAFE against the base model on fixed rows of one split."""
+
+    def __init__(self, model: SafeModel, collator: Collator, split: Split, rows: list[int],
+                 settings: EvalSettings, device: torch.device | str = "cpu") -> None:
+        self.model, self.collator, self.split, self.rows = model, collator, split, rows
+        self.settings, self.device = settings, device
+        self.vl_rows = [i for i in rows if split.is_vl(i)]
+        self.audio_rows = [i for i in rows if split.samples[i].family in AUDIO_FAMILIES]
+        if not self.vl_rows or not self.audio_rows:
+            raise ValueError(f"{split.name} evaluation rows hold {len(self.vl_rows)} VL and {len(self.audio_rows)} "
+                             "audio questions; expected both")
+        self.base_scores = self._scores(rows, audio=False, gate=0.0)
+        self.base_logits = self._last_logits(self.vl_rows, audio=False, gate=0.0)
+
+    def _scores(self, rows: list[int], audio: bool, gate: float) -> dict[int, float]:
+        answers = generate_answers(self.model, self.collator, self.split, rows, self.settings, self.device, audio, gate)
+        return {i: vqa_accuracy(answer, list(self.split.samples[i].answers)) for i, answer in answers.items()}
+
+    @torch.no_grad()
+    def _last_logits(self, rows: list[int], audio: bool, gate: float) -> torch.Tensor:
+        parts = [self.model(**_audio_kwargs(batch, self.settings, audio, gate), **batch.inputs).logits[:, -1].float().cpu()
+                 for _, batch in _batches(self.collator, self.split, rows, self.settings, self.device, "logits")]
+        return torch.cat(parts)
+
+    def base_summary(self) -> dict:
+        """Accuracy of the base model without audio: VL reference and the audio questions' floor."""
+        return {"vl_acc_base": self._mean(self.base_scores, self.vl_rows),
+                "audio_acc_base": self._mean(self.base_scores, self.audio_rows)}
+
+    @staticmethod
+    def _mean(scores: dict[int, float], rows: list[int]) -> float:
+        return float(np.mean([scores[i] for i in rows]))
+
+    def run(self, detail: bool = False) -> dict:
+        """SAFE with audio (gate 1) on every row, and at gate 0 on VL rows; paired retention delta."""
+        was_training = self.model.training
+        self.model.eval()
+        safe = self._scores(self.rows, audio=True, gate=1.0)
+        gate0 = self._scores(self.vl_rows, audio=True, gate=0.0)
+        diff = (self._last_logits(self.vl_rows, audio=True, gate=0.0) - self.base_logits).abs().max().item()
+        self.model.train(was_training)
+        vl_safe = [safe[i] for i in self.vl_rows]
+        vl_base = [self.base_scores[i] for i in self.vl_rows]
+        retention = paired_diff_ci(vl_safe, vl_base)
+        result = {
+            "audio_acc": mean_ci([safe[i] for i in self.audio_rows]),
+            **self.base_summary(),
+            "vl_acc_with_audio": float(np.mean(vl_safe)),
+            "vl_acc_gate0": self._mean(gate0, self.vl_rows),
+            "gate0_max_abs_logit_diff": diff,
+            "vl_degradation_pts": -100.0 * retention["mean_diff"],
+            "vl_delta_ci95_pts": [100.0 * x for x in retention["ci95"]],
+            "n": {"audio": len(self.audio_rows), "vl": len(self.vl_rows)},
+        }
+        if detail:
+            result["per_family"] = self._grouped(safe, lambda s: s.family)
+            result["per_qtype"] = self._grouped(safe, lambda s: f"{s.family}.{s.qtype}")
+            result["per_qtype_base"] = self._grouped(self.base_scores, lambda s: f"{s.family}.{s.qtype}")
+        return result
+
+    def _grouped(self, scores: dict[int, float], key) -> dict[str, float]:
+        groups: dict[str, list[float]] = defaultdict(list)
+        for i, value in scores.items():
+            groups[key(self.split.samples[i])].append(value)
+        return {name: round(float(np.mean(v)), 4) for name, v in sorted(groups.items())}

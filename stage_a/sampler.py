@@ -1,0 +1,84 @@
+"""The explicit data-mixing sampler of Stage A training.
+
+Each batch slot is audio-dependent with probability p(step) and VL otherwise, drawn from a
+generator seeded by (seed, step); p ramps from `curriculum_start` to the target fraction over
+`curriculum_steps` (0 = no curriculum). Each pool (audio, VL) is walked through seeded
+permutations, one per pass, so every sample is seen once per pass. The whole state is a few
+integers, so a resumed run draws exactly the batches an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+POOLS = ("audio", "vl")
+
+
+@dataclass
+class MixConfig:
+    """Target audio-dependent fraction, optional curriculum, batch size and seed."""
+
+    audio_fraction: float = 0.35
+    curriculum_steps: int = 0
+    curriculum_start: float = 0.30
+    batch_size: int = 32
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("audio_fraction", "curriculum_start"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"mixing {name} is {getattr(self, name)}; expected a fraction in [0, 1]")
+        if self.batch_size < 1 or self.curriculum_steps < 0:
+            raise ValueError(f"mixing batch_size={self.batch_size}, curriculum_steps={self.curriculum_steps}; "
+                             "expected batch_size >= 1 and curriculum_steps >= 0")
+
+
+class MixSampler:
+    """Global batches of sample indices with a controlled audio/VL mix."""
+
+    def __init__(self, audio: list[int], vl: list[int], config: MixConfig) -> None:
+        self.pools = {"audio": torch.tensor(audio, dtype=torch.long), "vl": torch.tensor(vl, dtype=torch.long)}
+        self.config = config
+        self.position = {name: [0, 0] for name in POOLS}  # [pass, offset] per pool
+        if config.audio_fraction > 0 and not audio:
+            raise ValueError(f"audio_fraction is {config.audio_fraction} but the data has no audio-dependent samples")
+        if config.audio_fraction < 1 and not vl:
+            raise ValueError(f"audio_fraction is {config.audio_fraction} but the data has no VL samples; "
+                             "expected VL questions or audio_fraction 1.0")
+
+    def fraction(self, step: int) -> float:
+        """Audio-dependent fraction at `step`: the curriculum ramp, then the target."""
+        c = self.config
+        if c.curriculum_steps == 0 or step >= c.curriculum_steps:
+            return c.audio_fraction
+        return c.curriculum_start + (c.audio_fraction - c.curriculum_start) * step / c.curriculum_steps
+
+    def _order(self, pool: str, n_pass: int) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(self.config.seed * 7919 + POOLS.index(pool) * 104_729 + n_pass)
+        return self.pools[pool][torch.randperm(len(self.pools[pool]), generator=gen)]
+
+    def _take(self, pool: str, count: int) -> list[int]:
+        out: list[int] = []
+        while len(out) < count:
+            n_pass, offset = self.position[pool]
+            order = self._order(pool, n_pass)
+            grab = order[offset: offset + count - len(out)].tolist()
+            out += grab
+            offset += len(grab)
+            self.position[pool] = [n_pass + 1, 0] if offset >= len(order) else [n_pass, offset]
+        return out
+
+    def batch(self, step: int) -> list[int]:
+        """The global batch of `step`: audio rows first, then VL rows."""
+        gen = torch.Generator().manual_seed(self.config.seed * 1_000_003 + step)
+        is_audio = torch.rand(self.config.batch_size, generator=gen) < self.fraction(step)
+        n_audio = int(is_audio.sum())
+        return self._take("audio", n_audio) + self._take("vl", self.config.batch_size - n_audio)
+
+    def state_dict(self) -> dict:
+        return {"position": {k: list(v) for k, v in self.position.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.position = {k: list(state["position"][k]) for k in POOLS}

@@ -1,0 +1,91 @@
+"""Build what a Stage A run needs from its config: base model, SAFE bridge, encoder and data splits.
+
+Empty model or manifest paths mean the embedded world's, built first if missing. Real runs name
+hub ids or folders (`model.base_vl: llava-hf/llava-1.5-7b-hf`, `model.clap: laion/clap-htsat-unfused`)
+and manifests written by `safe-data convert`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import platformdirs
+import torch
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from shared.encoders import build_encoder
+from shared.features import FeatureCache, weights_hash
+from shared.config import load_config
+from shared.world.build import WorldConfig, build_world
+from stage_a.config import TrainConfig
+from stage_a.data import Collator, Split, load_split
+from stage_a.model import BridgeConfig, SafeModel, lm_hidden_size
+from stage_a.projector import ProjectorConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Setup:
+    """A SAFE model with its processor, collator and checked, encoded splits."""
+
+    model: SafeModel
+    processor: object
+    collator: Collator
+    train: Split
+    val: Split
+    test: Split | None
+    paths: dict[str, str]
+
+
+def resolve_paths(cfg: TrainConfig) -> dict[str, str]:
+    """Model and manifest paths, with the embedded world's filling every empty one."""
+    m, d = cfg.model, cfg.data
+    paths = {"base_vl": m.base_vl, "clap": m.clap, "whisper": m.whisper, "train": d.train, "val": d.val, "test": d.test}
+    needs_world = [k for k in ("base_vl", "train", "val", "test") if not paths[k]]
+    if m.audio_encoder != "whisper" and not paths["clap"]:
+        needs_world.append("clap")
+    if needs_world:
+        world = build_world(load_config(WorldConfig, cfg.world))
+        defaults = {"base_vl": world / "models" / "vl", "clap": world / "models" / "clap",
+                    **{split: world / "data" / f"{split}.jsonl" for split in ("train", "val", "test")}}
+        for key in needs_world:
+            paths[key] = str(defaults[key])
+        log.info("embedded world at %s provides %s", world, needs_world)
+    return paths
+
+
+def feature_cache(encoder, root: str) -> FeatureCache:
+    """The on-disk feature cache of this encoder (identity + weights)."""
+    digest = "|".join(weights_hash(m) for m in encoder.modules())
+    return FeatureCache(root or Path(platformdirs.user_cache_dir("safe")) / "features", encoder.identity, digest)
+
+
+def load_base(path: str, dtype: str, device: torch.device | str) -> tuple[torch.nn.Module, object]:
+    """The base VL model (frozen later by SafeModel) and its processor."""
+    processor = AutoProcessor.from_pretrained(path)
+    base = AutoModelForImageTextToText.from_pretrained(path, dtype=getattr(torch, dtype)).to(device).eval()
+    return base, processor
+
+
+def build_setup(cfg: TrainConfig, device: torch.device | str = "cpu", with_test: bool = False) -> Setup:
+    """Load the base, wrap it in SAFE (seeded bridge init), and load the splits through the feature cache."""
+    paths = resolve_paths(cfg)
+    base, processor = load_base(paths["base_vl"], cfg.model.dtype, device)
+    encoder = build_encoder(cfg.model.audio_encoder, paths["clap"], paths["whisper"], str(device), cfg.model.dtype)
+    cache = feature_cache(encoder, cfg.data.feature_cache)
+    splits = {name: load_split(name, paths[name], encoder, cache, cfg.data.sample_rate)
+              for name in ("train", "val", "test") if name != "test" or with_test}
+    torch.manual_seed(cfg.seed)
+    bridge = BridgeConfig(ProjectorConfig(encoder.dim, lm_hidden_size(base), k_max=cfg.model.k_max,
+                                          depth=cfg.model.projector_depth), cfg.model.fusion, cfg.model.lora)
+    model = SafeModel(base, bridge)
+    model.projector.to(device)
+    model.fusion.to(device)
+    if cfg.model.train_base_lm:
+        for name, param in model.base.named_parameters():
+            if "language_model" in name and ".lora_" not in name:
+                param.requires_grad_(True)
+    return Setup(model, processor, Collator(processor), splits["train"], splits["val"], splits.get("test"), paths)

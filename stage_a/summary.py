@@ -1,0 +1,34 @@
+"""The human-readable table printed at the end of `stage_a-train` (summary.json holds the same figures)."""
+
+from __future__ import annotations
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:6.2f}"
+
+
+def format_summary(s: dict) -> str:
+    """A table of audio gain, VL retention and exactness, then per-family and per-type accuracy."""
+    audio = s["audio_acc"]
+    lo, hi = audio["ci95"]
+    delta_lo, delta_hi = s["vl_delta_ci95_pts"]
+    lines = [
+        f"Stage A summary ({s['split']} split, k={s['k_eval']}, retention '{s['retention_variant']}', "
+        f"vl_labels {s['vl_labels']}, {s['steps']} steps in {s['train_seconds']:.0f} s)",
+        "",
+        f"{'metric':<34} {'value':>8}",
+        f"{'audio + AV accuracy (SAFE)':<34} {_pct(audio['mean'])}   95% CI [{100 * lo:.2f}, {100 * hi:.2f}]",
+        f"{'audio + AV accuracy (base floor)':<34} {_pct(s['audio_acc_base'])}",
+        f"{'audio gain (points)':<34} {100 * (audio['mean'] - s['audio_acc_base']):+8.2f}",
+        f"{'VL accuracy (base)':<34} {_pct(s['vl_acc_base'])}",
+        f"{'VL accuracy (SAFE, audio attached)':<34} {_pct(s['vl_acc_with_audio'])}",
+        f"{'VL accuracy (SAFE, gate 0)':<34} {_pct(s['vl_acc_gate0'])}",
+        f"{'VL degradation (points)':<34} {s['vl_degradation_pts']:+8.2f}   delta 95% CI [{delta_lo:.2f}, {delta_hi:.2f}]",
+        f"{'gate-0 max |logit diff|':<34} {s['gate0_max_abs_logit_diff']:8.3g}",
+        f"{'best step / within tolerance':<34} {s['best_step']!s:>8}   {s['within_tolerance']}",
+    ]
+    if "per_qtype" in s:
+        lines += ["", f"{'question type':<28} {'SAFE':>7} {'base':>7}"]
+        for name, value in s["per_qtype"].items():
+            lines.append(f"{name:<28} {_pct(value)} {_pct(s['per_qtype_base'].get(name, float('nan')))}")
+    return "\n".join(lines)

@@ -1,0 +1,402 @@
+"""`stage_a-train`: train the SAFE bridge with retention, evaluate every `eval_every` steps, keep the best.
+
+One step, top to bottom:
+1. the sampler draws the global batch (audio-dependent and VL questions, all with audio attached);
+   under Accelerate each process takes its share (rows rank::world);
+2. k is drawn from `k_choices` and the gate follows its warmup schedule;
+3. loss = answer cross-entropy (VL rows only with `vl_labels: use`)
+          + λ_KL · KL(base at gate 0 ‖ SAFE) on VL answer positions
+          + λ_F · Σ F (θ − θ*)²  (online EWC, re-estimated every `fisher_every` steps);
+4. a non-finite loss skips the step (three in a row stop the run, naming the batch ids);
+5. backward, per-component gradient norms, clipping, AdamW, and the null-space projection of the
+   update of protected projections (bases refreshed every `nullspace_every` steps).
+
+Every `eval_every` steps: audio accuracy, VL accuracy with audio and at gate 0 (whose max |logit
+diff| to the base must be 0), and the paired VL retention delta. A degradation beyond
+`tolerance_pts` stops the run; the best checkpoint within tolerance is kept. The final summary
+measures that checkpoint on the test split and goes to runs/<name>/summary.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from configs.retention_variants import retention_variant
+from shared.checkpoint import atomic_directory, atomic_write_text
+from shared.config import ConfigError, load_config, parse_overrides, to_dict
+from shared.logs import setup_logging
+from stage_a.checkpointing import BASE_LM_FILE, load_checkpoint, save_checkpoint, trained_base_params
+from stage_a.config import TrainConfig, gate_value, lr_factor
+from stage_a.data import IGNORE, Batch
+from stage_a.evaluate import EvalSettings, Evaluator, eval_rows, generate_answers, shuffled_audio
+from stage_a.model import WEIGHTS_FILE, SafeModel
+from stage_a.monitor import GradientMonitor, RunLogger
+from stage_a.retention import NullSpaceProjector, OnlineFisher, RetentionConfig, distill_loss
+from stage_a.sampler import MixSampler
+from stage_a.setup import build_setup
+from stage_a.summary import format_summary
+
+log = logging.getLogger(__name__)
+MAX_BAD_STEPS = 3
+
+
+def retention_settings(cfg: TrainConfig) -> RetentionConfig:
+    """The named retention variant with any explicit weight overrides applied."""
+    overrides = {k: v for k, v in (("kl_weight", cfg.kl_weight), ("fisher_weight", cfg.fisher_weight),
+                                   ("nullspace_energy", cfg.nullspace_energy)) if v is not None}
+    return dataclasses.replace(retention_variant(cfg.retention), **overrides)
+
+
+def protected_projections(model: SafeModel) -> dict[str, torch.nn.Linear]:
+    """Projections whose inputs are LM hidden states: fusion queries and LoRA A matrices (see stage_a.retention)."""
+    out = {f"fusion.{i}.q": block.q for i, block in getattr(model.fusion, "blocks", {}).items()}
+    for name, module in model.base.named_modules():
+        if name.endswith("lora_A.default") and isinstance(module, torch.nn.Linear):
+            out[name] = module
+    return out
+
+
+def components(model: SafeModel) -> dict[str, list[torch.nn.Parameter]]:
+    """Trainable parameters per component, for gradient monitoring."""
+    return {"projector": list(model.projector.parameters()), "fusion": list(model.fusion.parameters()),
+            "lora": [p for n, p in model.base.named_parameters() if ".lora_" in n],
+            "base_lm": list(trained_base_params(model).values())}
+
+
+def answer_loss(logits: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor, smoothing: float) -> torch.Tensor:
+    """Mean cross-entropy over the answer tokens of the selected rows (0 with a grad path if none)."""
+    if not rows.any():
+        return logits.sum() * 0
+    return F.cross_entropy(logits[rows, :-1].flatten(0, 1).float(), labels[rows, 1:].flatten(),
+                           ignore_index=IGNORE, label_smoothing=smoothing)
+
+
+def answer_positions(labels: torch.Tensor) -> torch.Tensor:
+    """(B, L) True where the logits predict an answer token (labels shifted by one)."""
+    mask = torch.zeros_like(labels, dtype=torch.bool)
+    mask[:, :-1] = labels[:, 1:] != IGNORE
+    return mask
+
+
+class StageATrainer:
+    """Holds one run's model, optimizer, retention state and bookkeeping; `run()` trains and summarises."""
+
+    def __init__(self, cfg: TrainConfig, resume: bool = False) -> None:
+        self.cfg, self.acc = cfg, Accelerator()
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.run_dir = Path(cfg.out_dir) / cfg.name
+        self.ckpt_dir = self.run_dir / "checkpoint"
+        if self.ckpt_dir.exists() and not resume:
+            raise FileExistsError(f"run {self.run_dir} already has a checkpoint; pass --resume to continue it "
+                                  "or choose another --name")
+        if resume and not self.ckpt_dir.exists():
+            raise FileNotFoundError(f"--resume: no checkpoint at {self.ckpt_dir}")
+        with self.acc.main_process_first():
+            self.setup = build_setup(cfg, self.acc.device, with_test=True)
+        self.model = self.setup.model
+        self.retention = retention_settings(cfg)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        groups = [{"params": [p for p in self.params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+                  {"params": [p for p in self.params if p.dim() < 2], "weight_decay": 0.0}]  # no decay on norms, biases
+        self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, cfg.warmup_steps, cfg.steps))
+        named = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+        self.fisher = OnlineFisher(named, self.retention.fisher_decay) if self.retention.fisher_weight > 0 else None
+        protected = protected_projections(self.model) if self.retention.nullspace else {}
+        self.nullspace = NullSpaceProjector(protected, self.retention.nullspace_energy) if protected else None
+        if self.retention.nullspace and not protected:
+            log.warning("null-space retention has no projection to protect (prefix mode without LoRA)")
+        trained = {id(p) for group in components(self.model).values() for p in group}
+        self.monitor = GradientMonitor(components(self.model), [(n, p) for n, p in self.model.base.named_parameters()
+                                                                if id(p) not in trained], patience=cfg.vanish_patience)
+        train = self.setup.train
+        self.sampler = MixSampler(train.indices(audio=True), train.indices(audio=False), cfg.mix)
+        self.eval_settings = EvalSettings(k=cfg.k_eval, batch_size=cfg.eval_batch_size,
+                                          shuffle_audio=cfg.shuffle_audio, use_audio=cfg.use_audio)
+        self.targets = self._training_targets()
+        vl_rows = train.indices(audio=False)
+        calib = torch.randperm(len(vl_rows), generator=torch.Generator().manual_seed(cfg.seed))
+        self.calibration = [vl_rows[i] for i in calib[: cfg.mix.batch_size * max(
+            self.retention.fisher_batches, self.retention.nullspace_batches)].tolist()]
+        self.evaluator = Evaluator(self.model, self.setup.collator, self.setup.val,
+                                   eval_rows(self.setup.val, cfg.data.eval_size, cfg.seed), self.eval_settings,
+                                   self.acc.device)
+        self.state = {"step": 0, "bad_steps": 0, "best": None, "history": [], "train_seconds": 0.0,
+                      "stopped_early": False, "drawn": 0, "family_counts": {}, "qtype_counts": {}}
+        self.seen = torch.zeros(len(train), dtype=torch.bool)
+        if resume:
+            self._restore()
+        self.logger = RunLogger(self.run_dir, to_dict(cfg), tensorboard=cfg.tensorboard, wandb=cfg.wandb,
+                                run_name=cfg.name, main_process=self.acc.is_main_process,
+                                resume_step=self.state["step"] if resume else None)
+        self.ddp_model, self.optimizer = self.acc.prepare(self.model, self.optimizer)
+
+    def _training_targets(self) -> list[str]:
+        """Answers trained on: gold, except VL rows under `vl_labels: ignore`, which get the base's own answers."""
+        train = self.setup.train
+        targets = list(train.targets)
+        if self.cfg.data.vl_labels == "ignore":
+            vl = train.indices(audio=False)
+            answers = generate_answers(self.model, self.setup.collator, train, vl, self.eval_settings,
+                                       self.acc.device, audio=False)
+            for i in vl:
+                targets[i] = answers[i]
+            log.info("vl_labels=ignore: %d VL questions distil towards the base model's own answers", len(vl))
+        return targets
+
+    # --- one training step -------------------------------------------------------------------
+    def _batch(self, step: int) -> tuple[Batch, list[int], int, float]:
+        rows = self.sampler.batch(step)
+        local = rows[self.acc.process_index::self.acc.num_processes]
+        gen = torch.Generator().manual_seed(self.cfg.seed * 65_537 + step)
+        k = self.cfg.k_choices[int(torch.randint(len(self.cfg.k_choices), (1,), generator=gen))]
+        batch = self.setup.collator.train_batch(self.setup.train, local, [self.targets[i] for i in local])
+        if self.cfg.shuffle_audio:
+            batch = shuffled_audio(batch, seed=step)
+        return batch.to(self.acc.device), rows, k, gate_value(self.cfg.gate_schedule, step, self.cfg.gate_warmup_steps)
+
+    def _audio(self, batch: Batch, k: int, gate: float) -> dict:
+        if not self.cfg.use_audio:
+            return {}
+        return {"audio_frames": batch.frames, "frame_mask": batch.frame_mask, "k": k, "gate": gate}
+
+    def _refresh_retention(self, step: int, k: int) -> dict:
+        """Re-estimate the Fisher and the null-space bases on calibration VL questions with audio (gate 1)."""
+        r, out = self.retention, {}
+        batches = [self.calibration[i: i + self.cfg.mix.batch_size]
+                   for i in range(0, len(self.calibration), self.cfg.mix.batch_size)]
+        collate = lambda rows: self.setup.collator.train_batch(  # noqa: E731
+            self.setup.train, rows, [self.targets[i] for i in rows]).to(self.acc.device)
+        if self.fisher is not None and step % r.fisher_every == 0:
+            def nll(rows: list[int]):
+                batch = collate(rows)
+                logits = self.model(**self._audio(batch, k, 1.0), **batch.inputs).logits
+                return answer_loss(logits, batch.labels, torch.ones_like(batch.is_vl), 0.0)
+            out["fisher"] = self.fisher.estimate([lambda rows=rows: nll(rows) for rows in batches[: r.fisher_batches]])
+        if self.nullspace is not None and step % r.nullspace_every == 0:
+            with torch.no_grad(), self.nullspace.collect():
+                for rows in batches[: r.nullspace_batches]:
+                    batch = collate(rows)
+                    self.model(**self._audio(batch, k, 1.0), **batch.inputs)
+            out["nullspace_rank"] = self.nullspace.refresh()
+        return out
+
+    def train_step(self, step: int) -> dict:
+        batch, rows, k, gate = self._batch(step)
+        info = self._refresh_retention(step, k)
+        r, cfg = self.retention, self.cfg
+        logits = self.ddp_model(**self._audio(batch, k, gate), **batch.inputs).logits
+        labelled = ~batch.is_vl | torch.tensor(cfg.data.vl_labels == "use", device=batch.is_vl.device)
+        ce = answer_loss(logits, batch.labels, labelled, cfg.label_smoothing)
+        kl = logits.sum() * 0
+        if r.kl_weight > 0 and batch.is_vl.any():
+            vl = batch.is_vl
+            with torch.no_grad():
+                teacher = self.model(**{k_: v[vl] for k_, v in batch.inputs.items()}).logits
+            kl = distill_loss(logits[vl], teacher, answer_positions(batch.labels[vl]), r.kl_temperature, r.kl_kind)
+        ewc = self.fisher.penalty() if self.fisher is not None else logits.sum() * 0
+        loss = ce + r.kl_weight * kl + r.fisher_weight * ewc
+        finite = bool(self.acc.gather(torch.isfinite(loss.detach()).float().reshape(1)).min() > 0)
+        if not finite:
+            self.state["bad_steps"] += 1
+            ids = batch.ids
+            log.warning("step %d: non-finite loss %s, step skipped (batch ids %s...)", step, loss.item(), ids[:5])
+            if self.state["bad_steps"] >= MAX_BAD_STEPS:
+                raise FloatingPointError(f"{MAX_BAD_STEPS} non-finite losses in a row, last at step {step}; "
+                                         f"batch ids: {ids}")
+            return {"skipped": True, "loss": float("nan")}
+        self.state["bad_steps"] = 0
+        self._count(rows)
+        n_audio = sum(self.setup.train.samples[i].family != "visual" for i in rows)
+        info |= {"k": k, "gate": gate, "audio_ratio": n_audio / len(rows), "target_ratio": self.sampler.fraction(step)}
+        if not loss.requires_grad:  # gate 0 (or no audio): the bridge is not in the graph; no optimizer step
+            return {"loss": loss.item(), "ce": ce.item(), "kl": 0.0, "ewc": 0.0, "lr": self.scheduler.get_last_lr()[0],
+                    "bridge_active": False, **info}
+        self.acc.backward(loss)
+        norms = self.monitor.observe()
+        if cfg.grad_clip > 0:
+            self.acc.clip_grad_norm_(self.params, cfg.grad_clip)
+        if self.nullspace is not None:
+            self.nullspace.snapshot()
+        self.optimizer.step()
+        if self.nullspace is not None:
+            self.nullspace.project()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return {"loss": loss.item(), "ce": ce.item(), "kl": kl.detach().item(), "ewc": ewc.item(),
+                "lr": self.scheduler.get_last_lr()[0], "grad_norm": norms, "bridge_active": True, **info}
+
+    def _count(self, rows: list[int]) -> None:
+        samples = self.setup.train.samples
+        for key, values in (("family_counts", [samples[i].family for i in rows]),
+                            ("qtype_counts", [f"{samples[i].family}.{samples[i].qtype}" for i in rows])):
+            counts = Counter(self.state[key])
+            counts.update(values)
+            self.state[key] = dict(counts)
+        self.seen[rows] = True
+        self.state["drawn"] += len(rows)
+
+    # --- evaluation, checkpoints ---------------------------------------------------------------
+    def evaluate(self, step: int) -> dict:
+        result = self.evaluator.run()
+        self.state["history"].append({"step": step, "audio_acc": result["audio_acc"]["mean"],
+                                      **{k: result[k] for k in ("vl_degradation_pts", "gate0_max_abs_logit_diff")}})
+        ok = result["vl_degradation_pts"] <= self.cfg.tolerance_pts
+        best = self.state["best"]
+        if ok and (best is None or result["audio_acc"]["mean"] > best["audio_acc"]):
+            self.state["best"] = {"step": step, "audio_acc": result["audio_acc"]["mean"],
+                                  "vl_degradation_pts": result["vl_degradation_pts"]}
+            if self.acc.is_main_process:
+                self._save_best()
+        if not ok:
+            self.state["stopped_early"] = True
+        data = {"epochs": self.state["drawn"] / len(self.setup.train), "unique_seen": int(self.seen.sum()),
+                "family_counts": self.state["family_counts"], "qtype_counts": self.state["qtype_counts"]}
+        self.logger.log(step, "data", data)
+        self.logger.log(step, "eval", result)
+        return result
+
+    def _save_best(self) -> None:
+        """The bridge (and the base LM, when it is trained) of the best evaluation so far."""
+        with atomic_directory(self.run_dir / "best") as tmp:
+            self.model.write_bridge(tmp)
+            base = trained_base_params(self.model)
+            if base:
+                save_file({k: v.detach().cpu().contiguous() for k, v in base.items()}, str(tmp / BASE_LM_FILE))
+
+    def _load_best(self) -> None:
+        best = self.run_dir / "best"
+        self.model.load_trainable_state(load_file(str(best / WEIGHTS_FILE)), str(best))
+        if (best / BASE_LM_FILE).is_file():
+            self.model.base.load_state_dict(load_file(str(best / BASE_LM_FILE)), strict=False)
+
+    def checkpoint(self) -> None:
+        if not self.acc.is_main_process:
+            return
+        tensors = {"seen": self.seen}
+        if self.fisher is not None:
+            tensors |= {f"fisher/{k}": v for k, v in self.fisher.state_dict().items()}
+        if self.nullspace is not None:
+            tensors |= {f"nullspace/{k}": v for k, v in self.nullspace.state_dict().items()}
+        state = {**self.state, "sampler": self.sampler.state_dict(), "monitor": self.monitor.state_dict()}
+        save_checkpoint(self.ckpt_dir, self.model, self.optimizer, self.scheduler, tensors, state)
+
+    def _restore(self) -> None:
+        ckpt = load_checkpoint(self.ckpt_dir)
+        self.model.load_trainable_state(ckpt.bridge, str(self.ckpt_dir))
+        if ckpt.base_lm:
+            self.model.base.load_state_dict(ckpt.base_lm, strict=False)
+        self.optimizer.load_state_dict(ckpt.optimizer)
+        self.scheduler.load_state_dict(ckpt.scheduler)
+        part = lambda prefix: {k[len(prefix):]: v for k, v in ckpt.tensors.items() if k.startswith(prefix)}  # noqa: E731
+        if self.fisher is not None:
+            self.fisher.load_state_dict(part("fisher/"))
+        if self.nullspace is not None:
+            self.nullspace.load_state_dict(part("nullspace/"))
+        self.seen = ckpt.tensors["seen"].bool()
+        self.sampler.load_state_dict(ckpt.state.pop("sampler"))
+        self.monitor.load_state_dict(ckpt.state.pop("monitor"))
+        self.state = ckpt.state
+        log.info("resumed %s at step %d", self.run_dir, self.state["step"])
+
+    # --- the run -------------------------------------------------------------------------------
+    def run(self, stop_after: int = 0) -> dict | None:
+        """Train to `cfg.steps` (or stop early), then summarise on the test split; None if stopped by stop_after."""
+        cfg, start = self.cfg, self.state["step"]
+        bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="stage A", unit="step",
+                   disable=not self.acc.is_main_process)
+        clock, last_eval = time.perf_counter(), {}
+        for step in bar:
+            metrics = self.train_step(step)
+            self.state["step"] = step + 1
+            if step % cfg.log_every == 0:
+                self.logger.log(step, "train", metrics)
+            if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
+                last_eval = self.evaluate(step + 1)
+            bar.set_postfix(loss=f"{metrics['loss']:.3f}", audio=f"{last_eval.get('audio_acc', {}).get('mean', 0):.3f}",
+                            vl_delta=f"{-last_eval.get('vl_degradation_pts', 0.0):+.2f}", refresh=False)
+            session_end = bool(stop_after) and step + 1 - start == stop_after
+            if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps or self.state["stopped_early"] or session_end:
+                self.state["train_seconds"] += time.perf_counter() - clock
+                clock = time.perf_counter()
+                self.checkpoint()
+            if self.state["stopped_early"]:
+                log.warning("VL degradation %.2f pts exceeds the tolerance %.2f at step %d: stopping; best checkpoint "
+                            "within tolerance: %s", last_eval["vl_degradation_pts"], cfg.tolerance_pts, step + 1,
+                            self.state["best"])
+                break
+            if session_end:
+                log.info("stopping after %d steps of this session (--stop-after); --resume continues", stop_after)
+                self.logger.close()
+                return None
+        self.state["train_seconds"] += time.perf_counter() - clock
+        return self.summarise()
+
+    def summarise(self) -> dict:
+        best = self.state["best"]
+        if best is not None:
+            self._load_best()
+        else:
+            log.warning("no evaluation stayed within the %.2f-point tolerance; summarising the last weights",
+                        self.cfg.tolerance_pts)
+        test = self.setup.test
+        evaluator = Evaluator(self.model, self.setup.collator, test, eval_rows(test, self.cfg.data.test_size, self.cfg.seed),
+                              self.eval_settings, self.acc.device)
+        result = evaluator.run(detail=True)
+        summary = {**result, "split": "test", "retention_variant": self.cfg.retention,
+                   "retention": dataclasses.asdict(self.retention), "k_eval": self.cfg.k_eval,
+                   "train_seconds": round(self.state["train_seconds"], 2), "steps": self.state["step"],
+                   "best_step": best["step"] if best else None, "within_tolerance": best is not None,
+                   "stopped_early": self.state["stopped_early"], "vl_labels": self.cfg.data.vl_labels,
+                   "fisher_normalisation": OnlineFisher.NORMALISATION if self.fisher else None,
+                   "nullspace_ranks": self.nullspace.ranks() if self.nullspace else None,
+                   "excluded": {s.name: s.excluded for s in (self.setup.train, self.setup.val, test)},
+                   "history": self.state["history"], "base_grad_steps": self.monitor.base_grad_steps}
+        if self.acc.is_main_process:
+            atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2))
+        self.logger.log(self.state["step"], "summary", summary)
+        self.logger.close()
+        return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="stage_a-train", description=__doc__.splitlines()[0],
+                                     epilog="Any config key can be overridden: --steps 500 --mix.audio_fraction 0.5")
+    parser.add_argument("--preset", default="stage_a", help="preset name in configs/ or a YAML path (default: %(default)s)")
+    parser.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
+    parser.add_argument("--stop-after", type=int, default=0, help="end this session after N steps (checkpointed)")
+    parser.add_argument("--wandb", action="store_true", help="log to wandb (offline without an API key)")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args, rest = parser.parse_known_args(argv)
+    setup_logging(args.verbose)
+    try:
+        overrides = parse_overrides(rest)
+        if args.wandb:
+            overrides["wandb"] = "true"
+        cfg = load_config(TrainConfig, args.preset, overrides)
+    except ConfigError as err:
+        print(f"stage_a-train: {err}", file=sys.stderr)
+        return 2
+    summary = StageATrainer(cfg, resume=args.resume).run(stop_after=args.stop_after)
+    if summary is not None and Accelerator().is_main_process:
+        print(format_summary(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
