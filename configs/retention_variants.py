@@ -7,9 +7,9 @@ from dataclasses import replace
 from stage_a.retention import RetentionConfig
 
 _KL = dict(kl_weight=0.2, kl_temperature=2.0)
-# λ_F = 1 is meaningful only because the Fisher is normalised to mean entry 1 (OnlineFisher.NORMALISATION);
+# λ_F = 0.1 is meaningful only because the Fisher is normalised to mean entry 1 (OnlineFisher.NORMALISATION);
 # sweep it on a log scale (e.g. 0.1, 1, 10).
-_FISHER = dict(fisher_weight=1.0)
+_FISHER = dict(fisher_weight=0.1)
 _NULLSPACE = dict(nullspace=True, nullspace_energy=0.98)
 
 VARIANTS: dict[str, RetentionConfig] = {

@@ -163,15 +163,28 @@ def resolve_preset(preset: str | Path) -> Path:
     return path
 
 
+def _read_preset(preset: str | Path, chain: tuple[str, ...] = ()) -> dict:
+    """A preset's tree; `extends: OTHER` at its top loads OTHER first and merges this one over it."""
+    path = resolve_preset(preset)
+    if str(path) in chain:
+        raise ConfigError(f"config preset {path} extends itself through {list(chain)}")
+    loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config preset {path} holds {type(loaded).__name__}; expected a mapping")
+    parent = loaded.pop("extends", None)
+    return _merge(_read_preset(parent, (*chain, str(path))), loaded) if parent else loaded
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 def load_config(cls: type[T], preset: str | Path | None = None, overrides: dict[str, Any] | None = None) -> T:
-    """Build cls from a YAML preset (optional) with dotted-key overrides applied on top."""
-    tree: dict = {}
-    if preset is not None:
-        path = resolve_preset(preset)
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config preset {path} holds {type(loaded).__name__}; expected a mapping")
-        tree = loaded
+    """Build cls from a YAML preset (optional, may `extends:` another) with dotted-key overrides on top."""
+    tree: dict = _read_preset(preset) if preset is not None else {}
     for key, value in (overrides or {}).items():
         _set_dotted(tree, key, value)
     return _build(cls, tree, "")

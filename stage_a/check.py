@@ -22,7 +22,7 @@ from shared.config import load_config
 from shared.encoders import build_encoder
 from shared.logs import setup_logging
 from shared.world.build import WorldConfig, build_world
-from stage_a.fusion import MODES, FusionAdapter, FusionConfig
+from stage_a.fusion import MODES, PLACEMENTS, FusionAdapter, FusionConfig
 from stage_a.model import BridgeConfig, SafeModel, lm_hidden_size
 from stage_a.projector import ProjectorConfig
 from stage_a.prompting import build_prompt, sample_image
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--k", type=int, default=8, help="audio tokens (default: %(default)s)")
     parser.add_argument("--fusion-mode", choices=MODES, default="cross_attention")
     parser.add_argument("--rank", type=int, default=8)
-    parser.add_argument("--placement", choices=("early", "middle", "late"), default="middle")
+    parser.add_argument("--placement", choices=PLACEMENTS, default="middle")
     parser.add_argument("--max-new-tokens", type=int, default=4)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-PLACEMENTS = ("early", "middle", "late")
+PLACEMENTS = ("early", "middle", "late", "all")
 MODES = ("cross_attention", "prefix")
 # Where decoder layers live in the supported families, searched in this order.
 LAYER_PATHS = (
@@ -77,14 +77,15 @@ def find_decoder_layers(model: nn.Module) -> nn.ModuleList:
 
 
 def resolve_layers(config: FusionConfig, num_layers: int) -> list[int]:
-    """Explicit indices, or up to max_blocks evenly spaced layers in the preset's third of the LM."""
+    """Explicit indices, or up to max_blocks evenly spaced layers in the preset's third of the LM (or all of it)."""
     if config.layers:
         bad = [i for i in config.layers if not 0 <= i < num_layers]
         if bad:
             raise ValueError(f"fusion layers {bad} are out of range; the LM has {num_layers} layers (0..{num_layers - 1})")
         return sorted(set(config.layers))
     a, b = num_layers // 3, 2 * num_layers // 3
-    span = {"early": range(0, max(a, 1)), "middle": range(a, max(b, a + 1)), "late": range(b, num_layers)}[config.placement]
+    span = {"early": range(0, max(a, 1)), "middle": range(a, max(b, a + 1)), "late": range(b, num_layers),
+            "all": range(num_layers)}[config.placement]
     step = max(1, len(span) // config.max_blocks)
     return list(span[::step])[: config.max_blocks]
 

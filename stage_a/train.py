@@ -351,7 +351,7 @@ class StageATrainer:
         best = self.state["best"]
         if best is not None:
             self._load_best()
-        else:
+        elif self.state["step"] > 0:
             log.warning("no evaluation stayed within the %.2f-point tolerance; summarising the last weights",
                         self.cfg.tolerance_pts)
         test = self.setup.test

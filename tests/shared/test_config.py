@@ -62,3 +62,18 @@ def test_malformed_overrides_and_missing_preset() -> None:
         parse_overrides(["steps", "3"])
     with pytest.raises(ConfigError, match="preset 'nope' not found"):
         load_config(Run, "nope")
+
+
+def test_presets_extend_other_presets(tmp_path) -> None:
+    from stage_a.config import TrainConfig
+
+    parent = tmp_path / "parent.yaml"
+    parent.write_text("name: parent\nsteps: 10\nmix:\n  batch_size: 4\n  audio_fraction: 0.2\n")
+    child = tmp_path / "child.yaml"
+    child.write_text(f"extends: {parent}\nname: child\nmix:\n  audio_fraction: 0.5\n")
+    cfg = load_config(TrainConfig, child)
+    assert (cfg.name, cfg.steps, cfg.mix.batch_size, cfg.mix.audio_fraction) == ("child", 10, 4, 0.5)
+    loop = tmp_path / "loop.yaml"
+    loop.write_text(f"extends: {loop}\n")
+    with pytest.raises(ConfigError, match="extends itself"):
+        load_config(TrainConfig, loop)

@@ -91,6 +91,8 @@ def test_placement_presets_and_errors(base) -> None:
     assert resolve_layers(FusionConfig(placement="early"), 32) == [0, 3, 6]
     assert resolve_layers(FusionConfig(placement="late"), 32) == [21, 24, 27]
     assert resolve_layers(FusionConfig(placement="middle"), 3) == [1]
+    assert resolve_layers(FusionConfig(placement="all"), 2) == [0, 1]
+    assert resolve_layers(FusionConfig(placement="all", max_blocks=4), 32) == [0, 8, 16, 24]
     with pytest.raises(ValueError, match=r"fusion layers \[5\] are out of range; the LM has 3 layers"):
         resolve_layers(FusionConfig(layers=(1, 5)), 3)
     with pytest.raises(ValueError, match="cannot locate the decoder layers of Linear; searched"):

@@ -40,7 +40,7 @@ def test_variants_construct_differ_and_are_copies() -> None:
     assert len({repr(c) for c in configs.values()}) == 5
     assert configs["none"] == RetentionConfig()
     full = configs["full"]
-    assert full.kl_weight == 0.2 and full.kl_temperature == 2.0 and full.fisher_weight == 1.0 and full.nullspace
+    assert full.kl_weight == 0.2 and full.kl_temperature == 2.0 and full.fisher_weight == 0.1 and full.nullspace
     configs["kl"].kl_weight = 9.0
     assert VARIANTS["kl"].kl_weight == 0.2
 
