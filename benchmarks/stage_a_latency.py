@@ -11,7 +11,6 @@ benchmarks/results/stage_a_latency.json.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from shared.config import load_config
 from shared.data.audio_io import load_audio
 from shared.data.schema import read_manifest
 from shared.encoders import ClapEncoder, EncoderSettings
+from shared.benchmark import save_result
 from shared.logs import setup_logging
 from shared.world.build import WorldConfig, build_world
 from stage_a.fusion import FusionConfig
@@ -101,9 +101,7 @@ def main() -> None:
                      for name, m in (("base", base), ("encoder", encoder.model), ("projector", model.projector),
                                      ("fusion", model.fusion))},
     })
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    print(json.dumps(result, indent=2))
+    save_result(result, args.out)
 
 
 if __name__ == "__main__":

@@ -8,16 +8,12 @@ own timings and quality figures with the machine they were measured on.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 from shared.logs import setup_logging
+from shared.benchmark import save_result
 from shared.world.build import WorldConfig, build_world, read_record
 
 TARGET_SECONDS = 600.0
@@ -44,12 +40,8 @@ def main() -> None:
         "clap_wall_seconds": parts["clap"]["wall_seconds"],
         "vl_visual_test_accuracy": parts["vl"]["test_accuracy"],
         "clap_test_retrieval_top1": parts["clap"]["retrieval"]["top1"],
-        "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-                    "python": platform.python_version(), "torch": torch.__version__},
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    print(json.dumps(result, indent=2))
+    save_result(result, args.out)
 
 
 if __name__ == "__main__":

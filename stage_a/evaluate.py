@@ -139,7 +139,7 @@ class Evaluator:
             "vl_acc_with_audio": float(np.mean(vl_safe)),
             "vl_acc_gate0": self._mean(gate0, self.vl_rows),
             "gate0_max_abs_logit_diff": diff,
-            "vl_degradation_pts": -100.0 * retention["mean_diff"],
+            "vl_degradation_pts": 0.0 - 100.0 * retention["mean_diff"],  # 0.0 - x: no "-0.0" in reports
             "vl_delta_ci95_pts": [100.0 * x for x in retention["ci95"]],
             "n": {"audio": len(self.audio_rows), "vl": len(self.vl_rows)},
         }
