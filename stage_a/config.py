@@ -87,6 +87,7 @@ class TrainConfig:
     eval_every: int = 250
     eval_batch_size: int = 128
     tolerance_pts: float = 1.0
+    stop_patience: int = 1
     log_every: int = 25
     vanish_patience: int = 50
     threads: int = 0
@@ -98,9 +99,9 @@ class TrainConfig:
             raise ValueError(f"gate_schedule is {self.gate_schedule!r}; expected one of {GATE_SCHEDULES}")
         if not self.k_choices or any(not 1 <= k <= self.model.k_max for k in (*self.k_choices, self.k_eval)):
             raise ValueError(f"k_choices {self.k_choices} / k_eval {self.k_eval}; expected values in 1..{self.model.k_max}")
-        if self.steps < 0 or self.eval_every < 1 or self.log_every < 1:
-            raise ValueError(f"steps={self.steps}, eval_every={self.eval_every}, log_every={self.log_every}; "
-                             "expected steps >= 0 and positive intervals")
+        if self.steps < 0 or self.eval_every < 1 or self.log_every < 1 or self.stop_patience < 1:
+            raise ValueError(f"steps={self.steps}, eval_every={self.eval_every}, log_every={self.log_every}, "
+                             f"stop_patience={self.stop_patience}; expected steps >= 0 and positive intervals")
 
 
 def gate_value(schedule: str, step: int, warmup: int) -> float:

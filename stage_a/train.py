@@ -13,7 +13,8 @@ One step, top to bottom:
 
 Every `eval_every` steps: audio accuracy, VL accuracy with audio and at gate 0 (whose max |logit
 diff| to the base must be 0), and the paired VL retention delta. A degradation beyond
-`tolerance_pts` stops the run; the best checkpoint within tolerance is kept. The final summary
+`tolerance_pts` (at `stop_patience` evaluations in a row) stops the run; the best checkpoint
+within tolerance is kept. The final summary
 measures that checkpoint on the test split and goes to runs/<name>/summary.json.
 """
 
@@ -137,7 +138,7 @@ class StageATrainer:
                                    eval_rows(self.setup.val, cfg.data.eval_size, cfg.seed), self.eval_settings,
                                    self.acc.device)
         self.state = {"step": 0, "bad_steps": 0, "best": None, "history": [], "train_seconds": 0.0,
-                      "stopped_early": False, "drawn": 0, "family_counts": {}, "qtype_counts": {}}
+                      "stopped_early": False, "breaches": 0, "drawn": 0, "family_counts": {}, "qtype_counts": {}}
         self.seen = torch.zeros(len(train), dtype=torch.bool)
         if resume:
             self._restore()
@@ -263,7 +264,8 @@ class StageATrainer:
                                   "vl_degradation_pts": result["vl_degradation_pts"]}
             if self.acc.is_main_process:
                 self._save_best()
-        if not ok:
+        self.state["breaches"] = 0 if ok else self.state["breaches"] + 1
+        if self.state["breaches"] >= self.cfg.stop_patience:
             self.state["stopped_early"] = True
         data = {"epochs": self.state["drawn"] / len(self.setup.train), "unique_seen": int(self.seen.sum()),
                 "family_counts": self.state["family_counts"], "qtype_counts": self.state["qtype_counts"]}
@@ -324,8 +326,8 @@ class StageATrainer:
         for step in bar:
             metrics = self.train_step(step)
             self.state["step"] = step + 1
-            if step % cfg.log_every == 0:
-                self.logger.log(step, "train", metrics)
+            if (step + 1) % cfg.log_every == 0:  # records carry the number of steps done, as checkpoints do
+                self.logger.log(step + 1, "train", metrics)
             if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
                 last_eval = self.evaluate(step + 1)
             bar.set_postfix(loss=f"{metrics['loss']:.3f}", audio=f"{last_eval.get('audio_acc', {}).get('mean', 0):.3f}",

@@ -99,6 +99,8 @@ def test_resume_after_stop_equals_an_uninterrupted_run(paths: dict, tmp_path: Pa
     assert json.loads((parts / "stage_a_micro/checkpoint/state.json").read_text())["step"] == 3
     with pytest.raises(FileExistsError, match="--resume"):
         main(args)
+    with (parts / "stage_a_micro/metrics.jsonl").open("a") as log:  # what a process killed after step 4 leaves
+        log.write(json.dumps({"step": 4, "kind": "train", "loss": 1.0}) + "\n")
     assert main([*args, "--resume"]) == 0
     a, b = (load_file(str(d / "stage_a_micro/checkpoint/adapter.safetensors")) for d in (whole, parts))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -153,9 +155,11 @@ def test_vl_labels_ignore_trains_vl_only_through_retention(paths: dict, tmp_path
 
 
 def test_tolerance_breach_stops_early_and_says_so(paths: dict, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    summary = StageATrainer(_config(paths, tmp_path, tolerance_pts=-1.0)).run()
+    summary = StageATrainer(_config(paths, tmp_path, tolerance_pts=-1.0, steps=12)).run()
     assert summary["stopped_early"] is True and summary["steps"] == 4 and summary["within_tolerance"] is False
     assert "exceeds the tolerance" in caplog.text
+    patient = StageATrainer(_config(paths, tmp_path, name="patient", tolerance_pts=-1.0, steps=12, stop_patience=2)).run()
+    assert patient["stopped_early"] is True and patient["steps"] == 8
 
 
 MICRO = {"world": "world_micro", "steps": 2, "eval_every": 2, "mix.batch_size": 8, "data.eval_size": 0,
