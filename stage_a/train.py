@@ -30,7 +30,6 @@ from collections import Counter
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
@@ -41,7 +40,8 @@ from shared.config import ConfigError, load_config, parse_overrides, to_dict
 from shared.logs import setup_logging
 from stage_a.checkpointing import BASE_LM_FILE, load_checkpoint, save_checkpoint, trained_base_params
 from stage_a.config import TrainConfig, gate_value, lr_factor
-from stage_a.data import IGNORE, Batch
+from stage_a.data import Batch
+from stage_a.losses import answer_loss, answer_positions
 from stage_a.evaluate import EvalSettings, Evaluator, eval_rows, generate_answers, shuffled_audio
 from stage_a.model import WEIGHTS_FILE, SafeModel
 from stage_a.monitor import GradientMonitor, RunLogger
@@ -75,21 +75,6 @@ def components(model: SafeModel) -> dict[str, list[torch.nn.Parameter]]:
     return {"projector": list(model.projector.parameters()), "fusion": list(model.fusion.parameters()),
             "lora": [p for n, p in model.base.named_parameters() if ".lora_" in n],
             "base_lm": list(trained_base_params(model).values())}
-
-
-def answer_loss(logits: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor, smoothing: float) -> torch.Tensor:
-    """Mean cross-entropy over the answer tokens of the selected rows (0 with a grad path if none)."""
-    if not rows.any():
-        return logits.sum() * 0
-    return F.cross_entropy(logits[rows, :-1].flatten(0, 1).float(), labels[rows, 1:].flatten(),
-                           ignore_index=IGNORE, label_smoothing=smoothing)
-
-
-def answer_positions(labels: torch.Tensor) -> torch.Tensor:
-    """(B, L) True where the logits predict an answer token (labels shifted by one)."""
-    mask = torch.zeros_like(labels, dtype=torch.bool)
-    mask[:, :-1] = labels[:, 1:] != IGNORE
-    return mask
 
 
 class StageATrainer:

@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 from shared.config import load_config
 from stage_a.config import TrainConfig, gate_value
 from stage_a.data import Collator
-from stage_a.train import StageATrainer, answer_positions, main
+from stage_a.losses import answer_positions
+from stage_a.train import StageATrainer, main
 
 VARIANTS = ("none", "kl", "fisher", "nullspace", "full")
 
