@@ -7,8 +7,14 @@ retention: base model vs. base + audio on image-only questions): it works on per
 differences, which is far tighter than comparing two independent intervals, and adds a
 sign-flip permutation p-value for "the two systems score the same".
 
-Both are vectorised over resamples and seeded, so a table rebuilt from the same scores is
-bit-identical.
+`mcnemar` is the classic test for two systems' right/wrong answers on the same questions.
+
+Across runs rather than items: `mean_std` and `welch_t` summarise and compare per-seed results of
+two configurations; `iqm` / `iqm_ci` give the interquartile mean with a stratified bootstrap over
+runs (Agarwal et al. 2021, "Deep RL at the Edge of the Statistical Precipice").
+
+The bootstraps are vectorised over resamples and seeded, so a table rebuilt from the same scores
+is bit-identical.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 import numpy as np
+from scipy import stats
 
 MAX_DRAWS = 50_000_000  # resample matrix entries per chunk; bounds memory at a few hundred MB
 
@@ -41,6 +48,7 @@ def _check_settings(confidence: float, n_boot: int) -> None:
 
 
 def _ci_key(confidence: float) -> str:
+    """Result key naming the interval's level: "ci95" for 0.95."""
     return f"ci{int(round(confidence * 100))}"
 
 
@@ -108,3 +116,96 @@ def paired_diff_ci(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndar
     ci = _percentile_ci(_bootstrap_means(diffs, n_boot, rng), confidence)
     return {"mean_diff": float(diffs.mean()), key: ci, "n": int(diffs.size),
             "p_value": _sign_flip_p_value(diffs, n_boot, rng)}
+
+
+def mcnemar(a_correct: Sequence[float] | np.ndarray, b_correct: Sequence[float] | np.ndarray) -> dict:
+    """McNemar test on paired right/wrong outcomes; a score counts as correct when >= 0.5 (VQA: 2/3, 1).
+
+    Returns {"b01" (a wrong, b right), "b10" (a right, b wrong), "n", "statistic", "p_value", "method"}:
+    the exact two-sided binomial test when there are fewer than 25 discordant pairs, else the
+    continuity-corrected chi-square with 1 degree of freedom ("statistic" is b01 for the exact test).
+    """
+    a_arr, b_arr = _as_values(a_correct, "a_correct"), _as_values(b_correct, "b_correct")
+    if a_arr.size != b_arr.size:
+        raise ValueError(f"paired outcomes differ in length: len(a_correct) = {a_arr.size}, "
+                         f"len(b_correct) = {b_arr.size}; expected one outcome per question in both")
+    for name, arr in (("a_correct", a_arr), ("b_correct", b_arr)):
+        bad = np.flatnonzero((arr < 0) | (arr > 1))
+        if bad.size:
+            raise ValueError(f"{name}[{bad[0]}] is {arr[bad[0]]}; expected a score in [0, 1]")
+    a_ok, b_ok = a_arr >= 0.5, b_arr >= 0.5
+    b01, b10 = int(np.count_nonzero(~a_ok & b_ok)), int(np.count_nonzero(a_ok & ~b_ok))
+    out = {"b01": b01, "b10": b10, "n": int(a_arr.size)}
+    discordant = b01 + b10
+    if discordant == 0:
+        return out | {"statistic": 0.0, "p_value": 1.0, "method": "exact"}
+    if discordant < 25:
+        p_value = stats.binomtest(b01, discordant, 0.5).pvalue
+        return out | {"statistic": float(b01), "p_value": float(p_value), "method": "exact"}
+    statistic = (abs(b01 - b10) - 1) ** 2 / discordant
+    p_value = stats.chi2.sf(statistic, 1)
+    return out | {"statistic": float(statistic), "p_value": float(p_value), "method": "chi2_cc"}
+
+
+def _mean_var(arr: np.ndarray) -> tuple[float, float]:
+    """Mean and variance (ddof=1), exact for a constant sample: float sums give 0.1 * 3 / 3 != 0.1."""
+    if np.ptp(arr) == 0:
+        return float(arr[0]), 0.0
+    return float(arr.mean()), float(arr.var(ddof=1))
+
+
+def mean_std(values: Sequence[float] | np.ndarray) -> dict:
+    """Mean and sample standard deviation (ddof=1, 0.0 for one value): {"mean", "std", "n"}."""
+    arr = _as_values(values, "values")
+    mean, var = _mean_var(arr)
+    return {"mean": mean, "std": float(np.sqrt(var)), "n": int(arr.size)}
+
+
+def welch_t(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> dict:
+    """Welch's unequal-variance t-test on two independent samples (e.g. per-seed results of two configs).
+
+    Returns {"mean_a", "mean_b", "std_a", "std_b" (ddof=1), "t", "df" (Welch-Satterthwaite), "p_value"
+    (two-sided)}. Two constant samples give t = 0, p = 1 if their means are equal, else t = +-inf, p = 0.
+    """
+    a_arr, b_arr = _as_values(a, "a"), _as_values(b, "b")
+    for name, arr in (("a", a_arr), ("b", b_arr)):
+        if arr.size < 2:
+            raise ValueError(f"{name} has {arr.size} value; expected at least 2 to estimate a variance")
+    (mean_a, var_a), (mean_b, var_b) = _mean_var(a_arr), _mean_var(b_arr)
+    out = {"mean_a": mean_a, "mean_b": mean_b, "std_a": float(np.sqrt(var_a)), "std_b": float(np.sqrt(var_b))}
+    se_a, se_b = var_a / a_arr.size, var_b / b_arr.size
+    if se_a + se_b == 0:
+        df = float(a_arr.size + b_arr.size - 2)
+        if mean_a == mean_b:
+            return out | {"t": 0.0, "df": df, "p_value": 1.0}
+        return out | {"t": float(np.copysign(np.inf, mean_a - mean_b)), "df": df, "p_value": 0.0}
+    t = (mean_a - mean_b) / np.sqrt(se_a + se_b)
+    df = (se_a + se_b) ** 2 / (se_a**2 / (a_arr.size - 1) + se_b**2 / (b_arr.size - 1))
+    return out | {"t": float(t), "df": float(df), "p_value": float(2 * stats.t.sf(abs(t), df))}
+
+
+def iqm(values: Sequence[float] | np.ndarray) -> float:
+    """Interquartile mean: the mean of the middle 50% of sorted values (scipy trim_mean at 0.25)."""
+    return float(stats.trim_mean(_as_values(values, "values"), 0.25))
+
+
+def iqm_ci(scores: np.ndarray, confidence: float = 0.95, n_boot: int = 2000, seed: int = 0) -> dict:
+    """IQM of all scores with a stratified-bootstrap CI: each task's runs resampled independently.
+
+    scores is runs x tasks, or 1-D for a single task. Returns {"iqm", "ci95" (or ci<level>), "n_runs", "n_tasks"}.
+    """
+    _check_settings(confidence, n_boot)
+    arr = np.asarray(scores, dtype=np.float64)
+    if arr.ndim not in (1, 2):
+        raise ValueError(f"scores has shape {arr.shape}; expected runs x tasks or a 1-D sequence of runs")
+    matrix = _as_values(arr.reshape(-1), "scores").reshape(arr.shape[0], -1)
+    n_runs, n_tasks = matrix.shape
+    rng = np.random.default_rng(seed)
+    columns = np.arange(n_tasks)
+    iqms = np.concatenate([
+        stats.trim_mean(matrix[rng.integers(0, n_runs, size=(rows, n_runs, n_tasks), dtype=np.int32), columns]
+                        .reshape(rows, -1), 0.25, axis=1)
+        for rows in _chunks(n_boot, matrix.size)
+    ])
+    return {"iqm": iqm(matrix.reshape(-1)), _ci_key(confidence): _percentile_ci(iqms, confidence),
+            "n_runs": int(n_runs), "n_tasks": int(n_tasks)}

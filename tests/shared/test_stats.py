@@ -1,9 +1,10 @@
-"""Bootstrap CIs and paired permutation p-values over per-question scores."""
+"""Bootstrap CIs, paired tests over per-question scores, and summaries over runs."""
 
 import numpy as np
 import pytest
+import scipy.stats
 
-from shared.stats import mean_ci, paired_diff_ci
+from shared.stats import iqm, iqm_ci, mcnemar, mean_ci, mean_std, paired_diff_ci, welch_t
 
 
 def test_mean_ci_mean_exact_and_ci_contains_it() -> None:
@@ -70,3 +71,102 @@ def test_empty_input_is_an_error(call) -> None:
 def test_non_finite_scores_are_an_error() -> None:
     with pytest.raises(ValueError, match=r"values\[1\] is nan"):
         mean_ci([1.0, float("nan")])
+
+
+def _pairs(b01: int, b10: int, both_right: int = 5, both_wrong: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    a = np.array([0] * b01 + [1] * b10 + [1] * both_right + [0] * both_wrong)
+    b = np.array([1] * b01 + [0] * b10 + [1] * both_right + [0] * both_wrong)
+    return a, b
+
+
+def test_mcnemar_few_discordant_pairs_uses_the_exact_binomial_test() -> None:
+    out = mcnemar(*_pairs(10, 2))
+    assert (out["b01"], out["b10"], out["n"], out["method"]) == (10, 2, 20, "exact")
+    # Two-sided binomial: 2 * (C(12,10) + C(12,11) + C(12,12)) / 2**12 = 158 / 4096.
+    assert out["p_value"] == pytest.approx(0.03857, abs=1e-4)
+    assert out["p_value"] == pytest.approx(scipy.stats.binomtest(10, 12, 0.5).pvalue, abs=1e-4)
+
+
+def test_mcnemar_many_discordant_pairs_uses_corrected_chi_square() -> None:
+    out = mcnemar(*_pairs(30, 10, both_right=50, both_wrong=0))
+    assert (out["b01"], out["b10"], out["n"], out["method"]) == (30, 10, 90, "chi2_cc")
+    assert out["statistic"] == pytest.approx(9.025)  # (|30 - 10| - 1)**2 / 40
+    assert out["p_value"] == pytest.approx(0.002663, abs=1e-5)
+
+
+def test_mcnemar_without_discordant_pairs_is_not_significant() -> None:
+    out = mcnemar([True, False, True], [True, False, True])
+    assert out == {"b01": 0, "b10": 0, "n": 3, "statistic": 0.0, "p_value": 1.0, "method": "exact"}
+
+
+def test_mcnemar_thresholds_fractional_vqa_scores_at_half() -> None:
+    out = mcnemar([0.0, 1 / 3, 2 / 3, 1.0, 0.5], [2 / 3, 1.0, 1 / 3, 0.0, 1 / 3])
+    assert (out["b01"], out["b10"]) == (2, 3)
+
+
+@pytest.mark.parametrize(("a", "b", "match"), [
+    ([1, 0, 1], [1, 0], r"len\(a_correct\) = 3, len\(b_correct\) = 2"),
+    ([1, 0, 1], [1, 0, 2], r"b_correct\[2\] is 2.0; expected a score in \[0, 1\]"),
+])
+def test_mcnemar_rejects_bad_outcomes(a, b, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        mcnemar(a, b)
+
+
+def test_welch_t_matches_hand_formulas_and_scipy() -> None:
+    a, b = [1, 2, 3, 4, 5], [2, 4, 6, 8, 10]
+    # var_a = 2.5, var_b = 10 -> se^2 = 2.5/5 + 10/5 = 2.5; t = (3 - 6) / sqrt(2.5) = -1.8974;
+    # df = 2.5^2 / ((2.5/5)^2 / 4 + (10/5)^2 / 4) = 6.25 / 1.0625 = 5.882.
+    out = welch_t(a, b)
+    assert out["t"] == pytest.approx(-1.8974, abs=1e-3) and out["df"] == pytest.approx(5.882, abs=1e-3)
+    assert (out["mean_a"], out["mean_b"]) == (3.0, 6.0)
+    assert out["std_a"] == pytest.approx(np.sqrt(2.5)) and out["std_b"] == pytest.approx(np.sqrt(10))
+    assert out["p_value"] == pytest.approx(scipy.stats.ttest_ind(a, b, equal_var=False).pvalue)
+
+
+def test_welch_t_with_zero_variance() -> None:
+    same = welch_t([0.1] * 3, [0.1] * 4)  # 0.1 * 3 / 3 is not exactly 0.1: still zero variance
+    assert (same["t"], same["p_value"], same["std_a"]) == (0.0, 1.0, 0.0)
+    apart = welch_t([0.5, 0.5], [0.7, 0.7, 0.7])
+    assert (apart["t"], apart["p_value"]) == (-np.inf, 0.0)
+    one_constant = welch_t([1.0, 1.0, 1.0], [1.0, 2.0, 3.0])  # t = -1 / sqrt(1/3), df = n_b - 1 = 2
+    assert one_constant["t"] == pytest.approx(-np.sqrt(3)) and one_constant["df"] == pytest.approx(2.0)
+    assert one_constant["p_value"] == pytest.approx(2 * scipy.stats.t.sf(np.sqrt(3), 2))
+
+
+def test_welch_t_needs_two_values_per_sample() -> None:
+    with pytest.raises(ValueError, match="b has 1 value; expected at least 2"):
+        welch_t([1.0, 2.0], [3.0])
+
+
+def test_mean_std() -> None:
+    assert mean_std([1.0, 2.0, 3.0]) == {"mean": 2.0, "std": 1.0, "n": 3}
+    assert mean_std([0.7]) == {"mean": 0.7, "std": 0.0, "n": 1}
+    with pytest.raises(ValueError, match="no values"):
+        mean_std([])
+
+
+def test_iqm_is_the_mean_of_the_middle_half() -> None:
+    assert iqm([8, 1, 7, 2, 6, 3, 5, 4]) == 4.5  # mean of 3, 4, 5, 6
+    values = np.random.default_rng(8).normal(size=37)
+    assert iqm(values) == pytest.approx(scipy.stats.trim_mean(values, 0.25))
+    with pytest.raises(ValueError, match="no values"):
+        iqm([])
+
+
+def test_iqm_ci_is_seeded_contains_the_iqm_and_narrows_with_more_runs() -> None:
+    rng = np.random.default_rng(9)
+    scores = rng.random((10, 4))
+    out = iqm_ci(scores, seed=3)
+    assert out == iqm_ci(scores, seed=3) and out != iqm_ci(scores, seed=4)
+    assert out["iqm"] == iqm(scores.ravel()) and (out["n_runs"], out["n_tasks"]) == (10, 4)
+    assert out["ci95"][0] < out["iqm"] < out["ci95"][1]
+    wide, narrow = (np.diff(iqm_ci(rng.random((n, 4)), n_boot=500)["ci95"])[0] for n in (5, 200))
+    assert narrow < wide / 3
+
+
+def test_iqm_ci_accepts_one_task_as_a_1d_array() -> None:
+    runs = np.random.default_rng(10).random(20)
+    out = iqm_ci(runs, confidence=0.9)
+    assert set(out) == {"iqm", "ci90", "n_runs", "n_tasks"} and (out["n_runs"], out["n_tasks"]) == (20, 1)
+    assert out == iqm_ci(runs[:, None], confidence=0.9)
