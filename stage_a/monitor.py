@@ -16,7 +16,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,22 +23,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from shared.checkpoint import atomic_write_text
+
 log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.json"
 WANDB_ID_FILE = "wandb_run_id"
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _plain(value: Any, key: str) -> Any:
@@ -99,7 +89,7 @@ class RunLogger:
             return
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(self.run_dir / CONFIG_FILE, json.dumps(config, indent=2, default=str) + "\n")
+        atomic_write_text(self.run_dir / CONFIG_FILE, json.dumps(config, indent=2, default=str) + "\n")
         self.metrics_path = self.run_dir / METRICS_FILE
         if resume_step is not None and self.metrics_path.exists():
             self._truncate(resume_step)
@@ -131,7 +121,7 @@ class RunLogger:
             log.warning("%s: dropped %d unreadable lines (e.g. cut off by a crash)", self.metrics_path, broken)
         log.info("%s: resuming at step %d, kept %d lines, dropped %d later ones",
                  self.metrics_path, resume_step, len(kept), len(lines) - len(kept) - broken)
-        _atomic_write_text(self.metrics_path, "".join(kept))
+        atomic_write_text(self.metrics_path, "".join(kept))
 
     def _init_wandb(self, config: dict, project: str, run_name: str | None, resume_step: int | None) -> Any:
         """Start (or, on resume, continue) the wandb run whose id is kept in run_dir."""
@@ -144,7 +134,7 @@ class RunLogger:
         run_id = id_file.read_text().strip() if resume_step is not None and id_file.exists() else None
         run = wandb.init(project=project, name=run_name, config=config, dir=str(self.run_dir),
                          mode=_wandb_mode(), id=run_id, resume="allow" if run_id else None)
-        _atomic_write_text(id_file, f"{run.id}\n")
+        atomic_write_text(id_file, f"{run.id}\n")
         return run
 
     def log(self, step: int, kind: str, values: dict) -> None:
