@@ -7,12 +7,43 @@ VQA accuracy follows the official VQA evaluation (GT-Vision-Lab, vqaEval.py), qu
   disagree (more than one distinct answer);
 - the score is min(#matching other annotators / 3, 1), averaged over the leave-one-out
   subsets of the annotators (10 subsets for VQA's 10 answers).
+
+GQA accuracy is exact match. The official GQA eval.py compares the raw strings
+(`predicted == gold`); gold answers are already lower-case and stripped, so `gqa_accuracy`
+additionally lower-cases and strips surrounding whitespace on both sides. That changes nothing for
+a clean prediction and only forgives case and padding; anything more (articles, punctuation,
+number words) is deliberately not done, so GQA numbers stay comparable to exact-match results.
+
+`accuracy_by_type` averages per-question scores per question type plus "overall" (the mean over
+all questions, not the mean of the per-type means), as MUSIC-AVQA/AVQA tables report them.
+
+CIDEr-D follows pycocoevalcap's CiderD scorer, written here from its definition:
+- tokens: lower-case, every character of `string.punctuation` deleted ("dog's" -> "dogs",
+  "well-known" -> "wellknown"), split on whitespace; a light stand-in for the PTB tokenizer
+  the COCO toolkit runs first, so absolute values can differ slightly from the toolkit's on text
+  with punctuation;
+- n-grams of order 1..n; document frequency df(g) = number of images whose *reference set*
+  contains g, over the images being scored;
+- tf-idf: count(g) * (log(max(1, #images)) - log(max(1, df(g)))); an n-gram in every reference
+  set weighs 0;
+- per order n, per reference: sum over the candidate's n-grams of min(c_g, r_g) * r_g (the
+  CIDEr-D clipping of the candidate's tf-idf by the reference's), divided by |c_n| * |r_n| when
+  both are non-zero, times the Gaussian length penalty exp(-(len_c - len_r)^2 / (2 sigma^2)) on
+  word counts (the toolkit counts bigrams, which differ from word counts by the same 1 on both
+  sides for non-empty text);
+- averaged over the references, then over the orders, times 10; the corpus score is the mean
+  over images.
+There is no reranking or selection against the references, ever: each candidate is the model's
+own single output for its image, scored as is.
 """
 
 from __future__ import annotations
 
+import math
 import re
-from typing import Sequence
+import string
+from collections import Counter
+from typing import Iterable, Mapping, Sequence
 
 _PUNCT = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!")
 # The official pattern, typo and all: "(?!<=" is a lookahead, not a lookbehind.
@@ -90,3 +121,101 @@ def vqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
     total = sum(matches)
     # Leave annotator i out: the others agreeing with the prediction are total - matches[i].
     return sum(min(1.0, (total - m) / 3.0) for m in matches) / len(gts)
+
+
+def gqa_accuracy(prediction: str, answer: str) -> float:
+    """GQA exact match, 1.0 or 0.0, after lower-casing and stripping both strings."""
+    for name, value in (("prediction", prediction), ("answer", answer)):
+        if not isinstance(value, str):
+            raise ValueError(f"gqa_accuracy: {name} is {value!r}; expected a string")
+    return float(prediction.strip().lower() == answer.strip().lower())
+
+
+def accuracy_by_type(records: Iterable[tuple[str, float]]) -> dict[str, float]:
+    """Mean score per question type, plus "overall" = mean over all records."""
+    totals: dict[str, float] = {}
+    counts: Counter[str] = Counter()
+    overall = 0.0
+    for i, record in enumerate(records):
+        if not isinstance(record, tuple) or len(record) != 2:
+            raise ValueError(f"accuracy_by_type: records[{i}] is {record!r}; expected a (type, score) pair")
+        qtype, score = record
+        if not isinstance(qtype, str) or not qtype or qtype == "overall":
+            raise ValueError(f"accuracy_by_type: records[{i}] has type {qtype!r}; "
+                             "expected a non-empty string other than 'overall'")
+        if isinstance(score, bool) or not isinstance(score, (int, float)) or not 0.0 <= score <= 1.0:
+            raise ValueError(f"accuracy_by_type: records[{i}] has score {score!r}; expected a number in [0, 1]")
+        totals[qtype] = totals.get(qtype, 0.0) + float(score)
+        counts[qtype] += 1
+        overall += float(score)
+    n = sum(counts.values())
+    if n == 0:
+        raise ValueError("accuracy_by_type: records is empty; expected at least one (type, score) pair")
+    result = {qtype: totals[qtype] / counts[qtype] for qtype in sorted(totals)}
+    result["overall"] = overall / n
+    return result
+
+
+_PUNCT_DELETE = str.maketrans("", "", string.punctuation)
+
+
+def caption_tokens(text: str) -> list[str]:
+    """CIDEr-D tokens: lower-cased, punctuation deleted, split on whitespace."""
+    return text.lower().translate(_PUNCT_DELETE).split()
+
+
+def _ngram_counts(tokens: Sequence[str], n: int) -> list[Counter[tuple[str, ...]]]:
+    """Counts of the n-grams of each order 1..n (index k holds order k + 1)."""
+    return [Counter(tuple(tokens[i:i + k]) for i in range(len(tokens) - k + 1)) for k in range(1, n + 1)]
+
+
+def _tfidf(counts: list[Counter[tuple[str, ...]]], df: Counter[tuple[str, ...]], log_n: float
+           ) -> tuple[list[dict[tuple[str, ...], float]], list[float]]:
+    """Per-order tf-idf vectors and their Euclidean norms."""
+    vecs = [{g: c * (log_n - math.log(max(1.0, df[g]))) for g, c in order.items()} for order in counts]
+    return vecs, [math.sqrt(sum(v * v for v in vec.values())) for vec in vecs]
+
+
+def cider_d(candidates: Mapping[str, str], references: Mapping[str, Sequence[str]], n: int = 4,
+            sigma: float = 6.0) -> tuple[float, dict[str, float]]:
+    """CIDEr-D corpus score (mean over ids) and per-id scores; see the module docstring."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"cider_d: n is {n!r}; expected a positive integer n-gram order")
+    if not isinstance(sigma, (int, float)) or not math.isfinite(sigma) or sigma <= 0:
+        raise ValueError(f"cider_d: sigma is {sigma!r}; expected a positive finite number")
+    if not candidates:
+        raise ValueError("cider_d: candidates is empty; expected at least one id -> caption")
+    for cid, caption in candidates.items():
+        if not isinstance(caption, str):
+            raise ValueError(f"cider_d: candidates[{cid!r}] is {caption!r}; expected one caption string")
+        if cid not in references:
+            raise ValueError(f"cider_d: candidate id {cid!r} is missing from references; "
+                             "expected references for every candidate id")
+        refs = references[cid]
+        if isinstance(refs, str) or len(refs) == 0 or not all(isinstance(r, str) for r in refs):
+            raise ValueError(f"cider_d: references[{cid!r}] is {refs!r}; expected a non-empty list of strings")
+
+    ids = list(candidates)
+    ref_tokens = {i: [caption_tokens(r) for r in references[i]] for i in ids}
+    ref_counts = {i: [_ngram_counts(t, n) for t in ref_tokens[i]] for i in ids}
+    df: Counter[tuple[str, ...]] = Counter()
+    for i in ids:
+        df.update({g for counts in ref_counts[i] for order in counts for g in order})
+    log_n = math.log(max(1.0, float(len(ids))))
+
+    scores: dict[str, float] = {}
+    for i in ids:
+        cand_tokens = caption_tokens(candidates[i])
+        cand_vecs, cand_norms = _tfidf(_ngram_counts(cand_tokens, n), df, log_n)
+        total = 0.0
+        for tokens, counts in zip(ref_tokens[i], ref_counts[i]):
+            ref_vecs, ref_norms = _tfidf(counts, df, log_n)
+            penalty = math.exp(-((len(cand_tokens) - len(tokens)) ** 2) / (2.0 * sigma ** 2))
+            for k in range(n):
+                dot = sum(min(v, ref_vecs[k].get(g, 0.0)) * ref_vecs[k].get(g, 0.0)
+                          for g, v in cand_vecs[k].items())
+                if cand_norms[k] > 0 and ref_norms[k] > 0:
+                    dot /= cand_norms[k] * ref_norms[k]
+                total += dot * penalty
+        scores[i] = 10.0 * total / (n * len(ref_tokens[i]))
+    return sum(scores.values()) / len(scores), scores

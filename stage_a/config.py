@@ -70,6 +70,7 @@ class TrainConfig:
     mix: MixConfig = field(default_factory=MixConfig)
     retention: str = "full"
     kl_weight: float | None = None
+    kl_temperature: float | None = None
     fisher_weight: float | None = None
     nullspace_energy: float | None = None
     steps: int = 1500

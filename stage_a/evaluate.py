@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from shared.answers import parse_answer
 from shared.metrics import vqa_accuracy
 from shared.stats import mean_ci, paired_diff_ci
 from stage_a.data import AUDIO_FAMILIES, Batch, Collator, Split
@@ -57,6 +58,7 @@ class EvalSettings:
     max_new_tokens: int = 4
     shuffle_audio: bool = False
     use_audio: bool = True
+    gate: float = 1.0
 
 
 def _batches(collator: Collator, split: Split, rows: list[int], settings: EvalSettings,
@@ -93,19 +95,21 @@ class Evaluator:
 
     def __init__(self, model: SafeModel, collator: Collator, split: Split, rows: list[int],
                  settings: EvalSettings, device: torch.device | str = "cpu") -> None:
+        if not rows:
+            raise ValueError(f"{split.name} evaluation has no rows; expected at least one question")
         self.model, self.collator, self.split, self.rows = model, collator, split, rows
         self.settings, self.device = settings, device
         self.vl_rows = [i for i in rows if split.is_vl(i)]
         self.audio_rows = [i for i in rows if split.samples[i].family in AUDIO_FAMILIES]
-        if not self.vl_rows or not self.audio_rows:
-            raise ValueError(f"{split.name} evaluation rows hold {len(self.vl_rows)} VL and {len(self.audio_rows)} "
-                             "audio questions; expected both")
-        self.base_scores = self._scores(rows, audio=False, gate=0.0)
-        self.base_logits = self._last_logits(self.vl_rows, audio=False, gate=0.0)
+        self.base_raw = self._generate(rows, audio=False, gate=0.0)
+        self.base_scores = self._score(self.base_raw)
+        self.base_logits = self._last_logits(self.vl_rows, audio=False, gate=0.0) if self.vl_rows else None
 
-    def _scores(self, rows: list[int], audio: bool, gate: float) -> dict[int, float]:
-        answers = generate_answers(self.model, self.collator, self.split, rows, self.settings, self.device, audio, gate)
-        return {i: vqa_accuracy(answer, list(self.split.samples[i].answers)) for i, answer in answers.items()}
+    def _generate(self, rows: list[int], audio: bool, gate: float) -> dict[int, str]:
+        return generate_answers(self.model, self.collator, self.split, rows, self.settings, self.device, audio, gate)
+
+    def _score(self, raw: dict[int, str]) -> dict[int, float]:
+        return {i: vqa_accuracy(parse_answer(text), list(self.split.samples[i].answers)) for i, text in raw.items()}
 
     @torch.no_grad()
     def _last_logits(self, rows: list[int], audio: bool, gate: float) -> torch.Tensor:
@@ -119,38 +123,49 @@ class Evaluator:
                 "audio_acc_base": self._mean(self.base_scores, self.audio_rows)}
 
     @staticmethod
-    def _mean(scores: dict[int, float], rows: list[int]) -> float:
-        return float(np.mean([scores[i] for i in rows]))
+    def _mean(scores: dict[int, float], rows: list[int]) -> float | None:
+        return float(np.mean([scores[i] for i in rows])) if rows else None
 
     def run(self, detail: bool = False) -> dict:
-        """SAFE with audio (gate 1) on every row, and at gate 0 on VL rows; paired retention delta."""
+        """SAFE with audio (at settings.gate) on every row, and at gate 0 on VL rows; paired retention delta.
+
+        With `detail`, also per-family and per-type accuracy and the per-question `predictions`.
+        """
         was_training = self.model.training
         self.model.eval()
-        safe = self._scores(self.rows, audio=True, gate=1.0)
-        gate0 = self._scores(self.vl_rows, audio=True, gate=0.0)
-        diff = (self._last_logits(self.vl_rows, audio=True, gate=0.0) - self.base_logits).abs().max().item()
+        raw = self._generate(self.rows, audio=True, gate=self.settings.gate)
+        safe = self._score(raw)
+        result = {"audio_acc": mean_ci([safe[i] for i in self.audio_rows]) if self.audio_rows else None,
+                  **self.base_summary(), "n": {"audio": len(self.audio_rows), "vl": len(self.vl_rows)}}
+        if self.vl_rows:
+            gate0 = self._score(self._generate(self.vl_rows, audio=True, gate=0.0))
+            diff = (self._last_logits(self.vl_rows, audio=True, gate=0.0) - self.base_logits).abs().max().item()
+            retention = paired_diff_ci([safe[i] for i in self.vl_rows], [self.base_scores[i] for i in self.vl_rows])
+            result |= {
+                "vl_acc_with_audio": self._mean(safe, self.vl_rows),
+                "vl_acc_gate0": self._mean(gate0, self.vl_rows),
+                "gate0_max_abs_logit_diff": diff,
+                "vl_degradation_pts": 0.0 - 100.0 * retention["mean_diff"],  # 0.0 - x: no "-0.0" in reports
+                "vl_delta_ci95_pts": [100.0 * x for x in retention["ci95"]],
+            }
         self.model.train(was_training)
-        vl_safe = [safe[i] for i in self.vl_rows]
-        vl_base = [self.base_scores[i] for i in self.vl_rows]
-        retention = paired_diff_ci(vl_safe, vl_base)
-        result = {
-            "audio_acc": mean_ci([safe[i] for i in self.audio_rows]),
-            **self.base_summary(),
-            "vl_acc_with_audio": float(np.mean(vl_safe)),
-            "vl_acc_gate0": self._mean(gate0, self.vl_rows),
-            "gate0_max_abs_logit_diff": diff,
-            "vl_degradation_pts": 0.0 - 100.0 * retention["mean_diff"],  # 0.0 - x: no "-0.0" in reports
-            "vl_delta_ci95_pts": [100.0 * x for x in retention["ci95"]],
-            "n": {"audio": len(self.audio_rows), "vl": len(self.vl_rows)},
-        }
         if detail:
             result["per_family"] = self._grouped(safe, lambda s: s.family)
+            result["per_family_base"] = self._grouped(self.base_scores, lambda s: s.family)
             result["per_qtype"] = self._grouped(safe, lambda s: f"{s.family}.{s.qtype}")
             result["per_qtype_base"] = self._grouped(self.base_scores, lambda s: f"{s.family}.{s.qtype}")
+            result["predictions"] = [self._record(i, raw[i], safe[i]) for i in self.rows]
         return result
 
-    def _grouped(self, scores: dict[int, float], key) -> dict[str, float]:
+    def _record(self, i: int, raw: str, score: float) -> dict:
+        s = self.split.samples[i]
+        return {"id": s.id, "question": s.question, "answers": list(s.answers), "family": s.family, "qtype": s.qtype,
+                "k": self.settings.k, "gate": self.settings.gate, "raw": raw, "answer": parse_answer(raw),
+                "score": score, "base_raw": self.base_raw[i], "base_answer": parse_answer(self.base_raw[i]),
+                "base_score": self.base_scores[i]}
+
+    def _grouped(self, scores: dict[int, float], key) -> dict[str, dict]:
         groups: dict[str, list[float]] = defaultdict(list)
         for i, value in scores.items():
             groups[key(self.split.samples[i])].append(value)
-        return {name: round(float(np.mean(v)), 4) for name, v in sorted(groups.items())}
+        return {name: mean_ci(v) for name, v in sorted(groups.items())}

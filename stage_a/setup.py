@@ -34,8 +34,8 @@ class Setup:
     model: SafeModel
     processor: object
     collator: Collator
-    train: Split
-    val: Split
+    train: Split | None
+    val: Split | None
     test: Split | None
     paths: dict[str, str]
 
@@ -70,22 +70,25 @@ def load_base(path: str, dtype: str, device: torch.device | str) -> tuple[torch.
     return base, processor
 
 
-def build_setup(cfg: TrainConfig, device: torch.device | str = "cpu", with_test: bool = False) -> Setup:
-    """Load the base, wrap it in SAFE (seeded bridge init), and load the splits through the feature cache."""
+def build_setup(cfg: TrainConfig, device: torch.device | str = "cpu", splits: tuple[str, ...] = ("train", "val", "test"),
+                bridge_dir: str | Path | None = None) -> Setup:
+    """Load the base, wrap it in SAFE (a saved bridge, or a seeded fresh one) and load the splits via the feature cache."""
     paths = resolve_paths(cfg)
     base, processor = load_base(paths["base_vl"], cfg.model.dtype, device)
     encoder = build_encoder(cfg.model.audio_encoder, paths["clap"], paths["whisper"], str(device), cfg.model.dtype)
     cache = feature_cache(encoder, cfg.data.feature_cache)
-    splits = {name: load_split(name, paths[name], encoder, cache, cfg.data.sample_rate)
-              for name in ("train", "val", "test") if name != "test" or with_test}
+    loaded = {name: load_split(name, paths[name], encoder, cache, cfg.data.sample_rate) for name in splits}
     torch.manual_seed(cfg.seed)
-    bridge = BridgeConfig(ProjectorConfig(encoder.dim, lm_hidden_size(base), k_max=cfg.model.k_max,
-                                          depth=cfg.model.projector_depth), cfg.model.fusion, cfg.model.lora)
-    model = SafeModel(base, bridge)
+    if bridge_dir is not None:
+        model = SafeModel.from_bridge(base, bridge_dir)
+    else:
+        bridge = BridgeConfig(ProjectorConfig(encoder.dim, lm_hidden_size(base), k_max=cfg.model.k_max,
+                                              depth=cfg.model.projector_depth), cfg.model.fusion, cfg.model.lora)
+        model = SafeModel(base, bridge)
     model.projector.to(device)
     model.fusion.to(device)
     if cfg.model.train_base_lm:
         for name, param in model.base.named_parameters():
             if "language_model" in name and ".lora_" not in name:
                 param.requires_grad_(True)
-    return Setup(model, processor, Collator(processor), splits["train"], splits["val"], splits.get("test"), paths)
+    return Setup(model, processor, Collator(processor), loaded.get("train"), loaded.get("val"), loaded.get("test"), paths)

@@ -30,5 +30,6 @@ def format_summary(s: dict) -> str:
     if "per_qtype" in s:
         lines += ["", f"{'question type':<28} {'SAFE':>7} {'base':>7}"]
         for name, value in s["per_qtype"].items():
-            lines.append(f"{name:<28} {_pct(value)} {_pct(s['per_qtype_base'].get(name, float('nan')))}")
+            base = s["per_qtype_base"].get(name, {"mean": float("nan")})
+            lines.append(f"{name:<28} {_pct(value['mean'])} {_pct(base['mean'])}")
     return "\n".join(lines)

@@ -52,12 +52,14 @@ from stage_a.summary import format_summary
 
 log = logging.getLogger(__name__)
 MAX_BAD_STEPS = 3
+PREDICTIONS_FILE = "predictions.jsonl"
 
 
 def retention_settings(cfg: TrainConfig) -> RetentionConfig:
     """The named retention variant with any explicit weight overrides applied."""
-    overrides = {k: v for k, v in (("kl_weight", cfg.kl_weight), ("fisher_weight", cfg.fisher_weight),
-                                   ("nullspace_energy", cfg.nullspace_energy)) if v is not None}
+    overrides = {k: v for k, v in (("kl_weight", cfg.kl_weight), ("kl_temperature", cfg.kl_temperature),
+                                   ("fisher_weight", cfg.fisher_weight), ("nullspace_energy", cfg.nullspace_energy))
+                 if v is not None}
     return dataclasses.replace(retention_variant(cfg.retention), **overrides)
 
 
@@ -92,7 +94,7 @@ class StageATrainer:
         if resume and not self.ckpt_dir.exists():
             raise FileNotFoundError(f"--resume: no checkpoint at {self.ckpt_dir}")
         with self.acc.main_process_first():
-            self.setup = build_setup(cfg, self.acc.device, with_test=True)
+            self.setup = build_setup(cfg, self.acc.device)
         self.model = self.setup.model
         self.retention = retention_settings(cfg)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
@@ -345,7 +347,8 @@ class StageATrainer:
         evaluator = Evaluator(self.model, self.setup.collator, test, eval_rows(test, self.cfg.data.test_size, self.cfg.seed),
                               self.eval_settings, self.acc.device)
         result = evaluator.run(detail=True)
-        summary = {**result, "split": "test", "retention_variant": self.cfg.retention,
+        predictions = result.pop("predictions")
+        summary = {**result, "split": "test", "trainable_params": sum(p.numel() for p in self.params), "retention_variant": self.cfg.retention,
                    "retention": dataclasses.asdict(self.retention), "k_eval": self.cfg.k_eval,
                    "train_seconds": round(self.state["train_seconds"], 2), "steps": self.state["step"],
                    "best_step": best["step"] if best else None, "within_tolerance": best is not None,
@@ -356,6 +359,7 @@ class StageATrainer:
                    "history": self.state["history"], "base_grad_steps": self.monitor.base_grad_steps}
         if self.acc.is_main_process:
             atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2))
+            atomic_write_text(self.run_dir / PREDICTIONS_FILE, "".join(json.dumps(r) + "\n" for r in predictions))
         self.logger.log(self.state["step"], "summary", summary)
         self.logger.close()
         return summary

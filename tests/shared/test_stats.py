@@ -170,3 +170,51 @@ def test_iqm_ci_accepts_one_task_as_a_1d_array() -> None:
     out = iqm_ci(runs, confidence=0.9)
     assert set(out) == {"iqm", "ci90", "n_runs", "n_tasks"} and (out["n_runs"], out["n_tasks"]) == (20, 1)
     assert out == iqm_ci(runs[:, None], confidence=0.9)
+
+
+def test_mean_ci_covers_the_true_accuracy_at_about_the_nominal_rate() -> None:
+    # 200 benchmarks of 100 Bernoulli(0.6) answers; the 95% percentile bootstrap should cover 0.6
+    # in about 95% of them (a little less for n = 100). Each mean_ci call is vectorised over its
+    # 500 resamples; the loop over benchmarks takes well under a second. (This seed covers 94.5%.)
+    true_mean, n_samples = 0.6, 200
+    samples = (np.random.default_rng(2).random((n_samples, 100)) < true_mean).astype(float)
+    intervals = np.array([mean_ci(sample, n_boot=500, seed=i)["ci95"] for i, sample in enumerate(samples)])
+    coverage = np.mean((intervals[:, 0] <= true_mean) & (true_mean <= intervals[:, 1]))
+    assert 0.90 <= coverage <= 0.99
+
+
+def _planted_systems(n: int = 400, gain: float = 0.08) -> tuple[np.ndarray, np.ndarray]:
+    """System A right on ~60% of n questions; B is A with a seeded subset of answers flipped.
+
+    B turns 10 of A's right answers wrong and gain * n + 10 of A's wrong answers right, so B is
+    right on exactly gain * n more questions and the discordant pairs go both ways.
+    """
+    rng = np.random.default_rng(12)
+    a = (rng.random(n) < 0.6).astype(float)
+    b = a.copy()
+    lost = rng.choice(np.flatnonzero(a == 1), size=10, replace=False)
+    won = rng.choice(np.flatnonzero(a == 0), size=round(gain * n) + 10, replace=False)
+    b[lost], b[won] = 0.0, 1.0
+    return a, b
+
+
+def test_planted_difference_is_detected_by_both_paired_tests() -> None:
+    a, b = _planted_systems()
+    assert b.sum() - a.sum() == 32  # 8% of 400 questions
+    test = mcnemar(a, b)
+    assert (test["b01"], test["b10"], test["method"]) == (42, 10, "chi2_cc")
+    assert test["p_value"] < 0.01
+    diff = paired_diff_ci(b, a)
+    assert diff["mean_diff"] == pytest.approx(0.08)
+    assert diff["p_value"] < 0.01
+    assert 0 < diff["ci95"][0] < diff["mean_diff"] < diff["ci95"][1]
+
+
+def test_identical_systems_give_p_exactly_one() -> None:
+    # Both functions special-case "no difference": McNemar with no discordant pairs returns
+    # statistic 0.0 and p 1.0 (method "exact"); paired_diff_ci with all-zero differences returns
+    # mean 0.0, CI [0.0, 0.0] and p 1.0 without resampling.
+    a, _ = _planted_systems()
+    test = mcnemar(a, a.copy())
+    assert (test["b01"], test["b10"], test["statistic"], test["p_value"], test["method"]) == (0, 0, 0.0, 1.0, "exact")
+    assert paired_diff_ci(a, a.copy()) == {"mean_diff": 0.0, "ci95": [0.0, 0.0], "n": 400, "p_value": 1.0}

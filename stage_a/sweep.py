@@ -1,0 +1,159 @@
+"""`stage_a-sweep`: a grid of `stage_a-train` cells × seeds, run in parallel processes, merged into tables.
+
+A sweep preset (configs/sweep_*.yaml) names the training preset, the seeds, overrides common to
+all cells, one override set per cell and the default cell every other cell is compared with.
+Each (cell, seed) is one `stage_a-train` process writing runs/sweeps/<sweep>/cells/<cell>-seed<s>;
+finished cells are skipped and interrupted ones resumed, so a sweep can be re-run after a crash.
+`--task-index I --num-tasks N` runs only cells I, I+N, ... (one cell per task in a SLURM job
+array); `--merge` then collects every finished cell. A failing cell is reported in FAILED.txt
+and in the tables, and does not stop the others.
+
+results.md / results.csv: per cell, means ± std over seeds, 95% bootstrap CIs over the pooled
+(seed, question) scores, and the comparison with the default cell on the same questions and
+seeds (paired bootstrap and McNemar p-values, Welch's t over seed means).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import logging
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shared.checkpoint import atomic_write_text
+from shared.config import ConfigError, load_config
+from shared.logs import setup_logging
+from stage_a.sweep_tables import merge_cells, render_markdown
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SweepConfig:
+    """A grid of training overrides × seeds; `default` names the reference cell."""
+
+    name: str
+    train_preset: str = "stage_a"
+    seeds: tuple[int, ...] = (0, 1, 2)
+    common: dict[str, Any] = field(default_factory=dict)
+    cells: dict[str, dict[str, Any]] = field(default_factory=dict)
+    default: str = ""
+    criteria: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.cells:
+            raise ValueError(f"sweep {self.name!r} has no cells; expected a mapping of cell name to overrides")
+        if self.default not in self.cells:
+            raise ValueError(f"sweep default is {self.default!r}; expected one of the cells {sorted(self.cells)}")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One training run of the sweep."""
+
+    label: str
+    seed: int
+    preset: str
+    overrides: tuple[tuple[str, str], ...]
+
+    @property
+    def name(self) -> str:
+        return f"{self.label}-seed{self.seed}"
+
+
+def cells_of(sweep: SweepConfig) -> list[Cell]:
+    """Every (cell, seed), in a fixed order: cells in preset order, seeds inner.
+
+    A cell's `preset` key replaces the sweep's training preset for that cell (e.g. a baseline preset).
+    """
+    out = []
+    for label, overrides in sweep.cells.items():
+        values = dict(overrides or {})
+        preset = str(values.pop("preset", sweep.train_preset))
+        for seed in sweep.seeds:
+            merged = {**sweep.common, **values, "seed": seed, "mix.seed": seed}
+            out.append(Cell(label, seed, preset, tuple((k, v if isinstance(v, str) else json.dumps(v))
+                                                       for k, v in merged.items())))
+    return out
+
+
+def run_cell(cell: Cell, cells_dir: Path, threads: int) -> dict:
+    """Run one cell as a `stage_a-train` process; skip it when finished, resume it when interrupted."""
+    run_dir = cells_dir / cell.name
+    if (run_dir / "summary.json").is_file():
+        return {"cell": cell.name, "status": "done before"}
+    command = [sys.executable, "-m", "stage_a.train", "--preset", cell.preset, "--out_dir", str(cells_dir),
+               "--name", cell.name, "--threads", str(threads), *[x for k, v in cell.overrides for x in (f"--{k}", v)]]
+    if (run_dir / "checkpoint").is_dir():
+        command.append("--resume")
+    log.info("cell %s: %s", cell.name, " ".join(command[2:]))
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "FAILED.txt", f"exit {done.returncode}\n{' '.join(command)}\n\n{done.stderr[-5000:]}")
+        log.error("cell %s failed (exit %d); see %s", cell.name, done.returncode, run_dir / "FAILED.txt")
+        return {"cell": cell.name, "status": f"failed (exit {done.returncode})"}
+    (run_dir / "FAILED.txt").unlink(missing_ok=True)
+    return {"cell": cell.name, "status": "ran"}
+
+
+def write_tables(sweep: SweepConfig, out_dir: Path) -> dict:
+    """Merge every finished cell into results.csv and results.md; returns the merged table."""
+    table = merge_cells(sweep, cells_of(sweep), out_dir / "cells")
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(table["rows"][0]))
+    writer.writeheader()
+    writer.writerows(table["rows"])
+    atomic_write_text(out_dir / "results.csv", buffer.getvalue())
+    atomic_write_text(out_dir / "results.md", render_markdown(sweep, table))
+    atomic_write_text(out_dir / "results.json", json.dumps(table, indent=2))
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="stage_a-sweep", description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="sweep_retention", help="sweep preset in configs/ or a YAML path")
+    parser.add_argument("--out", type=Path, default=None, help="sweep folder (default: runs/sweeps/<name>)")
+    parser.add_argument("--jobs", type=int, default=2, help="cells run in parallel processes")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per cell")
+    parser.add_argument("--task-index", type=int, default=None, help="run only cells I, I+N, ... (job arrays)")
+    parser.add_argument("--num-tasks", type=int, default=1)
+    parser.add_argument("--merge", action="store_true", help="only merge finished cells into the tables")
+    parser.add_argument("--set", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
+                        help="override a training key in every cell, e.g. --set steps 500")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        sweep = load_config(SweepConfig, args.preset)
+    except ConfigError as err:
+        print(f"stage_a-sweep: {err}", file=sys.stderr)
+        return 2
+    sweep.common = {**sweep.common, **dict(args.set)}
+    out_dir = args.out or Path("runs") / "sweeps" / sweep.name
+    cells = cells_of(sweep)
+    if not args.merge:
+        if args.task_index is not None:
+            if not 0 <= args.task_index < args.num_tasks:
+                raise SystemExit(f"--task-index {args.task_index} is outside 0..{args.num_tasks - 1}")
+            cells = cells[args.task_index::args.num_tasks]
+        with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+            statuses = list(pool.map(lambda c: run_cell(c, out_dir / "cells", args.threads), cells))
+        for status in statuses:
+            log.info("%s: %s", status["cell"], status["status"])
+        if args.task_index is not None:
+            return 0 if all(not s["status"].startswith("failed") for s in statuses) else 1
+    table = write_tables(sweep, out_dir)
+    print(render_markdown(sweep, table))
+    return 0 if not table["failed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

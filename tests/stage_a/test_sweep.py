@@ -1,0 +1,47 @@
+"""`stage_a-sweep` on the micro world: parallel cells, one cell per task index, merge, failing cells reported."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stage_a.sweep import main
+
+
+@pytest.fixture
+def preset(micro_paths: dict[str, str], tmp_path: Path) -> Path:
+    path = tmp_path / "sweep_micro.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "micro", "train_preset": "stage_a_micro", "seeds": [0, 1],
+        "common": {**micro_paths, "steps": 2, "eval_every": 2, "data.test_size": 24},
+        "default": "full", "cells": {"full": {"retention": "full"}, "none": {"retention": "none"}},
+    }))
+    return path
+
+
+def test_task_indices_run_one_cell_each_and_merge_recovers_the_table(preset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "sweep"
+    assert main(["--preset", str(preset), "--out", str(out), "--task-index", "2", "--num-tasks", "4"]) == 0
+    assert sorted(p.name for p in (out / "cells").iterdir()) == ["none-seed0"]
+    for index in (0, 1, 3):
+        assert main(["--preset", str(preset), "--out", str(out), "--task-index", str(index), "--num-tasks", "4"]) == 0
+    assert main(["--preset", str(preset), "--out", str(out), "--merge"]) == 0
+    table = json.loads((out / "results.json").read_text())
+    assert [r["cell"] for r in table["rows"]] == ["full", "none"] and all(r["seeds"] == 2 for r in table["rows"])
+    full = table["rows"][0]
+    assert full["audio_vs_default_pts"] == 0.0 and full["audio_p_paired"] == 1.0
+    assert (out / "results.csv").read_text().startswith("cell,seeds,audio_acc")
+    assert "| none | 2 |" in (out / "results.md").read_text()
+
+
+def test_a_failing_cell_is_reported_and_does_not_stop_the_others(preset: Path, tmp_path: Path) -> None:
+    data = yaml.safe_load(preset.read_text())
+    data["seeds"] = [0]
+    data["cells"]["broken"] = {"mix.audio_fraction": 7}
+    preset.write_text(yaml.safe_dump(data))
+    out = tmp_path / "sweep"
+    assert main(["--preset", str(preset), "--out", str(out), "--jobs", "2"]) == 1
+    assert "audio_fraction" in (out / "cells" / "broken-seed0" / "FAILED.txt").read_text()
+    table = json.loads((out / "results.json").read_text())
+    assert table["failed"] == ["broken-seed0"] and [r["cell"] for r in table["rows"]] == ["full", "none"]
