@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.checkpoint import atomic_write_text
-from shared.config import ConfigError, load_config
+from shared.config import PRESET_DIR, ConfigError, load_config
 from shared.logs import setup_logging
 from stage_a.sweep_tables import merge_cells, render_markdown
 
@@ -119,7 +119,8 @@ def write_tables(sweep: SweepConfig, out_dir: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="stage_a-sweep", description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="sweep_retention", help="sweep preset in configs/ or a YAML path")
+    parser.add_argument("--preset", default="retention",
+                        help="sweep preset: NAME for configs/sweep_NAME.yaml, a preset name or a YAML path")
     parser.add_argument("--out", type=Path, default=None, help="sweep folder (default: runs/sweeps/<name>)")
     parser.add_argument("--jobs", type=int, default=2, help="cells run in parallel processes")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per cell")
@@ -131,8 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
+    short = PRESET_DIR / f"sweep_{args.preset}.yaml"  # `--preset baselines` means configs/sweep_baselines.yaml
     try:
-        sweep = load_config(SweepConfig, args.preset)
+        sweep = load_config(SweepConfig, short if short.is_file() else args.preset)
     except ConfigError as err:
         print(f"stage_a-sweep: {err}", file=sys.stderr)
         return 2

@@ -45,3 +45,9 @@ def test_a_failing_cell_is_reported_and_does_not_stop_the_others(preset: Path, t
     assert "audio_fraction" in (out / "cells" / "broken-seed0" / "FAILED.txt").read_text()
     table = json.loads((out / "results.json").read_text())
     assert table["failed"] == ["broken-seed0"] and [r["cell"] for r in table["rows"]] == ["full", "none"]
+
+
+def test_short_preset_names_and_unknown_presets(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="no finished cells"):  # `baselines` resolved to configs/sweep_baselines.yaml
+        main(["--preset", "baselines", "--out", str(tmp_path), "--merge"])
+    assert main(["--preset", "no_such_sweep", "--out", str(tmp_path), "--merge"]) == 2
