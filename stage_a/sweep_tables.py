@@ -99,7 +99,10 @@ def merge_cells(sweep, cells, cells_dir: Path) -> dict:
 
 
 def _f(value, digits: int = 2) -> str:
-    return "—" if value is None else f"{value:.{digits}f}"
+    if value is None:
+        return "—"
+    text = f"{value:.{digits}f}"
+    return text[1:] if text.startswith("-") and float(text) == 0 else text  # no "-0.00"
 
 
 def _p(value) -> str:

@@ -121,9 +121,14 @@ class StageATrainer:
         calib = torch.randperm(len(vl_rows), generator=torch.Generator().manual_seed(cfg.seed))
         self.calibration = [vl_rows[i] for i in calib[: cfg.mix.batch_size * max(
             self.retention.fisher_batches, self.retention.nullspace_batches)].tolist()]
+        # Both evaluators measure the untouched base now, before training or a restored checkpoint changes
+        # anything (the full fine-tuning baseline trains the base LM itself).
         self.evaluator = Evaluator(self.model, self.setup.collator, self.setup.val,
                                    eval_rows(self.setup.val, cfg.data.eval_size, cfg.seed), self.eval_settings,
                                    self.acc.device)
+        test = self.setup.test
+        self.test_evaluator = Evaluator(self.model, self.setup.collator, test,
+                                        eval_rows(test, cfg.data.test_size, cfg.seed), self.eval_settings, self.acc.device)
         self.state = {"step": 0, "bad_steps": 0, "best": None, "history": [], "train_seconds": 0.0,
                       "stopped_early": False, "breaches": 0, "drawn": 0, "family_counts": {}, "qtype_counts": {}}
         self.seen = torch.zeros(len(train), dtype=torch.bool)
@@ -343,19 +348,17 @@ class StageATrainer:
         elif self.state["step"] > 0:
             log.warning("no evaluation stayed within the %.2f-point tolerance; summarising the last weights",
                         self.cfg.tolerance_pts)
-        test = self.setup.test
-        evaluator = Evaluator(self.model, self.setup.collator, test, eval_rows(test, self.cfg.data.test_size, self.cfg.seed),
-                              self.eval_settings, self.acc.device)
-        result = evaluator.run(detail=True)
+        result = self.test_evaluator.run(detail=True)
         predictions = result.pop("predictions")
-        summary = {**result, "split": "test", "trainable_params": sum(p.numel() for p in self.params), "retention_variant": self.cfg.retention,
+        trained = self.cfg.use_audio and self.state["step"] > 0
+        summary = {**result, "split": "test", "trainable_params": sum(p.numel() for p in self.params) if trained else 0, "retention_variant": self.cfg.retention,
                    "retention": dataclasses.asdict(self.retention), "k_eval": self.cfg.k_eval,
                    "train_seconds": round(self.state["train_seconds"], 2), "steps": self.state["step"],
                    "best_step": best["step"] if best else None, "within_tolerance": best is not None,
                    "stopped_early": self.state["stopped_early"], "vl_labels": self.cfg.data.vl_labels,
                    "fisher_normalisation": OnlineFisher.NORMALISATION if self.fisher else None,
                    "nullspace_ranks": self.nullspace.ranks() if self.nullspace else None,
-                   "excluded": {s.name: s.excluded for s in (self.setup.train, self.setup.val, test)},
+                   "excluded": {s.name: s.excluded for s in (self.setup.train, self.setup.val, self.setup.test)},
                    "history": self.state["history"], "base_grad_steps": self.monitor.base_grad_steps}
         if self.acc.is_main_process:
             atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2))

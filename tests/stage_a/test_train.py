@@ -175,6 +175,9 @@ def test_baselines_are_configs_of_the_same_trainer(paths: dict, tmp_path: Path, 
     summary = trainer.run()
     moved = any(not torch.equal(p, base[n]) for n, p in trainer.model.base.named_parameters() if n in base)
     assert moved == (name == "full_ft")  # only full fine-tuning touches the base model's own weights
+    # ... and the summary measures it against the untouched base: gate 0 is no longer exact
+    assert (summary["gate0_max_abs_logit_diff"] > 0) == (name == "full_ft")
+    assert (summary["trainable_params"] == 0) == (name == "original_vl")
     if name == "original_vl":
         assert summary["audio_acc"]["mean"] == summary["audio_acc_base"] and summary["vl_degradation_pts"] == 0
     if name == "lora_only":
