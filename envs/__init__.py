@@ -1,1 +1,14 @@
-"""Gymnasium environments."""
+"""Gymnasium environments for Stage B, registered at import so `gymnasium.make` finds them by id.
+
+The package depends only on numpy, gymnasium and the outcome-table file format, never on the
+training code, so a policy can be trained and evaluated without torch models loaded.
+"""
+
+from __future__ import annotations
+
+from gymnasium.envs.registration import register, registry
+
+ENV_ID = "SAFE/AudioBudget-v0"
+
+if ENV_ID not in registry:
+    register(id=ENV_ID, entry_point="envs.audio_budget:AudioBudgetEnv")

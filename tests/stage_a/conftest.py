@@ -72,20 +72,3 @@ def llava_inputs() -> dict:
     images = [rng.integers(0, 255, (48, 48, 3), dtype=np.uint8) for _ in range(2)]
     prompts = [format_prompt(q) for q in ("what color is the circle?", "is the sound high or low?")]
     return dict(build_processor(WorldSpec(size="micro"))(images=images, text=prompts, return_tensors="pt", padding=True))
-
-
-@pytest.fixture(scope="session")
-def micro_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The micro embedded world (data, tiny base VL model and CLAP), built once per session in about a second."""
-    from shared.config import load_config
-    from shared.world.build import WorldConfig, build_world
-
-    return build_world(load_config(WorldConfig, "world_micro"), world_dir=tmp_path_factory.mktemp("micro_world"))
-
-
-@pytest.fixture(scope="session")
-def micro_paths(micro_world: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """Config overrides that point a Stage A run at the micro world and a session feature cache."""
-    return {"model.base_vl": str(micro_world / "models" / "vl"), "model.clap": str(micro_world / "models" / "clap"),
-            **{f"data.{s}": str(micro_world / "data" / f"{s}.jsonl") for s in ("train", "val", "test")},
-            "data.feature_cache": str(tmp_path_factory.mktemp("features"))}

@@ -1,0 +1,137 @@
+"""`SAFE/AudioBudget-v0`: choose, question by question, how many audio tokens to spend.
+
+This is the *table mode* environment: it replays an `OutcomeTable` (measured once by
+`stage_b-outcomes`), so a step is a few list look-ups rather than a model forward pass and PPO can
+take millions of steps on a laptop. Live mode (running SAFE itself per step) is not this class; it
+is checked against this one elsewhere, so the two must agree on the reward defined here.
+
+Reward of answering question i with action a:
+
+    score[i, a] - alpha * gflops[i, a] / max_gflops - gamma * latency_ms[i, a] / max_latency
+
+where max_gflops and max_latency are the table's maxima over *all* rows and actions (the most
+expensive action on the most expensive question), so each cost term lies in (0, 1] like the score
+and alpha, gamma read as "score points given up for the most expensive answer".
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from numbers import Real
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from envs.outcome_table import OutcomeTable
+
+log = logging.getLogger(__name__)
+
+
+class AudioBudgetEnv(gym.Env):
+    """An episode is `episode_length` questions; each step picks an action index into `table.actions`.
+
+    Observation (float32, D + 2): the current question's features, the remaining budget fraction
+    (1.0 without a budget) and the fraction of the episode left (1.0 at reset). Questions are drawn
+    from `rows` (default: all) without replacement, or with replacement when there are fewer rows
+    than `episode_length`, using the env's seeded `np_random`; `terminated` is True after the last.
+
+    Budget: with `budget = b` an episode may spend at most `b * episode_length * max_gflops` GFLOPs.
+    If the chosen action costs more than what remains, the env substitutes action 0 (no audio): the
+    step is charged, scored and rewarded as action 0 and `info["budget_forced"]` is True. Action 0
+    is always allowed (a question is never left unanswered); should it overspend, the remaining
+    budget is floored at 0, so the feature never goes negative.
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, table: OutcomeTable | str | Path, episode_length: int = 32, alpha: float = 0.1,
+                 gamma: float = 0.0, budget: float | None = None, rows: np.ndarray | None = None,
+                 seed: int | None = None) -> None:
+        super().__init__()
+        if not isinstance(table, OutcomeTable):
+            table = OutcomeTable.load(table)
+        for name, value in (("alpha", alpha), ("gamma", gamma)):
+            if not isinstance(value, Real) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} = {value!r}, expected a finite number >= 0")
+        if isinstance(episode_length, bool) or not isinstance(episode_length, (int, np.integer)) or episode_length < 1:
+            raise ValueError(f"episode_length = {episode_length!r}, expected an integer >= 1")
+        if budget is not None and (not isinstance(budget, Real) or not 0.0 < budget <= 1.0):
+            raise ValueError(f"budget = {budget!r}, expected None or a number in (0, 1]")
+        all_rows = np.arange(table.n_rows)
+        rows = all_rows if rows is None else np.asarray(rows)
+        if rows.ndim != 1 or rows.size == 0 or rows.dtype.kind not in "iu":
+            raise ValueError(f"rows has shape {rows.shape} dtype {rows.dtype}, expected a non-empty 1-D integer array")
+        if rows.min() < 0 or rows.max() >= table.n_rows:
+            raise ValueError(f"rows span [{rows.min()}, {rows.max()}], expected indices in [0, {table.n_rows})")
+        self.table = table
+        self.rows = rows.astype(np.int64)
+        self.episode_length = int(episode_length)
+        self.alpha, self.gamma, self.budget = float(alpha), float(gamma), budget
+        self.max_gflops = float(table.gflops.max())
+        self.max_latency = float(table.latency_ms.max())
+        reward = (table.score.astype(np.float64) - self.alpha * table.gflops / self.max_gflops
+                  - self.gamma * table.latency_ms / self.max_latency)
+        # Python lists: scalar look-ups in nested lists are several times faster than numpy indexing.
+        self._reward = reward.tolist()
+        self._score = table.score.astype(np.float64).tolist()
+        self._gflops = table.gflops.astype(np.float64).tolist()
+        self._latency = table.latency_ms.astype(np.float64).tolist()
+        self._k = table.actions.tolist()
+        self._n_actions = table.n_actions
+        dim = table.features.shape[1]
+        self._obs_base = np.zeros((table.n_rows, dim + 2), dtype=np.float32)
+        self._obs_base[:, :dim] = table.features
+        self._total_budget = math.inf if budget is None else float(budget) * self.episode_length * self.max_gflops
+        self.action_space = spaces.Discrete(self._n_actions)
+        self.observation_space = spaces.Box(-np.inf, np.inf, shape=(dim + 2,), dtype=np.float32)
+        self._order: list[int] = []
+        self._t = 0
+        self._remaining = self._total_budget
+        if seed is not None:
+            super().reset(seed=seed)
+        log.debug("AudioBudgetEnv: %d rows, actions %s, alpha %.3g, gamma %.3g, budget %s",
+                  self.rows.size, self._k, self.alpha, self.gamma, budget)
+
+    def _budget_fraction(self) -> float:
+        return 1.0 if self.budget is None else self._remaining / self._total_budget
+
+    def _observation(self) -> np.ndarray:
+        """A fresh array: the current question's features, budget left and episode left."""
+        t = self._t
+        obs = self._obs_base[self._order[min(t, self.episode_length - 1)]].copy()
+        obs[-2] = self._budget_fraction()
+        obs[-1] = (self.episode_length - t) / self.episode_length
+        return obs
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
+              ) -> tuple[np.ndarray, dict[str, Any]]:
+        super().reset(seed=seed)
+        replace = self.rows.size < self.episode_length
+        self._order = self.np_random.choice(self.rows, size=self.episode_length, replace=replace).tolist()
+        self._t = 0
+        self._remaining = self._total_budget
+        return self._observation(), {}
+
+    def step(self, action: int | np.integer | np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        if not self._order:
+            raise RuntimeError("AudioBudgetEnv.step called before reset()")
+        if self._t >= self.episode_length:
+            raise RuntimeError("AudioBudgetEnv.step called after the episode terminated; call reset()")
+        a = int(action)
+        if not 0 <= a < self._n_actions:
+            raise ValueError(f"action = {action!r}, expected an index in [0, {self._n_actions})")
+        row = self._order[self._t]
+        cost = self._gflops[row]
+        forced = a != 0 and cost[a] > self._remaining
+        if forced:
+            a = 0
+        if self.budget is not None:
+            self._remaining = max(0.0, self._remaining - cost[a])
+        info = {"action_taken": a, "k": self._k[a], "score": self._score[row][a], "gflops": cost[a],
+                "latency_ms": self._latency[row][a], "row": row, "budget_forced": forced}
+        self._t += 1
+        return self._observation(), self._reward[row][a], self._t >= self.episode_length, False, info

@@ -1,0 +1,183 @@
+"""The outcome table: what every action would have cost and scored on every question, measured once.
+
+Stage B learns *when audio is worth its cost*. Running SAFE inside the RL loop would make every
+environment step a forward pass, so `stage_b-outcomes` measures each (question, action) pair once
+and stores it in an `.npz` file; the environment then replays the table at millions of steps per
+minute. This module owns the file format and its validation, so a table written by one commit is
+checked field by field before any policy trains on it. It depends only on numpy: the `envs`
+package never imports training code.
+
+Arrays (N questions, A actions, D features):
+- `ids`, `family` ("visual" | "audio" | "audio_visual"), `qtype`: (N,) unicode strings;
+- `actions`: (A,) int64 audio-token counts, `actions[0] == 0` (no audio);
+- `score`: (N, A) in [0, 1]; `gflops`, `latency_ms`: (N, A) finite and > 0;
+- `features`: (N, D) finite, known before the decision;
+- `provenance`: a 0-d unicode array holding JSON (checkpoint hash, split, actions, ...).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+FAMILIES = ("visual", "audio", "audio_visual")
+KEYS = ("ids", "family", "qtype", "actions", "score", "gflops", "latency_ms", "features", "provenance")
+BUILD_HINT = "build one with `stage_b-outcomes --checkpoint DIR --split S`"
+CORRECT = 0.5  # a VQA score of 2/3 or 1 counts as correct, as in shared.stats.mcnemar
+
+
+@dataclass
+class OutcomeTable:
+    """Per-question, per-action score and cost, plus the features a policy observes before deciding."""
+
+    ids: np.ndarray
+    family: np.ndarray
+    qtype: np.ndarray
+    actions: np.ndarray
+    score: np.ndarray
+    gflops: np.ndarray
+    latency_ms: np.ndarray
+    features: np.ndarray
+    provenance: dict
+
+    def __post_init__(self) -> None:
+        self._validate("OutcomeTable")
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.ids.shape[0])
+
+    @property
+    def n_actions(self) -> int:
+        return int(self.actions.shape[0])
+
+    def _validate(self, source: str) -> None:
+        """Coerce dtypes and check every field; errors name `source`, the field and the bad value."""
+        for name in ("ids", "family", "qtype"):
+            arr = np.asarray(getattr(self, name))
+            if arr.ndim != 1 or arr.dtype.kind != "U":
+                raise ValueError(f"{source}: '{name}' must be a 1-D unicode string array, "
+                                 f"got shape {arr.shape} dtype {arr.dtype}")
+            setattr(self, name, arr)
+        n = self.ids.shape[0]
+        if n < 1:
+            raise ValueError(f"{source}: 'ids' is empty; expected at least one question")
+        for name in ("family", "qtype"):
+            if getattr(self, name).shape != (n,):
+                raise ValueError(f"{source}: '{name}' has shape {getattr(self, name).shape}, expected ({n},) like 'ids'")
+        unknown = sorted(set(np.unique(self.family).tolist()) - set(FAMILIES))
+        if unknown:
+            raise ValueError(f"{source}: 'family' has values {unknown}, expected only {list(FAMILIES)}")
+        actions = np.asarray(self.actions)
+        if actions.ndim != 1 or actions.size < 1 or actions.dtype.kind not in "iu":
+            raise ValueError(f"{source}: 'actions' must be a non-empty 1-D integer array, "
+                             f"got shape {actions.shape} dtype {actions.dtype}")
+        self.actions = actions.astype(np.int64)
+        if self.actions[0] != 0:
+            raise ValueError(f"{source}: 'actions'[0] = {int(self.actions[0])}, expected 0 (no audio)")
+        if (self.actions < 0).any() or np.unique(self.actions).size != self.actions.size:
+            raise ValueError(f"{source}: 'actions' = {self.actions.tolist()}, expected distinct token counts >= 0")
+        a = self.actions.size
+        for name, low, low_open, high in (("score", 0.0, False, 1.0), ("gflops", 0.0, True, None),
+                                          ("latency_ms", 0.0, True, None)):
+            arr = np.asarray(getattr(self, name))
+            if arr.shape != (n, a):
+                raise ValueError(f"{source}: '{name}' has shape {arr.shape}, expected ({n}, {a}) = (rows, actions)")
+            arr = arr.astype(np.float32)
+            bad = ~np.isfinite(arr) | ((arr <= low) if low_open else (arr < low))
+            if high is not None:
+                bad |= arr > high
+            if bad.any():
+                i, j = np.argwhere(bad)[0]
+                bound = f"in [{low}, {high}]" if high is not None else f"finite and > {low}"
+                raise ValueError(f"{source}: '{name}'[{i}, {j}] = {arr[i, j]} ({int(bad.sum())} bad values), "
+                                 f"expected {bound}")
+            setattr(self, name, arr)
+        features = np.asarray(self.features)
+        if features.ndim != 2 or features.shape[0] != n:
+            raise ValueError(f"{source}: 'features' has shape {features.shape}, expected ({n}, D)")
+        features = features.astype(np.float32)
+        if not np.isfinite(features).all():
+            i, j = np.argwhere(~np.isfinite(features))[0]
+            raise ValueError(f"{source}: 'features'[{i}, {j}] = {features[i, j]}, expected a finite value")
+        self.features = features
+        if not isinstance(self.provenance, dict):
+            raise ValueError(f"{source}: 'provenance' is {type(self.provenance).__name__}, expected a dict")
+
+    @classmethod
+    def load(cls, path: str | Path) -> OutcomeTable:
+        """Read and validate an outcome table written by `save` (no pickle)."""
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"outcome table {path} does not exist; {BUILD_HINT}")
+        with np.load(path, allow_pickle=False) as data:
+            missing = [key for key in KEYS if key not in data.files]
+            if missing:
+                raise ValueError(f"outcome table {path}: missing key '{missing[0]}' (all missing: {missing}); "
+                                 f"{BUILD_HINT}")
+            arrays = {key: data[key] for key in KEYS}
+        raw = arrays.pop("provenance")
+        if raw.ndim != 0 or raw.dtype.kind != "U":
+            raise ValueError(f"outcome table {path}: 'provenance' has shape {raw.shape} dtype {raw.dtype}, "
+                             "expected a 0-d unicode JSON string")
+        try:
+            provenance = json.loads(raw.item())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"outcome table {path}: 'provenance' is not valid JSON ({err})") from err
+        table = cls.__new__(cls)
+        table.__dict__.update(arrays, provenance=provenance)
+        table._validate(f"outcome table {path}")
+        return table
+
+    def save(self, path: str | Path) -> Path:
+        """Write the table atomically: a temp file in the same folder, then os.replace."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        arrays = {key: getattr(self, key) for key in KEYS if key != "provenance"}
+        arrays["provenance"] = np.array(json.dumps(self.provenance))
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                np.savez(handle, **arrays)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    def subset(self, rows: np.ndarray) -> OutcomeTable:
+        """The table restricted to `rows` (indices), with the same actions and provenance."""
+        rows = np.asarray(rows)
+        if rows.ndim != 1 or rows.dtype.kind not in "iu":
+            raise ValueError(f"rows must be a 1-D integer index array, got shape {rows.shape} dtype {rows.dtype}")
+        if rows.size and (rows.min() < 0 or rows.max() >= self.n_rows):
+            raise ValueError(f"rows span [{rows.min()}, {rows.max()}], expected indices in [0, {self.n_rows})")
+        return OutcomeTable(ids=self.ids[rows], family=self.family[rows], qtype=self.qtype[rows],
+                            actions=self.actions.copy(), score=self.score[rows], gflops=self.gflops[rows],
+                            latency_ms=self.latency_ms[rows], features=self.features[rows],
+                            provenance=dict(self.provenance))
+
+    def split_rows(self, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """A seeded permutation cut into (train_rows, test_rows), `fraction` of the rows for training."""
+        if not 0.0 < fraction < 1.0:
+            raise ValueError(f"fraction = {fraction}, expected a value in (0, 1)")
+        order = np.random.default_rng(seed).permutation(self.n_rows)
+        cut = int(round(fraction * self.n_rows))
+        return np.sort(order[:cut]), np.sort(order[cut:])
+
+    def oracle_actions(self, threshold: float = CORRECT) -> np.ndarray:
+        """Per question, the cheapest action that is still correct: the oracle a policy is measured against.
+
+        Precisely: among the actions with `score >= threshold` (0.5: a VQA score of 2/3 or 1), the one
+        with the fewest GFLOPs on that question (ties to the lower action index); if no action is
+        correct, the cheapest action overall, which is action 0 (no audio) in every measured table.
+        """
+        correct = self.score >= threshold
+        cost = np.where(correct, self.gflops, np.inf)
+        cheapest_correct = np.argmin(cost, axis=1)
+        return np.where(correct.any(axis=1), cheapest_correct, np.argmin(self.gflops, axis=1)).astype(np.int64)

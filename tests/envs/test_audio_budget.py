@@ -1,0 +1,260 @@
+"""`SAFE/AudioBudget-v0` in table mode: API checkers, reward arithmetic, seeding, budget, oracle, PPO.
+
+Every table here is tiny and hand-made, written with `OutcomeTable.save` and loaded back, so the
+file format is exercised on each test as well as the environment.
+"""
+
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium.utils.env_checker import check_env as gym_check_env
+from stable_baselines3 import PPO
+from stable_baselines3.common.env_checker import check_env as sb3_check_env
+from stable_baselines3.common.env_util import make_vec_env
+
+import envs
+from envs.audio_budget import AudioBudgetEnv
+from envs.outcome_table import OutcomeTable
+
+
+def make_table(score, gflops, latency, actions=None, dim: int = 3, seed: int = 0) -> OutcomeTable:
+    """A table from (N, A) lists, with random features and cycling families."""
+    score = np.asarray(score, dtype=np.float32)
+    n, a = score.shape
+    families = np.array(["visual", "audio", "audio_visual"])[np.arange(n) % 3]
+    return OutcomeTable(ids=np.array([f"q{i}" for i in range(n)]), family=families,
+                        qtype=np.array(["color"] * n), actions=np.array(actions or [0, 4, 8, 16][:a], dtype=np.int64),
+                        score=score, gflops=np.asarray(gflops, dtype=np.float32),
+                        latency_ms=np.asarray(latency, dtype=np.float32),
+                        features=np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32),
+                        provenance={"checkpoint_hash": "test", "split": "test", "actions": actions or [0, 4, 8, 16][:a]})
+
+
+def random_table(n: int = 40, a: int = 4, seed: int = 0) -> OutcomeTable:
+    rng = np.random.default_rng(seed)
+    return make_table(rng.random((n, a)), 1 + rng.random((n, a)) * np.arange(1, a + 1),
+                      5 + rng.random((n, a)) * np.arange(1, a + 1), seed=seed)
+
+
+def saved(table: OutcomeTable, tmp_path: Path, name: str = "outcomes.npz") -> Path:
+    """Round-trip the table through the file: save, load, and check nothing changed."""
+    path = table.save(tmp_path / name)
+    loaded = OutcomeTable.load(path)
+    for key in ("ids", "family", "qtype", "actions", "score", "gflops", "latency_ms", "features"):
+        np.testing.assert_array_equal(getattr(loaded, key), getattr(table, key))
+    assert loaded.provenance == table.provenance
+    return path
+
+
+@pytest.fixture
+def table_path(tmp_path: Path) -> Path:
+    return saved(random_table(), tmp_path)
+
+
+@pytest.mark.filterwarnings("ignore:.*Box observation space (minimum|maximum) value is:UserWarning")
+def test_checkers_pass(table_path: Path) -> None:
+    """Unbounded features are by design (they are whatever the table holds), hence the Box warnings."""
+    env = gym.make("SAFE/AudioBudget-v0", table=table_path, episode_length=8, budget=0.5)
+    gym_check_env(env.unwrapped)
+    sb3_check_env(env.unwrapped)
+    sb3_check_env(AudioBudgetEnv(table_path, episode_length=8))
+
+
+def test_gymnasium_make(table_path: Path) -> None:
+    assert envs.ENV_ID == "SAFE/AudioBudget-v0"
+    env = gym.make("SAFE/AudioBudget-v0", table=table_path, episode_length=4)
+    obs, _ = env.reset(seed=1)
+    assert obs.shape == (3 + 2,) and obs.dtype == np.float32
+    assert isinstance(env.unwrapped, AudioBudgetEnv)
+    assert env.action_space == gym.spaces.Discrete(4)
+
+
+def test_reward_arithmetic(tmp_path: Path) -> None:
+    table = make_table(score=[[0.0, 1.0, 1.0], [0.3, 0.6, 1.0]], gflops=[[1, 2, 4], [1, 2, 8]],
+                       latency=[[10, 20, 40], [10, 20, 20]])
+    # max_gflops = 8, max_latency = 40; reward = score - 0.5 * g / 8 - 0.25 * l / 40
+    expected = {0: [-0.125, 0.75, 0.5], 1: [0.175, 0.35, 0.375]}
+    env = AudioBudgetEnv(saved(table, tmp_path), episode_length=2, alpha=0.5, gamma=0.25)
+    for action in range(3):
+        env.reset(seed=action)
+        for _ in range(2):
+            _, reward, _, _, info = env.step(action)
+            assert reward == pytest.approx(expected[info["row"]][action], abs=1e-6)
+            assert info["action_taken"] == action and info["k"] == [0, 4, 8][action]
+            assert info["gflops"] == table.gflops[info["row"], action]
+            assert info["latency_ms"] == table.latency_ms[info["row"], action]
+            assert info["score"] == pytest.approx(table.score[info["row"], action])
+            assert info["budget_forced"] is False
+
+
+def test_episode_structure(table_path: Path) -> None:
+    env = AudioBudgetEnv(table_path, episode_length=5, rows=np.array([3, 7, 9]))
+    obs, _ = env.reset(seed=0)
+    assert obs[-2] == 1.0 and obs[-1] == 1.0
+    seen, flags = [], []
+    for _ in range(5):
+        obs, _, terminated, truncated, info = env.step(env.action_space.sample())
+        seen.append(info["row"])
+        flags.append(terminated)
+        assert truncated is False
+    assert flags == [False] * 4 + [True]
+    assert set(seen) <= {3, 7, 9}  # fewer rows than the episode: drawn with replacement
+    assert obs[-1] == 0.0
+    env = AudioBudgetEnv(table_path, episode_length=40)
+    env.reset(seed=0)
+    assert len({env.step(0)[4]["row"] for _ in range(40)}) == 40  # without replacement
+
+
+def run(env: AudioBudgetEnv, seed: int, actions: list[int]) -> tuple[list[np.ndarray], list[float], list[int]]:
+    obs, _ = env.reset(seed=seed)
+    observations, rewards, rows = [obs], [], []
+    for action in actions:
+        obs, reward, terminated, _, info = env.step(action)
+        observations.append(obs)
+        rewards.append(reward)
+        rows.append(info["row"])
+        if terminated:
+            observations.append(env.reset()[0])
+    return observations, rewards, rows
+
+
+def test_determinism(table_path: Path) -> None:
+    actions = np.random.default_rng(0).integers(0, 4, size=50).tolist()
+    first = run(AudioBudgetEnv(table_path, episode_length=16, budget=0.4), 7, actions)
+    second = run(AudioBudgetEnv(table_path, episode_length=16, budget=0.4), 7, actions)
+    other = run(AudioBudgetEnv(table_path, episode_length=16, budget=0.4), 8, actions)
+    for a, b in zip(first[0], second[0], strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert first[1] == second[1] and first[2] == second[2]
+    assert first[2] != other[2]
+    seeded = AudioBudgetEnv(table_path, episode_length=16, seed=7)
+    assert run(seeded, None, actions)[2] == first[2]  # constructor seed == reset seed
+
+
+def test_budget_exhaustion(tmp_path: Path) -> None:
+    n = 10
+    table = make_table(score=[[0.0, 0.0, 0.0, 1.0]] * n, gflops=[[1, 2, 4, 8]] * n, latency=[[1, 1, 1, 1]] * n)
+    # total budget = 0.3 * 8 steps * 8 GFLOPs = 19.2: two expensive answers fit, then action 0 only.
+    env = AudioBudgetEnv(saved(table, tmp_path), episode_length=8, alpha=0.0, budget=0.3)
+    obs, _ = env.reset(seed=0)
+    budgets, taken, forced, scores = [obs[-2]], [], [], []
+    for _ in range(8):
+        obs, reward, _, _, info = env.step(3)
+        budgets.append(obs[-2])
+        taken.append(info["action_taken"])
+        forced.append(info["budget_forced"])
+        scores.append(reward)
+    assert taken == [3, 3] + [0] * 6
+    assert forced == [False, False] + [True] * 6
+    assert scores == [1.0, 1.0] + [0.0] * 6
+    expected = [19.2, 11.2, 3.2, 2.2, 1.2, 0.2, 0.0, 0.0, 0.0]
+    np.testing.assert_allclose(budgets, np.array(expected) / 19.2, atol=1e-6)
+    assert all(b >= 0 for b in budgets) and all(x >= y for x, y in zip(budgets, budgets[1:]))
+    assert env.reset(seed=0)[0][-2] == 1.0
+    unlimited = AudioBudgetEnv(saved(table, tmp_path, "b.npz"), episode_length=8)
+    unlimited.reset(seed=0)
+    assert all(unlimited.step(3)[0][-2] == 1.0 for _ in range(8))
+
+
+def test_oracle_is_cheapest_correct(tmp_path: Path) -> None:
+    table = OutcomeTable.load(saved(make_table(
+        score=[[1, 1, 1, 1], [0, 0, 1, 1], [0, 0, 0, 0], [0, 2 / 3, 0, 1], [0, 1, 1, 1 / 3]],
+        gflops=[[1, 2, 3, 4], [1, 2, 3, 4], [1, 2, 3, 4], [1, 2, 3, 4], [1, 5, 3, 4]],
+        latency=[[1, 1, 1, 1]] * 5), tmp_path))
+    oracle = table.oracle_actions()
+    assert oracle.tolist() == [0, 2, 0, 1, 2]
+    correct = table.score >= 0.5
+    rows = np.arange(5)
+    for row in rows:  # no action is correct more cheaply, and no correct answer is missed
+        cheaper = table.gflops[row] < table.gflops[row, oracle[row]]
+        assert not (correct[row] & cheaper).any()
+    assert (correct[rows, oracle] == correct.any(axis=1)).all()
+
+
+def test_subset_and_split(table_path: Path) -> None:
+    table = OutcomeTable.load(table_path)
+    train, test = table.split_rows(0.75, seed=3)
+    assert len(train) == 30 and len(test) == 10 and not set(train) & set(test)
+    assert table.split_rows(0.75, seed=3)[0].tolist() == train.tolist()
+    part = table.subset(test)
+    np.testing.assert_array_equal(part.score, table.score[test])
+    assert part.ids.tolist() == table.ids[test].tolist()
+
+
+def test_load_errors(tmp_path: Path) -> None:
+    path = saved(random_table(), tmp_path)
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {key: data[key] for key in data.files}
+    np.savez(tmp_path / "no_score.npz", **{k: v for k, v in arrays.items() if k != "score"})
+    with pytest.raises(ValueError, match=r"no_score\.npz.*'score'.*stage_b-outcomes"):
+        OutcomeTable.load(tmp_path / "no_score.npz")
+    np.savez(tmp_path / "shape.npz", **{**arrays, "gflops": arrays["gflops"][:, :3]})
+    with pytest.raises(ValueError, match=r"'gflops' has shape \(40, 3\), expected \(40, 4\)"):
+        OutcomeTable.load(tmp_path / "shape.npz")
+    bad = arrays["latency_ms"].copy()
+    bad[2, 1] = np.nan
+    np.savez(tmp_path / "nan.npz", **{**arrays, "latency_ms": bad})
+    with pytest.raises(ValueError, match=r"'latency_ms'\[2, 1\] = nan"):
+        OutcomeTable.load(tmp_path / "nan.npz")
+    np.savez(tmp_path / "range.npz", **{**arrays, "score": arrays["score"] + 1.5})
+    with pytest.raises(ValueError, match=r"'score'.*expected in \[0.0, 1.0\]"):
+        OutcomeTable.load(tmp_path / "range.npz")
+    np.savez(tmp_path / "actions.npz", **{**arrays, "actions": np.array([4, 8, 16, 32])})
+    with pytest.raises(ValueError, match=r"'actions'\[0\] = 4, expected 0"):
+        OutcomeTable.load(tmp_path / "actions.npz")
+    with pytest.raises(ValueError, match="stage_b-outcomes"):
+        AudioBudgetEnv(tmp_path / "missing.npz")
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"alpha": -0.1}, "alpha = -0.1"), ({"gamma": float("nan")}, "gamma = nan"),
+    ({"alpha": float("inf")}, "alpha = inf"), ({"episode_length": 0}, "episode_length = 0"),
+    ({"budget": 0.0}, "budget = 0.0"), ({"budget": 1.5}, "budget = 1.5"),
+    ({"rows": np.array([0, 99])}, "rows span"),
+])
+def test_bad_arguments(table_path: Path, kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        AudioBudgetEnv(table_path, **kwargs)
+
+
+def test_bad_action(table_path: Path) -> None:
+    env = AudioBudgetEnv(table_path)
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match="action = 4"):
+        env.step(4)
+
+
+@pytest.fixture(scope="module")
+def dominant_ppo(tmp_path_factory: pytest.TempPathFactory) -> tuple[PPO, AudioBudgetEnv, np.ndarray]:
+    """PPO trained ~3000 steps on a table where action 2 is the only correct one and costs are equal."""
+    torch.set_num_threads(1)
+    n = 16
+    score = np.zeros((n, 4))
+    score[:, 2] = 1.0
+    path = saved(make_table(score, np.ones((n, 4)), np.ones((n, 4)), dim=4), tmp_path_factory.mktemp("ppo"))
+    kwargs = {"table": path, "episode_length": 8, "alpha": 0.1, "gamma": 0.1}
+    vec = make_vec_env(AudioBudgetEnv, n_envs=2, seed=0, env_kwargs=kwargs)
+    model = PPO("MlpPolicy", vec, n_steps=64, batch_size=64, seed=0, device="cpu", verbose=0)
+    model.learn(total_timesteps=3072)
+    env = AudioBudgetEnv(**kwargs)
+    obs = [env.reset(seed=100)[0]]
+    for _ in range(63):
+        step = env.step(env.action_space.sample())
+        obs.append(step[0] if not step[2] else env.reset()[0])
+    return model, env, np.stack(obs)
+
+
+def test_ppo_learns_dominant_action(dominant_ppo: tuple[PPO, AudioBudgetEnv, np.ndarray]) -> None:
+    model, _, obs = dominant_ppo
+    actions, _ = model.predict(obs, deterministic=True)
+    assert (actions == 2).mean() >= 0.9
+
+
+def test_policy_save_load_round_trip(dominant_ppo: tuple[PPO, AudioBudgetEnv, np.ndarray], tmp_path: Path) -> None:
+    model, _, obs = dominant_ppo
+    model.save(tmp_path / "policy.zip")
+    loaded = PPO.load(tmp_path / "policy.zip", device="cpu")
+    np.testing.assert_array_equal(loaded.predict(obs, deterministic=True)[0], model.predict(obs, deterministic=True)[0])
