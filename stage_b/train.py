@@ -1,0 +1,116 @@
+"""`stage_b-train --alpha A`: a PPO policy that chooses, per question, no audio or audio with k tokens.
+
+The policy trains on the table-mode `SAFE/AudioBudget-v0` env over the outcome table's train rows
+(a seeded split; the rest is held out for `stage_b-eval`), with SB3's vectorised envs, an
+evaluation callback on held-out rows that keeps the best model, and TensorBoard logging (wandb
+with --wandb through SB3's integration). It saves `policy.zip` (the final policy),
+`best/best_model.zip` and `policy.json`: the config, the held-out rows and the table's provenance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from stable_baselines3 import PPO
+from stable_baselines3.common.callbacks import EvalCallback
+from stable_baselines3.common.env_util import make_vec_env
+
+from envs.audio_budget import AudioBudgetEnv
+from envs.outcome_table import OutcomeTable
+from shared.checkpoint import atomic_write_text
+from shared.logs import setup_logging
+
+
+@dataclass
+class PolicyConfig:
+    """One policy's reward weights, budget, episode length, seed and PPO budget."""
+
+    table: str
+    alpha: float = 0.1
+    gamma: float = 0.0
+    budget: float | None = None
+    episode_length: int = 32
+    seed: int = 0
+    timesteps: int = 100_000
+    n_envs: int = 8
+    test_fraction: float = 0.3
+    eval_every: int = 10_000
+
+    def __post_init__(self) -> None:
+        for name in ("alpha", "gamma"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"--{name} is {value}; expected a finite number >= 0")
+        if self.timesteps < 1 or self.n_envs < 1:
+            raise ValueError(f"timesteps={self.timesteps}, n_envs={self.n_envs}; expected both >= 1")
+
+
+def train_policy(config: PolicyConfig, out_dir: Path, tensorboard: bool = True, wandb: bool = False) -> dict:
+    """Train PPO on the train rows, keep the best model on held-out rows, save policy + JSON; returns the JSON."""
+    table = OutcomeTable.load(config.table)
+    train_rows, test_rows = table.split_rows(1.0 - config.test_fraction, config.seed)
+    env_kwargs = {"table": table, "episode_length": config.episode_length, "alpha": config.alpha,
+                  "gamma": config.gamma, "budget": config.budget}
+    envs = make_vec_env(AudioBudgetEnv, n_envs=config.n_envs, seed=config.seed,
+                        env_kwargs={**env_kwargs, "rows": train_rows})
+    eval_env = make_vec_env(AudioBudgetEnv, n_envs=1, seed=config.seed + 10_000,
+                            env_kwargs={**env_kwargs, "rows": test_rows})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    callbacks = [EvalCallback(eval_env, best_model_save_path=str(out_dir / "best"),
+                              eval_freq=max(1, config.eval_every // config.n_envs), n_eval_episodes=20,
+                              deterministic=True, verbose=0)]
+    run = None
+    if wandb:
+        import wandb as wandb_lib
+        from wandb.integration.sb3 import WandbCallback
+
+        run = wandb_lib.init(project="safe-stage-b", config=asdict(config), dir=str(out_dir), sync_tensorboard=tensorboard)
+        callbacks.append(WandbCallback())
+    model = PPO("MlpPolicy", envs, seed=config.seed, device="cpu", n_steps=256, batch_size=256, verbose=0,
+                tensorboard_log=str(out_dir / "tb") if tensorboard else None)
+    start = time.perf_counter()
+    model.learn(total_timesteps=config.timesteps, callback=callbacks, progress_bar=False)
+    seconds = time.perf_counter() - start
+    model.save(out_dir / "policy.zip")
+    record = {"config": asdict(config), "train_seconds": round(seconds, 2), "timesteps": config.timesteps,
+              "train_rows": len(train_rows), "test_rows": test_rows.tolist(), "table_provenance": table.provenance}
+    atomic_write_text(out_dir / "policy.json", json.dumps(record, indent=1))
+    if run is not None:
+        run.finish()
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="stage_b-train", description=__doc__.splitlines()[0])
+    parser.add_argument("--table", required=True, help="outcome table (.npz) from stage_b-outcomes")
+    parser.add_argument("--alpha", type=float, default=0.1, help="weight of normalised compute in the reward")
+    parser.add_argument("--gamma", type=float, default=0.0, help="weight of normalised latency in the reward")
+    parser.add_argument("--budget", type=float, default=None, help="episode compute budget, fraction of the maximum")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--timesteps", type=int, default=100_000)
+    parser.add_argument("--n-envs", type=int, default=8)
+    parser.add_argument("--out", type=Path, default=None, help="policy folder (default: runs/stage_b/alpha<A>-gamma<G>-seed<S>)")
+    parser.add_argument("--no-tensorboard", action="store_true")
+    parser.add_argument("--wandb", action="store_true", help="log through SB3's wandb integration (offline without a key)")
+    args = parser.parse_args(argv)
+    setup_logging()
+    try:
+        config = PolicyConfig(args.table, args.alpha, args.gamma, args.budget, seed=args.seed,
+                              timesteps=args.timesteps, n_envs=args.n_envs)
+    except ValueError as err:
+        print(f"stage_b-train: {err}", file=sys.stderr)
+        return 2
+    out = args.out or Path("runs") / "stage_b" / f"alpha{args.alpha:g}-gamma{args.gamma:g}-seed{args.seed}"
+    record = train_policy(config, out, tensorboard=not args.no_tensorboard, wandb=args.wandb)
+    print(json.dumps({k: v for k, v in record.items() if k != "test_rows"}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
