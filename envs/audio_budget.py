@@ -31,10 +31,17 @@ from envs.outcome_table import OutcomeTable
 log = logging.getLogger(__name__)
 
 
+def standardized(features: np.ndarray) -> np.ndarray:
+    """Features scaled per column to mean 0 and std 1 over the whole table (constant columns become 0)."""
+    std = features.std(axis=0)
+    return ((features - features.mean(axis=0)) / np.where(std > 0, std, 1.0)).astype(np.float32)
+
+
 class AudioBudgetEnv(gym.Env):
     """An episode is `episode_length` questions; each step picks an action index into `table.actions`.
 
-    Observation (float32, D + 2): the current question's features, the remaining budget fraction
+    Observation (float32, D + 2): the current question's features (standardised per column over the
+    whole table, so embeddings and audio statistics share one scale), the remaining budget fraction
     (1.0 without a budget) and the fraction of the episode left (1.0 at reset). Questions are drawn
     from `rows` (default: all) without replacement, or with replacement when there are fewer rows
     than `episode_length`, using the env's seeded `np_random`; `terminated` is True after the last.
@@ -84,7 +91,7 @@ class AudioBudgetEnv(gym.Env):
         self._n_actions = table.n_actions
         dim = table.features.shape[1]
         self._obs_base = np.zeros((table.n_rows, dim + 2), dtype=np.float32)
-        self._obs_base[:, :dim] = table.features
+        self._obs_base[:, :dim] = standardized(table.features)
         self._total_budget = math.inf if budget is None else float(budget) * self.episode_length * self.max_gflops
         self.action_space = spaces.Discrete(self._n_actions)
         self.observation_space = spaces.Box(-np.inf, np.inf, shape=(dim + 2,), dtype=np.float32)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from stable_baselines3 import PPO
 
+from envs.audio_budget import standardized
 from envs.outcome_table import OutcomeTable
 from stage_b.train import PolicyConfig, main, train_policy
 
@@ -33,7 +34,7 @@ def test_ppo_learns_the_dominant_action_and_reloads_identically(dominant_table: 
     assert record["train_rows"] == 42 and len(record["test_rows"]) == 18  # 30% held out
     model = PPO.load(tmp_path / "policy" / "policy.zip", device="cpu")
     table = OutcomeTable.load(dominant_table)
-    obs = np.concatenate([table.features, np.ones((60, 2), np.float32)], axis=1)
+    obs = np.concatenate([standardized(table.features), np.ones((60, 2), np.float32)], axis=1)  # as the env sees them
     actions, _ = model.predict(obs, deterministic=True)
     assert (actions == 2).mean() >= 0.9
     again, _ = PPO.load(tmp_path / "policy" / "policy.zip", device="cpu").predict(obs, deterministic=True)
