@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from stable_baselines3 import PPO
 
-from envs.audio_budget import standardized
 from envs.outcome_table import OutcomeTable
+from stage_b.evaluate import choose, evaluate_policy
+from stage_b.evaluate import main as eval_main
 from stage_b.train import PolicyConfig, main, train_policy
 
 
@@ -32,13 +33,17 @@ def test_ppo_learns_the_dominant_action_and_reloads_identically(dominant_table: 
     saved = json.loads((tmp_path / "policy" / "policy.json").read_text())
     assert saved["config"]["alpha"] == 0.1 and saved["table_provenance"] == {"split": "toy"}
     assert record["train_rows"] == 42 and len(record["test_rows"]) == 18  # 30% held out
-    model = PPO.load(tmp_path / "policy" / "policy.zip", device="cpu")
-    table = OutcomeTable.load(dominant_table)
-    obs = np.concatenate([standardized(table.features), np.ones((60, 2), np.float32)], axis=1)  # as the env sees them
-    actions, _ = model.predict(obs, deterministic=True)
+    table, rows = OutcomeTable.load(dominant_table), np.arange(60)
+    actions = choose(PPO.load(tmp_path / "policy" / "policy.zip", device="cpu"), table, rows)
     assert (actions == 2).mean() >= 0.9
-    again, _ = PPO.load(tmp_path / "policy" / "policy.zip", device="cpu").predict(obs, deterministic=True)
+    again = choose(PPO.load(tmp_path / "policy" / "policy.zip", device="cpu"), table, rows)
     assert np.array_equal(actions, again)
+    result = evaluate_policy(tmp_path / "policy")  # stage_b-eval: held-out rows only
+    assert result["n"] == 18 and result["accuracy"]["mean"] >= 0.9 and result["audio_rate"] >= 0.9
+    assert set(result["actions"]) == {"audio", "audio.kind"} and sum(result["actions"]["audio"].values()) == 18
+    assert eval_main(["--policy", str(tmp_path / "policy"), "--json"]) == 0
+    with pytest.raises(FileNotFoundError, match="written by stage_b-train"):
+        evaluate_policy(tmp_path)
 
 
 @pytest.mark.parametrize("flag,value", [("--alpha", "-0.1"), ("--gamma", "nan")])
