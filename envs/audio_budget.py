@@ -11,13 +11,21 @@ Reward of answering question i with action a:
 
 where max_gflops and max_latency are the table's maxima over *all* rows and actions (the most
 expensive action on the most expensive question), so each cost term lies in (0, 1] like the score
-and alpha, gamma read as "score points given up for the most expensive answer".
+and alpha, gamma read as "score points given up for the most expensive answer". With the optional
+no-audio confidence feature the costs are `OutcomeTable.charged_costs(confidence=True)`: every
+audio action also pays the base run that produced the confidence.
+
+*Live mode* passes `outcome`, a function (row, action index) -> (score, gflops, latency_ms) that
+runs SAFE on the question (stage_b.live); the env then scores and charges what that run returned,
+with the same normalisation, and uses the table only for features, budget checks and maxima.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from numbers import Real
 from pathlib import Path
 from typing import Any
@@ -31,17 +39,56 @@ from envs.outcome_table import OutcomeTable
 log = logging.getLogger(__name__)
 
 
-def standardized(features: np.ndarray) -> np.ndarray:
-    """Features scaled per column to mean 0 and std 1 over the whole table (constant columns become 0)."""
-    std = features.std(axis=0)
-    return ((features - features.mean(axis=0)) / np.where(std > 0, std, 1.0)).astype(np.float32)
+Outcome = Callable[[int, int], tuple[float, float, float]]
+
+
+@dataclass(frozen=True)
+class FeatureScaler:
+    """Per-column standardisation fitted on training rows and saved with a policy, so evaluation sees its scale."""
+
+    mean: np.ndarray
+    std: np.ndarray
+
+    @classmethod
+    def fit(cls, columns: np.ndarray) -> FeatureScaler:
+        """Mean and std per column; constant columns get std 1 (they become 0)."""
+        std = columns.std(axis=0)
+        return cls(columns.mean(axis=0), np.where(std > 0, std, 1.0))
+
+    def __call__(self, columns: np.ndarray) -> np.ndarray:
+        if columns.shape[-1] != self.mean.shape[0]:
+            raise ValueError(f"features have {columns.shape[-1]} columns, the scaler was fitted on {self.mean.shape[0]}")
+        return ((columns - self.mean) / self.std).astype(np.float32)
+
+    def to_json(self) -> dict:
+        return {"mean": self.mean.tolist(), "std": self.std.tolist()}
+
+    @classmethod
+    def from_json(cls, data: dict) -> FeatureScaler:
+        return cls(np.asarray(data["mean"], dtype=np.float64), np.asarray(data["std"], dtype=np.float64))
+
+
+def observed_columns(table: OutcomeTable, confidence: bool = False) -> np.ndarray:
+    """The raw per-question columns a policy observes: the table's features, plus the no-audio confidence if bought."""
+    if not confidence:
+        return table.features
+    table.charged_costs(confidence=True)  # raises the named error when the column is missing
+    return np.concatenate([table.features, table.confidence[:, None]], axis=1)
+
+
+def policy_observations(table: OutcomeTable, rows: np.ndarray, scaler: FeatureScaler,
+                        confidence: bool = False) -> np.ndarray:
+    """Observations of `rows` as the env shows them at the start of an unbudgeted episode."""
+    columns = scaler(observed_columns(table, confidence)[rows])
+    return np.concatenate([columns, np.ones((len(rows), 2), np.float32)], axis=1)
 
 
 class AudioBudgetEnv(gym.Env):
     """An episode is `episode_length` questions; each step picks an action index into `table.actions`.
 
-    Observation (float32, D + 2): the current question's features (standardised per column over the
-    whole table, so embeddings and audio statistics share one scale), the remaining budget fraction
+    Observation (float32, D + 2, or D + 3 with `confidence`): the current question's features
+    (standardised per column by `scaler`, by default fitted on `rows`, so embeddings and audio
+    statistics share one scale), the no-audio confidence if bought, the remaining budget fraction
     (1.0 without a budget) and the fraction of the episode left (1.0 at reset). Questions are drawn
     from `rows` (default: all) without replacement, or with replacement when there are fewer rows
     than `episode_length`, using the env's seeded `np_random`; `terminated` is True after the last.
@@ -57,7 +104,8 @@ class AudioBudgetEnv(gym.Env):
 
     def __init__(self, table: OutcomeTable | str | Path, episode_length: int = 32, alpha: float = 0.1,
                  gamma: float = 0.0, budget: float | None = None, rows: np.ndarray | None = None,
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, confidence: bool = False, scaler: FeatureScaler | None = None,
+                 outcome: Outcome | None = None) -> None:
         super().__init__()
         if not isinstance(table, OutcomeTable):
             table = OutcomeTable.load(table)
@@ -78,20 +126,25 @@ class AudioBudgetEnv(gym.Env):
         self.rows = rows.astype(np.int64)
         self.episode_length = int(episode_length)
         self.alpha, self.gamma, self.budget = float(alpha), float(gamma), budget
-        self.max_gflops = float(table.gflops.max())
-        self.max_latency = float(table.latency_ms.max())
-        reward = (table.score.astype(np.float64) - self.alpha * table.gflops / self.max_gflops
-                  - self.gamma * table.latency_ms / self.max_latency)
+        if outcome is not None and confidence:
+            raise ValueError("live mode (outcome=...) does not support the confidence feature yet")
+        gflops, latency = table.charged_costs(confidence)
+        self.max_gflops = float(gflops.max())
+        self.max_latency = float(latency.max())
+        reward = self.reward(table.score.astype(np.float64), gflops, latency)
         # Python lists: scalar look-ups in nested lists are several times faster than numpy indexing.
         self._reward = reward.tolist()
         self._score = table.score.astype(np.float64).tolist()
-        self._gflops = table.gflops.astype(np.float64).tolist()
-        self._latency = table.latency_ms.astype(np.float64).tolist()
+        self._gflops = gflops.astype(np.float64).tolist()
+        self._latency = latency.astype(np.float64).tolist()
         self._k = table.actions.tolist()
         self._n_actions = table.n_actions
-        dim = table.features.shape[1]
+        self._outcome = outcome
+        columns = observed_columns(table, confidence)
+        self.scaler = scaler or FeatureScaler.fit(columns[self.rows])
+        dim = columns.shape[1]
         self._obs_base = np.zeros((table.n_rows, dim + 2), dtype=np.float32)
-        self._obs_base[:, :dim] = standardized(table.features)
+        self._obs_base[:, :dim] = self.scaler(columns)
         self._total_budget = math.inf if budget is None else float(budget) * self.episode_length * self.max_gflops
         self.action_space = spaces.Discrete(self._n_actions)
         self.observation_space = spaces.Box(-np.inf, np.inf, shape=(dim + 2,), dtype=np.float32)
@@ -102,6 +155,10 @@ class AudioBudgetEnv(gym.Env):
             super().reset(seed=seed)
         log.debug("AudioBudgetEnv: %d rows, actions %s, alpha %.3g, gamma %.3g, budget %s",
                   self.rows.size, self._k, self.alpha, self.gamma, budget)
+
+    def reward(self, score: Any, gflops: Any, latency_ms: Any) -> Any:
+        """score - alpha * gflops / max_gflops - gamma * latency_ms / max_latency (scalars or arrays)."""
+        return score - self.alpha * gflops / self.max_gflops - self.gamma * latency_ms / self.max_latency
 
     def _budget_fraction(self) -> float:
         return 1.0 if self.budget is None else self._remaining / self._total_budget
@@ -136,9 +193,14 @@ class AudioBudgetEnv(gym.Env):
         forced = a != 0 and cost[a] > self._remaining
         if forced:
             a = 0
+        if self._outcome is None:
+            score, gflops, latency, reward = self._score[row][a], cost[a], self._latency[row][a], self._reward[row][a]
+        else:
+            score, gflops, latency = self._outcome(row, a)
+            reward = self.reward(score, gflops, latency)
         if self.budget is not None:
-            self._remaining = max(0.0, self._remaining - cost[a])
-        info = {"action_taken": a, "k": self._k[a], "score": self._score[row][a], "gflops": cost[a],
-                "latency_ms": self._latency[row][a], "row": row, "budget_forced": forced}
+            self._remaining = max(0.0, self._remaining - gflops)
+        info = {"action_taken": a, "k": self._k[a], "score": score, "gflops": gflops,
+                "latency_ms": latency, "row": row, "budget_forced": forced}
         self._t += 1
-        return self._observation(), self._reward[row][a], self._t >= self.episode_length, False, info
+        return self._observation(), reward, self._t >= self.episode_length, False, info

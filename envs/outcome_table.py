@@ -12,7 +12,9 @@ Arrays (N questions, A actions, D features):
 - `actions`: (A,) int64 audio-token counts, `actions[0] == 0` (no audio);
 - `score`: (N, A) in [0, 1]; `gflops`, `latency_ms`: (N, A) finite and > 0;
 - `features`: (N, D) finite, known before the decision;
-- `provenance`: a 0-d unicode array holding JSON (checkpoint hash, split, actions, ...).
+- `provenance`: a 0-d unicode array holding JSON (checkpoint hash, split, actions, ...);
+- `confidence` (optional): (N,) in [0, 1], the base model's no-audio probability of its first answer
+  token, a feature a policy may buy (see `charged_costs`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import numpy as np
 
 FAMILIES = ("visual", "audio", "audio_visual")
 KEYS = ("ids", "family", "qtype", "actions", "score", "gflops", "latency_ms", "features", "provenance")
+OPTIONAL_KEYS = ("confidence",)
 BUILD_HINT = "build one with `stage_b-outcomes --checkpoint DIR --split S`"
 CORRECT = 0.5  # a VQA score of 2/3 or 1 counts as correct, as in shared.stats.mcnemar
 
@@ -44,6 +47,7 @@ class OutcomeTable:
     latency_ms: np.ndarray
     features: np.ndarray
     provenance: dict
+    confidence: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self._validate("OutcomeTable")
@@ -106,6 +110,13 @@ class OutcomeTable:
             i, j = np.argwhere(~np.isfinite(features))[0]
             raise ValueError(f"{source}: 'features'[{i}, {j}] = {features[i, j]}, expected a finite value")
         self.features = features
+        if self.confidence is not None:
+            confidence = np.asarray(self.confidence, dtype=np.float32)
+            bad = ~np.isfinite(confidence) | (confidence < 0) | (confidence > 1)
+            if confidence.shape != (n,) or bad.any():
+                raise ValueError(f"{source}: 'confidence' has shape {confidence.shape} and {int(bad.sum())} values "
+                                 f"outside [0, 1]; expected ({n},) probabilities")
+            self.confidence = confidence
         if not isinstance(self.provenance, dict):
             raise ValueError(f"{source}: 'provenance' is {type(self.provenance).__name__}, expected a dict")
 
@@ -120,7 +131,7 @@ class OutcomeTable:
             if missing:
                 raise ValueError(f"outcome table {path}: missing key '{missing[0]}' (all missing: {missing}); "
                                  f"{BUILD_HINT}")
-            arrays = {key: data[key] for key in KEYS}
+            arrays = {key: data[key] for key in KEYS + OPTIONAL_KEYS if key in data.files}
         raw = arrays.pop("provenance")
         if raw.ndim != 0 or raw.dtype.kind != "U":
             raise ValueError(f"outcome table {path}: 'provenance' has shape {raw.shape} dtype {raw.dtype}, "
@@ -130,7 +141,7 @@ class OutcomeTable:
         except json.JSONDecodeError as err:
             raise ValueError(f"outcome table {path}: 'provenance' is not valid JSON ({err})") from err
         table = cls.__new__(cls)
-        table.__dict__.update(arrays, provenance=provenance)
+        table.__dict__.update({"confidence": None, **arrays, "provenance": provenance})
         table._validate(f"outcome table {path}")
         return table
 
@@ -140,6 +151,8 @@ class OutcomeTable:
         path.parent.mkdir(parents=True, exist_ok=True)
         arrays = {key: getattr(self, key) for key in KEYS if key != "provenance"}
         arrays["provenance"] = np.array(json.dumps(self.provenance))
+        if self.confidence is not None:
+            arrays["confidence"] = self.confidence
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as handle:
@@ -160,7 +173,8 @@ class OutcomeTable:
         return OutcomeTable(ids=self.ids[rows], family=self.family[rows], qtype=self.qtype[rows],
                             actions=self.actions.copy(), score=self.score[rows], gflops=self.gflops[rows],
                             latency_ms=self.latency_ms[rows], features=self.features[rows],
-                            provenance=dict(self.provenance))
+                            provenance=dict(self.provenance),
+                            confidence=None if self.confidence is None else self.confidence[rows])
 
     def split_rows(self, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
         """A seeded permutation cut into (train_rows, test_rows), `fraction` of the rows for training."""
@@ -169,6 +183,21 @@ class OutcomeTable:
         order = np.random.default_rng(seed).permutation(self.n_rows)
         cut = int(round(fraction * self.n_rows))
         return np.sort(order[:cut]), np.sort(order[cut:])
+
+    def charged_costs(self, confidence: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """(gflops, latency_ms) a policy pays per question and action.
+
+        Without the confidence feature these are the measured columns. With it, the base model's
+        no-audio run happens before every decision: action 0 reuses that run's answer (no extra
+        cost), and every audio action pays the no-audio run on top of its own.
+        """
+        if not confidence:
+            return self.gflops, self.latency_ms
+        if self.confidence is None:
+            raise ValueError("this outcome table has no 'confidence' column; rebuild it with stage_b-outcomes")
+        extra = np.zeros_like(self.gflops), np.zeros_like(self.latency_ms)
+        extra[0][:, 1:], extra[1][:, 1:] = self.gflops[:, :1], self.latency_ms[:, :1]
+        return self.gflops + extra[0], self.latency_ms + extra[1]
 
     def oracle_actions(self, threshold: float = CORRECT) -> np.ndarray:
         """Per question, the cheapest action that is still correct: the oracle a policy is measured against.

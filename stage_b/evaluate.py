@@ -2,63 +2,109 @@
 
 Reports accuracy with a 95% bootstrap CI, mean GFLOPs and latency per question, the audio usage
 rate, and the action histogram per question family and type, as JSON or a table. The held-out
-rows are those recorded in policy.json at training time, so evaluation never sees training rows.
+rows are those recorded in policy.json at training time, so evaluation never sees training rows;
+`--split S` evaluates on every question of another split's outcome table instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from stable_baselines3 import PPO
 
-from envs.audio_budget import standardized
+from envs.audio_budget import FeatureScaler, policy_observations
 from envs.outcome_table import OutcomeTable
+from shared.logs import setup_logging
 from shared.stats import mean_ci
 
-
-def choose(policy: PPO, table: OutcomeTable, rows: np.ndarray) -> np.ndarray:
-    """Deterministic actions for `rows`, observed as the env shows them at the start of an unbudgeted episode."""
-    obs = np.concatenate([standardized(table.features)[rows], np.ones((len(rows), 2), np.float32)], axis=1)
-    actions, _ = policy.predict(obs, deterministic=True)
-    return np.asarray(actions)
+log = logging.getLogger(__name__)
 
 
-def summarize(table: OutcomeTable, rows: np.ndarray, actions: np.ndarray) -> dict:
-    """Accuracy (with CI), cost, audio rate and action histograms of one set of choices."""
+@dataclass
+class SavedPolicy:
+    """A policy folder written by stage_b-train: the PPO model, its training record and feature scaler."""
+
+    folder: Path
+    model: PPO
+    record: dict
+    scaler: FeatureScaler
+
+    @classmethod
+    def load(cls, folder: Path) -> SavedPolicy:
+        record_path = Path(folder) / "policy.json"
+        if not record_path.is_file():
+            raise FileNotFoundError(f"{record_path} does not exist; expected a folder written by stage_b-train")
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+        return cls(Path(folder), PPO.load(Path(folder) / "policy.zip", device="cpu"), record,
+                   FeatureScaler.from_json(record["scaler"]))
+
+    @property
+    def confidence(self) -> bool:
+        return bool(self.record["config"].get("confidence", False))
+
+    def act(self, table: OutcomeTable, rows: np.ndarray) -> np.ndarray:
+        """Deterministic action indices for `rows`, observed as at the start of an unbudgeted episode."""
+        obs = policy_observations(table, rows, self.scaler, self.confidence)
+        actions, _ = self.model.predict(obs, deterministic=True)
+        return np.asarray(actions, dtype=np.int64)
+
+    def evaluation_rows(self, split: str | None = None) -> tuple[OutcomeTable, np.ndarray]:
+        """The table and rows to evaluate on: the held-out rows of the training table, or all of another split's."""
+        train_path = Path(self.record["config"]["table"])
+        train_table = OutcomeTable.load(train_path)
+        if split is None or split == train_table.provenance.get("split"):
+            return train_table, np.asarray(self.record["test_rows"], dtype=np.int64)
+        path = train_path.parent / f"outcomes_{split}.npz"
+        if not path.is_file():
+            raise ValueError(f"no outcome table for split '{split}' at {path}; build it with `stage_b-outcomes "
+                             f"--checkpoint {train_table.provenance.get('checkpoint', 'DIR')} --split {split}`")
+        table = OutcomeTable.load(path)
+        if not np.array_equal(table.actions, train_table.actions):
+            raise ValueError(f"{path}: actions {table.actions.tolist()} differ from the policy's "
+                             f"{train_table.actions.tolist()}")
+        if table.provenance.get("checkpoint_hash") != train_table.provenance.get("checkpoint_hash"):
+            log.warning("%s comes from Stage A checkpoint %s, the policy trained on outcomes of %s", path,
+                        table.provenance.get("checkpoint_hash"), train_table.provenance.get("checkpoint_hash"))
+        return table, np.arange(table.n_rows)
+
+
+def summarize(table: OutcomeTable, rows: np.ndarray, actions: np.ndarray, confidence: bool = False) -> dict:
+    """Accuracy (with CI), cost (charged as the policy pays it), audio rate and action histograms of one set of choices."""
+    gflops, latency = table.charged_costs(confidence)
     ks = table.actions[actions]
     histogram: dict[str, Counter] = defaultdict(Counter)
     for row, k in zip(rows, ks):
         histogram[str(table.family[row])][f"k{k}"] += 1
         histogram[f"{table.family[row]}.{table.qtype[row]}"][f"k{k}"] += 1
     return {"n": int(len(rows)), "accuracy": mean_ci(table.score[rows, actions]),
-            "gflops_per_query": float(table.gflops[rows, actions].mean()),
-            "latency_ms": float(table.latency_ms[rows, actions].mean()),
+            "gflops_per_query": float(gflops[rows, actions].mean()),
+            "latency_ms": float(latency[rows, actions].mean()),
             "audio_rate": float((ks > 0).mean()),
             "actions": {name: dict(sorted(c.items())) for name, c in sorted(histogram.items())}}
 
 
-def evaluate_policy(policy_dir: Path) -> dict:
-    """Load policy.zip and policy.json from `policy_dir` and summarise its held-out choices."""
-    record_path = policy_dir / "policy.json"
-    if not record_path.is_file():
-        raise FileNotFoundError(f"{record_path} does not exist; expected a folder written by stage_b-train")
-    record = json.loads(record_path.read_text(encoding="utf-8"))
-    table = OutcomeTable.load(record["config"]["table"])
-    rows = np.asarray(record["test_rows"], dtype=np.int64)
-    actions = choose(PPO.load(policy_dir / "policy.zip", device="cpu"), table, rows)
-    return {"policy": str(policy_dir), "alpha": record["config"]["alpha"], "gamma": record["config"]["gamma"],
-            **summarize(table, rows, actions)}
+def evaluate_policy(policy_dir: Path, split: str | None = None) -> dict:
+    """Summarise a saved policy's choices on its held-out rows, or on every question of another split's table."""
+    policy = SavedPolicy.load(policy_dir)
+    table, rows = policy.evaluation_rows(split)
+    config = policy.record["config"]
+    return {"policy": str(policy_dir), "alpha": config["alpha"], "gamma": config["gamma"],
+            "split": table.provenance.get("split"), "rows": "held-out" if split is None else "all",
+            **summarize(table, rows, policy.act(table, rows), policy.confidence)}
 
 
 def format_table(result: dict) -> str:
     """A readable summary: headline figures, then the action histogram per family and type."""
     lo, hi = result["accuracy"]["ci95"]
-    lines = [f"policy {result['policy']} (alpha {result['alpha']}, gamma {result['gamma']}), {result['n']} held-out questions",
+    lines = [f"policy {result['policy']} (alpha {result['alpha']}, gamma {result['gamma']}), "
+             f"{result['n']} questions ({result['rows']} rows of split {result['split']})",
              f"accuracy {100 * result['accuracy']['mean']:.2f} % [{100 * lo:.2f}, {100 * hi:.2f}]; "
              f"{result['gflops_per_query']:.4f} GFLOPs and {result['latency_ms']:.2f} ms per question; "
              f"audio on {100 * result['audio_rate']:.1f} %", "", f"{'family / type':<28} actions"]
@@ -69,9 +115,17 @@ def format_table(result: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="stage_b-eval", description=__doc__.splitlines()[0])
     parser.add_argument("--policy", type=Path, required=True, help="folder written by stage_b-train")
+    parser.add_argument("--split", default=None,
+                        help="evaluate on all questions of outcomes_<split>.npz beside the training table "
+                             "(default: the training table's held-out rows)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
-    result = evaluate_policy(args.policy)
+    setup_logging()
+    try:
+        result = evaluate_policy(args.policy, args.split)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"stage_b-eval: {err}", file=sys.stderr)
+        return 2
     print(json.dumps(result, indent=2) if args.json else format_table(result))
     return 0
 

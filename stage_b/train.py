@@ -1,7 +1,8 @@
 """`stage_b-train --alpha A`: a PPO policy that chooses, per question, no audio or audio with k tokens.
 
 The policy trains on the table-mode `SAFE/AudioBudget-v0` env over the outcome table's train rows
-(a seeded split; the rest is held out for `stage_b-eval`), with SB3's vectorised envs, an
+(a split seeded by `split_seed`, the same for every policy seed; the rest is held out for
+`stage_b-eval`), with SB3's vectorised envs, an
 evaluation callback on held-out rows that keeps the best model, and TensorBoard logging (wandb
 with --wandb through SB3's integration). It saves `policy.zip` (the final policy),
 `best/best_model.zip` and `policy.json`: the config, the held-out rows and the table's provenance.
@@ -21,7 +22,7 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import EvalCallback
 from stable_baselines3.common.env_util import make_vec_env
 
-from envs.audio_budget import AudioBudgetEnv
+from envs.audio_budget import AudioBudgetEnv, FeatureScaler, observed_columns
 from envs.outcome_table import OutcomeTable
 from shared.checkpoint import atomic_write_text
 from shared.logs import setup_logging
@@ -35,8 +36,10 @@ class PolicyConfig:
     alpha: float = 0.1
     gamma: float = 0.0
     budget: float | None = None
+    confidence: bool = False
     episode_length: int = 32
     seed: int = 0
+    split_seed: int = 0
     timesteps: int = 100_000
     n_envs: int = 8
     test_fraction: float = 0.3
@@ -54,9 +57,10 @@ class PolicyConfig:
 def train_policy(config: PolicyConfig, out_dir: Path, tensorboard: bool = True, wandb: bool = False) -> dict:
     """Train PPO on the train rows, keep the best model on held-out rows, save policy + JSON; returns the JSON."""
     table = OutcomeTable.load(config.table)
-    train_rows, test_rows = table.split_rows(1.0 - config.test_fraction, config.seed)
+    train_rows, test_rows = table.split_rows(1.0 - config.test_fraction, config.split_seed)
+    scaler = FeatureScaler.fit(observed_columns(table, config.confidence)[train_rows])
     env_kwargs = {"table": table, "episode_length": config.episode_length, "alpha": config.alpha,
-                  "gamma": config.gamma, "budget": config.budget}
+                  "gamma": config.gamma, "budget": config.budget, "confidence": config.confidence, "scaler": scaler}
     envs = make_vec_env(AudioBudgetEnv, n_envs=config.n_envs, seed=config.seed,
                         env_kwargs={**env_kwargs, "rows": train_rows})
     eval_env = make_vec_env(AudioBudgetEnv, n_envs=1, seed=config.seed + 10_000,
@@ -79,7 +83,8 @@ def train_policy(config: PolicyConfig, out_dir: Path, tensorboard: bool = True, 
     seconds = time.perf_counter() - start
     model.save(out_dir / "policy.zip")
     record = {"config": asdict(config), "train_seconds": round(seconds, 2), "timesteps": config.timesteps,
-              "train_rows": len(train_rows), "test_rows": test_rows.tolist(), "table_provenance": table.provenance}
+              "train_rows": len(train_rows), "test_rows": test_rows.tolist(), "scaler": scaler.to_json(),
+              "table_provenance": table.provenance}
     atomic_write_text(out_dir / "policy.json", json.dumps(record, indent=1))
     if run is not None:
         run.finish()
@@ -92,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--alpha", type=float, default=0.1, help="weight of normalised compute in the reward")
     parser.add_argument("--gamma", type=float, default=0.0, help="weight of normalised latency in the reward")
     parser.add_argument("--budget", type=float, default=None, help="episode compute budget, fraction of the maximum")
+    parser.add_argument("--confidence", action="store_true",
+                        help="observe the base model's no-audio confidence; audio actions then also pay that run")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timesteps", type=int, default=100_000)
     parser.add_argument("--n-envs", type=int, default=8)
@@ -101,14 +108,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging()
     try:
-        config = PolicyConfig(args.table, args.alpha, args.gamma, args.budget, seed=args.seed,
+        config = PolicyConfig(args.table, args.alpha, args.gamma, args.budget, args.confidence, seed=args.seed,
                               timesteps=args.timesteps, n_envs=args.n_envs)
     except ValueError as err:
         print(f"stage_b-train: {err}", file=sys.stderr)
         return 2
     out = args.out or Path("runs") / "stage_b" / f"alpha{args.alpha:g}-gamma{args.gamma:g}-seed{args.seed}"
     record = train_policy(config, out, tensorboard=not args.no_tensorboard, wandb=args.wandb)
-    print(json.dumps({k: v for k, v in record.items() if k != "test_rows"}, indent=2))
+    print(json.dumps({k: v for k, v in record.items() if k not in ("test_rows", "scaler")}, indent=2))
     return 0
 
 

@@ -258,3 +258,40 @@ def test_policy_save_load_round_trip(dominant_ppo: tuple[PPO, AudioBudgetEnv, np
     model.save(tmp_path / "policy.zip")
     loaded = PPO.load(tmp_path / "policy.zip", device="cpu")
     np.testing.assert_array_equal(loaded.predict(obs, deterministic=True)[0], model.predict(obs, deterministic=True)[0])
+
+
+def test_confidence_is_observed_and_charged(tmp_path: Path) -> None:
+    table = random_table(n=12)
+    with pytest.raises(ValueError, match="no 'confidence' column"):
+        AudioBudgetEnv(table, confidence=True)
+    table.confidence = np.linspace(0, 1, 12, dtype=np.float32)
+    table = OutcomeTable.load(saved(table, tmp_path))
+    env = AudioBudgetEnv(table, episode_length=4, confidence=True)
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == (table.features.shape[1] + 3,)
+    for action in (0, 2):
+        row = env._order[env._t]
+        _, reward, _, _, info = env.step(action)
+        extra = 0.0 if action == 0 else 1.0
+        assert info["gflops"] == pytest.approx(table.gflops[row, action] + extra * table.gflops[row, 0])
+        assert info["latency_ms"] == pytest.approx(table.latency_ms[row, action] + extra * table.latency_ms[row, 0])
+        assert reward == pytest.approx(env.reward(info["score"], info["gflops"], info["latency_ms"]))
+    assert env.max_gflops == pytest.approx(float((table.gflops[:, 1:] + table.gflops[:, :1]).max()))
+
+
+def test_outcome_function_replaces_table_lookups(table_path: Path) -> None:
+    """Live mode's interface: the env scores and charges what the outcome function returns."""
+    calls = []
+
+    def outcome(row: int, action: int) -> tuple[float, float, float]:
+        calls.append((row, action))
+        return 0.25, 1.5, 7.0
+
+    env = AudioBudgetEnv(table_path, episode_length=3, alpha=0.2, gamma=0.3, outcome=outcome)
+    env.reset(seed=1)
+    row = env._order[0]
+    _, reward, _, _, info = env.step(1)
+    assert calls == [(row, 1)] and (info["score"], info["gflops"], info["latency_ms"]) == (0.25, 1.5, 7.0)
+    assert reward == pytest.approx(0.25 - 0.2 * 1.5 / env.max_gflops - 0.3 * 7.0 / env.max_latency)
+    with pytest.raises(ValueError, match="live mode"):
+        AudioBudgetEnv(table_path, outcome=outcome, confidence=True)

@@ -5,10 +5,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from stable_baselines3 import PPO
 
 from envs.outcome_table import OutcomeTable
-from stage_b.evaluate import choose, evaluate_policy
+from stage_b.evaluate import SavedPolicy, evaluate_policy
 from stage_b.evaluate import main as eval_main
 from stage_b.train import PolicyConfig, main, train_policy
 
@@ -34,16 +33,41 @@ def test_ppo_learns_the_dominant_action_and_reloads_identically(dominant_table: 
     assert saved["config"]["alpha"] == 0.1 and saved["table_provenance"] == {"split": "toy"}
     assert record["train_rows"] == 42 and len(record["test_rows"]) == 18  # 30% held out
     table, rows = OutcomeTable.load(dominant_table), np.arange(60)
-    actions = choose(PPO.load(tmp_path / "policy" / "policy.zip", device="cpu"), table, rows)
+    actions = SavedPolicy.load(tmp_path / "policy").act(table, rows)
     assert (actions == 2).mean() >= 0.9
-    again = choose(PPO.load(tmp_path / "policy" / "policy.zip", device="cpu"), table, rows)
+    again = SavedPolicy.load(tmp_path / "policy").act(table, rows)
     assert np.array_equal(actions, again)
+    train_rows = np.setdiff1d(rows, record["test_rows"])
+    scaled = SavedPolicy.load(tmp_path / "policy").scaler(table.features[train_rows])
+    np.testing.assert_allclose(scaled.mean(0), 0, atol=1e-5)  # the scaler is fitted on training rows only
     result = evaluate_policy(tmp_path / "policy")  # stage_b-eval: held-out rows only
     assert result["n"] == 18 and result["accuracy"]["mean"] >= 0.9 and result["audio_rate"] >= 0.9
     assert set(result["actions"]) == {"audio", "audio.kind"} and sum(result["actions"]["audio"].values()) == 18
     assert eval_main(["--policy", str(tmp_path / "policy"), "--json"]) == 0
     with pytest.raises(FileNotFoundError, match="written by stage_b-train"):
         evaluate_policy(tmp_path)
+    # --split: every row of outcomes_<split>.npz beside the training table, or a named error
+    assert eval_main(["--policy", str(tmp_path / "policy"), "--split", "val"]) == 2
+    table.provenance = {"split": "val"}
+    table.save(dominant_table.parent / "outcomes_val.npz")
+    other = evaluate_policy(tmp_path / "policy", "val")
+    assert other["n"] == 60 and other["rows"] == "all" and other["split"] == "val"
+
+
+def test_confidence_feature_is_observed_and_charged(dominant_table: Path, tmp_path: Path) -> None:
+    table = OutcomeTable.load(dominant_table)
+    table.confidence = np.linspace(0, 1, table.n_rows, dtype=np.float32)
+    path = table.save(tmp_path / "with_confidence.npz")
+    train_policy(PolicyConfig(str(path), confidence=True, timesteps=512, n_envs=2, eval_every=512),
+                 tmp_path / "policy", tensorboard=False)
+    policy = SavedPolicy.load(tmp_path / "policy")
+    assert policy.confidence and policy.scaler.mean.shape == (table.features.shape[1] + 1,)
+    result = evaluate_policy(tmp_path / "policy")
+    # every action costs 1 GFLOP; with the base run bought first, audio actions cost 2 and action 0 stays 1
+    assert result["gflops_per_query"] == pytest.approx(1 + result["audio_rate"])
+    with pytest.raises(ValueError, match="no 'confidence' column"):
+        train_policy(PolicyConfig(str(dominant_table), confidence=True, timesteps=64, n_envs=1),
+                     tmp_path / "p2", tensorboard=False)
 
 
 @pytest.mark.parametrize("flag,value", [("--alpha", "-0.1"), ("--gamma", "nan")])
