@@ -51,9 +51,14 @@ class Split:
     feature_index: list[int]
     images: dict[str, Image.Image]
     excluded: dict
+    clips: list[AudioRef]
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def clip(self, i: int) -> AudioRef:
+        """The audio window sample i is paired with (its own, or the clip a VL sample borrowed)."""
+        return self.clips[self.feature_index[i]]
 
     def is_vl(self, i: int) -> bool:
         return self.samples[i].family == "visual"
@@ -102,7 +107,8 @@ def load_split(name: str, manifest: str | Path, encoder, cache: FeatureCache, sa
             with Image.open(s.image) as im:
                 images[s.image] = im.convert("RGB")
     excluded = {"total": report.total, "excluded": report.excluded, "counts": report.counts()}
-    return Split(name, clean, [target_answer(s) for s in clean], features, [position[r] for r in refs], images, excluded)
+    return Split(name, clean, [target_answer(s) for s in clean], features, [position[r] for r in refs], images, excluded,
+                 unique)
 
 
 @dataclass

@@ -15,7 +15,7 @@ import platformdirs
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from shared.encoders import build_encoder
+from shared.encoders import FrozenAudioEncoder, build_encoder
 from shared.features import FeatureCache, weights_hash
 from shared.config import load_config
 from shared.world.build import WorldConfig, build_world
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Setup:
-    """A SAFE model with its processor, collator and checked, encoded splits."""
+    """A SAFE model with its processor, collator, frozen audio encoder and checked, encoded splits."""
 
     model: SafeModel
     processor: object
@@ -38,6 +38,7 @@ class Setup:
     val: Split | None
     test: Split | None
     paths: dict[str, str]
+    encoder: FrozenAudioEncoder
 
 
 def resolve_paths(cfg: TrainConfig) -> dict[str, str]:
@@ -91,4 +92,5 @@ def build_setup(cfg: TrainConfig, device: torch.device | str = "cpu", splits: tu
         for name, param in model.base.named_parameters():
             if "language_model" in name and ".lora_" not in name:
                 param.requires_grad_(True)
-    return Setup(model, processor, Collator(processor), loaded.get("train"), loaded.get("val"), loaded.get("test"), paths)
+    return Setup(model, processor, Collator(processor), loaded.get("train"), loaded.get("val"), loaded.get("test"), paths,
+                 encoder)

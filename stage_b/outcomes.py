@@ -2,11 +2,13 @@
 
 For every question of a split and every action (no audio, or audio with k tokens for k in K):
 - `score`: the VQA score of SAFE's greedy answer;
-- `gflops`: compute of the prompt forward (prefill), counted with torch's FlopCounterMode on
-  the actual batch and divided by its size, plus, for audio actions, the frozen encoder's count
-  on one full window (encoders pad every clip to their window, so it is the same per clip);
+- `gflops`: compute of the prompt forward (prefill) counted analytically from the model configs
+  (stage_a.flops) for the question's own prompt length and audio frames, plus, for audio actions,
+  the frozen encoder on one full window (encoders pad every clip to their window). The analytic
+  and FlopCounterMode counts of the first question are kept in the provenance (`flops_check`);
 - `latency_ms`: wall time of the batched greedy generation per question (median over
-  `--repeats`), plus the encoder's measured time per clip for audio actions.
+  `--repeats`), plus the encoder's time per clip (a batch of full windows, median) for audio actions;
+- `confidence`: the base model's no-audio probability of its first answer token.
 Features known before the decision go in `features`: the mean LM input embedding of the
 question, per-channel image mean and std, and audio-preview statistics (duration, RMS energy,
 zero-crossing rate, spectral centroid). The table is an .npz (no pickle) read by envs.OutcomeTable.
@@ -29,90 +31,86 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 from envs.outcome_table import OutcomeTable
-from shared.answers import parse_answer
 from shared.config import ConfigError, load_config, parse_overrides
-from shared.data.audio_io import load_audio
-from shared.encoders import build_encoder
 from shared.logs import setup_logging
-from shared.metrics import vqa_accuracy
 from stage_a.config import TrainConfig
 from stage_a.eval_command import bridge_folder
+from stage_a.flops import CPU_SDPA
 from stage_a.model import WEIGHTS_FILE
-from stage_a.setup import build_setup
+from stage_b.runner import SafeRunner
 
 log = logging.getLogger(__name__)
+ENCODER_BATCH = 8
 
 
-def audio_preview(wave: np.ndarray, sample_rate: int) -> list[float]:
-    """Duration (s), RMS energy, zero-crossing rate and spectral centroid (kHz): cheap, no encoder."""
-    spectrum = np.abs(np.fft.rfft(wave))
-    freqs = np.fft.rfftfreq(len(wave), 1.0 / sample_rate)
-    centroid = float((spectrum * freqs).sum() / max(spectrum.sum(), 1e-12)) / 1000.0
-    crossings = float(np.mean(np.abs(np.diff(np.signbit(wave).astype(np.int8))))) if len(wave) > 1 else 0.0
-    return [len(wave) / sample_rate, float(np.sqrt(np.mean(wave ** 2))), crossings, centroid]
+def encoder_ms_per_clip(runner: SafeRunner, repeats: int) -> float:
+    """The frozen encoder's wall time per clip on a batch of full windows (median of repeats)."""
+    window = np.zeros(int(getattr(runner.encoder, "max_seconds", 30.0) * runner.sample_rate), dtype=np.float32)
+    waves = [window] * ENCODER_BATCH
+    runner.encoder.encode(waves[:1], runner.sample_rate)  # warm-up
+    times = []
+    for _ in range(max(1, repeats)):
+        start = time.perf_counter()
+        runner.encoder.encode(waves, runner.sample_rate)
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times) / ENCODER_BATCH
 
 
-def _gflops(fn) -> float:
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    return counter.get_total_flops() / 1e9
+def profiler_check(runner: SafeRunner, ks: list[int]) -> dict:
+    """Analytic vs FlopCounterMode GFLOPs of the first question's prefill (generate, one token) per action,
+    and of the encoder on one full window: the formula's audit trail, kept in the table's provenance."""
+    batch = runner.batch([0])
+    check = {}
+    for k in [0, *ks]:
+        audio = {} if k == 0 else {"audio_frames": batch.frames, "frame_mask": batch.frame_mask, "k": k, "gate": 1.0}
+        with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=CPU_SDPA) as counter:
+            runner.model.generate(**audio, **batch.inputs, max_new_tokens=1, do_sample=False)
+        analytic = runner.gflops(batch, k)[0] - (runner.encoder_gflops if k else 0.0)
+        check[f"k{k}"] = {"analytic": analytic, "profiler": counter.get_total_flops() / 1e9}
+    window = np.zeros(int(getattr(runner.encoder, "max_seconds", 30.0) * runner.sample_rate), dtype=np.float32)
+    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=CPU_SDPA) as counter:
+        runner.encoder.encode([window], runner.sample_rate)
+    check["encoder"] = {"analytic": runner.encoder_gflops, "profiler": counter.get_total_flops() / 1e9}
+    return check
 
 
 @torch.no_grad()
 def build_table(cfg: TrainConfig, checkpoint: Path, split: str, ks: list[int], batch_size: int,
                 repeats: int) -> OutcomeTable:
     """Score, count and time every (question, action) of `split`, batched."""
-    setup = build_setup(cfg, splits=(split,), bridge_dir=checkpoint)
-    data, model, collator = getattr(setup, split), setup.model.eval(), setup.collator
-    encoder = build_encoder(cfg.model.audio_encoder, setup.paths["clap"], setup.paths["whisper"])
-    sr = cfg.data.sample_rate
-    window = np.zeros(int(getattr(encoder, "max_seconds", 30.0) * sr), dtype=np.float32)
-    encoder_gflops = _gflops(lambda: encoder.encode([window], sr))
-    start = time.perf_counter()
-    encoder.encode([window], sr)
-    encoder_ms = 1000 * (time.perf_counter() - start)
+    runner = SafeRunner(cfg, checkpoint, split)
+    encoder_ms = encoder_ms_per_clip(runner, repeats)
     actions = [0, *ks]
-    n = len(data)
+    n = len(runner.data)
     score, gflops, latency = (np.zeros((n, len(actions)), np.float32) for _ in range(3))
-    embed = model.base.get_input_embeddings()
+    confidence = np.zeros(n, np.float32)
     features = []
-    previews = {}
     for begin in tqdm(range(0, n, batch_size), desc="outcomes", unit="batch"):
         rows = list(range(begin, min(n, begin + batch_size)))
-        batch = collator.prompt_batch(data, rows)
+        batch = runner.batch(rows)
         for a, k in enumerate(actions):
-            audio = {} if k == 0 else {"audio_frames": batch.frames, "frame_mask": batch.frame_mask, "k": k, "gate": 1.0}
-            times, out = [], None
+            times = []
             for _ in range(max(1, repeats)):
-                t0 = time.perf_counter()
-                out = model.generate(**audio, **batch.inputs, max_new_tokens=4, do_sample=False)
-                times.append(time.perf_counter() - t0)
-            answers = collator.decode(out, batch.inputs["input_ids"].shape[1])
-            for j, i in enumerate(rows):
-                score[i, a] = vqa_accuracy(parse_answer(answers[j]), list(data.samples[i].answers))
-            per_sample = _gflops(lambda: model(**audio, **batch.inputs)) / len(rows)
-            gflops[rows, a] = per_sample + (encoder_gflops if k else 0.0)
-            latency[rows, a] = 1000 * statistics.median(times) / len(rows) + (encoder_ms if k else 0.0)
-        mask = batch.inputs["attention_mask"].bool()
-        token_embeds = embed(batch.inputs["input_ids"]).float()
-        question = (token_embeds * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
-        pixels = batch.inputs["pixel_values"].float()
-        image = torch.cat([pixels.mean((2, 3)), pixels.std((2, 3))], dim=1)
-        for j, i in enumerate(rows):
-            sample = data.samples[i]
-            if sample.audio not in previews:
-                previews[sample.audio] = audio_preview(load_audio(sample.audio, sr, sample.audio_start, sample.audio_end), sr)
-            features.append(np.concatenate([question[j].numpy(), image[j].numpy(), previews[sample.audio]]))
+                start = time.perf_counter()
+                answers, first_token = runner.answer(batch, k)
+                times.append(time.perf_counter() - start)
+            seconds = statistics.median(times)
+            score[rows, a] = runner.scores(rows, answers)
+            gflops[rows, a] = runner.gflops(batch, k)
+            latency[rows, a] = 1000 * seconds / len(rows) + (encoder_ms if k else 0.0)
+            if k == 0:
+                confidence[rows] = first_token.numpy()
+        features.append(runner.features(batch, rows))
     digest = hashlib.sha256((checkpoint / WEIGHTS_FILE).read_bytes()).hexdigest()[:16]
     provenance = {"checkpoint": str(checkpoint), "checkpoint_hash": digest, "split": split, "actions": actions,
-                  "manifest": setup.paths[split], "encoder_gflops": encoder_gflops, "encoder_ms": encoder_ms,
-                  "features": ["question_embedding_mean"] * int(question.shape[1]) + ["image_mean_std"] * 6
-                  + ["audio_duration", "audio_rms", "audio_zcr", "audio_centroid_khz"]}
-    samples = data.samples
+                  "manifest": runner.setup.paths[split], "encoder_gflops": runner.encoder_gflops,
+                  "encoder_ms": encoder_ms, "flops_check": profiler_check(runner, ks),
+                  "features": runner.feature_names()}
+    samples = runner.data.samples
     return OutcomeTable(ids=np.array([s.id for s in samples]), family=np.array([s.family for s in samples]),
                         qtype=np.array([s.qtype for s in samples]), actions=np.array(actions, dtype=np.int64),
-                        score=score, gflops=gflops, latency_ms=latency,
-                        features=np.stack(features).astype(np.float32), provenance=provenance)
+                        score=score, gflops=gflops, latency_ms=latency, features=np.concatenate(features),
+                        provenance=provenance, confidence=confidence)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,12 +125,14 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = parser.parse_known_args(argv)
     setup_logging()
     try:
-        cfg = load_config(TrainConfig, args.preset, parse_overrides(rest))
+        overrides = parse_overrides(rest)
+        cfg = load_config(TrainConfig, args.preset, overrides)
     except ConfigError as err:
         print(f"stage_b-outcomes: {err}", file=sys.stderr)
         return 2
     bridge = bridge_folder(args.checkpoint)
     table = build_table(cfg, bridge, args.split, [int(k) for k in args.ks.split(",")], args.batch_size, args.repeats)
+    table.provenance.update(preset=args.preset, overrides=overrides)
     out = args.out or args.checkpoint / f"outcomes_{args.split}.npz"
     table.save(out)
     print(json.dumps({"table": str(out), "rows": len(table.ids), "actions": table.actions.tolist(),

@@ -1,24 +1,33 @@
-"""`stage_b-outcomes` on a micro-world checkpoint: every (question, action) scored, counted and timed."""
+"""`stage_b-outcomes` on a micro-world checkpoint: every (question, action) scored, counted and timed;
+`stage_b-live` replays a policy on the same questions by running the model, and must agree."""
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from envs.outcome_table import OutcomeTable
-from shared.config import load_config
-from stage_a.config import TrainConfig
 from stage_a.train import main as train_main
-from stage_b.outcomes import audio_preview, build_table
+from stage_b.live import main as live_main
+from stage_b.outcomes import main as outcomes_main
+from stage_b.runner import audio_preview
+from stage_b.train import PolicyConfig, train_policy
 
 
 @pytest.fixture(scope="module")
-def table(micro_paths: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> OutcomeTable:
+def table_path(micro_paths: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("runs")
     args = [x for k, v in micro_paths.items() for x in (f"--{k}", v)]
     assert train_main(["--preset", "stage_a_micro", "--out_dir", str(out), *args]) == 0
-    cfg = load_config(TrainConfig, "stage_a_micro", micro_paths)
-    return build_table(cfg, out / "stage_a_micro" / "best", "test", [4, 8], batch_size=32, repeats=1)
+    assert outcomes_main(["--checkpoint", str(out / "stage_a_micro"), "--preset", "stage_a_micro", "--ks", "4,8",
+                          "--batch-size", "32", *args]) == 0
+    return out / "stage_a_micro" / "outcomes_test.npz"
+
+
+@pytest.fixture(scope="module")
+def table(table_path: Path) -> OutcomeTable:
+    return OutcomeTable.load(table_path)
 
 
 def test_every_question_and_action_has_score_compute_and_latency(table: OutcomeTable) -> None:
@@ -30,6 +39,24 @@ def test_every_question_and_action_has_score_compute_and_latency(table: OutcomeT
     assert (table.gflops[:, 2] >= table.gflops[:, 1]).all()  # more tokens cost more
     assert np.isfinite(table.features).all() and table.features.shape[0] == n
     assert table.provenance["split"] == "test" and len(table.provenance["checkpoint_hash"]) == 16
+    assert table.confidence is not None and ((table.confidence > 0) & (table.confidence <= 1)).all()
+
+
+def test_analytic_gflops_match_the_profiler(table: OutcomeTable) -> None:
+    for action, check in table.provenance["flops_check"].items():
+        assert check["analytic"] == pytest.approx(check["profiler"], rel=0.10), action
+
+
+def test_live_mode_agrees_with_table_mode(table_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    train_policy(PolicyConfig(str(table_path), timesteps=256, n_envs=2, eval_every=256), tmp_path / "policy",
+                 tensorboard=False)
+    capsys.readouterr()
+    code = live_main(["--policy", str(tmp_path / "policy"), "--questions", "12"])
+    result = json.loads(capsys.readouterr().out)
+    assert code == (0 if result["live_within_table_ci"] else 1)
+    assert result["questions"] == 12 and result["same_actions"] == 1.0
+    assert result["gflops_live"] == pytest.approx(result["gflops_table"], rel=1e-5)
+    assert result["same_score"] >= 0.9  # batch-of-one generation may flip a rare near-tie
 
 
 def test_table_round_trips_through_npz(table: OutcomeTable, tmp_path: Path) -> None:

@@ -1,0 +1,114 @@
+"""Live mode: the AudioBudget env running SAFE on each question instead of looking the outcome up.
+
+`LiveOutcome` is the env's outcome function: for (row, action) it runs the frozen encoder on the
+question's audio now (no feature cache), generates the answer with batch size 1, scores it, counts
+its GFLOPs with the same analytic formula as the table, and measures the wall time. `compare_live`
+plays one episode over n held-out questions in live mode and one in table mode with the same seed
+and the same policy, and reports whether the two agree: the check that table mode is faithful.
+`stage_b-live --policy DIR` runs it (exit 1 if live accuracy falls outside table mode's 95% CI),
+rebuilding the model from the preset and overrides recorded in the table's provenance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from envs.audio_budget import AudioBudgetEnv
+from envs.outcome_table import OutcomeTable
+from shared.config import ConfigError, load_config
+from shared.logs import setup_logging
+from shared.stats import mean_ci
+from stage_a.config import TrainConfig
+from stage_b.evaluate import SavedPolicy
+from stage_b.runner import SafeRunner
+
+
+class LiveOutcome:
+    """(row, action index) -> (score, gflops, latency_ms), measured by running SAFE on that question."""
+
+    def __init__(self, runner: SafeRunner, table: OutcomeTable) -> None:
+        missing = [i for i in table.ids.tolist() if i not in runner.row_of]
+        if missing:
+            raise ValueError(f"{len(missing)} outcome-table ids are not in the {runner.data.name} split "
+                             f"(first: {missing[0]!r}); expected the table built from this split")
+        self.runner, self.table = runner, table
+        self.rows = [runner.row_of[i] for i in table.ids.tolist()]
+
+    def __call__(self, row: int, action: int) -> tuple[float, float, float]:
+        i, k = self.rows[row], int(self.table.actions[action])
+        start = time.perf_counter()
+        batch = self.runner.batch([i])
+        frames = self.runner.encode([i]) if k else (None, None)
+        answers, _ = self.runner.answer(batch, k, *frames)
+        latency_ms = 1000 * (time.perf_counter() - start)
+        return self.runner.scores([i], answers)[0], self.runner.gflops(batch, k)[0], latency_ms
+
+
+def _episode(env: AudioBudgetEnv, policy: SavedPolicy, seed: int) -> dict[str, np.ndarray]:
+    """One full episode with the policy's deterministic actions; per-step rows, actions, scores and costs."""
+    obs, _ = env.reset(seed=seed)
+    steps: dict[str, list] = {"row": [], "action": [], "score": [], "gflops": [], "latency_ms": [], "reward": []}
+    done = False
+    while not done:
+        action, _ = policy.model.predict(obs, deterministic=True)
+        obs, reward, done, _, info = env.step(int(action))
+        for key in ("row", "score", "gflops", "latency_ms"):
+            steps[key].append(info[key])
+        steps["action"].append(info["action_taken"])
+        steps["reward"].append(reward)
+    return {key: np.asarray(values) for key, values in steps.items()}
+
+
+def compare_live(policy: SavedPolicy, runner: SafeRunner, n: int = 200, seed: int = 0) -> dict:
+    """Live vs table mode on n held-out questions, same policy and seed: accuracy with CIs, agreement, costs."""
+    table, rows = policy.evaluation_rows(None)
+    config = policy.record["config"]
+    if config.get("confidence"):
+        raise ValueError(f"policy {policy.folder} observes the no-audio confidence; live mode does not support it yet")
+    rows = rows[:n]
+    kwargs = {"table": table, "episode_length": len(rows), "alpha": config["alpha"], "gamma": config["gamma"],
+              "budget": config["budget"], "rows": rows, "scaler": policy.scaler}
+    tabled = _episode(AudioBudgetEnv(**kwargs), policy, seed)
+    live = _episode(AudioBudgetEnv(**kwargs, outcome=LiveOutcome(runner, table)), policy, seed)
+    if not np.array_equal(tabled["row"], live["row"]):
+        raise RuntimeError("live and table episodes visited different questions with the same seed")
+    table_ci, live_ci = mean_ci(tabled["score"]), mean_ci(live["score"])
+    lo, hi = table_ci["ci95"]
+    return {"policy": str(policy.folder), "questions": int(len(rows)),
+            "same_actions": float((tabled["action"] == live["action"]).mean()),
+            "same_score": float((tabled["score"] == live["score"]).mean()),
+            "accuracy_table": table_ci, "accuracy_live": live_ci,
+            "live_within_table_ci": bool(lo <= live_ci["mean"] <= hi),
+            "gflops_table": float(tabled["gflops"].mean()), "gflops_live": float(live["gflops"].mean()),
+            "latency_ms_table": float(tabled["latency_ms"].mean()), "latency_ms_live": float(live["latency_ms"].mean()),
+            "reward_table": float(tabled["reward"].mean()), "reward_live": float(live["reward"].mean())}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="stage_b-live", description=__doc__.splitlines()[0])
+    parser.add_argument("--policy", type=Path, required=True, help="folder written by stage_b-train")
+    parser.add_argument("--questions", type=int, default=200, help="held-out questions to run live")
+    parser.add_argument("--seed", type=int, default=0, help="episode seed (the question order)")
+    args = parser.parse_args(argv)
+    setup_logging()
+    try:
+        policy = SavedPolicy.load(args.policy)
+        provenance = OutcomeTable.load(policy.record["config"]["table"]).provenance
+        cfg = load_config(TrainConfig, provenance["preset"], provenance.get("overrides", {}))
+        runner = SafeRunner(cfg, Path(provenance["checkpoint"]), provenance["split"])
+        result = compare_live(policy, runner, args.questions, args.seed)
+    except (FileNotFoundError, KeyError, ValueError, ConfigError) as err:
+        print(f"stage_b-live: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2))
+    return 0 if result["live_within_table_ci"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""A Stage A checkpoint ready to answer the questions of one split with any Stage B action.
+
+Both the outcome table (`stage_b-outcomes`, batched) and live mode (`stage_b.live`, one question
+at a time) answer through this class, so the two can only differ in batching and timing, never
+in how a question is prompted, answered, scored or counted.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from shared.answers import parse_answer
+from shared.data.audio_io import load_audio
+from shared.features import pad_frames, valid_frames_encoder
+from shared.metrics import vqa_accuracy
+from stage_a.config import TrainConfig
+from stage_a.data import Batch
+from stage_a.flops import encoder_flops, safe_flops
+from stage_a.setup import build_setup
+
+MAX_NEW_TOKENS = 4
+
+
+def audio_preview(wave: np.ndarray, sample_rate: int) -> list[float]:
+    """Duration (s), RMS energy, zero-crossing rate and spectral centroid (kHz): cheap, no encoder."""
+    spectrum = np.abs(np.fft.rfft(wave))
+    freqs = np.fft.rfftfreq(len(wave), 1.0 / sample_rate)
+    centroid = float((spectrum * freqs).sum() / max(spectrum.sum(), 1e-12)) / 1000.0
+    crossings = float(np.mean(np.abs(np.diff(np.signbit(wave).astype(np.int8))))) if len(wave) > 1 else 0.0
+    return [len(wave) / sample_rate, float(np.sqrt(np.mean(wave ** 2))), crossings, centroid]
+
+
+class SafeRunner:
+    """SAFE (base + bridge from `checkpoint`) with the frozen encoder and one checked split."""
+
+    def __init__(self, cfg: TrainConfig, checkpoint: Path, split: str) -> None:
+        setup = build_setup(cfg, splits=(split,), bridge_dir=checkpoint)
+        self.setup = setup
+        self.data = getattr(setup, split)
+        self.model = setup.model.eval()
+        self.collator = setup.collator
+        self.encoder = setup.encoder
+        self.sample_rate = cfg.data.sample_rate
+        self.row_of = {s.id: i for i, s in enumerate(self.data.samples)}
+        self.encoder_gflops = encoder_flops(self.encoder) / 1e9
+        self._embed = self.model.base.get_input_embeddings()
+        self._previews: dict = {}
+
+    def batch(self, rows: list[int]) -> Batch:
+        """Left-padded prompts of `rows` with their cached audio frames."""
+        return self.collator.prompt_batch(self.data, rows)
+
+    def encode(self, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the frozen encoder on the rows' audio now (live mode), as the cache did once."""
+        return pad_frames(valid_frames_encoder(self.encoder, self.sample_rate)([self.data.clip(i) for i in rows]))
+
+    @torch.no_grad()
+    def answer(self, batch: Batch, k: int, frames: torch.Tensor | None = None,
+               frame_mask: torch.Tensor | None = None) -> tuple[list[str], torch.Tensor]:
+        """Greedy answers with k audio tokens (k = 0: the base path), and the first answer token's probability."""
+        audio = {} if k == 0 else {"audio_frames": batch.frames if frames is None else frames,
+                                   "frame_mask": batch.frame_mask if frame_mask is None else frame_mask,
+                                   "k": k, "gate": 1.0}
+        out = self.model.generate(**audio, **batch.inputs, max_new_tokens=MAX_NEW_TOKENS, do_sample=False,
+                                  output_scores=True, return_dict_in_generate=True)
+        confidence = out.scores[0].float().softmax(-1).max(-1).values
+        return self.collator.decode(out.sequences, batch.inputs["input_ids"].shape[1]), confidence
+
+    def scores(self, rows: list[int], answers: list[str]) -> list[float]:
+        """The official VQA score of each parsed answer against the row's reference answers."""
+        return [vqa_accuracy(parse_answer(a), list(self.data.samples[i].answers)) for i, a in zip(rows, answers)]
+
+    def gflops(self, batch: Batch, k: int) -> list[float]:
+        """Analytic GFLOPs per row of generation's prefill (last logit only): its own unpadded prompt and frames,
+        plus the encoder for audio."""
+        tokens = batch.inputs["attention_mask"].sum(1).tolist()
+        frames = batch.frame_mask.sum(1).tolist()
+        return [safe_flops(self.model, self.encoder, k, int(t), int(f), all_logits=False) / 1e9
+                for t, f in zip(tokens, frames)]
+
+    @torch.no_grad()
+    def features(self, batch: Batch, rows: list[int]) -> np.ndarray:
+        """Pre-decision features: mean LM input embedding of the prompt, image channel mean/std, audio preview."""
+        mask = batch.inputs["attention_mask"].bool()
+        token_embeds = self._embed(batch.inputs["input_ids"]).float()
+        question = (token_embeds * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+        pixels = batch.inputs["pixel_values"].float()
+        image = torch.cat([pixels.mean((2, 3)), pixels.std((2, 3))], dim=1)
+        previews = [self.preview(i) for i in rows]
+        return np.concatenate([question.numpy(), image.numpy(), np.asarray(previews)], axis=1).astype(np.float32)
+
+    def preview(self, i: int) -> list[float]:
+        """Audio-preview statistics of row i's clip, computed once per clip."""
+        clip = self.data.clip(i)
+        if clip not in self._previews:
+            self._previews[clip] = audio_preview(load_audio(clip.path, self.sample_rate, clip.start, clip.end),
+                                                 self.sample_rate)
+        return self._previews[clip]
+
+    def feature_names(self) -> list[str]:
+        dim = self._embed.embedding_dim
+        return (["question_embedding_mean"] * dim + ["image_mean_std"] * 6
+                + ["audio_duration", "audio_rms", "audio_zcr", "audio_centroid_khz"])
