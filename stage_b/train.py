@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from stable_baselines3 import PPO
-from stable_baselines3.common.callbacks import EvalCallback
+from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
 from stable_baselines3.common.env_util import make_vec_env
 
 from envs.audio_budget import AudioBudgetEnv, FeatureScaler, observed_columns
@@ -54,8 +54,11 @@ class PolicyConfig:
             raise ValueError(f"timesteps={self.timesteps}, n_envs={self.n_envs}; expected both >= 1")
 
 
-def train_policy(config: PolicyConfig, out_dir: Path, tensorboard: bool = True, wandb: bool = False) -> dict:
-    """Train PPO on the train rows, keep the best model on held-out rows, save policy + JSON; returns the JSON."""
+def train_policy(config: PolicyConfig, out_dir: Path, tensorboard: bool = True, wandb: bool = False,
+                 extra_callbacks: list[BaseCallback] | None = None) -> dict:
+    """Train PPO on the train rows, keep the best model on held-out rows, save policy + JSON; returns the JSON.
+
+    `extra_callbacks` (SB3 callbacks, e.g. a benchmark's learning curve) run after the evaluation callback."""
     table = OutcomeTable.load(config.table)
     train_rows, test_rows = table.split_rows(1.0 - config.test_fraction, config.split_seed)
     scaler = FeatureScaler.fit(observed_columns(table, config.confidence)[train_rows])
@@ -68,7 +71,7 @@ def train_policy(config: PolicyConfig, out_dir: Path, tensorboard: bool = True, 
     out_dir.mkdir(parents=True, exist_ok=True)
     callbacks = [EvalCallback(eval_env, best_model_save_path=str(out_dir / "best"),
                               eval_freq=max(1, config.eval_every // config.n_envs), n_eval_episodes=20,
-                              deterministic=True, verbose=0)]
+                              deterministic=True, verbose=0), *(extra_callbacks or [])]
     run = None
     if wandb:
         import wandb as wandb_lib
