@@ -84,8 +84,8 @@ def summarize(table: OutcomeTable, rows: np.ndarray, actions: np.ndarray, confid
         histogram[str(table.family[row])][f"k{k}"] += 1
         histogram[f"{table.family[row]}.{table.qtype[row]}"][f"k{k}"] += 1
     return {"n": int(len(rows)), "accuracy": mean_ci(table.score[rows, actions]),
-            "gflops_per_query": float(gflops[rows, actions].mean()),
-            "latency_ms": float(latency[rows, actions].mean()),
+            "gflops_per_query": float(gflops[rows, actions].mean(dtype=np.float64)),
+            "latency_ms": float(latency[rows, actions].mean(dtype=np.float64)),
             "audio_rate": float((ks > 0).mean()),
             "actions": {name: dict(sorted(c.items())) for name, c in sorted(histogram.items())}}
 

@@ -1,0 +1,197 @@
+"""Pareto-frontier arithmetic for Stage B: hypervolume, non-dominated points, dominance, saving, oracle frontier.
+
+Every point is (GFLOPs per query, accuracy): less compute and more accuracy are both better. The
+functions take numpy arrays and know nothing of PPO, so they are unit-tested on hand-made points;
+`summarize_sweep` applies them to the rows of `pareto.csv` (dicts with the csv's columns, missing
+values as None) and builds the analysis that `stage_b-pareto` writes to `pareto.json`.
+
+Learned points are compared as the mean over seeds per reward weight (`seed_means`), the same
+points the plot draws; hypervolumes use one reference point for every method: the most
+expensive static policy's GFLOPs per query and accuracy 0.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from shared.stats import mean_std
+
+STATIC_PREFIXES = ("never", "always-")
+MATCH_TOLERANCE = 0.01  # "matched accuracy": within one accuracy point of always-k<max>
+# Compute within 0.01 % counts as equal: a budget-matched random policy has its PPO policy's action mix,
+# but per-question costs vary with prompt length, so its mean compute differs by ~1e-5 relative.
+GFLOPS_TIE_RTOL = 1e-4
+
+
+def hypervolume(gflops: np.ndarray, accuracy: np.ndarray, g_ref: float) -> float:
+    """Area of the union of rectangles [g, g_ref] x [0, acc]; points at or beyond g_ref add nothing."""
+    g, acc = np.asarray(gflops, dtype=np.float64), np.asarray(accuracy, dtype=np.float64)
+    if g.shape != acc.shape or g.ndim != 1:
+        raise ValueError(f"gflops {g.shape} and accuracy {acc.shape} must be 1-D arrays of the same length")
+    keep = g < g_ref
+    if not keep.any():
+        return 0.0
+    order = np.argsort(g[keep], kind="stable")
+    g, acc = g[keep][order], np.maximum.accumulate(np.clip(acc[keep][order], 0.0, None))
+    widths = np.diff(np.append(g, g_ref))
+    return float(np.sum(widths * acc))
+
+
+def pareto_mask(gflops: np.ndarray, accuracy: np.ndarray) -> np.ndarray:
+    """True for points no other point dominates (no more compute, no less accuracy, better in one)."""
+    g, acc = np.asarray(gflops, dtype=np.float64), np.asarray(accuracy, dtype=np.float64)
+    no_worse = (g[None, :] <= g[:, None]) & (acc[None, :] >= acc[:, None])
+    better = (g[None, :] < g[:, None]) | (acc[None, :] > acc[:, None])
+    return ~(no_worse & better).any(axis=1)
+
+
+def dominance(g: float, acc: float, learned_g: np.ndarray, learned_acc: np.ndarray) -> dict:
+    """Whether some learned point has gflops <= g and accuracy >= acc, with the best margins.
+
+    `dominated`: some learned point is no worse on both axes (an identical point counts);
+    `strictly`: one of those is also better on one axis. `accuracy_margin`: the most accuracy a
+    learned point at no more compute adds over (g, acc); `gflops_margin`: the most compute a learned
+    point at no less accuracy saves. Either is None when no learned point qualifies. Compute within
+    a relative GFLOPS_TIE_RTOL counts as equal.
+    """
+    learned_g, learned_acc = np.asarray(learned_g, dtype=np.float64), np.asarray(learned_acc, dtype=np.float64)
+    same_g = np.isclose(learned_g, g, rtol=GFLOPS_TIE_RTOL, atol=0)
+    same_acc = np.isclose(learned_acc, acc, rtol=1e-12, atol=0)
+    cheaper, better = (learned_g <= g) | same_g, (learned_acc >= acc) | same_acc
+    accuracy_margin = float(learned_acc[cheaper].max() - acc) if cheaper.any() else None
+    gflops_margin = float(g - learned_g[better].min()) if better.any() else None
+    strictly = cheaper & better & ~(same_g & same_acc)
+    return {"dominated": bool((cheaper & better).any()), "strictly": bool(strictly.any()),
+            "accuracy_margin": accuracy_margin, "gflops_margin": gflops_margin}
+
+
+def matched_accuracy_saving(learned_g: np.ndarray, learned_acc: np.ndarray, target_acc: float, g_full: float,
+                            g_never: float, tolerance: float = MATCH_TOLERANCE) -> dict | None:
+    """The cheapest learned point with accuracy >= target - tolerance, and its audio-compute saving.
+
+    saving = 1 - (g - g_never) / (g_full - g_never): the share of the audio compute of the full
+    policy (always the most tokens) that the learned point does without. None if no point qualifies.
+    """
+    learned_g, learned_acc = np.asarray(learned_g, dtype=np.float64), np.asarray(learned_acc, dtype=np.float64)
+    ok = np.flatnonzero(learned_acc >= target_acc - tolerance)
+    if ok.size == 0:
+        return None
+    best = ok[np.argmin(learned_g[ok])]
+    return {"gflops": float(learned_g[best]), "accuracy": float(learned_acc[best]),
+            "target_accuracy": float(target_acc), "tolerance": tolerance,
+            "saving": float(1.0 - (learned_g[best] - g_never) / (g_full - g_never)) if g_full > g_never else None}
+
+
+def oracle_choice(score: np.ndarray, cost: np.ndarray, weight: float) -> np.ndarray:
+    """Per question, the action maximising score - weight * cost, ties to the cheapest action."""
+    value = score - weight * cost
+    candidates = value == value.max(axis=1, keepdims=True)
+    return np.argmin(np.where(candidates, cost, np.inf), axis=1)
+
+
+def oracle_frontier(score: np.ndarray, cost: np.ndarray, columns: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The outcome-knowing oracle at every weight where its choice changes: {"weight", "accuracy", <column> means}.
+
+    The oracle answers each question with `oracle_choice(score, cost, w)`. As w grows from 0, each
+    question steps down its own sequence of cheaper actions, switching at weights (score drop) /
+    (cost drop); sorting all switches of all questions traces the whole frontier exactly, one vertex
+    per switch (vertex 0 is w = 0: the best score on every question). `columns` are further (N, A)
+    arrays (e.g. GFLOPs, latency, audio use) whose per-question mean is tracked along the way.
+    """
+    n, a = score.shape
+    rows = np.arange(n)
+    tracked = {"accuracy": np.asarray(score, dtype=np.float64),
+               **{name: np.asarray(col, dtype=np.float64) for name, col in columns.items()}}
+    current = oracle_choice(score, cost, 0.0)
+    start = {name: col[rows, current].sum() for name, col in tracked.items()}
+    weights = [np.zeros(0)]
+    steps = {name: [np.zeros(0)] for name in tracked}
+    for _ in range(a - 1):
+        drop_score = score[rows, current][:, None] - score
+        drop_cost = cost[rows, current][:, None] - cost
+        with np.errstate(divide="ignore", invalid="ignore"):
+            switch = np.where(drop_cost > 0, drop_score / drop_cost, np.inf)
+        first = switch.min(axis=1)
+        moving = np.flatnonzero(np.isfinite(first))
+        nxt = np.argmin(np.where(switch == first[:, None], cost, np.inf), axis=1)
+        weights.append(first[moving])
+        for name, col in tracked.items():
+            steps[name].append(col[moving, nxt[moving]] - col[moving, current[moving]])
+        current[moving] = nxt[moving]
+    order = np.argsort(np.concatenate(weights), kind="stable")
+    out = {"weight": np.concatenate([[0.0], np.concatenate(weights)[order]])}
+    for name in tracked:
+        deltas = np.concatenate(steps[name])[order]
+        out[name] = np.concatenate([[start[name]], start[name] + np.cumsum(deltas)]) / n
+    return out
+
+
+def is_static(method: str) -> bool:
+    return method.startswith(STATIC_PREFIXES)
+
+
+def seed_means(rows: Sequence[dict], method: str) -> list[dict]:
+    """Rows of one method grouped by (alpha, gamma): mean and std over seeds of accuracy and GFLOPs, by GFLOPs."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for row in rows:
+        if row["method"] == method:
+            groups[(row["alpha"], row["gamma"])].append(row)
+    points = []
+    for (alpha, gamma), group in groups.items():
+        acc = mean_std([r["accuracy"] for r in group])
+        g = mean_std([r["gflops_per_query"] for r in group])
+        points.append({"alpha": alpha, "gamma": gamma, "n_seeds": acc["n"], "accuracy": acc["mean"],
+                       "accuracy_std": acc["std"], "gflops_per_query": g["mean"], "gflops_std": g["std"]})
+    return sorted(points, key=lambda p: p["gflops_per_query"])
+
+
+def _xy(points: Sequence[dict]) -> tuple[np.ndarray, np.ndarray]:
+    return (np.array([p["gflops_per_query"] for p in points], dtype=np.float64),
+            np.array([p["accuracy"] for p in points], dtype=np.float64))
+
+
+def _per_seed_hypervolume(rows: Sequence[dict], method: str, g_ref: float) -> dict:
+    """Mean and std over seeds of the hypervolume of each seed's own points."""
+    seeds = sorted({r["seed"] for r in rows if r["method"] == method})
+    return mean_std([hypervolume(*_xy([r for r in rows if r["method"] == method and r["seed"] == s]), g_ref)
+                     for s in seeds])
+
+
+def summarize_sweep(rows: Sequence[dict], components: Sequence[str]) -> dict:
+    """Hypervolumes (and learned/oracle ratio), dominance of static and random points, matched-accuracy saving."""
+    static = {r["method"]: r for r in rows if is_static(r["method"])}
+    full = max(static.values(), key=lambda r: r["gflops_per_query"])
+    g_ref, g_never = full["gflops_per_query"], static["never"]["gflops_per_query"]
+    learned = {c: seed_means(rows, f"ppo-{c}") for c in components}
+    random = [p | {"method": f"random-{c}"} for c in components for p in seed_means(rows, f"random-{c}")]
+    oracle = [r for r in rows if r["method"] == "oracle-frontier"]
+    hv = {f"ppo-{c}": hypervolume(*_xy(points), g_ref) for c, points in learned.items()}
+    hv |= {"static": hypervolume(*_xy(list(static.values())), g_ref), "random": hypervolume(*_xy(random), g_ref),
+           "oracle": hypervolume(*_xy([r for r in rows if r["method"] == "oracle"]), g_ref),
+           "oracle-frontier": hypervolume(*_xy(oracle), g_ref)}
+    all_learned = [p for points in learned.values() for p in points]
+    learned_g, learned_acc = _xy(all_learned)
+    checks = [{"method": p["method"], "alpha": p.get("alpha"), "gamma": p.get("gamma"),
+               "gflops_per_query": p["gflops_per_query"], "accuracy": p["accuracy"],
+               **dominance(p["gflops_per_query"], p["accuracy"], learned_g, learned_acc)}
+              for p in [*static.values(), *random]]
+    saving_args = (full["accuracy"], g_ref, g_never)
+    savings = {f"ppo-{c}": matched_accuracy_saving(*_xy(points), *saving_args) for c, points in learned.items()}
+    savings["any"] = matched_accuracy_saving(learned_g, learned_acc, *saving_args)
+    return {
+        "reference": {"gflops_per_query": g_ref, "accuracy": 0.0, "method": full["method"]},
+        "hypervolume": hv,
+        "hypervolume_per_seed": {f"ppo-{c}": _per_seed_hypervolume(rows, f"ppo-{c}", g_ref) for c in components},
+        "hypervolume_ratio_to_oracle": {f"ppo-{c}": hv[f"ppo-{c}"] / hv["oracle-frontier"] if hv["oracle-frontier"] > 0
+                                        else None for c in components},
+        "dominance": checks,
+        "dominated": {kind: {how: f"{sum(c[how] for c in checks if c['method'].startswith(prefix))}/"
+                                  f"{sum(c['method'].startswith(prefix) for c in checks)}"
+                             for how in ("dominated", "strictly")}
+                      for kind, prefix in (("static", STATIC_PREFIXES), ("random", "random-"))},
+        "matched_accuracy_saving": savings,
+        "learned_points": {f"ppo-{c}": points for c, points in learned.items()},
+    }

@@ -1,0 +1,276 @@
+"""`stage_b-pareto --table T`: sweep the reward's cost weights, and place PPO policies against baselines and the oracle.
+
+For each reward component (`alpha`: compute, alpha = w, gamma = 0; `gamma`: latency, alpha = 0,
+gamma = w; `both`: alpha = gamma = w), weight w and seed, one policy trains with `train_policy` in
+a pool of spawned processes, in OUT/policies/<component>-w<w>-seed<s>/. A folder whose policy.json
+exists is reused (its config must match), so an interrupted sweep resumes where it stopped.
+
+Every policy acts on the same questions (`SavedPolicy.evaluation_rows`: the training table's
+held-out rows, or all of `outcomes_<split>.npz`), and so do the baselines: `never` (no audio),
+`always-k<k>`, `random-<component>` (each policy's own actions permuted across the questions,
+seeded by the policy's seed: the same action mix and expected compute, blind to the question),
+`oracle` (the cheapest correct action per question) and `oracle-frontier` (per question the action
+maximising score - w * gflops / max_gflops, at every weight w where that choice changes).
+
+OUT/pareto.csv has the columns in `COLUMNS`. `alpha`, `gamma`, `seed` are the policy's reward
+weights and seed for `ppo-*` and `random-*` rows, and the weight (alpha = w, gamma = 0) for
+`oracle-frontier` rows; a field that does not apply (static and oracle rows) is left empty.
+OUT/pareto.json holds the frontier analysis (`stage_b.frontier.summarize_sweep`) and OUT/pareto.png
+the plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import logging
+import math
+import multiprocessing
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from envs.outcome_table import OutcomeTable
+from shared.benchmark import machine_info
+from shared.checkpoint import atomic_write_text
+from shared.logs import setup_logging
+from stage_b.evaluate import SavedPolicy, summarize
+from stage_b.frontier import oracle_frontier, summarize_sweep
+from stage_b.plot import plot_pareto
+from stage_b.train import PolicyConfig, train_policy
+
+log = logging.getLogger(__name__)
+
+COMPONENTS = {"alpha": (1.0, 0.0), "gamma": (0.0, 1.0), "both": (1.0, 1.0)}  # (alpha, gamma) per unit weight
+COLUMNS = ("method", "alpha", "gamma", "seed", "accuracy", "gflops_per_query", "latency_ms", "audio_rate")
+DEFAULT_WEIGHTS = (0.0, 0.05, 0.2, 0.35, 0.5, 0.7, 0.9, 1.2)
+
+
+@dataclass
+class SweepConfig:
+    """The table, output folder, weight grid, seeds, components and PPO budget of one sweep."""
+
+    table: Path
+    out: Path
+    weights: tuple[float, ...] = DEFAULT_WEIGHTS
+    seeds: tuple[int, ...] = (0, 1, 2)
+    components: tuple[str, ...] = tuple(COMPONENTS)
+    timesteps: int = 100_000
+    n_envs: int = 8
+    workers: int = 2
+    split: str | None = None
+
+    def __post_init__(self) -> None:
+        bad = [w for w in self.weights if not math.isfinite(w) or w < 0]
+        if not self.weights or bad:
+            raise ValueError(f"--alphas has {bad or 'no values'}; expected finite weights >= 0")
+        unknown = [c for c in self.components if c not in COMPONENTS]
+        if not self.components or unknown:
+            raise ValueError(f"--components has {unknown or 'no values'}; expected a subset of {list(COMPONENTS)}")
+        if not self.seeds or min(self.seeds) < 0:
+            raise ValueError(f"--seeds is {list(self.seeds)}; expected integers >= 0")
+        if self.workers < 1:
+            raise ValueError(f"--workers is {self.workers}; expected >= 1")
+        self.table = self.table.resolve()
+
+    def policies(self) -> dict[str, PolicyConfig]:
+        """Folder name (<component>-w<weight>-seed<seed>) -> training config, for every policy of the sweep."""
+        return {f"{c}-w{w:g}-seed{s}": PolicyConfig(str(self.table), alpha=COMPONENTS[c][0] * w,
+                                                    gamma=COMPONENTS[c][1] * w, seed=s, timesteps=self.timesteps,
+                                                    n_envs=self.n_envs)
+                for c in self.components for w in sorted(set(self.weights)) for s in sorted(set(self.seeds))}
+
+
+def _init_worker() -> None:
+    """One torch thread per worker process: the pool, not torch, uses the cores."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _train_and_act(config: PolicyConfig, folder: Path, train: bool, split: str | None) -> dict:
+    """In a worker: train the policy unless reused, then its actions on the evaluation rows."""
+    if train:
+        train_policy(config, folder, tensorboard=False)
+    policy = SavedPolicy.load(folder)
+    table, rows = policy.evaluation_rows(split)
+    return {"rows": rows, "actions": policy.act(table, rows), "train_seconds": policy.record["train_seconds"]}
+
+
+def _needs_training(folder: Path, config: PolicyConfig) -> bool:
+    """False when `folder` holds a finished policy with this config; a different config is an error."""
+    record_path = folder / "policy.json"
+    if not record_path.is_file():
+        return True
+    saved = json.loads(record_path.read_text(encoding="utf-8"))["config"]
+    if saved != asdict(config):
+        raise ValueError(f"{folder} holds a policy trained with {saved}, not {asdict(config)}; "
+                         "delete it or choose another --out")
+    log.info("reusing %s (policy.json exists)", folder)
+    return False
+
+
+def run_policies(sweep: SweepConfig) -> dict[str, dict]:
+    """Train (or reuse) every policy of the sweep in a process pool; name -> {rows, actions, train_seconds, reused}."""
+    configs = sweep.policies()
+    folders = {name: sweep.out / "policies" / name for name in configs}
+    train = {name: _needs_training(folders[name], config) for name, config in configs.items()}
+    log.info("%d policies: %d to train, %d reused; %d workers", len(train), sum(train.values()),
+             len(train) - sum(train.values()), sweep.workers)
+    results = {}
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(sweep.workers, mp_context=context, initializer=_init_worker) as pool:
+        futures = {pool.submit(_train_and_act, config, folders[name], train[name], sweep.split): name
+                   for name, config in configs.items()}
+        for future in tqdm(as_completed(futures), total=len(futures), desc="policies"):
+            name = futures[future]
+            try:
+                results[name] = future.result() | {"reused": not train[name]}
+            except Exception as err:
+                for pending in futures:
+                    pending.cancel()
+                raise RuntimeError(f"policy {folders[name]} failed: {err!r}") from err
+    return results
+
+
+def _row(method: str, summary: dict, alpha: float | None = None, gamma: float | None = None,
+         seed: int | None = None) -> dict:
+    """One pareto.csv row from a `summarize` result."""
+    return {"method": method, "alpha": alpha, "gamma": gamma, "seed": seed, "accuracy": summary["accuracy"]["mean"],
+            "gflops_per_query": summary["gflops_per_query"], "latency_ms": summary["latency_ms"],
+            "audio_rate": summary["audio_rate"]}
+
+
+def evaluate_sweep(sweep: SweepConfig, results: dict[str, dict]) -> tuple[list[dict], OutcomeTable, np.ndarray]:
+    """pareto.csv rows for every policy and baseline, all on the same questions; also returns (table, rows)."""
+    configs = sweep.policies()
+    first = next(iter(configs))
+    table, rows = SavedPolicy.load(sweep.out / "policies" / first).evaluation_rows(sweep.split)
+    out = []
+    for name, config in tqdm(configs.items(), desc="evaluate"):
+        result = results[name]
+        if not np.array_equal(result["rows"], rows):
+            raise ValueError(f"policy {name} was evaluated on other rows than {first}; the sweep's policies must "
+                             "share the table and split_seed")
+        component = name.split("-w")[0]
+        weights = {"alpha": config.alpha, "gamma": config.gamma, "seed": config.seed}
+        shuffled = np.random.default_rng(config.seed).permutation(result["actions"])
+        out.append(_row(f"ppo-{component}", summarize(table, rows, result["actions"]), **weights))
+        out.append(_row(f"random-{component}", summarize(table, rows, shuffled), **weights))
+    for index, k in enumerate(table.actions):
+        method = "never" if k == 0 else f"always-k{k}"
+        out.append(_row(method, summarize(table, rows, np.full(len(rows), index, dtype=np.int64))))
+    out.append(_row("oracle", summarize(table, rows, table.oracle_actions()[rows])))
+    sub = table.subset(rows)
+    audio = np.broadcast_to((table.actions > 0).astype(np.float64), sub.score.shape)
+    frontier = oracle_frontier(sub.score, sub.gflops / table.gflops.max(),
+                               {"gflops": sub.gflops, "latency_ms": sub.latency_ms, "audio": audio})
+    out += [{"method": "oracle-frontier", "alpha": float(w), "gamma": 0.0, "seed": None, "accuracy": float(acc),
+             "gflops_per_query": float(g), "latency_ms": float(lat), "audio_rate": float(rate)}
+            for w, acc, g, lat, rate in zip(frontier["weight"], frontier["accuracy"], frontier["gflops"],
+                                            frontier["latency_ms"], frontier["audio"])]
+    return out, table, rows
+
+
+def write_csv(rows: list[dict], path: Path) -> Path:
+    """pareto.csv with exactly `COLUMNS`, None written as an empty field, atomically."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: "" if row[k] is None else row[k] for k in COLUMNS} for row in rows)
+    return atomic_write_text(path, buffer.getvalue())
+
+
+def read_csv(path: Path) -> list[dict]:
+    """pareto.csv back as row dicts: numbers as float (seed as int), empty fields as None."""
+    def parse(key: str, value: str) -> str | float | int | None:
+        if key == "method" or value == "":
+            return value if key == "method" else None
+        return int(value) if key == "seed" else float(value)
+
+    with path.open(encoding="utf-8", newline="") as handle:
+        return [{k: parse(k, v) for k, v in row.items()} for row in csv.DictReader(handle)]
+
+
+def run_sweep(sweep: SweepConfig) -> dict:
+    """Train, evaluate, analyse and plot; writes pareto.csv, pareto.json and pareto.png and returns the JSON."""
+    start = time.perf_counter()
+    results = run_policies(sweep)
+    rows, table, eval_rows = evaluate_sweep(sweep, results)
+    write_csv(rows, sweep.out / "pareto.csv")
+    split, kind = table.provenance.get("split"), "held-out" if sweep.split is None else "all"
+    plot_pareto(rows, sweep.out / "pareto.png",
+                f"Stage B Pareto frontier: split {split}, {len(eval_rows)} questions ({kind} rows)")
+    seconds = [r["train_seconds"] for r in results.values()]
+    report = {
+        "out": str(sweep.out), "table": str(sweep.table), "split": split, "rows": kind, "n": int(len(eval_rows)),
+        **summarize_sweep(rows, sweep.components),
+        "train_seconds": {"median": statistics.median(seconds), "sum": round(sum(seconds), 1),
+                          "policies": len(seconds), "trained": sum(not r["reused"] for r in results.values())},
+        "sweep": {"weights": sorted(set(sweep.weights)), "seeds": sorted(set(sweep.seeds)),
+                  "components": list(sweep.components), "timesteps": sweep.timesteps, "n_envs": sweep.n_envs,
+                  "workers": sweep.workers, "wall_seconds": round(time.perf_counter() - start, 1)},
+        "machine": machine_info(), "table_provenance": table.provenance,
+    }
+    atomic_write_text(sweep.out / "pareto.json", json.dumps(report, indent=1))
+    return report
+
+
+def headline(report: dict) -> dict:
+    """The short summary the CLI prints: hypervolumes, ratios, dominance counts, saving, timing."""
+    saving = report["matched_accuracy_saving"]["any"]
+    return {"out": report["out"], "n": report["n"], "hypervolume": report["hypervolume"],
+            "hypervolume_ratio_to_oracle": report["hypervolume_ratio_to_oracle"], "dominated": report["dominated"],
+            "matched_accuracy_saving": saving and {k: saving[k] for k in ("saving", "gflops", "accuracy")},
+            "train_seconds_median": report["train_seconds"]["median"],
+            "wall_seconds": report["sweep"]["wall_seconds"]}
+
+
+def _numbers(text: str, kind: type, flag: str) -> tuple:
+    """A comma-separated list of numbers, or a ValueError naming the flag."""
+    try:
+        return tuple(kind(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise ValueError(f"{flag} is {text!r}; expected comma-separated {kind.__name__}s") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="stage_b-pareto", description=__doc__.splitlines()[0])
+    parser.add_argument("--table", type=Path, required=True, help="outcome table (.npz) from stage_b-outcomes")
+    parser.add_argument("--out", type=Path, default=Path("runs") / "stage_b" / "pareto")
+    parser.add_argument("--alphas", default=",".join(f"{w:g}" for w in DEFAULT_WEIGHTS),
+                        help="comma-separated reward weights w, used by every component")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--components", default=",".join(COMPONENTS),
+                        help="alpha (compute), gamma (latency), both (alpha = gamma = w)")
+    parser.add_argument("--timesteps", type=int, default=100_000)
+    parser.add_argument("--n-envs", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=2, help="training processes")
+    parser.add_argument("--split", default=None,
+                        help="evaluate on all of outcomes_<split>.npz beside the table (default: held-out rows)")
+    args = parser.parse_args(argv)
+    setup_logging()
+    try:
+        sweep = SweepConfig(args.table, args.out, _numbers(args.alphas, float, "--alphas"),
+                            _numbers(args.seeds, int, "--seeds"),
+                            tuple(c.strip() for c in args.components.split(",") if c.strip()), args.timesteps,
+                            args.n_envs, args.workers, args.split)
+        OutcomeTable.load(sweep.table)
+        report = run_sweep(sweep)
+    except ValueError as err:
+        print(f"stage_b-pareto: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(headline(report), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

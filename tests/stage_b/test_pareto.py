@@ -1,0 +1,118 @@
+"""`stage_b-pareto` on a toy table: a real process pool, the csv, resume, failures, the plot, bad arguments."""
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from matplotlib.image import imread
+
+from envs.outcome_table import OutcomeTable
+from stage_b.pareto import COLUMNS, SweepConfig, main, read_csv, run_sweep
+
+TINY = ["--timesteps", "512", "--n-envs", "2", "--workers", "2", "--alphas", "0,0.5"]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def table_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Visual questions need no audio, audio questions need it; audio costs 4-6x the no-audio answer."""
+    n, rng = 60, np.random.default_rng(0)
+    family = np.array(["visual", "audio", "audio_visual"])[np.arange(n) % 3]
+    score = np.ones((n, 4), np.float32)
+    score[family != "visual", 0] = 0.0
+    score[rng.random(n) < 0.2, 1] = 0.0
+    features = np.column_stack([family == "visual", rng.normal(size=n)]).astype(np.float32)
+    gflops = np.tile(np.array([1.0, 4.0, 5.0, 6.0], np.float32), (n, 1))
+    table = OutcomeTable(ids=np.array([f"q{i}" for i in range(n)]), family=family, qtype=np.array(["kind"] * n),
+                         actions=np.array([0, 4, 8, 16]), score=score, gflops=gflops, latency_ms=10 * gflops,
+                         features=features, provenance={"split": "toy"})
+    return table.save(tmp_path_factory.mktemp("table") / "outcomes_toy.npz")
+
+
+@pytest.fixture(scope="module")
+def sweep_out(table_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("sweep")
+    assert main(["--table", str(table_path), "--out", str(out), "--seeds", "0", *TINY]) == 0
+    return out
+
+
+def test_csv_has_exact_columns_and_every_method(sweep_out: Path, table_path: Path) -> None:
+    assert (sweep_out / "pareto.csv").read_text().splitlines()[0] == ",".join(COLUMNS)
+    rows = read_csv(sweep_out / "pareto.csv")
+    methods = {r["method"] for r in rows}
+    assert methods == {"never", "always-k4", "always-k8", "always-k16", "oracle", "oracle-frontier",
+                       *(f"{kind}-{c}" for kind in ("ppo", "random") for c in ("alpha", "gamma", "both"))}
+    ppo = [r for r in rows if r["method"].startswith("ppo-")]
+    assert len(ppo) == 6 and {(r["alpha"], r["gamma"]) for r in ppo} == {(0, 0), (0.5, 0), (0, 0.5), (0.5, 0.5)}
+    for row in rows:
+        if row["method"] in ("never", "always-k4", "oracle"):
+            assert row["alpha"] is None and row["gamma"] is None and row["seed"] is None
+    for policy in ppo:  # a random baseline permutes its policy's actions: the same audio rate
+        twin = next(r for r in rows if r["method"] == policy["method"].replace("ppo", "random")
+                    and (r["alpha"], r["gamma"]) == (policy["alpha"], policy["gamma"]))
+        assert twin["audio_rate"] == policy["audio_rate"]
+    static = {r["method"]: r for r in rows if r["alpha"] is None}
+    assert static["never"]["gflops_per_query"] == 1.0 and static["always-k16"]["gflops_per_query"] == 6.0
+    table = OutcomeTable.load(table_path)
+    held_out = json.loads((sweep_out / "policies" / "alpha-w0-seed0" / "policy.json").read_text())["test_rows"]
+    frontier = [r for r in rows if r["method"] == "oracle-frontier"]
+    assert frontier[0]["alpha"] == 0 and frontier[0]["accuracy"] == pytest.approx(table.score[held_out].max(1).mean())
+    assert static["oracle"]["accuracy"] == pytest.approx(1.0) and frontier[-1]["audio_rate"] == 0.0
+
+
+def test_json_and_png(sweep_out: Path) -> None:
+    report = json.loads((sweep_out / "pareto.json").read_text())
+    assert report["n"] == 18 and report["rows"] == "held-out" and report["table_provenance"] == {"split": "toy"}
+    assert report["reference"]["gflops_per_query"] == 6.0
+    assert set(report["hypervolume"]) == {"ppo-alpha", "ppo-gamma", "ppo-both", "static", "random", "oracle",
+                                          "oracle-frontier"}
+    assert 0 < report["hypervolume_ratio_to_oracle"]["ppo-alpha"] <= 1.0 + 1e-9
+    assert report["train_seconds"]["policies"] == 6 and report["train_seconds"]["median"] > 0
+    assert len(report["dominance"]) == 4 + 6  # 4 static policies, 6 random (component, weight) means
+    png = sweep_out / "pareto.png"
+    assert png.read_bytes()[:8] == PNG_MAGIC and imread(png).ndim == 3
+
+
+def test_resume_reuses_finished_policies(sweep_out: Path, table_path: Path, tmp_path: Path,
+                                         caplog: pytest.LogCaptureFixture) -> None:
+    out = tmp_path / "resumed"
+    shutil.copytree(sweep_out, out)
+    reused = out / "policies" / "alpha-w0.5-seed0" / "policy.zip"
+    before = reused.stat().st_mtime_ns
+    with caplog.at_level(logging.INFO, logger="stage_b.pareto"):
+        report = run_sweep(SweepConfig(table_path, out, weights=(0.0, 0.5), seeds=(0, 1), components=("alpha",),
+                                       timesteps=512, n_envs=2))
+    assert reused.stat().st_mtime_ns == before and "reusing" in caplog.text
+    assert report["train_seconds"]["policies"] == 4 and report["train_seconds"]["trained"] == 2
+    assert (out / "policies" / "alpha-w0.5-seed1" / "policy.json").is_file()
+    with pytest.raises(ValueError, match="trained with"):  # same folder, other config: refuse to mix
+        run_sweep(SweepConfig(table_path, out, weights=(0.5,), seeds=(0,), components=("alpha",), timesteps=1024))
+
+
+def test_a_failing_worker_raises(sweep_out: Path, table_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "broken"
+    shutil.copytree(sweep_out / "policies" / "gamma-w0.5-seed0", out / "policies" / "gamma-w0.5-seed0")
+    (out / "policies" / "gamma-w0.5-seed0" / "policy.zip").unlink()
+    with pytest.raises(RuntimeError, match="gamma-w0.5-seed0 failed"):
+        run_sweep(SweepConfig(table_path, out, weights=(0.5,), seeds=(0,), components=("gamma",), timesteps=512,
+                              n_envs=2, workers=1))
+    assert not (out / "pareto.csv").exists()
+
+
+@pytest.mark.parametrize("flag,value,message", [("--alphas", "0,-0.1", "--alphas has [-0.1]"),
+                                                ("--alphas", "0,x", "--alphas is '0,x'"),
+                                                ("--components", "alpha,cost", "--components has ['cost']"),
+                                                ("--seeds", "-1", "--seeds is [-1]")])
+def test_bad_arguments_exit_2(table_path: Path, tmp_path: Path, flag: str, value: str, message: str,
+                              capsys: pytest.CaptureFixture) -> None:
+    assert main(["--table", str(table_path), "--out", str(tmp_path), flag, value]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "policies").exists()
+
+
+def test_missing_table_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["--table", str(tmp_path / "none.npz"), "--out", str(tmp_path)]) == 2
+    assert "stage_b-outcomes" in capsys.readouterr().err
