@@ -1,6 +1,6 @@
 """Gymnasium environments for Stage B, registered at import so `gymnasium.make` finds them by id.
 
-The package depends only on numpy, gymnasium and the outcome-table file format, never on the
+The package depends only on numpy, gymnasium, `shared` and the outcome-table file format, never on the
 training code, so a policy can be trained and evaluated without torch models loaded.
 """
 

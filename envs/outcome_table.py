@@ -4,8 +4,8 @@ Stage B learns *when audio is worth its cost*. Running SAFE inside the RL loop w
 environment step a forward pass, so `stage_b-outcomes` measures each (question, action) pair once
 and stores it in an `.npz` file; the environment then replays the table at millions of steps per
 minute. This module owns the file format and its validation, so a table written by one commit is
-checked field by field before any policy trains on it. It depends only on numpy: the `envs`
-package never imports training code.
+checked field by field before any policy trains on it. It depends on numpy and shared's atomic
+writer only: the `envs` package never imports training code.
 
 Arrays (N questions, A actions, D features):
 - `ids`, `family` ("visual" | "audio" | "audio_visual"), `qtype`: (N,) unicode strings;
@@ -20,17 +20,19 @@ Arrays (N questions, A actions, D features):
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from shared.checkpoint import atomic_write_npz
+
 FAMILIES = ("visual", "audio", "audio_visual")
 KEYS = ("ids", "family", "qtype", "actions", "score", "gflops", "latency_ms", "features", "provenance")
 OPTIONAL_KEYS = ("confidence",)
-BUILD_HINT = "build one with `stage_b-outcomes --checkpoint DIR --split S`"
+DEFAULT_TABLE = "runs/stage_a/outcomes_test.npz"  # what `stage_b-outcomes` writes for the default `stage_a-train` run
+BUILD_HINT = ("build one with `stage_b-outcomes --checkpoint DIR --split S` (without arguments it reads the default "
+              f"`stage_a-train` run in runs/stage_a and writes {DEFAULT_TABLE})")
 CORRECT = 0.5  # a VQA score of 2/3 or 1 counts as correct, as in shared.stats.mcnemar
 
 
@@ -147,21 +149,11 @@ class OutcomeTable:
 
     def save(self, path: str | Path) -> Path:
         """Write the table atomically: a temp file in the same folder, then os.replace."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         arrays = {key: getattr(self, key) for key in KEYS if key != "provenance"}
         arrays["provenance"] = np.array(json.dumps(self.provenance))
         if self.confidence is not None:
             arrays["confidence"] = self.confidence
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                np.savez(handle, **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return atomic_write_npz(path, arrays)
 
     def subset(self, rows: np.ndarray) -> OutcomeTable:
         """The table restricted to `rows` (indices), with the same actions and provenance."""

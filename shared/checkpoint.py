@@ -1,4 +1,4 @@
-"""Atomic writes of checkpoint folders: a reader sees the old folder or the new one, never half."""
+"""Atomic writes of checkpoint folders and files: a reader sees the old version or the new one, never half."""
 
 from __future__ import annotations
 
@@ -8,6 +8,9 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
+
+import numpy as np
 
 
 @contextmanager
@@ -32,16 +35,38 @@ def atomic_directory(out_dir: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, out_dir)
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write a text file through a unique temp file and a rename, so readers never see half of it."""
+def _readable(path: str | os.PathLike) -> None:
+    """Give a mkstemp file (created 0600) the permissions a plain open() would: 0666 minus the umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
+@contextmanager
+def atomic_file(path: str | os.PathLike, mode: str = "w", encoding: str | None = None) -> Iterator[IO]:
+    """A handle on a unique temp file beside `path`; on success it is renamed to `path`, on error removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        with os.fdopen(fd, mode, encoding=encoding) as handle:
+            yield handle
+        _readable(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write a text file through a unique temp file and a rename, so readers never see half of it."""
+    with atomic_file(path, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    return Path(path)
+
+
+def atomic_write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> Path:
+    """Write arrays as an .npz (no pickled objects) through a temp file in the same folder and a rename."""
+    with atomic_file(path, "wb") as handle:
+        np.savez(handle, **arrays)
+    return Path(path)

@@ -31,6 +31,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 from envs.outcome_table import OutcomeTable
+from shared.checkpoint import atomic_write_npz
 from shared.config import ConfigError, load_config, parse_overrides
 from shared.logs import setup_logging
 from stage_a.config import TrainConfig
@@ -74,18 +75,40 @@ def profiler_check(runner: SafeRunner, ks: list[int]) -> dict:
     return check
 
 
+def _resume(partial: Path, key: dict) -> dict[str, np.ndarray] | None:
+    """The arrays of an interrupted build of the same table, or None; a partial file of another table is an error."""
+    if not partial.is_file():
+        return None
+    with np.load(partial, allow_pickle=False) as data:
+        saved = json.loads(data["key"].item())
+        if saved != key:
+            raise ValueError(f"{partial} holds a partial table for {saved}, not {key}; delete it to start over")
+        state = {name: data[name] for name in data.files if name != "key"}
+    log.info("resuming %s: %d of %d questions already done", partial, int(state["done"]), key["rows"])
+    return state
+
+
 @torch.no_grad()
 def build_table(cfg: TrainConfig, checkpoint: Path, split: str, ks: list[int], batch_size: int,
-                repeats: int) -> OutcomeTable:
-    """Score, count and time every (question, action) of `split`, batched."""
+                repeats: int, partial: Path | None = None, save_every: int = 10) -> OutcomeTable:
+    """Score, count and time every (question, action) of `split`, batched.
+
+    With `partial`, progress is saved there atomically every `save_every` batches and a later call
+    with the same checkpoint, split, actions and batch size resumes after the last saved batch; the
+    file is removed once the table is complete."""
     runner = SafeRunner(cfg, checkpoint, split)
     encoder_ms = encoder_ms_per_clip(runner, repeats)
     actions = [0, *ks]
     n = len(runner.data)
-    score, gflops, latency = (np.zeros((n, len(actions)), np.float32) for _ in range(3))
-    confidence = np.zeros(n, np.float32)
-    features = []
-    for begin in tqdm(range(0, n, batch_size), desc="outcomes", unit="batch"):
+    digest = hashlib.sha256((checkpoint / WEIGHTS_FILE).read_bytes()).hexdigest()[:16]
+    key = {"checkpoint_hash": digest, "split": split, "actions": actions, "rows": n, "batch_size": batch_size}
+    state = (_resume(partial, key) if partial else None) or {
+        "done": np.array(0), "confidence": np.zeros(n, np.float32),
+        **{name: np.zeros((n, len(actions)), np.float32) for name in ("score", "gflops", "latency_ms")}}
+    score, gflops, latency, confidence = (state[name] for name in ("score", "gflops", "latency_ms", "confidence"))
+    features = [state["features"]] if "features" in state else []
+    starts = range(int(state["done"]), n, batch_size)
+    for step, begin in enumerate(tqdm(starts, desc="outcomes", unit="batch"), start=1):
         rows = list(range(begin, min(n, begin + batch_size)))
         batch = runner.batch(rows)
         for a, k in enumerate(actions):
@@ -94,18 +117,20 @@ def build_table(cfg: TrainConfig, checkpoint: Path, split: str, ks: list[int], b
                 start = time.perf_counter()
                 answers, first_token = runner.answer(batch, k)
                 times.append(time.perf_counter() - start)
-            seconds = statistics.median(times)
             score[rows, a] = runner.scores(rows, answers)
             gflops[rows, a] = runner.gflops(batch, k)
-            latency[rows, a] = 1000 * seconds / len(rows) + (encoder_ms if k else 0.0)
+            latency[rows, a] = 1000 * statistics.median(times) / len(rows) + (encoder_ms if k else 0.0)
             if k == 0:
                 confidence[rows] = first_token.numpy()
         features.append(runner.features(batch, rows))
-    digest = hashlib.sha256((checkpoint / WEIGHTS_FILE).read_bytes()).hexdigest()[:16]
+        if partial and step % save_every == 0 and rows[-1] + 1 < n:
+            atomic_write_npz(partial, {"key": np.array(json.dumps(key)), "done": np.array(rows[-1] + 1),
+                                       "score": score, "gflops": gflops, "latency_ms": latency,
+                                       "confidence": confidence, "features": np.concatenate(features)})
     provenance = {"checkpoint": str(checkpoint), "checkpoint_hash": digest, "split": split, "actions": actions,
                   "manifest": runner.setup.paths[split], "encoder_gflops": runner.encoder_gflops,
                   "encoder_ms": encoder_ms, "flops_check": profiler_check(runner, ks),
-                  "features": runner.feature_names()}
+                  "features": runner.feature_columns()}
     samples = runner.data.samples
     return OutcomeTable(ids=np.array([s.id for s in samples]), family=np.array([s.family for s in samples]),
                         qtype=np.array([s.qtype for s in samples]), actions=np.array(actions, dtype=np.int64),
@@ -115,12 +140,14 @@ def build_table(cfg: TrainConfig, checkpoint: Path, split: str, ks: list[int], b
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="stage_b-outcomes", description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", type=Path, required=True, help="bridge folder or stage_a-train run folder")
+    parser.add_argument("--checkpoint", type=Path, default=Path("runs/stage_a"),
+                        help="bridge folder or stage_a-train run folder (default: runs/stage_a, the default run)")
     parser.add_argument("--split", default="test", choices=("train", "val", "test"))
     parser.add_argument("--preset", default="stage_a", help="training preset naming the base model and data")
     parser.add_argument("--ks", default="4,8,16", help="audio token counts of the audio actions")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=1, help="timed repeats per batch (median)")
+    parser.add_argument("--save-every", type=int, default=10, help="batches between saves of the partial table")
     parser.add_argument("--out", type=Path, default=None, help="table path (default: <checkpoint>/outcomes_<split>.npz)")
     args, rest = parser.parse_known_args(argv)
     setup_logging()
@@ -131,10 +158,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"stage_b-outcomes: {err}", file=sys.stderr)
         return 2
     bridge = bridge_folder(args.checkpoint)
-    table = build_table(cfg, bridge, args.split, [int(k) for k in args.ks.split(",")], args.batch_size, args.repeats)
-    table.provenance.update(preset=args.preset, overrides=overrides)
     out = args.out or args.checkpoint / f"outcomes_{args.split}.npz"
+    partial = out.with_name(f"{out.stem}.partial.npz")
+    table = build_table(cfg, bridge, args.split, [int(k) for k in args.ks.split(",")], args.batch_size, args.repeats,
+                        partial, args.save_every)
+    table.provenance.update(preset=args.preset, overrides=overrides)
     table.save(out)
+    partial.unlink(missing_ok=True)
     print(json.dumps({"table": str(out), "rows": len(table.ids), "actions": table.actions.tolist(),
                       "mean_score": table.score.mean(0).round(4).tolist(),
                       "mean_gflops": table.gflops.mean(0).round(4).tolist(),

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from envs.outcome_table import OutcomeTable
+from envs.outcome_table import DEFAULT_TABLE, OutcomeTable
 from shared.benchmark import machine_info
 from shared.checkpoint import atomic_write_text
 from shared.logs import setup_logging
@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 
 COMPONENTS = {"alpha": (1.0, 0.0), "gamma": (0.0, 1.0), "both": (1.0, 1.0)}  # (alpha, gamma) per unit weight
 COLUMNS = ("method", "alpha", "gamma", "seed", "accuracy", "gflops_per_query", "latency_ms", "audio_rate")
-DEFAULT_WEIGHTS = (0.0, 0.05, 0.2, 0.35, 0.5, 0.7, 0.9, 1.2)
+DEFAULT_WEIGHTS = (0.0, 0.05, 0.1, 0.2, 0.35, 0.5, 0.7, 0.9, 1.2)
 
 
 @dataclass
@@ -244,7 +244,8 @@ def _numbers(text: str, kind: type, flag: str) -> tuple:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="stage_b-pareto", description=__doc__.splitlines()[0])
-    parser.add_argument("--table", type=Path, required=True, help="outcome table (.npz) from stage_b-outcomes")
+    parser.add_argument("--table", type=Path, default=Path(DEFAULT_TABLE),
+                        help=f"outcome table (.npz) from stage_b-outcomes (default: {DEFAULT_TABLE})")
     parser.add_argument("--out", type=Path, default=Path("runs") / "stage_b" / "pareto")
     parser.add_argument("--alphas", default=",".join(f"{w:g}" for w in DEFAULT_WEIGHTS),
                         help="comma-separated reward weights w, used by every component")

@@ -100,7 +100,7 @@ class SafeRunner:
                                                  self.sample_rate)
         return self._previews[clip]
 
-    def feature_names(self) -> list[str]:
-        dim = self._embed.embedding_dim
-        return (["question_embedding_mean"] * dim + ["image_mean_std"] * 6
-                + ["audio_duration", "audio_rms", "audio_zcr", "audio_centroid_khz"])
+    def feature_columns(self) -> dict[str, int]:
+        """The feature groups in column order, with their widths."""
+        return {"question_embedding_mean": self._embed.embedding_dim, "image_channel_mean_std": 6,
+                "audio_duration_s": 1, "audio_rms": 1, "audio_zero_crossing_rate": 1, "audio_centroid_khz": 1}

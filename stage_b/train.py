@@ -23,7 +23,7 @@ from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
 from stable_baselines3.common.env_util import make_vec_env
 
 from envs.audio_budget import AudioBudgetEnv, FeatureScaler, observed_columns
-from envs.outcome_table import OutcomeTable
+from envs.outcome_table import DEFAULT_TABLE, OutcomeTable
 from shared.checkpoint import atomic_write_text
 from shared.logs import setup_logging
 
@@ -96,7 +96,8 @@ def train_policy(config: PolicyConfig, out_dir: Path, tensorboard: bool = True, 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="stage_b-train", description=__doc__.splitlines()[0])
-    parser.add_argument("--table", required=True, help="outcome table (.npz) from stage_b-outcomes")
+    parser.add_argument("--table", default=DEFAULT_TABLE, help=f"outcome table (.npz) from stage_b-outcomes "
+                                                              f"(default: {DEFAULT_TABLE})")
     parser.add_argument("--alpha", type=float, default=0.1, help="weight of normalised compute in the reward")
     parser.add_argument("--gamma", type=float, default=0.0, help="weight of normalised latency in the reward")
     parser.add_argument("--budget", type=float, default=None, help="episode compute budget, fraction of the maximum")
@@ -111,14 +112,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging()
     try:
-        config = PolicyConfig(args.table, args.alpha, args.gamma, args.budget, args.confidence, seed=args.seed,
-                              timesteps=args.timesteps, n_envs=args.n_envs)
+        config = PolicyConfig(str(Path(args.table).resolve()), args.alpha, args.gamma, args.budget, args.confidence,
+                              seed=args.seed, timesteps=args.timesteps, n_envs=args.n_envs)
     except ValueError as err:
         print(f"stage_b-train: {err}", file=sys.stderr)
         return 2
     out = args.out or Path("runs") / "stage_b" / f"alpha{args.alpha:g}-gamma{args.gamma:g}-seed{args.seed}"
     record = train_policy(config, out, tensorboard=not args.no_tensorboard, wandb=args.wandb)
-    print(json.dumps({k: v for k, v in record.items() if k not in ("test_rows", "scaler")}, indent=2))
+    provenance = record["table_provenance"]
+    print(json.dumps({"policy": str(out), "train_seconds": record["train_seconds"], "timesteps": record["timesteps"],
+                      "train_rows": record["train_rows"], "held_out_rows": len(record["test_rows"]),
+                      "config": record["config"], "table_checkpoint_hash": provenance.get("checkpoint_hash"),
+                      "table_split": provenance.get("split")}, indent=2))
     return 0
 
 

@@ -8,10 +8,13 @@ import numpy as np
 import pytest
 
 from envs.outcome_table import OutcomeTable
+from shared.config import load_config
+from stage_a.config import TrainConfig
 from stage_a.train import main as train_main
 from stage_b.live import main as live_main
+from stage_b.outcomes import build_table
 from stage_b.outcomes import main as outcomes_main
-from stage_b.runner import audio_preview
+from stage_b.runner import SafeRunner, audio_preview
 from stage_b.train import PolicyConfig, train_policy
 
 
@@ -71,3 +74,29 @@ def test_audio_preview_statistics() -> None:
     duration, rms, zcr, centroid = audio_preview(np.sin(2 * np.pi * 1000 * t).astype(np.float32), sr)
     assert duration == 1.0 and rms == pytest.approx(1 / np.sqrt(2), rel=1e-3)
     assert zcr == pytest.approx(2000 / sr, rel=0.01) and centroid == pytest.approx(1.0, rel=0.02)
+
+
+def test_an_interrupted_build_resumes_to_the_same_table(table: OutcomeTable, micro_paths: dict[str, str],
+                                                        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = load_config(TrainConfig, "stage_a_micro", micro_paths)
+    checkpoint, partial = Path(table.provenance["checkpoint"]), tmp_path / "t.partial.npz"
+    original, calls = SafeRunner.features, []
+
+    def crash_on_third_batch(self: SafeRunner, batch, rows):
+        calls.append(rows[0])
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return original(self, batch, rows)
+
+    monkeypatch.setattr(SafeRunner, "features", crash_on_third_batch)
+    with pytest.raises(KeyboardInterrupt):
+        build_table(cfg, checkpoint, "test", [4, 8], batch_size=8, repeats=1, partial=partial, save_every=1)
+    with np.load(partial) as saved:
+        assert int(saved["done"]) == 16  # two batches of 8 saved before the interruption
+    monkeypatch.setattr(SafeRunner, "features", original)
+    resumed = build_table(cfg, checkpoint, "test", [4, 8], batch_size=8, repeats=1, partial=partial, save_every=1)
+    whole = build_table(cfg, checkpoint, "test", [4, 8], batch_size=8, repeats=1)
+    for key in ("score", "gflops", "features", "confidence"):
+        np.testing.assert_array_equal(getattr(resumed, key), getattr(whole, key), err_msg=key)
+    with pytest.raises(ValueError, match="delete it to start over"):
+        build_table(cfg, checkpoint, "test", [4, 16], batch_size=8, repeats=1, partial=partial, save_every=1)
