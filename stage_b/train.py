@@ -114,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = PolicyConfig(str(Path(args.table).resolve()), args.alpha, args.gamma, args.budget, args.confidence,
                               seed=args.seed, timesteps=args.timesteps, n_envs=args.n_envs)
+        OutcomeTable.load(config.table)  # a missing or malformed table is named before anything starts
     except ValueError as err:
         print(f"stage_b-train: {err}", file=sys.stderr)
         return 2

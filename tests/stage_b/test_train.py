@@ -77,6 +77,8 @@ def test_invalid_reward_weights_exit_2(dominant_table: Path, flag: str, value: s
     assert f"{flag} is" in capsys.readouterr().err
 
 
-def test_missing_table_says_how_to_build_one(tmp_path: Path) -> None:
-    with pytest.raises(Exception, match="stage_b-outcomes"):
-        main(["--table", str(tmp_path / "none.npz"), "--timesteps", "10", "--out", str(tmp_path / "p")])
+def test_missing_table_says_how_to_build_one(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["--table", str(tmp_path / "none.npz"), "--timesteps", "10", "--out", str(tmp_path / "p")]) == 2
+    err = capsys.readouterr().err
+    assert "none.npz does not exist" in err and "stage_b-outcomes --checkpoint" in err
+    assert not (tmp_path / "p").exists()
