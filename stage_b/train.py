@@ -50,8 +50,9 @@ class PolicyConfig:
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"--{name} is {value}; expected a finite number >= 0")
-        if self.timesteps < 1 or self.n_envs < 1:
-            raise ValueError(f"timesteps={self.timesteps}, n_envs={self.n_envs}; expected both >= 1")
+        if self.timesteps < 1 or self.n_envs < 1 or self.episode_length < 1:
+            raise ValueError(f"timesteps={self.timesteps}, n_envs={self.n_envs}, episode_length={self.episode_length}; "
+                             "expected all >= 1")
 
 
 def train_policy(config: PolicyConfig, out_dir: Path, tensorboard: bool = True, wandb: bool = False,
@@ -103,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=float, default=None, help="episode compute budget, fraction of the maximum")
     parser.add_argument("--confidence", action="store_true",
                         help="observe the base model's no-audio confidence; audio actions then also pay that run")
+    parser.add_argument("--episode-length", type=int, default=32, help="questions per episode")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timesteps", type=int, default=100_000)
     parser.add_argument("--n-envs", type=int, default=8)
@@ -113,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     try:
         config = PolicyConfig(str(Path(args.table).resolve()), args.alpha, args.gamma, args.budget, args.confidence,
-                              seed=args.seed, timesteps=args.timesteps, n_envs=args.n_envs)
+                              args.episode_length, seed=args.seed, timesteps=args.timesteps, n_envs=args.n_envs)
         OutcomeTable.load(config.table)  # a missing or malformed table is named before anything starts
     except ValueError as err:
         print(f"stage_b-train: {err}", file=sys.stderr)

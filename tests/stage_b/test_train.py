@@ -82,3 +82,17 @@ def test_missing_table_says_how_to_build_one(tmp_path: Path, capsys: pytest.Capt
     err = capsys.readouterr().err
     assert "none.npz does not exist" in err and "stage_b-outcomes --checkpoint" in err
     assert not (tmp_path / "p").exists()
+
+
+def test_tensorboard_and_offline_wandb_logging(dominant_table: Path, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """--wandb goes through SB3's integration; offline without a key, so the run is written locally."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    out = tmp_path / "policy"
+    assert main(["--table", str(dominant_table), "--timesteps", "512", "--n-envs", "2", "--episode-length", "8",
+                 "--out", str(out), "--wandb"]) == 0
+    assert list((out / "tb").rglob("events.out.tfevents.*"))
+    assert list((out / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert json.loads((out / "policy.json").read_text())["config"]["episode_length"] == 8
