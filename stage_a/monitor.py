@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 
 from shared.checkpoint import atomic_write_text
+from shared.logs import wandb_mode
 
 log = logging.getLogger(__name__)
 
@@ -65,16 +65,6 @@ def flatten_numeric(values: dict, prefix: str = "") -> Iterator[tuple[str, float
             yield from flatten_numeric(value, tag)
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
             yield tag, float(value)
-
-
-def _wandb_mode() -> str:
-    """WANDB_MODE if set, else online with an API key, else offline."""
-    if os.environ.get("WANDB_MODE"):
-        return os.environ["WANDB_MODE"]
-    if os.environ.get("WANDB_API_KEY"):
-        return "online"
-    log.info("wandb runs offline (no WANDB_API_KEY); upload later with `wandb sync <run_dir>/wandb/offline-run-*`")
-    return "offline"
 
 
 class RunLogger:
@@ -133,7 +123,7 @@ class RunLogger:
         id_file = self.run_dir / WANDB_ID_FILE
         run_id = id_file.read_text().strip() if resume_step is not None and id_file.exists() else None
         run = wandb.init(project=project, name=run_name, config=config, dir=str(self.run_dir),
-                         mode=_wandb_mode(), id=run_id, resume="allow" if run_id else None)
+                         mode=wandb_mode(), id=run_id, resume="allow" if run_id else None)
         atomic_write_text(id_file, f"{run.id}\n")
         return run
 

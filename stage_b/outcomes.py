@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", default="stage_a", help="training preset naming the base model and data")
     parser.add_argument("--ks", default="4,8,16", help="audio token counts of the audio actions")
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=1, help="timed repeats per batch (median)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed repeats per batch (median)")
     parser.add_argument("--save-every", type=int, default=10, help="batches between saves of the partial table")
     parser.add_argument("--out", type=Path, default=None, help="table path (default: <checkpoint>/outcomes_<split>.npz)")
     args, rest = parser.parse_known_args(argv)

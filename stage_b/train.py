@@ -25,7 +25,7 @@ from stable_baselines3.common.env_util import make_vec_env
 from envs.audio_budget import AudioBudgetEnv, FeatureScaler, observed_columns
 from envs.outcome_table import DEFAULT_TABLE, OutcomeTable
 from shared.checkpoint import atomic_write_text
-from shared.logs import setup_logging
+from shared.logs import setup_logging, wandb_mode
 
 
 @dataclass
@@ -78,7 +78,8 @@ def train_policy(config: PolicyConfig, out_dir: Path, tensorboard: bool = True, 
         import wandb as wandb_lib
         from wandb.integration.sb3 import WandbCallback
 
-        run = wandb_lib.init(project="safe-stage-b", config=asdict(config), dir=str(out_dir), sync_tensorboard=tensorboard)
+        run = wandb_lib.init(project="safe-stage-b", config=asdict(config), dir=str(out_dir), mode=wandb_mode(),
+                             sync_tensorboard=tensorboard)
         callbacks.append(WandbCallback())
     model = PPO("MlpPolicy", envs, seed=config.seed, device="cpu", n_steps=256, batch_size=256, verbose=0,
                 tensorboard_log=str(out_dir / "tb") if tensorboard else None)
