@@ -46,8 +46,7 @@ ENCODER_BATCH = 8
 
 def encoder_ms_per_clip(runner: SafeRunner, repeats: int) -> float:
     """The frozen encoder's wall time per clip on a batch of full windows (median of repeats)."""
-    window = np.zeros(int(getattr(runner.encoder, "max_seconds", 30.0) * runner.sample_rate), dtype=np.float32)
-    waves = [window] * ENCODER_BATCH
+    waves = [runner.full_window()] * ENCODER_BATCH
     runner.encoder.encode(waves[:1], runner.sample_rate)  # warm-up
     times = []
     for _ in range(max(1, repeats)):
@@ -63,14 +62,12 @@ def profiler_check(runner: SafeRunner, ks: list[int]) -> dict:
     batch = runner.batch([0])
     check = {}
     for k in [0, *ks]:
-        audio = {} if k == 0 else {"audio_frames": batch.frames, "frame_mask": batch.frame_mask, "k": k, "gate": 1.0}
         with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=CPU_SDPA) as counter:
-            runner.model.generate(**audio, **batch.inputs, max_new_tokens=1, do_sample=False)
+            runner.model.generate(**runner.audio_inputs(batch, k), **batch.inputs, max_new_tokens=1, do_sample=False)
         analytic = runner.gflops(batch, k)[0] - (runner.encoder_gflops if k else 0.0)
         check[f"k{k}"] = {"analytic": analytic, "profiler": counter.get_total_flops() / 1e9}
-    window = np.zeros(int(getattr(runner.encoder, "max_seconds", 30.0) * runner.sample_rate), dtype=np.float32)
     with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=CPU_SDPA) as counter:
-        runner.encoder.encode([window], runner.sample_rate)
+        runner.encoder.encode([runner.full_window()], runner.sample_rate)
     check["encoder"] = {"analytic": runner.encoder_gflops, "profiler": counter.get_total_flops() / 1e9}
     return check
 
@@ -94,8 +91,8 @@ def build_table(cfg: TrainConfig, checkpoint: Path, split: str, ks: list[int], b
     """Score, count and time every (question, action) of `split`, batched.
 
     With `partial`, progress is saved there atomically every `save_every` batches and a later call
-    with the same checkpoint, split, actions and batch size resumes after the last saved batch; the
-    file is removed once the table is complete."""
+    with the same checkpoint, split, actions and batch size resumes after the last saved batch
+    (`main` removes the file once the finished table is saved)."""
     runner = SafeRunner(cfg, checkpoint, split)
     encoder_ms = encoder_ms_per_clip(runner, repeats)
     actions = [0, *ks]

@@ -7,6 +7,7 @@ in how a question is prompted, answered, scored or counted.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,7 @@ class SafeRunner:
         self.sample_rate = cfg.data.sample_rate
         self.row_of = {s.id: i for i, s in enumerate(self.data.samples)}
         self.encoder_gflops = encoder_flops(self.encoder) / 1e9
+        self._gflops = functools.lru_cache(maxsize=None)(self._count_gflops)
         self._embed = self.model.base.get_input_embeddings()
         self._previews: dict = {}
 
@@ -57,15 +59,26 @@ class SafeRunner:
         """Run the frozen encoder on the rows' audio now (live mode), as the cache did once."""
         return pad_frames(valid_frames_encoder(self.encoder, self.sample_rate)([self.data.clip(i) for i in rows]))
 
+    def full_window(self) -> np.ndarray:
+        """A silent clip of the encoder's whole window (every clip is padded to it)."""
+        return np.zeros(int(getattr(self.encoder, "max_seconds", 30.0) * self.sample_rate), dtype=np.float32)
+
+    @staticmethod
+    def audio_inputs(batch: Batch, k: int, frames: torch.Tensor | None = None,
+                     frame_mask: torch.Tensor | None = None) -> dict:
+        """SafeModel's audio keyword arguments for action k (none for k = 0); the batch's cached frames by default."""
+        if k == 0:
+            return {}
+        return {"audio_frames": batch.frames if frames is None else frames,
+                "frame_mask": batch.frame_mask if frame_mask is None else frame_mask, "k": k, "gate": 1.0}
+
     @torch.no_grad()
     def answer(self, batch: Batch, k: int, frames: torch.Tensor | None = None,
                frame_mask: torch.Tensor | None = None) -> tuple[list[str], torch.Tensor]:
         """Greedy answers with k audio tokens (k = 0: the base path), and the first answer token's probability."""
-        audio = {} if k == 0 else {"audio_frames": batch.frames if frames is None else frames,
-                                   "frame_mask": batch.frame_mask if frame_mask is None else frame_mask,
-                                   "k": k, "gate": 1.0}
-        out = self.model.generate(**audio, **batch.inputs, max_new_tokens=MAX_NEW_TOKENS, do_sample=False,
-                                  output_scores=True, return_dict_in_generate=True)
+        out = self.model.generate(**self.audio_inputs(batch, k, frames, frame_mask), **batch.inputs,
+                                  max_new_tokens=MAX_NEW_TOKENS, do_sample=False, output_scores=True,
+                                  return_dict_in_generate=True)
         confidence = out.scores[0].float().softmax(-1).max(-1).values
         return self.collator.decode(out.sequences, batch.inputs["input_ids"].shape[1]), confidence
 
@@ -78,8 +91,11 @@ class SafeRunner:
         plus the encoder for audio."""
         tokens = batch.inputs["attention_mask"].sum(1).tolist()
         frames = batch.frame_mask.sum(1).tolist()
-        return [safe_flops(self.model, self.encoder, k, int(t), int(f), all_logits=False) / 1e9
-                for t, f in zip(tokens, frames)]
+        return [self._gflops(k, int(t), int(f)) for t, f in zip(tokens, frames)]
+
+    def _count_gflops(self, k: int, prompt_tokens: int, audio_frames: int) -> float:
+        """The formula for one (k, prompt length, frames); memoised per runner as `_gflops` (few distinct values)."""
+        return safe_flops(self.model, self.encoder, k, prompt_tokens, audio_frames, all_logits=False) / 1e9
 
     @torch.no_grad()
     def features(self, batch: Batch, rows: list[int]) -> np.ndarray:
