@@ -8,7 +8,8 @@ exists is reused (its config must match), so an interrupted sweep resumes where 
 Every policy acts on the same questions (`SavedPolicy.evaluation_rows`: the training table's
 held-out rows, or all of `outcomes_<split>.npz`), and so do the baselines: `never` (no audio),
 `always-k<k>`, `random-<component>` (each policy's own actions permuted across the questions,
-seeded by the policy's seed: the same action mix and expected compute, blind to the question),
+seeded by the policy's seed: the same action mix and expected compute, blind to the question;
+with `--confidence` both pay for the no-audio run the policies observe),
 `oracle` (the cheapest correct action per question) and `oracle-frontier` (per question the action
 maximising score - w * gflops / max_gflops, at every weight w where that choice changes).
 
@@ -67,6 +68,7 @@ class SweepConfig:
     n_envs: int = 8
     workers: int = 2
     split: str | None = None
+    confidence: bool = False
 
     def __post_init__(self) -> None:
         bad = [w for w in self.weights if not math.isfinite(w) or w < 0]
@@ -84,8 +86,8 @@ class SweepConfig:
     def policies(self) -> dict[str, PolicyConfig]:
         """Folder name (<component>-w<weight>-seed<seed>) -> training config, for every policy of the sweep."""
         return {f"{c}-w{w:g}-seed{s}": PolicyConfig(str(self.table), alpha=COMPONENTS[c][0] * w,
-                                                    gamma=COMPONENTS[c][1] * w, seed=s, timesteps=self.timesteps,
-                                                    n_envs=self.n_envs)
+                                                    gamma=COMPONENTS[c][1] * w, confidence=self.confidence, seed=s,
+                                                    timesteps=self.timesteps, n_envs=self.n_envs)
                 for c in self.components for w in sorted(set(self.weights)) for s in sorted(set(self.seeds))}
 
 
@@ -163,8 +165,8 @@ def evaluate_sweep(sweep: SweepConfig, results: dict[str, dict]) -> tuple[list[d
         component = name.split("-w")[0]
         weights = {"alpha": config.alpha, "gamma": config.gamma, "seed": config.seed}
         shuffled = np.random.default_rng(config.seed).permutation(result["actions"])
-        out.append(_row(f"ppo-{component}", summarize(table, rows, result["actions"]), **weights))
-        out.append(_row(f"random-{component}", summarize(table, rows, shuffled), **weights))
+        out.append(_row(f"ppo-{component}", summarize(table, rows, result["actions"], sweep.confidence), **weights))
+        out.append(_row(f"random-{component}", summarize(table, rows, shuffled, sweep.confidence), **weights))
     for index, k in enumerate(table.actions):
         method = "never" if k == 0 else f"always-k{k}"
         out.append(_row(method, summarize(table, rows, np.full(len(rows), index, dtype=np.int64))))
@@ -255,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timesteps", type=int, default=100_000)
     parser.add_argument("--n-envs", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2, help="training processes")
+    parser.add_argument("--confidence", action="store_true",
+                        help="policies observe the no-audio confidence and pay for it (so do their random twins)")
     parser.add_argument("--split", default=None,
                         help="evaluate on all of outcomes_<split>.npz beside the table (default: held-out rows)")
     args = parser.parse_args(argv)
@@ -263,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         sweep = SweepConfig(args.table, args.out, _numbers(args.alphas, float, "--alphas"),
                             _numbers(args.seeds, int, "--seeds"),
                             tuple(c.strip() for c in args.components.split(",") if c.strip()), args.timesteps,
-                            args.n_envs, args.workers, args.split)
+                            args.n_envs, args.workers, args.split, args.confidence)
         OutcomeTable.load(sweep.table)
         report = run_sweep(sweep)
     except ValueError as err:

@@ -10,6 +10,7 @@ import pytest
 from matplotlib.image import imread
 
 from envs.outcome_table import OutcomeTable
+from stage_b.evaluate import SavedPolicy, summarize
 from stage_b.pareto import COLUMNS, SweepConfig, main, read_csv, run_sweep
 
 TINY = ["--timesteps", "512", "--n-envs", "2", "--workers", "2", "--alphas", "0,0.5"]
@@ -116,3 +117,19 @@ def test_bad_arguments_exit_2(table_path: Path, tmp_path: Path, flag: str, value
 def test_missing_table_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["--table", str(tmp_path / "none.npz"), "--out", str(tmp_path)]) == 2
     assert "stage_b-outcomes" in capsys.readouterr().err
+
+
+def test_confidence_sweep_charges_the_no_audio_run(table_path: Path, tmp_path: Path) -> None:
+    table = OutcomeTable.load(table_path)
+    table.confidence = np.linspace(0, 1, table.n_rows, dtype=np.float32)
+    path = table.save(tmp_path / "outcomes_toy.npz")
+    out = tmp_path / "sweep"
+    assert main(["--table", str(path), "--out", str(out), "--seeds", "0", "--components", "alpha", "--confidence",
+                 "--timesteps", "512", "--n-envs", "2", "--workers", "1", "--alphas", "0"]) == 0
+    policy = SavedPolicy.load(out / "policies" / "alpha-w0-seed0")
+    assert policy.confidence
+    rows = np.asarray(policy.record["test_rows"])
+    charged = summarize(table, rows, policy.act(table, rows), confidence=True)
+    ppo = next(r for r in read_csv(out / "pareto.csv") if r["method"] == "ppo-alpha")
+    assert ppo["gflops_per_query"] == pytest.approx(charged["gflops_per_query"])
+    assert charged["gflops_per_query"] > summarize(table, rows, policy.act(table, rows))["gflops_per_query"]

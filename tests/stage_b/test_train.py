@@ -25,7 +25,8 @@ def dominant_table(tmp_path: Path) -> Path:
     return table.save(tmp_path / "toy.npz")
 
 
-def test_ppo_learns_the_dominant_action_and_reloads_identically(dominant_table: Path, tmp_path: Path) -> None:
+def test_ppo_learns_the_dominant_action_and_reloads_identically(dominant_table: Path, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture) -> None:
     record = train_policy(PolicyConfig(str(dominant_table), alpha=0.1, timesteps=4096, n_envs=2, eval_every=2048),
                           tmp_path / "policy", tensorboard=False)
     assert (tmp_path / "policy" / "policy.zip").is_file() and (tmp_path / "policy" / "best" / "best_model.zip").is_file()
@@ -44,6 +45,10 @@ def test_ppo_learns_the_dominant_action_and_reloads_identically(dominant_table: 
     assert result["n"] == 18 and result["accuracy"]["mean"] >= 0.9 and result["audio_rate"] >= 0.9
     assert set(result["actions"]) == {"audio", "audio.kind"} and sum(result["actions"]["audio"].values()) == 18
     assert eval_main(["--policy", str(tmp_path / "policy"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == 18
+    assert eval_main(["--policy", str(tmp_path / "policy")]) == 0
+    printed = capsys.readouterr().out
+    assert "18 questions (held-out rows of split toy)" in printed and "audio.kind" in printed
     with pytest.raises(FileNotFoundError, match="written by stage_b-train"):
         evaluate_policy(tmp_path)
     # --split: every row of outcomes_<split>.npz beside the training table, or a named error
