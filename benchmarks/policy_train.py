@@ -3,9 +3,10 @@
 Run: python benchmarks/policy_train.py --table outcomes_test.npz [--alpha 0.1] [--timesteps 100000] [--threads 2]
      [--questions 200] [--out benchmarks/results/policy_train.json]
 Trains one policy exactly as `stage_b-train` does, with a callback that every `--every` steps scores
-the current deterministic policy on *all* held-out rows (mean reward and accuracy, from the table)
-and notes the wall time. Converged = the first point whose held-out reward is within 0.005 of the
-best point's; the target is 60 s on 2 cores. Then `stage_b-eval`'s summary of the saved policy, and,
+the current deterministic policy on *all* held-out rows, each played once as `stage_b-eval` plays
+it (mean reward and accuracy, from the table), and notes the training time so far (the curve's
+own evaluations excluded, also from `learn_seconds`). Converged = the first point whose held-out
+reward is within 0.005 of the best point's; the target is 60 s on 2 cores. Then `stage_b-eval`'s summary of the saved policy, and,
 unless `--questions 0`, `stage_b-live`'s comparison of live and table mode on that many questions.
 """
 
@@ -21,13 +22,13 @@ import numpy as np
 import torch
 from stable_baselines3.common.callbacks import BaseCallback
 
-from envs.audio_budget import policy_observations
+from envs.audio_budget import AudioBudgetEnv
 from envs.outcome_table import OutcomeTable
 from shared.benchmark import save_result
 from shared.config import load_config
 from shared.logs import setup_logging
 from stage_a.config import TrainConfig
-from stage_b.evaluate import SavedPolicy, evaluate_policy
+from stage_b.evaluate import SavedPolicy, evaluate_policy, play
 from stage_b.live import compare_live
 from stage_b.runner import SafeRunner
 from stage_b.train import PolicyConfig, train_policy
@@ -39,28 +40,34 @@ log = logging.getLogger(__name__)
 
 
 class HeldOutCurve(BaseCallback):
-    """Every `every` steps: held-out mean reward and accuracy of the deterministic policy, with wall time."""
+    """Every `every` steps: held-out mean reward and accuracy of the deterministic policy, each question played
+    once as `stage_b-eval` plays it; `seconds` is training time only (these evaluations are not counted)."""
 
-    def __init__(self, table: OutcomeTable, rows: np.ndarray, every: int) -> None:
+    def __init__(self, config: PolicyConfig, rows: np.ndarray, every: int) -> None:
         super().__init__()
-        self.table, self.rows, self.every = table, rows, every
+        self.config, self.rows, self.every = config, rows, every
         self.points: list[dict] = []
         self._next = 0
-        self._start = 0.0
+        self._start = self.evaluating_seconds = 0.0
+        self._env: AudioBudgetEnv | None = None
 
     def _on_training_start(self) -> None:
+        train_env = self.training_env.envs[0].unwrapped
+        self._env = AudioBudgetEnv(train_env.table, episode_length=self.config.episode_length, alpha=self.config.alpha,
+                                   gamma=self.config.gamma, budget=self.config.budget, rows=self.rows,
+                                   scaler=train_env.scaler)
         self._start = time.perf_counter()
 
     def _on_step(self) -> bool:
         if self.num_timesteps >= self._next:
+            began = time.perf_counter()
             self._next += self.every
-            env = self.training_env.envs[0].unwrapped
-            obs = policy_observations(self.table, self.rows, env.scaler)
-            actions, _ = self.model.predict(obs, deterministic=True)
-            score = self.table.score[self.rows, actions]
-            reward = env.reward(score, self.table.gflops[self.rows, actions], self.table.latency_ms[self.rows, actions])
-            self.points.append({"timesteps": int(self.num_timesteps), "seconds": round(time.perf_counter() - self._start, 2),
-                                "reward": round(float(reward.mean()), 4), "accuracy": round(float(score.mean()), 4)})
+            steps = play(self.model, self._env, self.rows)
+            self.points.append({"timesteps": int(self.num_timesteps),
+                                "seconds": round(began - self._start - self.evaluating_seconds, 2),
+                                "reward": round(float(steps["reward"].mean()), 4),
+                                "accuracy": round(float(steps["score"].mean()), 4)})
+            self.evaluating_seconds += time.perf_counter() - began
         return True
 
 
@@ -87,13 +94,14 @@ def main() -> None:
     folder = args.policy_dir or Path(tempfile.mkdtemp(prefix="stage_b_bench_")) / f"alpha{args.alpha:g}"
     config = PolicyConfig(str(args.table), alpha=args.alpha, timesteps=args.timesteps)
     table = OutcomeTable.load(args.table)
-    curve = HeldOutCurve(table, table.split_rows(1.0 - config.test_fraction, config.split_seed)[1], args.every)
+    curve = HeldOutCurve(config, table.split_rows(1.0 - config.test_fraction, config.split_seed)[1], args.every)
     start = time.perf_counter()
     record = train_policy(config, folder, tensorboard=False, extra_callbacks=[curve])
     wall = time.perf_counter() - start
     converged = convergence(curve.points)
     result = {"benchmark": "policy_train", "table": str(args.table), "policy": str(folder), "alpha": args.alpha,
-              "train": {"timesteps": args.timesteps, "learn_seconds": record["train_seconds"],
+              "train": {"timesteps": args.timesteps,
+                        "learn_seconds": round(record["train_seconds"] - curve.evaluating_seconds, 2),
                         "wall_seconds": round(wall, 2), **converged, "target_seconds": TARGET_SECONDS,
                         "ratio_converged_to_target": round(converged["converged_at_seconds"] / TARGET_SECONDS, 3),
                         "curve": curve.points},

@@ -76,13 +76,6 @@ def observed_columns(table: OutcomeTable, confidence: bool = False) -> np.ndarra
     return np.concatenate([table.features, table.confidence[:, None]], axis=1)
 
 
-def policy_observations(table: OutcomeTable, rows: np.ndarray, scaler: FeatureScaler,
-                        confidence: bool = False) -> np.ndarray:
-    """Observations of `rows` as the env shows them at the start of an unbudgeted episode."""
-    columns = scaler(observed_columns(table, confidence)[rows])
-    return np.concatenate([columns, np.ones((len(rows), 2), np.float32)], axis=1)
-
-
 class AudioBudgetEnv(gym.Env):
     """An episode is `episode_length` questions; each step picks an action index into `table.actions`.
 
@@ -92,8 +85,10 @@ class AudioBudgetEnv(gym.Env):
     (1.0 without a budget) and the fraction of the episode left (1.0 at reset). Questions are drawn
     from `rows` (default: all) without replacement, or with replacement when there are fewer rows
     than `episode_length`, using the env's seeded `np_random`; `terminated` is True after the last.
+    `reset(options={"order": [i, j, ...]})` plays exactly those table rows instead (1 to
+    `episode_length` of them, in that order): evaluation uses it to visit each held-out question once.
 
-    Budget: with `budget = b` an episode may spend at most `b * episode_length * max_gflops` GFLOPs.
+    Budget: with `budget = b` an episode of L questions may spend at most `b * L * max_gflops` GFLOPs.
     If the chosen action costs more than what remains, the env substitutes action 0 (no audio): the
     step is charged, scored and rewarded as action 0 and `info["budget_forced"]` is True. Action 0
     is always allowed (a question is never left unanswered); should it overspend, the remaining
@@ -145,12 +140,12 @@ class AudioBudgetEnv(gym.Env):
         dim = columns.shape[1]
         self._obs_base = np.zeros((table.n_rows, dim + 2), dtype=np.float32)
         self._obs_base[:, :dim] = self.scaler(columns)
-        self._total_budget = math.inf if budget is None else float(budget) * self.episode_length * self.max_gflops
+        self._length = self.episode_length
         self.action_space = spaces.Discrete(self._n_actions)
         self.observation_space = spaces.Box(-np.inf, np.inf, shape=(dim + 2,), dtype=np.float32)
         self._order: list[int] = []
         self._t = 0
-        self._remaining = self._total_budget
+        self._total_budget = self._remaining = math.inf
         if seed is not None:
             super().reset(seed=seed)
         log.debug("AudioBudgetEnv: %d rows, actions %s, alpha %.3g, gamma %.3g, budget %s",
@@ -166,24 +161,40 @@ class AudioBudgetEnv(gym.Env):
     def _observation(self) -> np.ndarray:
         """A fresh array: the current question's features, budget left and episode left."""
         t = self._t
-        obs = self._obs_base[self._order[min(t, self.episode_length - 1)]].copy()
+        obs = self._obs_base[self._order[min(t, self._length - 1)]].copy()
         obs[-2] = self._budget_fraction()
-        obs[-1] = (self.episode_length - t) / self.episode_length
+        obs[-1] = (self._length - t) / self._length
         return obs
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
               ) -> tuple[np.ndarray, dict[str, Any]]:
         super().reset(seed=seed)
-        replace = self.rows.size < self.episode_length
-        self._order = self.np_random.choice(self.rows, size=self.episode_length, replace=replace).tolist()
-        self._t = 0
+        order = (options or {}).get("order")
+        if order is None:
+            replace = self.rows.size < self.episode_length
+            self._order = self.np_random.choice(self.rows, size=self.episode_length, replace=replace).tolist()
+        else:
+            self._order = self._checked_order(order)
+        self._length, self._t = len(self._order), 0
+        self._total_budget = math.inf if self.budget is None else float(self.budget) * self._length * self.max_gflops
         self._remaining = self._total_budget
         return self._observation(), {}
+
+    def _checked_order(self, order: Any) -> list[int]:
+        """A reset option's row list, or a ValueError naming what is wrong with it."""
+        rows = np.asarray(order)
+        if rows.ndim != 1 or not 1 <= rows.size <= self.episode_length or rows.dtype.kind not in "iu":
+            raise ValueError(f"options['order'] has shape {rows.shape} dtype {rows.dtype}; expected 1 to "
+                             f"{self.episode_length} integer row indices")
+        if rows.min() < 0 or rows.max() >= self.table.n_rows:
+            raise ValueError(f"options['order'] spans [{rows.min()}, {rows.max()}]; expected rows in "
+                             f"[0, {self.table.n_rows})")
+        return rows.astype(np.int64).tolist()
 
     def step(self, action: int | np.integer | np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         if not self._order:
             raise RuntimeError("AudioBudgetEnv.step called before reset()")
-        if self._t >= self.episode_length:
+        if self._t >= self._length:
             raise RuntimeError("AudioBudgetEnv.step called after the episode terminated; call reset()")
         a = int(action)
         if not 0 <= a < self._n_actions:
@@ -203,4 +214,4 @@ class AudioBudgetEnv(gym.Env):
         info = {"action_taken": a, "k": self._k[a], "score": score, "gflops": gflops,
                 "latency_ms": latency, "row": row, "budget_forced": forced}
         self._t += 1
-        return self._observation(), reward, self._t >= self.episode_length, False, info
+        return self._observation(), reward, self._t >= self._length, False, info

@@ -1,7 +1,8 @@
 """`stage_b-eval --policy DIR`: a saved policy's choices on its held-out questions, scored from the outcome table.
 
 Reports accuracy with a 95% bootstrap CI, mean GFLOPs and latency per question, the audio usage
-rate, and the action histogram per question family and type, as JSON or a table. The held-out
+rate, and the action histogram per question family and type, as JSON or a table. The policy plays
+each question once through the env it trained in (its budget, if any, included). The held-out
 rows are those recorded in policy.json at training time, so evaluation never sees training rows;
 `--split S` evaluates on every question of another split's outcome table instead.
 """
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from stable_baselines3 import PPO
 
-from envs.audio_budget import FeatureScaler, policy_observations
+from envs.audio_budget import AudioBudgetEnv, FeatureScaler, Outcome
 from envs.outcome_table import OutcomeTable
 from shared.logs import setup_logging
 from shared.stats import mean_ci
@@ -49,11 +50,17 @@ class SavedPolicy:
     def confidence(self) -> bool:
         return bool(self.record["config"].get("confidence", False))
 
-    def act(self, table: OutcomeTable, rows: np.ndarray) -> np.ndarray:
-        """Deterministic action indices for `rows`, observed as at the start of an unbudgeted episode."""
-        obs = policy_observations(table, rows, self.scaler, self.confidence)
-        actions, _ = self.model.predict(obs, deterministic=True)
-        return np.asarray(actions, dtype=np.int64)
+    def env(self, table: OutcomeTable, rows: np.ndarray, outcome: Outcome | None = None) -> AudioBudgetEnv:
+        """The env this policy trained in (reward weights, budget, episode length, confidence, scaler) over `rows`."""
+        config = self.record["config"]
+        return AudioBudgetEnv(table, episode_length=config["episode_length"], alpha=config["alpha"],
+                              gamma=config["gamma"], budget=config["budget"], rows=rows, confidence=self.confidence,
+                              scaler=self.scaler, outcome=outcome)
+
+    def play(self, table: OutcomeTable, rows: np.ndarray, seed: int = 0,
+             outcome: Outcome | None = None) -> dict[str, np.ndarray]:
+        """Every question of `rows` once, through this policy's env (see `play`)."""
+        return play(self.model, self.env(table, rows, outcome), rows, seed)
 
     def evaluation_rows(self, split: str | None = None) -> tuple[OutcomeTable, np.ndarray]:
         """The table and rows to evaluate on: the held-out rows of the training table, or all of another split's."""
@@ -75,6 +82,30 @@ class SavedPolicy:
         return table, np.arange(table.n_rows)
 
 
+def play(model: PPO, env: AudioBudgetEnv, rows: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
+    """The deterministic policy on every question of `rows` once, as the env shows them in training.
+
+    A seeded permutation of `rows` is cut into episodes of the env's length (the last may be
+    shorter), each played with `reset(options={"order": ...})`, so the episode and budget features
+    and any budget substitution are those of the env. Returns per-step arrays: row, action (as
+    taken), score, gflops, latency_ms, reward; sorted by row.
+    """
+    order = np.random.default_rng(seed).permutation(np.asarray(rows, dtype=np.int64))
+    steps: dict[str, list] = defaultdict(list)
+    for start in range(0, len(order), env.episode_length):
+        obs, _ = env.reset(options={"order": order[start:start + env.episode_length]})
+        done = False
+        while not done:
+            action, _ = model.predict(obs, deterministic=True)
+            obs, reward, done, _, info = env.step(int(action))
+            for key in ("row", "score", "gflops", "latency_ms"):
+                steps[key].append(info[key])
+            steps["action"].append(info["action_taken"])
+            steps["reward"].append(reward)
+    by_row = np.argsort(steps["row"])
+    return {key: np.asarray(values)[by_row] for key, values in steps.items()}
+
+
 def summarize(table: OutcomeTable, rows: np.ndarray, actions: np.ndarray, confidence: bool = False) -> dict:
     """Accuracy (with CI), cost (charged as the policy pays it), audio rate and action histograms of one set of choices."""
     gflops, latency = table.charged_costs(confidence)
@@ -94,10 +125,11 @@ def evaluate_policy(policy_dir: Path, split: str | None = None) -> dict:
     """Summarise a saved policy's choices on its held-out rows, or on every question of another split's table."""
     policy = SavedPolicy.load(policy_dir)
     table, rows = policy.evaluation_rows(split)
+    steps = policy.play(table, rows)
     config = policy.record["config"]
     return {"policy": str(policy_dir), "alpha": config["alpha"], "gamma": config["gamma"],
             "split": table.provenance.get("split"), "rows": "held-out" if split is None else "all",
-            **summarize(table, rows, policy.act(table, rows), policy.confidence)}
+            **summarize(table, steps["row"], steps["action"], policy.confidence)}
 
 
 def format_table(result: dict) -> str:

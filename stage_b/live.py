@@ -3,8 +3,8 @@
 `LiveOutcome` is the env's outcome function: for (row, action) it runs the frozen encoder on the
 question's audio now (no feature cache), generates the answer with batch size 1, scores it, counts
 its GFLOPs with the same analytic formula as the table, and measures the wall time. `compare_live`
-plays one episode over n held-out questions in live mode and one in table mode with the same seed
-and the same policy, and reports whether the two agree: the check that table mode is faithful.
+plays n held-out questions with the same policy in the same episodes, once in live mode and once
+in table mode, and reports whether the two agree: the check that table mode is faithful.
 `stage_b-live --policy DIR` runs it (exit 1 if live accuracy falls outside table mode's 95% CI),
 rebuilding the model from the preset and overrides recorded in the table's provenance.
 """
@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 
-from envs.audio_budget import AudioBudgetEnv
 from envs.outcome_table import OutcomeTable
 from shared.config import ConfigError, load_config
 from shared.logs import setup_logging
@@ -50,35 +49,15 @@ class LiveOutcome:
         return self.runner.scores([i], answers)[0], self.runner.gflops(batch, k)[0], latency_ms
 
 
-def _episode(env: AudioBudgetEnv, policy: SavedPolicy, seed: int) -> dict[str, np.ndarray]:
-    """One full episode with the policy's deterministic actions; per-step rows, actions, scores and costs."""
-    obs, _ = env.reset(seed=seed)
-    steps: dict[str, list] = {"row": [], "action": [], "score": [], "gflops": [], "latency_ms": [], "reward": []}
-    done = False
-    while not done:
-        action, _ = policy.model.predict(obs, deterministic=True)
-        obs, reward, done, _, info = env.step(int(action))
-        for key in ("row", "score", "gflops", "latency_ms"):
-            steps[key].append(info[key])
-        steps["action"].append(info["action_taken"])
-        steps["reward"].append(reward)
-    return {key: np.asarray(values) for key, values in steps.items()}
-
-
 def compare_live(policy: SavedPolicy, runner: SafeRunner, n: int = 200, seed: int = 0) -> dict:
-    """Live vs table mode on n held-out questions (a sample drawn with `seed`), same policy and episode seed:
+    """Live vs table mode on n held-out questions (a sample drawn with `seed`), played in the same episodes:
     accuracy with CIs, agreement, costs."""
     table, rows = policy.evaluation_rows(None)
-    config = policy.record["config"]
-    if config.get("confidence"):
+    if policy.confidence:
         raise ValueError(f"policy {policy.folder} observes the no-audio confidence; live mode does not support it yet")
     rows = np.sort(np.random.default_rng(seed).choice(rows, size=min(n, len(rows)), replace=False))
-    kwargs = {"table": table, "episode_length": len(rows), "alpha": config["alpha"], "gamma": config["gamma"],
-              "budget": config["budget"], "rows": rows, "scaler": policy.scaler}
-    tabled = _episode(AudioBudgetEnv(**kwargs), policy, seed)
-    live = _episode(AudioBudgetEnv(**kwargs, outcome=LiveOutcome(runner, table)), policy, seed)
-    if not np.array_equal(tabled["row"], live["row"]):
-        raise RuntimeError("live and table episodes visited different questions with the same seed")
+    tabled = policy.play(table, rows, seed)
+    live = policy.play(table, rows, seed, outcome=LiveOutcome(runner, table))
     table_ci, live_ci = mean_ci(tabled["score"]), mean_ci(live["score"])
     lo, hi = table_ci["ci95"]
     return {"policy": str(policy.folder), "questions": int(len(rows)),

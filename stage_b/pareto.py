@@ -104,7 +104,8 @@ def _train_and_act(config: PolicyConfig, folder: Path, train: bool, split: str |
         train_policy(config, folder, tensorboard=False)
     policy = SavedPolicy.load(folder)
     table, rows = policy.evaluation_rows(split)
-    return {"rows": rows, "actions": policy.act(table, rows), "train_seconds": policy.record["train_seconds"]}
+    steps = policy.play(table, rows)
+    return {"rows": steps["row"], "actions": steps["action"], "train_seconds": policy.record["train_seconds"]}
 
 
 def _needs_training(folder: Path, config: PolicyConfig) -> bool:

@@ -295,3 +295,17 @@ def test_outcome_function_replaces_table_lookups(table_path: Path) -> None:
     assert reward == pytest.approx(0.25 - 0.2 * 1.5 / env.max_gflops - 0.3 * 7.0 / env.max_latency)
     with pytest.raises(ValueError, match="live mode"):
         AudioBudgetEnv(table_path, outcome=outcome, confidence=True)
+
+
+def test_reset_order_plays_exactly_those_rows(tmp_path: Path) -> None:
+    table = make_table(score=[[0.0, 1.0]] * 4, gflops=[[1, 4]] * 4, latency=[[1, 1]] * 4)
+    env = AudioBudgetEnv(table, episode_length=4, budget=0.5)  # an episode of L questions may spend 0.5 * L * 4
+    obs, _ = env.reset(options={"order": [3, 1]})
+    assert obs[-1] == 1.0
+    first = env.step(1)
+    assert first[4]["row"] == 3 and not first[4]["budget_forced"] and first[0][-1] == 0.5  # half the episode left
+    second = env.step(1)  # 4 of the budget's 0.5 * 2 * 4 = 4 GFLOPs are spent: audio is replaced by no audio
+    assert second[4]["row"] == 1 and second[4]["budget_forced"] and second[2]
+    for bad, match in (([], "1 to 4"), ([0, 1, 2, 3, 0], "1 to 4"), ([4], r"spans \[4, 4\]"), ([0.5], "integer")):
+        with pytest.raises(ValueError, match=match):
+            env.reset(options={"order": bad})

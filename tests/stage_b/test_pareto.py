@@ -129,7 +129,8 @@ def test_confidence_sweep_charges_the_no_audio_run(table_path: Path, tmp_path: P
     policy = SavedPolicy.load(out / "policies" / "alpha-w0-seed0")
     assert policy.confidence
     rows = np.asarray(policy.record["test_rows"])
-    charged = summarize(table, rows, policy.act(table, rows), confidence=True)
+    actions = policy.play(table, rows)["action"]
+    charged = summarize(table, rows, actions, confidence=True)
     ppo = next(r for r in read_csv(out / "pareto.csv") if r["method"] == "ppo-alpha")
     assert ppo["gflops_per_query"] == pytest.approx(charged["gflops_per_query"])
-    assert charged["gflops_per_query"] > summarize(table, rows, policy.act(table, rows))["gflops_per_query"]
+    assert charged["gflops_per_query"] > summarize(table, rows, actions)["gflops_per_query"]

@@ -34,10 +34,10 @@ def test_ppo_learns_the_dominant_action_and_reloads_identically(dominant_table: 
     assert saved["config"]["alpha"] == 0.1 and saved["table_provenance"] == {"split": "toy"}
     assert record["train_rows"] == 42 and len(record["test_rows"]) == 18  # 30% held out
     table, rows = OutcomeTable.load(dominant_table), np.arange(60)
-    actions = SavedPolicy.load(tmp_path / "policy").act(table, rows)
-    assert (actions == 2).mean() >= 0.9
-    again = SavedPolicy.load(tmp_path / "policy").act(table, rows)
-    assert np.array_equal(actions, again)
+    steps = SavedPolicy.load(tmp_path / "policy").play(table, rows)
+    assert np.array_equal(steps["row"], rows) and (steps["action"] == 2).mean() >= 0.9
+    again = SavedPolicy.load(tmp_path / "policy").play(table, rows)
+    assert all(np.array_equal(steps[key], again[key]) for key in steps)
     train_rows = np.setdiff1d(rows, record["test_rows"])
     scaled = SavedPolicy.load(tmp_path / "policy").scaler(table.features[train_rows])
     np.testing.assert_allclose(scaled.mean(0), 0, atol=1e-5)  # the scaler is fitted on training rows only
@@ -101,3 +101,12 @@ def test_tensorboard_and_offline_wandb_logging(dominant_table: Path, tmp_path: P
     assert list((out / "tb").rglob("events.out.tfevents.*"))
     assert list((out / "wandb").glob("offline-run-*/run-*.wandb"))
     assert json.loads((out / "policy.json").read_text())["config"]["episode_length"] == 8
+
+
+def test_evaluation_plays_the_policy_under_its_budget(dominant_table: Path, tmp_path: Path) -> None:
+    """Every action costs 1 GFLOP; a 0.3 budget over the 18 held-out questions (one episode) allows 5.4 GFLOPs,
+    so whatever the policy asks for, at most 5 questions get audio and the rest are forced to no audio."""
+    train_policy(PolicyConfig(str(dominant_table), budget=0.3, timesteps=512, n_envs=2, eval_every=512),
+                 tmp_path / "policy", tensorboard=False)
+    result = evaluate_policy(tmp_path / "policy")
+    assert result["n"] == 18 and result["audio_rate"] <= 5 / 18 and result["accuracy"]["mean"] <= 5 / 18
