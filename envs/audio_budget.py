@@ -1,9 +1,9 @@
 """`SAFE/AudioBudget-v0`: choose, question by question, how many audio tokens to spend.
 
-This is the *table mode* environment: it replays an `OutcomeTable` (measured once by
-`stage_b-outcomes`), so a step is a few list look-ups rather than a model forward pass and PPO can
-take millions of steps on a laptop. Live mode (running SAFE itself per step) is not this class; it
-is checked against this one elsewhere, so the two must agree on the reward defined here.
+By default (*table mode*) it replays an `OutcomeTable` (measured once by `stage_b-outcomes`), so
+a step is a few list look-ups rather than a model forward pass and PPO can take millions of steps
+on a laptop. *Live mode* (below) runs SAFE itself per step through the same class and reward;
+`stage_b-live` checks that the two agree.
 
 Reward of answering question i with action a:
 
