@@ -53,9 +53,7 @@ class HeldOutCurve(BaseCallback):
 
     def _on_training_start(self) -> None:
         train_env = self.training_env.envs[0].unwrapped
-        self._env = AudioBudgetEnv(train_env.table, episode_length=self.config.episode_length, alpha=self.config.alpha,
-                                   gamma=self.config.gamma, budget=self.config.budget, rows=self.rows,
-                                   scaler=train_env.scaler)
+        self._env = AudioBudgetEnv(train_env.table, rows=self.rows, scaler=train_env.scaler, **self.config.env_kwargs())
         self._start = time.perf_counter()
 
     def _on_step(self) -> bool:

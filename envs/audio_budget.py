@@ -72,8 +72,7 @@ def observed_columns(table: OutcomeTable, confidence: bool = False) -> np.ndarra
     """The raw per-question columns a policy observes: the table's features, plus the no-audio confidence if bought."""
     if not confidence:
         return table.features
-    table.charged_costs(confidence=True)  # raises the named error when the column is missing
-    return np.concatenate([table.features, table.confidence[:, None]], axis=1)
+    return np.concatenate([table.features, table.require_confidence()[:, None]], axis=1)
 
 
 class AudioBudgetEnv(gym.Env):

@@ -185,11 +185,17 @@ class OutcomeTable:
         """
         if not confidence:
             return self.gflops, self.latency_ms
+        self.require_confidence()
+        gflops, latency = self.gflops.copy(), self.latency_ms.copy()
+        gflops[:, 1:] += self.gflops[:, :1]
+        latency[:, 1:] += self.latency_ms[:, :1]
+        return gflops, latency
+
+    def require_confidence(self) -> np.ndarray:
+        """The no-audio confidence column, or a ValueError saying how to get a table that has it."""
         if self.confidence is None:
             raise ValueError("this outcome table has no 'confidence' column; rebuild it with stage_b-outcomes")
-        extra = np.zeros_like(self.gflops), np.zeros_like(self.latency_ms)
-        extra[0][:, 1:], extra[1][:, 1:] = self.gflops[:, :1], self.latency_ms[:, :1]
-        return self.gflops + extra[0], self.latency_ms + extra[1]
+        return self.confidence
 
     def oracle_actions(self, threshold: float = CORRECT) -> np.ndarray:
         """Per question, the cheapest action that is still correct: the oracle a policy is measured against.

@@ -24,6 +24,7 @@ from envs.audio_budget import AudioBudgetEnv, FeatureScaler, Outcome
 from envs.outcome_table import OutcomeTable
 from shared.logs import setup_logging
 from shared.stats import mean_ci
+from stage_b.train import PolicyConfig
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ class SavedPolicy:
     model: PPO
     record: dict
     scaler: FeatureScaler
+    config: PolicyConfig
 
     @classmethod
     def load(cls, folder: Path) -> SavedPolicy:
@@ -44,18 +46,15 @@ class SavedPolicy:
             raise FileNotFoundError(f"{record_path} does not exist; expected a folder written by stage_b-train")
         record = json.loads(record_path.read_text(encoding="utf-8"))
         return cls(Path(folder), PPO.load(Path(folder) / "policy.zip", device="cpu"), record,
-                   FeatureScaler.from_json(record["scaler"]))
+                   FeatureScaler.from_json(record["scaler"]), PolicyConfig(**record["config"]))
 
     @property
     def confidence(self) -> bool:
-        return bool(self.record["config"].get("confidence", False))
+        return self.config.confidence
 
     def env(self, table: OutcomeTable, rows: np.ndarray, outcome: Outcome | None = None) -> AudioBudgetEnv:
         """The env this policy trained in (reward weights, budget, episode length, confidence, scaler) over `rows`."""
-        config = self.record["config"]
-        return AudioBudgetEnv(table, episode_length=config["episode_length"], alpha=config["alpha"],
-                              gamma=config["gamma"], budget=config["budget"], rows=rows, confidence=self.confidence,
-                              scaler=self.scaler, outcome=outcome)
+        return AudioBudgetEnv(table, rows=rows, scaler=self.scaler, outcome=outcome, **self.config.env_kwargs())
 
     def play(self, table: OutcomeTable, rows: np.ndarray, seed: int = 0,
              outcome: Outcome | None = None) -> dict[str, np.ndarray]:
@@ -64,7 +63,7 @@ class SavedPolicy:
 
     def evaluation_rows(self, split: str | None = None) -> tuple[OutcomeTable, np.ndarray]:
         """The table and rows to evaluate on: the held-out rows of the training table, or all of another split's."""
-        train_path = Path(self.record["config"]["table"])
+        train_path = Path(self.config.table)
         train_table = OutcomeTable.load(train_path)
         if split is None or split == train_table.provenance.get("split"):
             return train_table, np.asarray(self.record["test_rows"], dtype=np.int64)
@@ -126,8 +125,7 @@ def evaluate_policy(policy_dir: Path, split: str | None = None) -> dict:
     policy = SavedPolicy.load(policy_dir)
     table, rows = policy.evaluation_rows(split)
     steps = policy.play(table, rows)
-    config = policy.record["config"]
-    return {"policy": str(policy_dir), "alpha": config["alpha"], "gamma": config["gamma"],
+    return {"policy": str(policy_dir), "alpha": policy.config.alpha, "gamma": policy.config.gamma,
             "split": table.provenance.get("split"), "rows": "held-out" if split is None else "all",
             **summarize(table, steps["row"], steps["action"], policy.confidence)}
 

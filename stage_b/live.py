@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     try:
         policy = SavedPolicy.load(args.policy)
-        provenance = OutcomeTable.load(policy.record["config"]["table"]).provenance
+        provenance = OutcomeTable.load(policy.config.table).provenance
         cfg = load_config(TrainConfig, provenance["preset"], provenance.get("overrides", {}))
         runner = SafeRunner(cfg, Path(provenance["checkpoint"]), provenance["split"])
         result = compare_live(policy, runner, args.questions, args.seed)

@@ -98,7 +98,7 @@ def _init_worker() -> None:
     torch.set_num_threads(1)
 
 
-def _train_and_act(config: PolicyConfig, folder: Path, train: bool, split: str | None) -> dict:
+def _train_and_play(config: PolicyConfig, folder: Path, train: bool, split: str | None) -> dict:
     """In a worker: train the policy unless reused, then its actions on the evaluation rows."""
     if train:
         train_policy(config, folder, tensorboard=False)
@@ -131,7 +131,7 @@ def run_policies(sweep: SweepConfig) -> dict[str, dict]:
     results = {}
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(sweep.workers, mp_context=context, initializer=_init_worker) as pool:
-        futures = {pool.submit(_train_and_act, config, folders[name], train[name], sweep.split): name
+        futures = {pool.submit(_train_and_play, config, folders[name], train[name], sweep.split): name
                    for name, config in configs.items()}
         for future in tqdm(as_completed(futures), total=len(futures), desc="policies"):
             name = futures[future]

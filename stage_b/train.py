@@ -45,6 +45,11 @@ class PolicyConfig:
     test_fraction: float = 0.3
     eval_every: int = 10_000
 
+    def env_kwargs(self) -> dict:
+        """The AudioBudgetEnv arguments this config fixes: episode length, reward weights, budget, confidence."""
+        return {"episode_length": self.episode_length, "alpha": self.alpha, "gamma": self.gamma,
+                "budget": self.budget, "confidence": self.confidence}
+
     def __post_init__(self) -> None:
         for name in ("alpha", "gamma"):
             value = getattr(self, name)
@@ -56,15 +61,15 @@ class PolicyConfig:
 
 
 def train_policy(config: PolicyConfig, out_dir: Path, tensorboard: bool = True, wandb: bool = False,
-                 extra_callbacks: list[BaseCallback] | None = None) -> dict:
+                 extra_callbacks: list[BaseCallback] | None = None, table: OutcomeTable | None = None) -> dict:
     """Train PPO on the train rows, keep the best model on held-out rows, save policy + JSON; returns the JSON.
 
-    `extra_callbacks` (SB3 callbacks, e.g. a benchmark's learning curve) run after the evaluation callback."""
-    table = OutcomeTable.load(config.table)
+    `extra_callbacks` (SB3 callbacks, e.g. a benchmark's learning curve) run after the evaluation callback;
+    `table` is `config.table` already loaded (read from the file otherwise)."""
+    table = table or OutcomeTable.load(config.table)
     train_rows, test_rows = table.split_rows(1.0 - config.test_fraction, config.split_seed)
     scaler = FeatureScaler.fit(observed_columns(table, config.confidence)[train_rows])
-    env_kwargs = {"table": table, "episode_length": config.episode_length, "alpha": config.alpha,
-                  "gamma": config.gamma, "budget": config.budget, "confidence": config.confidence, "scaler": scaler}
+    env_kwargs = {"table": table, "scaler": scaler, **config.env_kwargs()}
     envs = make_vec_env(AudioBudgetEnv, n_envs=config.n_envs, seed=config.seed,
                         env_kwargs={**env_kwargs, "rows": train_rows})
     eval_env = make_vec_env(AudioBudgetEnv, n_envs=1, seed=config.seed + 10_000,
@@ -117,12 +122,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = PolicyConfig(str(Path(args.table).resolve()), args.alpha, args.gamma, args.budget, args.confidence,
                               args.episode_length, seed=args.seed, timesteps=args.timesteps, n_envs=args.n_envs)
-        OutcomeTable.load(config.table)  # a missing or malformed table is named before anything starts
+        table = OutcomeTable.load(config.table)  # a missing or malformed table is named before anything starts
     except ValueError as err:
         print(f"stage_b-train: {err}", file=sys.stderr)
         return 2
     out = args.out or Path("runs") / "stage_b" / f"alpha{args.alpha:g}-gamma{args.gamma:g}-seed{args.seed}"
-    record = train_policy(config, out, tensorboard=not args.no_tensorboard, wandb=args.wandb)
+    record = train_policy(config, out, tensorboard=not args.no_tensorboard, wandb=args.wandb, table=table)
     provenance = record["table_provenance"]
     print(json.dumps({"policy": str(out), "train_seconds": record["train_seconds"], "timesteps": record["timesteps"],
                       "train_rows": record["train_rows"], "held_out_rows": len(record["test_rows"]),
