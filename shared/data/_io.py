@@ -90,3 +90,11 @@ def check_pattern(pattern: str, allowed: tuple[str, ...]) -> str:
             f"expected at least one of {list(allowed)} and no others"
         )
     return pattern
+
+
+def file_suffix(ext: str, option: str = "image_ext") -> str:
+    """A file extension given as "png" or ".png", returned as ".png"; anything else is an error."""
+    bare = ext[1:] if ext.startswith(".") else ext
+    if not bare or not bare.isalnum():
+        raise ValueError(f"{option} is {ext!r}; expected a file extension such as 'jpg' or 'png'")
+    return "." + bare

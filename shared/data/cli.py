@@ -1,4 +1,15 @@
-"""`safe-data`: check manifests and convert official dataset files into manifests.
+"""`safe-data`: convert official dataset files into manifests, merge manifests, check them.
+
+  safe-data convert FORMAT ... --out M.jsonl   FORMAT: vqav2, gqa, audiocaps, clotho-aqa, music-avqa
+  safe-data merge A.jsonl B.jsonl ... --out MIXED.jsonl [--shuffle --seed N]
+  safe-data check M.jsonl                      writes M.clean.jsonl and M.report.json
+
+Every sample keeps its dataset in `source`, so a merged manifest (e.g. VQAv2 for retention
+plus AudioCaps for audio) is still scored per dataset. Media paths below a manifest's folder
+are written relative to it, others absolute; merge and check rewrite relative paths so they
+still resolve from the new manifest's folder. Image converters default to the official
+.jpg names; `--image-ext png` (`--frame-ext png` for MUSIC-AVQA) reads lossless copies such
+as those `safe-world export` writes.
 
 Exit codes: 0 success (check: nothing excluded), 1 check excluded samples, 2 usage or
 input error (one line on stderr naming the file).
@@ -11,15 +22,18 @@ import dataclasses
 import json
 import logging
 import os
+import random
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Callable, Sequence
 
 from shared.data.audiocaps import CAPTION_PROMPT, CLIP_SECONDS, load_audiocaps
 from shared.data.check import CheckReport, check_manifest
+from shared.data.clotho_aqa import load_clotho_aqa
 from shared.data.gqa import load_gqa
 from shared.data.music_avqa import load_music_avqa
-from shared.data.schema import Sample, read_manifest, write_manifest
+from shared.data.schema import ManifestError, Sample, read_manifest, write_manifest
 from shared.data.vqav2 import load_vqav2
 
 EXIT_OK, EXIT_EXCLUDED, EXIT_INPUT = 0, 1, 2
@@ -48,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     _add_check(commands)
     _add_convert(commands)
+    _add_merge(commands)
     return parser
 
 
@@ -90,12 +105,15 @@ def _add_convert(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--annotations", type=Path, required=True, help="e.g. v2_mscoco_val2014_annotations.json")
     p.add_argument("--images", type=Path, required=True, help="COCO image folder, e.g. val2014/")
     p.add_argument("--split", help="COCO image set (default: the questions file's data_subtype)")
-    p.set_defaults(run=_converter(lambda a: load_vqav2(a.questions, a.annotations, a.images, a.split)))
+    _add_image_ext(p, "--image-ext")
+    p.set_defaults(run=_converter(lambda a: load_vqav2(a.questions, a.annotations, a.images, a.split,
+                                                       image_ext=a.image_ext)))
 
     p = add("gqa", "GQA: a questions JSON keyed by question id, images {imageId}.jpg")
     p.add_argument("--questions", type=Path, required=True, help="e.g. testdev_balanced_questions.json")
     p.add_argument("--images", type=Path, required=True, help="GQA image folder")
-    p.set_defaults(run=_converter(lambda a: load_gqa(a.questions, a.images)))
+    _add_image_ext(p, "--image-ext")
+    p.set_defaults(run=_converter(lambda a: load_gqa(a.questions, a.images, image_ext=a.image_ext)))
 
     p = add("audiocaps", "AudioCaps: CSV audiocap_id,youtube_id,start_time,caption; one sample per clip")
     p.add_argument("--csv", type=Path, required=True, help="e.g. test.csv")
@@ -110,6 +128,12 @@ def _add_convert(commands: argparse._SubParsersAction) -> None:
         a.csv, a.audio, clip_files_are_cut=a.clips_are_cut, audio_pattern=a.pattern,
         clip_seconds=a.clip_seconds, prompt=a.prompt)))
 
+    p = add("clotho-aqa", "Clotho-AQA: CSV file_name,QuestionText,answer,confidence (one row per "
+            "annotator answer); one audio-only sample per (file, question)")
+    p.add_argument("--csv", type=Path, required=True, help="e.g. clotho_aqa_test.csv")
+    p.add_argument("--audio", type=Path, required=True, help="audio folder holding each file_name, e.g. audio_files/")
+    p.set_defaults(run=_converter(lambda a: load_clotho_aqa(a.csv, a.audio)))
+
     p = add("music-avqa", "MUSIC-AVQA: avqa-{train,val,test}.json, audio {video_id}.wav, 1-fps frames")
     p.add_argument("--json", type=Path, required=True, help="e.g. avqa-test.json")
     p.add_argument("--audio", type=Path, required=True, help="audio folder with {video_id}.wav")
@@ -117,8 +141,28 @@ def _add_convert(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--num-frames", type=int,
                    help="frames per video (named without listing folders; default: list each folder)")
     p.add_argument("--pattern", default="{video_id}.wav", help="audio file name (default {video_id}.wav)")
+    _add_image_ext(p, "--frame-ext")
     p.set_defaults(run=_converter(lambda a: load_music_avqa(
-        a.json, a.audio, a.frames, num_frames=a.num_frames, audio_pattern=a.pattern)))
+        a.json, a.audio, a.frames, num_frames=a.num_frames, audio_pattern=a.pattern, frame_ext=a.frame_ext)))
+
+
+def _add_image_ext(p: argparse.ArgumentParser, flag: str) -> None:
+    p.add_argument(flag, default="jpg", help="image file extension (default jpg, the official one; "
+                   "png for the lossless files of `safe-world export`)")
+
+
+def _add_merge(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "merge", help="concatenate manifests into one (e.g. VQAv2 for retention + AudioCaps for audio)",
+        description="Concatenate manifests in the order given (or shuffled with --shuffle --seed N). "
+        "Relative media paths are rewritten to resolve from the output's folder; an id used twice "
+        "is an error naming both files. Prints the number of samples per source.",
+    )
+    p.add_argument("manifests", type=Path, nargs="+", help="JSONL manifests to merge")
+    p.add_argument("--out", type=Path, required=True, help="merged manifest to write (.jsonl)")
+    p.add_argument("--shuffle", action="store_true", help="shuffle the merged samples")
+    p.add_argument("--seed", type=int, help="shuffle seed (default 0; only with --shuffle)")
+    p.set_defaults(run=_run_merge)
 
 
 def _converter(load: Callable[[argparse.Namespace], list[Sample]]) -> Callable[[argparse.Namespace], int]:
@@ -129,6 +173,42 @@ def _converter(load: Callable[[argparse.Namespace], list[Sample]]) -> Callable[[
         print(f"wrote {len(samples)} samples to {args.out}")
         return EXIT_OK
     return run
+
+
+def _run_merge(args: argparse.Namespace) -> int:
+    if args.seed is not None and not args.shuffle:
+        raise ValueError(f"--seed {args.seed} is given without --shuffle; expected both or neither")
+    out_dir = _absolute(args.out.parent)
+    if any(_absolute(m) == _absolute(args.out) for m in args.manifests):
+        raise ValueError(f"--out {args.out} is also an input manifest; expected a new file")
+    merged = merge_manifests(args.manifests, out_dir)
+    seed = 0 if args.seed is None else args.seed
+    if args.shuffle:
+        random.Random(seed).shuffle(merged)
+    write_manifest(merged, args.out)
+    counts = Counter(s.source for s in merged)
+    order = f" (shuffled, seed {seed})" if args.shuffle else ""
+    print(f"wrote {len(merged)} samples from {len(args.manifests)} manifests to {args.out}{order}")
+    width = max(len(source) for source in counts) if counts else 0
+    for source, n in sorted(counts.items()):
+        print(f"  {source:<{width}}  {n}")
+    return EXIT_OK
+
+
+def merge_manifests(paths: Sequence[Path], out_dir: Path) -> list[Sample]:
+    """The samples of `paths` in order, media paths made to resolve from `out_dir`; ids must be unique."""
+    seen: dict[str, str] = {}
+    merged = []
+    for path in paths:
+        move = _rebase(_absolute(path.parent), out_dir)
+        for number, sample in enumerate(read_manifest(path, resolve_paths=False), start=1):
+            where = f"{path} (sample {number})"
+            if sample.id in seen:
+                raise ManifestError(f"{where}: id {sample.id!r} is already used by {seen[sample.id]}; "
+                                    "expected ids unique across the merged manifests")
+            seen[sample.id] = where
+            merged.append(_relocate(sample, move))
+    return merged
 
 
 def _run_check(args: argparse.Namespace) -> int:
@@ -144,8 +224,7 @@ def _run_check(args: argparse.Namespace) -> int:
     clean = [raw[i] for i in report.kept_indices]
     if out_dir.resolve() != src.resolve():
         # Relative paths resolve against the manifest's folder, so they must follow it.
-        clean = [_relocate(s, lambda p: p if os.path.isabs(p) else _portable(_absolute(src / p), out_dir))
-                 for s in clean]
+        clean = [_relocate(s, _rebase(src, out_dir)) for s in clean]
     stem = manifest.name.removesuffix(".jsonl")
     clean_path = write_manifest(clean, out_dir / f"{stem}.clean.jsonl")
     report_path = out_dir / f"{stem}.report.json"
@@ -183,6 +262,11 @@ def _absolute(path: str | os.PathLike) -> Path:
 def _portable(path: Path, root: Path) -> str:
     """`path` relative to `root` when it lies below it, else absolute."""
     return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+
+
+def _rebase(src: Path, out_dir: Path) -> Callable[[str], str]:
+    """Move a manifest path written relative to `src` so it resolves from `out_dir` (absolute ones stay)."""
+    return lambda p: p if os.path.isabs(p) else _portable(_absolute(src / p), out_dir)
 
 
 def _relocate(sample: Sample, move: Callable[[str], str]) -> Sample:

@@ -2,7 +2,8 @@
 
 The file is a JSON object keyed by question id; each value has `imageId`, `question`,
 `answer`, `fullAnswer` and `types: {structural, semantic, detailed}`. Images are
-`{imageId}.jpg`. GQA is scored by exact match, so the one answer is the only reference.
+`{imageId}.jpg` (another extension can be given, e.g. "png" for the lossless images of
+`safe-world export`). GQA is scored by exact match, so the one answer is the only reference.
 """
 
 from __future__ import annotations
@@ -10,14 +11,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from shared.data._io import get_field, get_text, load_json, make_sample
+from shared.data._io import file_suffix, get_field, get_text, load_json, make_sample
 from shared.data.schema import ManifestError, Sample
 
 SOURCE = "gqa"
 
 
-def load_gqa(questions_path: str | os.PathLike, image_dir: str | os.PathLike) -> list[Sample]:
+def load_gqa(questions_path: str | os.PathLike, image_dir: str | os.PathLike,
+             image_ext: str = "jpg") -> list[Sample]:
     """One visual Sample per question, in file order; qtype is the structural type."""
+    suffix = file_suffix(image_ext)
     questions_path = Path(questions_path)
     doc = load_json(questions_path, "GQA questions file")
     if not isinstance(doc, dict):
@@ -48,7 +51,7 @@ def load_gqa(questions_path: str | os.PathLike, image_dir: str | os.PathLike) ->
                 family="visual",
                 qtype=get_text(types, "structural", types_where),
                 source=SOURCE,
-                image=str(Path(image_dir) / f"{image_id}.jpg"),
+                image=str(Path(image_dir) / f"{image_id}{suffix}"),
                 meta=meta,
             )
         )

@@ -9,6 +9,7 @@ Media layout:
 - audio: `{audio_dir}/{video_id}.wav`, the whole clip (window [0, end of file));
 - frames: 1 frame per second, `{frames_dir}/{video_id}/000001.jpg`, `000002.jpg`, ...
   Frame number k (1-based) shows time k - 1 seconds, so `frame_times` are 0, 1, 2, ...
+  Another frame extension can be given (`frame_ext`, e.g. "png" for lossless frames).
 """
 
 from __future__ import annotations
@@ -20,13 +21,12 @@ import re
 from pathlib import Path
 from typing import Any
 
-from shared.data._io import check_pattern, get_field, get_text, load_json, make_sample
+from shared.data._io import check_pattern, file_suffix, get_field, get_text, load_json, make_sample
 from shared.data.schema import ManifestError, Sample
 
 SOURCE = "music_avqa"
 FAMILY_OF_TYPE = {"Audio": "audio", "Visual": "visual", "Audio-Visual": "audio_visual"}
 PLACEHOLDER = re.compile(r"<[^<>]+>")
-FRAME_NAME = re.compile(r"^(\d+)\.jpg$")
 
 
 def load_music_avqa(
@@ -36,13 +36,16 @@ def load_music_avqa(
     *,
     num_frames: int | None = None,
     audio_pattern: str = "{video_id}.wav",
+    frame_ext: str = "jpg",
 ) -> list[Sample]:
     """One Sample per question, in file order; family from type[0], qtype = type[1].
 
     With `frames_dir`, each sample gets its video's 1-fps frames: `num_frames` of them
     (named, not looked for: `safe-data check` reports missing ones) or, when `num_frames`
     is None, every `NNNNNN.jpg` in `{frames_dir}/{video_id}/`, which must then exist.
+    `frame_ext` is the frame files' extension (official: jpg).
     """
+    suffix = file_suffix(frame_ext, "frame_ext")
     json_path = Path(json_path)
     check_pattern(audio_pattern, ("video_id",))
     if num_frames is not None and num_frames < 1:
@@ -67,7 +70,7 @@ def load_music_avqa(
         frames, times = (), ()
         if frames_dir is not None:
             if video_id not in frame_cache:
-                frame_cache[video_id] = _frames(Path(frames_dir) / video_id, num_frames)
+                frame_cache[video_id] = _frames(Path(frames_dir) / video_id, num_frames, suffix)
             frames, times = frame_cache[video_id]
         samples.append(
             make_sample(
@@ -127,20 +130,22 @@ def _answer(record: dict, where: str) -> str:
     return get_text(record, name, where)
 
 
-def _frames(video_dir: Path, num_frames: int | None) -> tuple[tuple[str, ...], tuple[float, ...]]:
-    """Frame paths and times (frame k at k - 1 s) for one video."""
+def _frames(video_dir: Path, num_frames: int | None,
+            suffix: str) -> tuple[tuple[str, ...], tuple[float, ...]]:
+    """Frame paths and times (frame k at k - 1 s) for one video; `suffix` is e.g. ".jpg"."""
     if num_frames is not None:
-        found = [(k, video_dir / f"{k:06d}.jpg") for k in range(1, num_frames + 1)]
+        found = [(k, video_dir / f"{k:06d}{suffix}") for k in range(1, num_frames + 1)]
     else:
         if not video_dir.is_dir():
             raise FileNotFoundError(
                 f"frame folder {video_dir} does not exist; extract the frames or pass num_frames "
                 "(--num-frames) so that missing frames are reported by `safe-data check`"
             )
-        found = sorted((int(m.group(1)), p) for p in video_dir.iterdir() if (m := FRAME_NAME.match(p.name)))
+        name = re.compile(r"^(\d+)" + re.escape(suffix) + "$")
+        found = sorted((int(m.group(1)), p) for p in video_dir.iterdir() if (m := name.match(p.name)))
         if not found or found[0][0] < 1:
             raise FileNotFoundError(
-                f"frame folder {video_dir} holds no frames named 000001.jpg, 000002.jpg, ...; "
+                f"frame folder {video_dir} holds no frames named 000001{suffix}, 000002{suffix}, ...; "
                 "expected 1-based 1-fps frames"
             )
     return tuple(str(p) for _, p in found), tuple(float(k - 1) for k, _ in found)

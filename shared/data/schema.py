@@ -1,5 +1,12 @@
 """The one sample schema every dataset loader produces, and JSONL manifests of it.
 
+A sample holds any modality mix: an image, video frames (with their timestamps), or no visual
+input, and an audio window or none. Which inputs a family needs is checked by
+`shared.data.check` (visual and audio_visual need an image or frames; audio, audio_visual
+and caption need audio), so an audio-only Clotho-AQA or AudioCaps sample is as valid as a
+VQAv2 image question. Every sample names its dataset in `source` (SOURCES lists the ones the
+project converts), which is how mixed manifests keep each dataset's metric.
+
 A manifest is a JSON-lines file with one `Sample` per line. Relative media paths are
 resolved against the manifest's own folder, so a dataset folder can be moved as a whole.
 """
@@ -8,11 +15,13 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Iterable
 
 FAMILIES = ("visual", "audio", "audio_visual", "caption")
+SOURCES = ("vqav2", "gqa", "audiocaps", "clotho_aqa", "music_avqa", "world")
 
 
 class ManifestError(ValueError):
@@ -40,6 +49,10 @@ class Sample:
     def __post_init__(self) -> None:
         if not self.id:
             raise ManifestError("sample field 'id' is empty; expected a non-empty string")
+        if not self.source:
+            raise ManifestError(
+                f"sample {self.id!r}: field 'source' is empty; expected the dataset's name, e.g. {SOURCES}"
+            )
         if self.family not in FAMILIES:
             raise ManifestError(
                 f"sample {self.id!r}: field 'family' is {self.family!r}; expected one of {FAMILIES}"
@@ -58,6 +71,11 @@ class Sample:
     @property
     def has_audio(self) -> bool:
         return self.audio is not None
+
+    @property
+    def has_visual(self) -> bool:
+        """True when the sample has an image or video frames."""
+        return self.image is not None or bool(self.frames)
 
     def to_json(self) -> dict:
         out = asdict(self)
@@ -85,6 +103,15 @@ class Sample:
             return cls(**data)
         except ManifestError as err:
             raise ManifestError(f"{where}: {err}") from None
+
+
+def majority_answer(answers: Iterable[str], where: str = "answers") -> str:
+    """The most frequent answer (ties: the one given first); a dataset's single reference answer."""
+    answers = list(answers)
+    if not answers:
+        raise ManifestError(f"{where}: no answers; expected at least one")
+    counts = Counter(answers)
+    return max(answers, key=lambda a: counts[a])
 
 
 def _resolve(path: str | None, root: Path) -> str | None:

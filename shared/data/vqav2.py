@@ -3,7 +3,8 @@
 Questions: `{"data_subtype": "val2014", "questions": [{"image_id", "question", "question_id"}]}`.
 Annotations: `{"annotations": [{"question_id", "image_id", "question_type", "answer_type",
 "multiple_choice_answer", "answers": [{"answer", "answer_confidence", "answer_id"}] * 10}]}`.
-Images are `COCO_{split}_{image_id:012d}.jpg`.
+Images are `COCO_{split}_{image_id:012d}.jpg`; another extension can be given (`image_ext`),
+e.g. "png" for lossless copies such as `safe-world export` writes.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.data._io import get_field, get_text, load_json, make_sample
+from shared.data._io import file_suffix, get_field, get_text, load_json, make_sample
 from shared.data.schema import ManifestError, Sample
 
 log = logging.getLogger(__name__)
@@ -35,9 +36,9 @@ class _Annotation:
     confidences: tuple[str, ...]
 
 
-def image_name(split: str, image_id: int) -> str:
+def image_name(split: str, image_id: int, image_ext: str = "jpg") -> str:
     """COCO file name of an image, e.g. `COCO_val2014_000000262148.jpg`."""
-    return f"COCO_{split}_{image_id:012d}.jpg"
+    return f"COCO_{split}_{image_id:012d}{file_suffix(image_ext)}"
 
 
 def load_vqav2(
@@ -45,12 +46,15 @@ def load_vqav2(
     annotations_path: str | os.PathLike,
     image_dir: str | os.PathLike,
     split: str | None = None,
+    image_ext: str = "jpg",
 ) -> list[Sample]:
     """One visual Sample per question, with all 10 human answers in their official order.
 
     `split` (e.g. "val2014") names the COCO image set; by default it is the questions file's
-    `data_subtype`, or failing that the split named in the file name.
+    `data_subtype`, or failing that the split named in the file name. `image_ext` is the image
+    files' extension (official: jpg).
     """
+    file_suffix(image_ext)
     questions_path, annotations_path = Path(questions_path), Path(annotations_path)
     qdoc = load_json(questions_path, "VQAv2 questions file")
     adoc = load_json(annotations_path, "VQAv2 annotations file")
@@ -86,7 +90,7 @@ def load_vqav2(
                 family="visual",
                 qtype=ann.answer_type,
                 source=SOURCE,
-                image=str(Path(image_dir) / image_name(split, image_id)),
+                image=str(Path(image_dir) / image_name(split, image_id, image_ext)),
                 meta={
                     "question_id": qid,
                     "image_id": image_id,

@@ -1,4 +1,5 @@
-"""`safe-world`: build the embedded audio-visual world, or describe one that was built."""
+"""`safe-world`: build the embedded audio-visual world, describe or verify one that was built, or
+export it in the official dataset layouts (`safe-world export --out DIR`, see shared/world/export.py)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from shared.config import ConfigError, load_config, parse_overrides
 from shared.data.schema import read_manifest
 from shared.logs import setup_logging
 from shared.world.build import WorldConfig, build_world, default_world_dir, read_record
+from shared.world.export import export_world, format_summary
 from shared.world.spec import SPLITS
 from shared.world.vl_train import PROBE_FILE, probe_logits
 
@@ -34,7 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     for name, text in (("build", "build what is missing or stale (rebuilds only parts whose spec changed)"),
                        ("info", "describe a built world: sizes, families, answers, model quality"),
                        ("verify", "reload the base VL model with from_pretrained and compare its logits "
-                                  "bit-for-bit with those recorded when it was trained")):
+                                  "bit-for-bit with those recorded when it was trained"),
+                       ("export", "write a built world's questions and media in the official layouts of VQAv2, "
+                                  "GQA, AudioCaps, Clotho-AQA and MUSIC-AVQA, for `safe-data convert`")):
         cmd = sub.add_parser(name, help=text, description=text)
         cmd.add_argument("--preset", default=DEFAULT_PRESET,
                          help="config preset name in configs/ or a YAML path (default: %(default)s)")
@@ -43,6 +47,11 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("-v", "--verbose", action="store_true", help="debug logging")
         if name == "build":
             cmd.add_argument("--force", action="store_true", help="rebuild every part")
+        if name == "export":
+            cmd.add_argument("--out", type=Path, required=True, help="export folder (new or empty)")
+            cmd.add_argument("--force", action="store_true", help="replace a previous export in --out")
+            cmd.add_argument("--link", action="store_true",
+                             help="hard-link media files instead of copying them (same file system only)")
     return parser
 
 
@@ -132,6 +141,14 @@ def main(argv: list[str] | None = None) -> int:
     world_dir = args.dir or default_world_dir(config.world)
     if args.command == "build":
         build_world(config, world_dir, force=args.force)
+    if args.command == "export":
+        try:
+            summary = export_world(world_dir, args.out, link=args.link, force=args.force)
+        except (OSError, ValueError) as err:
+            print(f"safe-world: {err}", file=sys.stderr)
+            return 2
+        print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
+        return 0
     try:
         info = verify_base_vl(world_dir) if args.command == "verify" else world_info(world_dir)
     except FileNotFoundError as err:

@@ -169,3 +169,20 @@ def test_shared_files_are_checked_once(media: dict[str, str], monkeypatch) -> No
     samples = [_s(f"q{i}", audio=media["good"]) for i in range(4)]
     assert len(check_manifest(samples, progress=False).clean) == 4
     assert calls == [media["good"]]
+
+
+@pytest.mark.parametrize(("family", "media_of"), [
+    ("audio", {"audio": "good"}),  # Clotho-AQA / AudioCaps QA: no visual input
+    ("caption", {"audio": "good"}),  # AudioCaps captions
+    ("visual", {"image": "image"}),  # VQAv2 / GQA
+    ("visual", {"frames": ("frame1", "frame2")}),  # MUSIC-AVQA visual questions: frames, no audio needed
+    ("audio", {"frames": ("frame1", "frame2"), "audio": "good"}),  # MUSIC-AVQA audio questions
+    ("audio_visual", {"image": "image", "audio": "good"}),  # the embedded world
+    ("audio_visual", {"frames": ("frame1", "frame2"), "audio": "good"}),  # MUSIC-AVQA audio-visual
+])
+def test_every_modality_mix_a_family_allows_passes(media: dict[str, str], family: str, media_of: dict) -> None:
+    files = {k: (tuple(media[f] for f in v) if isinstance(v, tuple) else media[v]) for k, v in media_of.items()}
+    if "frames" in files:
+        files["frame_times"] = (0.0, 1.0)
+    report = check_manifest([_s("mix", family=family, **files)], sample_rate=RATE, progress=False)
+    assert report.problems == [] and [s.id for s in report.clean] == ["mix"]

@@ -137,3 +137,54 @@ def test_convert_malformed_input_exits_2_naming_the_file(tmp_path: Path, make_js
     err = capsys.readouterr().err
     assert str(src) in err and "missing field 'type'" in err
     assert not (tmp_path / "o.jsonl").exists()
+
+
+def _manifest(folder: Path, ids: list[str], source: str, make_wav, tone) -> Path:
+    """A manifest in `folder` whose samples point at one clip below it (a relative path)."""
+    make_wav(folder / "audio" / "clip.wav", tone(1.0))
+    samples = [Sample(id=i, question="q?", answers=("a",), family="audio", qtype="t", source=source,
+                      audio="audio/clip.wav") for i in ids]
+    return write_manifest(samples, folder / "m.jsonl")
+
+
+def test_merge_rebases_paths_keeps_order_and_counts_sources(tmp_path: Path, make_wav, tone, capsys) -> None:
+    a = _manifest(tmp_path / "vqa", ["v1", "v2"], "vqav2", make_wav, tone)
+    b = _manifest(tmp_path / "data" / "caps", ["c1"], "audiocaps", make_wav, tone)
+    out = tmp_path / "data" / "mixed.jsonl"
+    assert main(["merge", str(a), str(b), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "wrote 3 samples from 2 manifests" in printed
+    assert "audiocaps  1" in printed and "vqav2      2" in printed
+    raw = read_manifest(out, resolve_paths=False)
+    outside = str(tmp_path / "vqa" / "audio" / "clip.wav")  # not below the output's folder: absolute
+    assert [(s.id, s.audio) for s in raw] == [("v1", outside), ("v2", outside), ("c1", "caps/audio/clip.wav")]
+    assert all(Path(s.audio).is_file() for s in read_manifest(out))
+    assert main(["check", str(out)]) == 0
+
+
+def test_merge_shuffle_is_a_seeded_permutation(tmp_path: Path, make_wav, tone) -> None:
+    a = _manifest(tmp_path / "a", [f"a{i}" for i in range(20)], "vqav2", make_wav, tone)
+    b = _manifest(tmp_path / "b", [f"b{i}" for i in range(20)], "audiocaps", make_wav, tone)
+    orders = []
+    for seed, name in ((3, "x"), (3, "y"), (4, "z")):
+        out = tmp_path / f"{name}.jsonl"
+        assert main(["merge", str(a), str(b), "--shuffle", "--seed", str(seed), "--out", str(out)]) == 0
+        orders.append([s.id for s in read_manifest(out)])
+    assert orders[0] == orders[1] != orders[2]
+    assert sorted(orders[0]) == sorted([f"a{i}" for i in range(20)] + [f"b{i}" for i in range(20)])
+    assert orders[0] != [f"a{i}" for i in range(20)] + [f"b{i}" for i in range(20)]
+
+
+@pytest.mark.parametrize("case", ["duplicate", "seed_without_shuffle", "out_is_input"])
+def test_merge_bad_input_exits_2_with_one_line(tmp_path: Path, make_wav, tone, capsys, case: str) -> None:
+    a = _manifest(tmp_path / "a", ["x1", "x2"], "vqav2", make_wav, tone)
+    b = _manifest(tmp_path / "b", ["y1", "x2"], "gqa", make_wav, tone)
+    args, expected = {
+        "duplicate": ([str(a), str(b), "--out", str(tmp_path / "o.jsonl")], [str(a), str(b), "'x2'"]),
+        "seed_without_shuffle": ([str(a), "--seed", "1", "--out", str(tmp_path / "o.jsonl")], ["--shuffle"]),
+        "out_is_input": ([str(a), "--out", str(a)], [str(a), "input manifest"]),
+    }[case]
+    assert main(["merge", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and all(text in err for text in expected), err
+    assert not (tmp_path / "o.jsonl").exists()

@@ -64,3 +64,8 @@ def test_wrong_top_level_and_missing_file(tmp_path: Path, make_json) -> None:
         load_gqa(_file(tmp_path, make_json, [_record("n1", "Q?", "a", "query")]), tmp_path)
     with pytest.raises(FileNotFoundError, match="GQA questions file .*absent.json"):
         load_gqa(tmp_path / "absent.json", tmp_path)
+
+
+def test_image_extension_option(tmp_path: Path, make_json) -> None:
+    samples = load_gqa(_file(tmp_path, make_json), tmp_path / "images", image_ext=".png")
+    assert samples[0].image == str(tmp_path / "images" / "n161313.png")

@@ -109,3 +109,18 @@ def test_wrong_top_level_and_missing_file(tmp_path: Path, make_json) -> None:
         load_music_avqa(_file(tmp_path, make_json, {"a": 1}), tmp_path)
     with pytest.raises(FileNotFoundError, match="avqa-val.json"):
         load_music_avqa(tmp_path / "avqa-val.json", tmp_path)
+
+
+def test_frame_extension_option_lists_and_names_png_frames(tmp_path: Path, make_json, make_image) -> None:
+    for k in (1, 2):
+        make_image(tmp_path / "frames" / "00000272" / f"{k:06d}.png")
+    make_image(tmp_path / "frames" / "00000272" / "000003.jpg")  # another extension: not a frame here
+    make_image(tmp_path / "frames" / "00001111" / "000001.png")
+    samples = load_music_avqa(_file(tmp_path, make_json), tmp_path, tmp_path / "frames", frame_ext="png")
+    video = tmp_path / "frames" / "00000272"
+    assert samples[0].frames == (str(video / "000001.png"), str(video / "000002.png"))
+    named = load_music_avqa(_file(tmp_path, make_json), tmp_path, tmp_path / "frames", num_frames=1,
+                            frame_ext="png")
+    assert named[2].frames == (str(tmp_path / "frames" / "00001111" / "000001.png"),)
+    with pytest.raises(FileNotFoundError, match=r"no frames named 000001\.jpg"):
+        load_music_avqa(_file(tmp_path, make_json), tmp_path, tmp_path / "frames")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.data.schema import ManifestError, Sample, read_manifest, write_manifest
+from shared.data.schema import ManifestError, Sample, majority_answer, read_manifest, write_manifest
 
 
 def _sample(**over) -> Sample:
@@ -102,3 +102,31 @@ def test_missing_field_and_invalid_json_name_the_line(tmp_path: Path) -> None:
 def test_missing_manifest_is_named(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="nope.jsonl"):
         read_manifest(tmp_path / "nope.jsonl")
+
+
+def test_every_sample_names_its_dataset() -> None:
+    with pytest.raises(ManifestError, match=r"sample 's1': field 'source' is empty; expected the dataset's name"):
+        _sample(source="")
+
+
+@pytest.mark.parametrize(("media", "visual"), [
+    (dict(image="i.png", frames=(), frame_times=()), True),  # an image
+    ({}, True),  # the default sample's two frames
+    (dict(frames=(), frame_times=()), False),  # audio only
+])
+def test_has_visual_is_image_or_frames(media: dict, visual: bool) -> None:
+    assert _sample(**media).has_visual is visual
+
+
+@pytest.mark.parametrize(("answers", "expected"), [
+    (("2", "two", "2"), "2"), (("no", "yes", "yes", "no"), "no"), (("a",), "a"), (("x", "y", "y"), "y")])
+def test_majority_answer_is_the_most_frequent_first_on_ties(answers: tuple[str, ...], expected: str) -> None:
+    from stage_a.data import target_answer
+
+    assert majority_answer(answers) == expected
+    assert target_answer(_sample(answers=answers)) == expected  # the target Stage A trains on
+
+
+def test_majority_answer_of_nothing_is_an_error() -> None:
+    with pytest.raises(ManifestError, match="q7: no answers"):
+        majority_answer([], "q7")

@@ -112,3 +112,11 @@ def test_not_json_is_named(tmp_path: Path, make_json) -> None:
     q.write_text('{"questions": [', encoding="utf-8")
     with pytest.raises(ManifestError, match=rf"{q.name}: not valid JSON"):
         load_vqav2(q, a, tmp_path)
+
+
+def test_image_extension_option_names_lossless_images(tmp_path: Path, make_json) -> None:
+    q, a = _files(tmp_path, make_json)
+    samples = load_vqav2(q, a, tmp_path / "img", image_ext="png")
+    assert samples[0].image == str(tmp_path / "img" / "COCO_val2014_000000262148.png")
+    with pytest.raises(ValueError, match=r"image_ext is 'p/ng'; expected a file extension"):
+        load_vqav2(q, a, tmp_path / "img", image_ext="p/ng")
