@@ -15,7 +15,7 @@ from typing import Protocol, Sequence
 
 import numpy as np
 import torch
-from transformers import AutoFeatureExtractor, ClapModel, ClapProcessor, WhisperModel
+from transformers import AutoFeatureExtractor, ClapFeatureExtractor, ClapModel, WhisperModel
 
 from shared.data.audio_io import resample
 from shared.world.audio_model import clap_frame_features
@@ -51,14 +51,25 @@ def _load(cls, settings: EncoderSettings):
 
 
 class ClapEncoder:
-    """HTSAT frame features of a `ClapModel` (e.g. LAION-CLAP weights in transformers format)."""
+    """HTSAT frame features of a `ClapModel` (e.g. LAION-CLAP weights in transformers format).
+
+    The front end is the folder's own `ClapFeatureExtractor` (preprocessor_config.json): its
+    sample rate, STFT and mel settings, padding and truncation are followed as saved (see
+    `shared.world.audio_model.mel_features`). Audio needs no tokenizer, so none is loaded.
+    """
 
     def __init__(self, settings: EncoderSettings) -> None:
         self.model = _load(ClapModel, settings)
-        self.processor = ClapProcessor.from_pretrained(settings.path)
-        fe = self.processor.feature_extractor
+        try:
+            fe = ClapFeatureExtractor.from_pretrained(settings.path)
+        except OSError as err:
+            raise ValueError(f"{settings.path}: no CLAP preprocessor config ({str(err).splitlines()[0]}); expected "
+                             "a preprocessor_config.json (safe-convert-clap writes laion's)") from err
+        self.feature_extractor = fe
         self.max_seconds = fe.max_length_s
-        self.identity = f"clap:{settings.path}:sr{fe.sampling_rate}:max{fe.max_length_s}"
+        front_end = (f"sr{fe.sampling_rate}:max{fe.max_length_s}:fft{fe.fft_window_size}:hop{fe.hop_length}:"
+                     f"mel{fe.feature_size}:{fe.frequency_min}-{fe.frequency_max}Hz:{fe.padding}:{fe.truncation}")
+        self.identity = f"clap:{settings.path}:{front_end}"
         silent = np.zeros(int(fe.max_length_s * fe.sampling_rate), dtype=np.float32)
         probe = self.encode_frames([silent], fe.sampling_rate)
         self.frame_seconds, self.dim = self.max_seconds / probe.shape[1], int(probe.shape[2])
@@ -68,7 +79,7 @@ class ClapEncoder:
 
     @torch.no_grad()
     def encode_frames(self, waves: Sequence[np.ndarray], sample_rate: int) -> torch.Tensor:
-        return clap_frame_features(self.model, self.processor, list(waves), sample_rate).float().cpu()
+        return clap_frame_features(self.model, self.feature_extractor, list(waves), sample_rate).float().cpu()
 
     def encode(self, waves: Sequence[np.ndarray], sample_rate: int) -> tuple[torch.Tensor, torch.Tensor]:
         frames = self.encode_frames(waves, sample_rate)

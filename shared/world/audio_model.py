@@ -154,9 +154,22 @@ def build_clap(spec: WorldSpec, cfg: ClapTrainConfig) -> tuple[ClapModel, ClapPr
     return model, processor
 
 
-def mel_features(processor: ClapProcessor, waves: np.ndarray | Sequence[np.ndarray], sample_rate: int) -> torch.Tensor:
-    """Log-mel inputs (B, 1, frames, mels) for HTSAT; zero-pads short clips, rejects long ones."""
-    fe = processor.feature_extractor
+def mel_features(
+    processor: ClapProcessor | ClapFeatureExtractor, waves: np.ndarray | Sequence[np.ndarray], sample_rate: int
+) -> torch.Tensor:
+    """Log-mel inputs (B, C, frames, mels) for HTSAT, following the feature extractor's saved settings.
+
+    Short clips are filled as its `padding` says (the world saves "pad": zeros, since repeating a clip
+    would add pulses; laion saves "repeatpad"). Long clips under `rand_trunc` keep their first
+    `max_length_s` seconds: laion draws the crop start at random, which a frozen encoder feeding a
+    feature cache cannot do, and the head keeps frame t at [t, t+1) * frame_seconds of the clip.
+    Under `fusion` (laion's fusion checkpoints) the C = 4 channels are the padded clip's mel four
+    times, as laion has it for clips up to `max_length_s`; longer clips are refused, because laion
+    picks their fusion chunks at random.
+    """
+    fe = getattr(processor, "feature_extractor", processor)
+    if fe.truncation not in ("rand_trunc", "fusion"):
+        raise ValueError(f"feature extractor truncation is {fe.truncation!r}; expected 'rand_trunc' or 'fusion'")
     if isinstance(waves, np.ndarray) and waves.ndim != 2:
         raise ValueError(f"waves has shape {waves.shape}; expected (B, N) mono clips")
     clips = []
@@ -165,16 +178,16 @@ def mel_features(processor: ClapProcessor, waves: np.ndarray | Sequence[np.ndarr
         if wave.ndim != 1:
             raise ValueError(f"waves[{i}] has shape {wave.shape}; expected a 1-D mono clip")
         wave = resample(wave, sample_rate, fe.sampling_rate)
-        if wave.shape[0] > fe.nb_max_samples:
+        if wave.shape[0] > fe.nb_max_samples and fe.truncation == "fusion":
             raise ValueError(
                 f"waves[{i}] has {wave.shape[0]} samples at {fe.sampling_rate} Hz; expected at most "
-                f"{fe.nb_max_samples} ({fe.max_length_s} s)"
+                f"{fe.nb_max_samples} ({fe.max_length_s} s) under 'fusion' truncation (window longer clips first)"
             )
-        clips.append(wave)
+        clips.append(wave[:fe.nb_max_samples])
     if not clips:
         raise ValueError("waves is empty; expected at least one clip")
     parts = [
-        fe(clips[i:i + BATCH_SIZE], sampling_rate=fe.sampling_rate, truncation="rand_trunc", padding="pad",
+        fe(clips[i:i + BATCH_SIZE], sampling_rate=fe.sampling_rate, truncation=fe.truncation, padding=fe.padding,
            return_tensors="pt")["input_features"]
         for i in range(0, len(clips), BATCH_SIZE)
     ]
@@ -202,22 +215,26 @@ def features_from_mels(model: ClapModel, mels: torch.Tensor) -> tuple[torch.Tens
     """Frame features (B, T, C) and unit-norm projected embeddings (B, D) of cached mel inputs, batched."""
     _require_frozen(model)
     frames, embeds = [], []
+    fusion = model.config.audio_config.enable_fusion
     for i in range(0, len(mels), BATCH_SIZE):
-        out = model.get_audio_features(input_features=mels[i:i + BATCH_SIZE])
+        batch = mels[i:i + BATCH_SIZE]
+        # mel_features never makes a "longer" fusion input (see there), so no row takes the fusion branch.
+        is_longer = torch.zeros(len(batch), 1, dtype=torch.bool) if fusion else None
+        out = model.get_audio_features(input_features=batch, is_longer=is_longer)
         frames.append(frames_from_hidden(out.last_hidden_state))
         embeds.append(out.pooler_output)
     return torch.cat(frames), torch.cat(embeds)
 
 
 def clap_frame_features(
-    model: ClapModel, processor: ClapProcessor, waves: np.ndarray, sample_rate: int
+    model: ClapModel, processor: ClapProcessor | ClapFeatureExtractor, waves: np.ndarray, sample_rate: int
 ) -> torch.Tensor:
     """Frozen encoder features (B, T, C) in true temporal order for waves (B, N) float32 at sample_rate."""
     return features_from_mels(model, mel_features(processor, waves, sample_rate))[0]
 
 
 def clap_audio_embeddings(
-    model: ClapModel, processor: ClapProcessor, waves: np.ndarray, sample_rate: int
+    model: ClapModel, processor: ClapProcessor | ClapFeatureExtractor, waves: np.ndarray, sample_rate: int
 ) -> torch.Tensor:
     """Unit-norm pooled audio embeddings (B, D) in the joint audio-text space."""
     return features_from_mels(model, mel_features(processor, waves, sample_rate))[1]

@@ -1,11 +1,16 @@
-"""laion-clap checkpoint conversion: every key of the documented layout maps, bad keys are named."""
+"""laion-clap checkpoint conversion: every key of the documented layout maps, bad keys are named,
+and checkpoints written by laion-clap's own code (tests/fixtures/clap) give laion's embeddings."""
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from transformers import ClapFeatureExtractor
 
-from shared.clap_convert import convert_checkpoint, convert_key, main
+from shared.clap_convert import convert_checkpoint, convert_key, main, preset_config
+from shared.clap_reference import LAION_SR, prepare, parity, reference_config
+from shared.encoders import ClapEncoder, EncoderSettings
 from shared.world.audio_model import build_clap
 from shared.world.clap_train import ClapTrainConfig
 from shared.world.spec import WorldSpec
@@ -97,3 +102,89 @@ def test_cli_writes_a_loadable_model(original: torch.nn.Module, tmp_path: Path) 
     reloaded = type(original).from_pretrained(tmp_path / "out")
     assert torch.equal(reloaded.logit_scale_a, original.logit_scale_a)
     assert main([str(tmp_path / "missing.pt"), str(tmp_path / "cfg"), str(tmp_path / "o2")]) == 2
+
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "clap"
+
+
+def _laion_fixture(name: str, tmp_path: Path) -> tuple[Path, Path, dict, dict]:
+    return prepare(FIXTURES / name, tmp_path / name)
+
+
+def test_laion_checkpoint_converts_to_a_folder_clap_encoder_loads(tmp_path: Path) -> None:
+    checkpoint, config, _, reference = _laion_fixture("laion_micro", tmp_path)
+    assert main([str(checkpoint), str(config), str(tmp_path / "out")]) == 0
+    fe = ClapFeatureExtractor.from_pretrained(tmp_path / "out")
+    assert (fe.sampling_rate, fe.fft_window_size, fe.hop_length, fe.frequency_min, fe.frequency_max,
+            fe.feature_size, fe.max_length_s, fe.truncation, fe.padding) == \
+        (48000, 1024, 480, 50, 14000, 64, 10, "rand_trunc", "repeatpad")
+    encoder = ClapEncoder(EncoderSettings(str(tmp_path / "out")))
+    clip = reference["clip"].astype(np.float32) / 32767.0
+    frames, mask = encoder.encode([clip[:4 * LAION_SR], clip], LAION_SR)
+    assert frames.shape[0] == 2 and mask[1].all() and not mask[0].all()
+
+
+def test_embeddings_match_laion_on_4_and_12_second_clips(tmp_path: Path) -> None:
+    """Our converted model + our front end vs laion's get_audio_features + CLAP.get_audio_embedding."""
+    result = parity(FIXTURES / "laion_micro", tmp_path)
+    assert set(result["max_abs_diff"]) == {"clip_4s", "clip_12s"}
+    assert max(result["max_abs_diff"].values()) <= 1e-4, result
+    assert result["laion_rows_max_abs_diff"] > 1e-2  # the bound is not met by a constant output
+
+
+def test_fusion_checkpoint_matches_laion_at_the_htsat_input(tmp_path: Path) -> None:
+    result = parity(FIXTURES / "laion_micro_fusion", tmp_path)
+    assert ClapFeatureExtractor.from_pretrained(tmp_path / "converted").truncation == "fusion"
+    assert max(result["max_abs_diff"].values()) <= 1e-4, result
+    assert result["laion_rows_max_abs_diff"] > 1e-3  # the "longer" row ran the AFF fusion block
+
+
+def test_attn_mask_must_equal_the_recomputed_one(tmp_path: Path) -> None:
+    checkpoint, config, record, _ = _laion_fixture("laion_micro", tmp_path)
+    state = torch.load(checkpoint, weights_only=True)
+    key = "module.audio_branch.layers.1.blocks.1.attn_mask"
+    state["state_dict"][key] = torch.zeros_like(state["state_dict"][key])
+    torch.save(state, checkpoint)
+    assert main([str(checkpoint), str(config), str(tmp_path / "out")]) == 2
+    with pytest.raises(ValueError, match="layers.1.blocks.1.attn_mask differs from the shifted-window mask"):
+        convert_checkpoint(checkpoint, reference_config(record))
+
+
+def test_unsupported_fusion_types_are_named(tmp_path: Path) -> None:
+    checkpoint, config, _, _ = _laion_fixture("laion_micro_fusion", tmp_path)
+    state = torch.load(checkpoint, weights_only=True)
+    state["state_dict"]["module.audio_branch.patch_embed.fusion_model.local_att2.0.weight"] = torch.zeros(1)
+    torch.save(state, checkpoint)
+    with pytest.raises(ValueError, match=r"laion's iaff fusion .*implements only aff_2d"):
+        convert_checkpoint(checkpoint, preset_config("htsat-tiny-fusion"))
+
+
+def test_presets_are_laions_htsat_sizes() -> None:
+    tiny, base = preset_config("htsat-tiny"), preset_config("htsat-base-fusion")
+    assert (tiny.audio_config.hidden_size, tiny.audio_config.depths, tiny.audio_config.enable_fusion) == \
+        (768, [2, 2, 6, 2], False)
+    assert (base.audio_config.hidden_size, base.audio_config.depths, base.audio_config.enable_fusion) == \
+        (1024, [2, 2, 12, 2], True)
+    with pytest.raises(ValueError, match="config preset is 'htsat-huge'"):
+        preset_config("htsat-huge")
+
+
+@pytest.mark.parametrize("content", ["empty", "text", "truncated", "directory", "not a state dict"])
+def test_bad_files_give_one_line_and_exit_2(content: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    path = tmp_path / "bad.pt"
+    if content == "empty":
+        path.write_bytes(b"")
+    elif content == "text":
+        path.write_text("hello\n")
+    elif content == "truncated":
+        path.write_bytes((FIXTURES / "laion_micro" / "laion_clap.pt").read_bytes()[:100_000])
+    elif content == "directory":
+        path.mkdir()
+    else:
+        torch.save({"epoch": 3, "name": "run"}, path)
+    preset_dir = tmp_path / "cfg"
+    preset_config("htsat-tiny").save_pretrained(preset_dir)
+    assert main([str(path), str(preset_dir), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"safe-convert-clap: {path}") and err.count("\n") == 1, err
+    assert not (tmp_path / "out").exists()

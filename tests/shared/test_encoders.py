@@ -87,3 +87,24 @@ def test_cached_valid_frames_round_trip(clap_dir: Path, tmp_path: Path) -> None:
     assert torch.equal(mask, direct_mask)
     assert torch.allclose(frames[mask], direct[direct_mask], atol=1e-4)
     assert all(torch.equal(a, b) for a, b in zip(first, second))
+
+
+def test_clap_front_end_follows_the_saved_padding(clap_dir: Path, tmp_path: Path) -> None:
+    """The world's folder zero-pads (its saved padding "pad"); the same model saved with "repeatpad" repeats."""
+    import shutil
+
+    from transformers import ClapProcessor
+
+    shutil.copytree(clap_dir, tmp_path / "repeat")
+    processor = ClapProcessor.from_pretrained(clap_dir)  # transformers 5 keeps the extractor in processor_config.json
+    fe = processor.feature_extractor
+    fe.padding = "repeatpad"
+    processor.save_pretrained(tmp_path / "repeat")
+    world, repeat = ClapEncoder(EncoderSettings(str(clap_dir))), ClapEncoder(EncoderSettings(str(tmp_path / "repeat")))
+    sr = fe.sampling_rate  # at the model's own rate, so no resampling edge effects
+    short = np.random.default_rng(1).normal(0, 0.1, 2 * sr).astype(np.float32)  # 2 s of a 4 s window
+    assert torch.allclose(repeat.encode_frames([short], sr), repeat.encode_frames([np.tile(short, 2)], sr), atol=1e-5)
+    zero_padded = np.pad(short, (0, len(short)))
+    assert torch.allclose(world.encode_frames([short], sr), world.encode_frames([zero_padded], sr), atol=1e-5)
+    assert not torch.allclose(world.encode_frames([short], sr), repeat.encode_frames([short], sr), atol=1e-3)
+    assert world.identity != repeat.identity and ":pad:" in world.identity

@@ -74,7 +74,7 @@ def micro(micro_paths: dict[str, str]) -> tuple:
     torch.manual_seed(0)
     setup = build_setup(load_config(TrainConfig, "stage_a_micro", micro_paths), splits=())
     encoder = build_encoder("clap", micro_paths["model.clap"], None)
-    sr = encoder.processor.feature_extractor.sampling_rate
+    sr = encoder.feature_extractor.sampling_rate
     wave = np.random.default_rng(0).normal(0, 0.1, int(encoder.max_seconds * sr)).astype(np.float32)
     frames, mask = encoder.encode([wave], sr)
     return setup.model.eval(), encoder, one_prompt(setup.processor), frames, mask, wave, sr
