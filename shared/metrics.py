@@ -14,6 +14,10 @@ additionally lower-cases and strips surrounding whitespace on both sides. That c
 a clean prediction and only forgives case and padding; anything more (articles, punctuation,
 number words) is deliberately not done, so GQA numbers stay comparable to exact-match results.
 
+`exact_match` is that comparison for any single-answer dataset (MUSIC-AVQA, AVQA), and
+`annotator_accuracy` averages it over several annotators' answers: the fraction of annotators
+whose answer the prediction matches (Clotho-AQA, see shared/dataset_metrics.py for why).
+
 `accuracy_by_type` averages per-question scores per question type plus "overall" (the mean over
 all questions, not the mean of the per-type means), as MUSIC-AVQA/AVQA tables report them.
 
@@ -33,6 +37,10 @@ CIDEr-D follows pycocoevalcap's CiderD scorer, written here from its definition:
   sides for non-empty text);
 - averaged over the references, then over the orders, times 10; the corpus score is the mean
   over images.
+Document frequencies depend only on the reference sets, never on the candidates, so `CiderD`
+fixes them once for a corpus of references and then scores each caption on its own: its
+per-caption scores do not change with which other captions are scored alongside, and their mean
+is the corpus score `cider_d` returns for the same ids.
 There is no reranking or selection against the references, ever: each candidate is the model's
 own single output for its image, scored as is.
 """
@@ -123,12 +131,24 @@ def vqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
     return sum(min(1.0, (total - m) / 3.0) for m in matches) / len(gts)
 
 
-def gqa_accuracy(prediction: str, answer: str) -> float:
-    """GQA exact match, 1.0 or 0.0, after lower-casing and stripping both strings."""
+def exact_match(prediction: str, answer: str, scorer: str = "exact_match") -> float:
+    """1.0 when the strings are equal after lower-casing and stripping both, else 0.0; errors name `scorer`."""
     for name, value in (("prediction", prediction), ("answer", answer)):
         if not isinstance(value, str):
-            raise ValueError(f"gqa_accuracy: {name} is {value!r}; expected a string")
+            raise ValueError(f"{scorer}: {name} is {value!r}; expected a string")
     return float(prediction.strip().lower() == answer.strip().lower())
+
+
+def gqa_accuracy(prediction: str, answer: str) -> float:
+    """GQA exact match, 1.0 or 0.0, after lower-casing and stripping both strings."""
+    return exact_match(prediction, answer, "gqa_accuracy")
+
+
+def annotator_accuracy(prediction: str, answers: Sequence[str]) -> float:
+    """The fraction of annotator answers that the prediction matches exactly (lower-cased, stripped)."""
+    if isinstance(answers, str) or len(answers) == 0:
+        raise ValueError(f"annotator_accuracy: answers is {answers!r}; expected a non-empty list of strings")
+    return sum(exact_match(prediction, a, "annotator_accuracy") for a in answers) / len(answers)
 
 
 def accuracy_by_type(records: Iterable[tuple[str, float]]) -> dict[str, float]:
@@ -176,13 +196,65 @@ def _tfidf(counts: list[Counter[tuple[str, ...]]], df: Counter[tuple[str, ...]],
     return vecs, [math.sqrt(sum(v * v for v in vec.values())) for vec in vecs]
 
 
-def cider_d(candidates: Mapping[str, str], references: Mapping[str, Sequence[str]], n: int = 4,
-            sigma: float = 6.0) -> tuple[float, dict[str, float]]:
-    """CIDEr-D corpus score (mean over ids) and per-id scores; see the module docstring."""
+def _check_cider_settings(n: int, sigma: float) -> None:
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"cider_d: n is {n!r}; expected a positive integer n-gram order")
     if not isinstance(sigma, (int, float)) or not math.isfinite(sigma) or sigma <= 0:
         raise ValueError(f"cider_d: sigma is {sigma!r}; expected a positive finite number")
+
+
+def _check_references(cid: str, refs: Sequence[str]) -> None:
+    if isinstance(refs, str) or len(refs) == 0 or not all(isinstance(r, str) for r in refs):
+        raise ValueError(f"cider_d: references[{cid!r}] is {refs!r}; expected a non-empty list of strings")
+
+
+class CiderD:
+    """CIDEr-D with document frequencies fixed by one corpus of references; scores one caption at a time."""
+
+    def __init__(self, references: Mapping[str, Sequence[str]], n: int = 4, sigma: float = 6.0) -> None:
+        _check_cider_settings(n, sigma)
+        if not references:
+            raise ValueError("cider_d: references is empty; expected at least one id -> list of captions")
+        for cid, refs in references.items():
+            _check_references(cid, refs)
+        self.n, self.sigma = n, sigma
+        self._ref_tokens = {i: [caption_tokens(r) for r in refs] for i, refs in references.items()}
+        self._ref_counts = {i: [_ngram_counts(t, n) for t in tokens] for i, tokens in self._ref_tokens.items()}
+        self._df: Counter[tuple[str, ...]] = Counter()
+        for counts_of_refs in self._ref_counts.values():
+            self._df.update({g for counts in counts_of_refs for order in counts for g in order})
+        self._log_n = math.log(max(1.0, float(len(references))))
+
+    def __contains__(self, cid: str) -> bool:
+        return cid in self._ref_tokens
+
+    def score(self, cid: str, candidate: str) -> float:
+        """CIDEr-D of one candidate caption against the references of id `cid`."""
+        if not isinstance(candidate, str):
+            raise ValueError(f"cider_d: candidates[{cid!r}] is {candidate!r}; expected one caption string")
+        if cid not in self._ref_tokens:
+            raise ValueError(f"cider_d: candidate id {cid!r} is missing from references; "
+                             "expected references for every candidate id")
+        n, sigma = self.n, self.sigma
+        cand_tokens = caption_tokens(candidate)
+        cand_vecs, cand_norms = _tfidf(_ngram_counts(cand_tokens, n), self._df, self._log_n)
+        total = 0.0
+        for tokens, counts in zip(self._ref_tokens[cid], self._ref_counts[cid]):
+            ref_vecs, ref_norms = _tfidf(counts, self._df, self._log_n)
+            penalty = math.exp(-((len(cand_tokens) - len(tokens)) ** 2) / (2.0 * sigma ** 2))
+            for k in range(n):
+                dot = sum(min(v, ref_vecs[k].get(g, 0.0)) * ref_vecs[k].get(g, 0.0)
+                          for g, v in cand_vecs[k].items())
+                if cand_norms[k] > 0 and ref_norms[k] > 0:
+                    dot /= cand_norms[k] * ref_norms[k]
+                total += dot * penalty
+        return 10.0 * total / (n * len(self._ref_tokens[cid]))
+
+
+def cider_d(candidates: Mapping[str, str], references: Mapping[str, Sequence[str]], n: int = 4,
+            sigma: float = 6.0) -> tuple[float, dict[str, float]]:
+    """CIDEr-D corpus score (mean over ids) and per-id scores; see the module docstring."""
+    _check_cider_settings(n, sigma)
     if not candidates:
         raise ValueError("cider_d: candidates is empty; expected at least one id -> caption")
     for cid, caption in candidates.items():
@@ -191,31 +263,6 @@ def cider_d(candidates: Mapping[str, str], references: Mapping[str, Sequence[str
         if cid not in references:
             raise ValueError(f"cider_d: candidate id {cid!r} is missing from references; "
                              "expected references for every candidate id")
-        refs = references[cid]
-        if isinstance(refs, str) or len(refs) == 0 or not all(isinstance(r, str) for r in refs):
-            raise ValueError(f"cider_d: references[{cid!r}] is {refs!r}; expected a non-empty list of strings")
-
-    ids = list(candidates)
-    ref_tokens = {i: [caption_tokens(r) for r in references[i]] for i in ids}
-    ref_counts = {i: [_ngram_counts(t, n) for t in ref_tokens[i]] for i in ids}
-    df: Counter[tuple[str, ...]] = Counter()
-    for i in ids:
-        df.update({g for counts in ref_counts[i] for order in counts for g in order})
-    log_n = math.log(max(1.0, float(len(ids))))
-
-    scores: dict[str, float] = {}
-    for i in ids:
-        cand_tokens = caption_tokens(candidates[i])
-        cand_vecs, cand_norms = _tfidf(_ngram_counts(cand_tokens, n), df, log_n)
-        total = 0.0
-        for tokens, counts in zip(ref_tokens[i], ref_counts[i]):
-            ref_vecs, ref_norms = _tfidf(counts, df, log_n)
-            penalty = math.exp(-((len(cand_tokens) - len(tokens)) ** 2) / (2.0 * sigma ** 2))
-            for k in range(n):
-                dot = sum(min(v, ref_vecs[k].get(g, 0.0)) * ref_vecs[k].get(g, 0.0)
-                          for g, v in cand_vecs[k].items())
-                if cand_norms[k] > 0 and ref_norms[k] > 0:
-                    dot /= cand_norms[k] * ref_norms[k]
-                total += dot * penalty
-        scores[i] = 10.0 * total / (n * len(ref_tokens[i]))
+    scorer = CiderD({cid: references[cid] for cid in candidates}, n, sigma)
+    scores = {cid: scorer.score(cid, caption) for cid, caption in candidates.items()}
     return sum(scores.values()) / len(scores), scores

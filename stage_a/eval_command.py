@@ -1,10 +1,14 @@
 """`stage_a-eval`: per-question predictions and metrics with 95% CIs, for a SAFE checkpoint or the base alone.
 
-Writes to --out: `predictions.jsonl` (question, answers, raw output, parsed answer, score,
-family/type, k, gate, and the base model's answer and score on the same question) and
+Writes to --out: `predictions.jsonl` (question, answers, dataset and its metric, raw output, parsed
+answer, score, family/type, k, gate, and the base model's answer and score on the same question) and
 `metrics.json` (overall, per family and per type, each with a bootstrap CI, and SAFE vs the base
-on the same questions: paired bootstrap and McNemar per family). `--report` adds a Markdown
-report with examples, where audio helps or hurts, a counting confusion table and accuracy vs k.
+on the same questions: paired bootstrap and McNemar per family; and `per_dataset`: each dataset
+with the metric it is scored by, SAFE's and the base's value with a 95% CI, and per type). Each
+question is scored by its dataset's metric (`shared.dataset_metrics`); the overall, per-family and
+per-type figures average accuracy-type datasets only, caption datasets (CIDEr-D) are reported per
+dataset. `--json` prints metrics.json instead of the tables. `--report` adds a Markdown report with
+examples, where audio helps or hurts, a counting confusion table and accuracy vs k.
 Without --checkpoint the base model alone is evaluated (no audio).
 """
 
@@ -19,6 +23,7 @@ from pathlib import Path
 
 from shared.checkpoint import atomic_write_text
 from shared.config import ConfigError, load_config, parse_overrides
+from shared.dataset_metrics import METRICS_BY_NAME, format_dataset_summary
 from shared.logs import setup_logging
 from shared.stats import mcnemar, mean_ci, paired_diff_ci
 from stage_a.config import TrainConfig
@@ -51,7 +56,11 @@ def compare_with_base(predictions: list[dict]) -> dict[str, dict]:
 
 
 def format_metrics(metrics: dict) -> str:
-    """Per-family accuracy of SAFE and the base with CIs and the paired p-values."""
+    """Per-family accuracy of SAFE and the base with CIs and the paired p-values, then each dataset's metric."""
+    datasets = ["", "Per dataset, each with its own metric (accuracies in %):",
+                format_dataset_summary(metrics["per_dataset"])]
+    if "vs_base" not in metrics:
+        return "\n".join(datasets[1:])
     lines = [f"{'family':<14} {'n':>6} {'SAFE':>8} {'95% CI':>17} {'base':>8} {'diff':>8} {'p (paired)':>11} {'p (McNemar)':>12}"]
     base = metrics["per_family_base"]
     for name, comp in metrics["vs_base"].items():
@@ -61,7 +70,7 @@ def format_metrics(metrics: dict) -> str:
         lines.append(f"{name:<14} {acc['n']:>6} {100 * acc['mean']:8.2f} [{100 * lo:6.2f}, {100 * hi:6.2f}] "
                      f"{100 * ref['mean']:8.2f} {100 * comp['paired']['mean_diff']:+8.2f} "
                      f"{comp['paired']['p_value']:11.4f} {comp['mcnemar']['p_value']:12.4f}")
-    return "\n".join(lines)
+    return "\n".join(lines + datasets)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: <checkpoint>/eval or runs/eval_base)")
     parser.add_argument("--report", action="store_true", help="also write report.md with examples and accuracy vs k")
     parser.add_argument("--ks", default="4,8,16", help="k values of the report's accuracy-vs-k section")
+    parser.add_argument("--json", action="store_true", help="print metrics.json to stdout instead of the tables")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("-v", "--verbose", action="store_true")
     args, rest = parser.parse_known_args(argv)
@@ -96,11 +106,13 @@ def main(argv: list[str] | None = None) -> int:
                           settings, args.device)
     result = evaluator.run(detail=True)
     predictions = result.pop("predictions")
-    scores = [r["score"] for r in predictions]
+    accuracy = [r for r in predictions if METRICS_BY_NAME[r["metric"]].accuracy]
     metrics = {"subject": str(bridge) if bridge else "base model (no audio)", "data": setup.paths["test"],
-               "k": settings.k, "gate": settings.gate, **result,
-               "overall": mean_ci(scores), "overall_base": mean_ci([r["base_score"] for r in predictions]),
-               "vs_base": compare_with_base(predictions)}
+               "k": settings.k, "gate": settings.gate, **result}
+    if accuracy:
+        metrics |= {"overall": mean_ci([r["score"] for r in accuracy]),
+                    "overall_base": mean_ci([r["base_score"] for r in accuracy]),
+                    "vs_base": compare_with_base(accuracy)}
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "predictions.jsonl", "".join(json.dumps(r) + "\n" for r in predictions))
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
@@ -110,8 +122,11 @@ def main(argv: list[str] | None = None) -> int:
             evaluator.settings = dataclasses.replace(settings, k=k)
             by_k[k] = evaluator.run(detail=True)["predictions"]
         write_report(predictions, by_k if bridge else None, out)
-    print(format_metrics(metrics))
-    print(f"written to {out}")
+    if args.json:
+        print(json.dumps(metrics, indent=2))
+    else:
+        print(format_metrics(metrics))
+        print(f"written to {out}")
     return 0
 
 

@@ -6,6 +6,11 @@ logits at the end of each VL prompt. Each evaluation then measures SAFE with aud
 every question (gate 1, k = k_eval) and, on VL questions, at gate 0: its answers and the max
 |logit diff| to the stored base logits, which must be exactly 0. Retention is the paired
 difference of VL accuracy with audio vs the base on the same questions.
+
+Each question is scored with its dataset's metric (`shared.dataset_metrics`, keyed by the
+sample's source: VQA accuracy for the world and VQAv2, exact match for GQA, ...). The accuracy
+figures (audio, VL, per family and type) average the questions of accuracy-type datasets;
+caption datasets (CIDEr-D) are reported only per dataset (`per_dataset`), with every dataset.
 """
 
 from __future__ import annotations
@@ -19,8 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from shared.answers import parse_answer
-from shared.metrics import vqa_accuracy
+from shared.dataset_metrics import DatasetScorer, check_sample, dataset_summary
 from shared.stats import mean_ci, paired_diff_ci
 from stage_a.data import AUDIO_FAMILIES, Batch, Collator, Split
 from stage_a.model import SafeModel
@@ -99,8 +103,10 @@ class Evaluator:
             raise ValueError(f"{split.name} evaluation has no rows; expected at least one question")
         self.model, self.collator, self.split, self.rows = model, collator, split, rows
         self.settings, self.device = settings, device
-        self.vl_rows = [i for i in rows if split.is_vl(i)]
-        self.audio_rows = [i for i in rows if split.samples[i].family in AUDIO_FAMILIES]
+        self.scorer = DatasetScorer([split.samples[i] for i in rows])
+        self.accuracy_rows = [i for i in rows if check_sample(split.samples[i]).accuracy]
+        self.vl_rows = [i for i in self.accuracy_rows if split.is_vl(i)]
+        self.audio_rows = [i for i in self.accuracy_rows if split.samples[i].family in AUDIO_FAMILIES]
         self.base_raw = self._generate(rows, audio=False, gate=0.0)
         self.base_scores = self._score(self.base_raw)
         self.base_logits = self._last_logits(self.vl_rows, audio=False, gate=0.0) if self.vl_rows else None
@@ -109,7 +115,7 @@ class Evaluator:
         return generate_answers(self.model, self.collator, self.split, rows, self.settings, self.device, audio, gate)
 
     def _score(self, raw: dict[int, str]) -> dict[int, float]:
-        return {i: vqa_accuracy(parse_answer(text), list(self.split.samples[i].answers)) for i, text in raw.items()}
+        return {i: self.scorer.score(self.split.samples[i], text) for i, text in raw.items()}
 
     @torch.no_grad()
     def _last_logits(self, rows: list[int], audio: bool, gate: float) -> torch.Tensor:
@@ -129,7 +135,8 @@ class Evaluator:
     def run(self, detail: bool = False) -> dict:
         """SAFE with audio (at settings.gate) on every row, and at gate 0 on VL rows; paired retention delta.
 
-        With `detail`, also per-family and per-type accuracy and the per-question `predictions`.
+        With `detail`, also per-family and per-type accuracy, each dataset with its own metric (`per_dataset`)
+        and the per-question `predictions`.
         """
         was_training = self.model.training
         self.model.eval()
@@ -155,17 +162,18 @@ class Evaluator:
             result["per_qtype"] = self._grouped(safe, lambda s: f"{s.family}.{s.qtype}")
             result["per_qtype_base"] = self._grouped(self.base_scores, lambda s: f"{s.family}.{s.qtype}")
             result["predictions"] = [self._record(i, raw[i], safe[i]) for i in self.rows]
+            result["per_dataset"] = dataset_summary(result["predictions"])
         return result
 
     def _record(self, i: int, raw: str, score: float) -> dict:
         s = self.split.samples[i]
         return {"id": s.id, "question": s.question, "answers": list(s.answers), "family": s.family, "qtype": s.qtype,
-                "k": self.settings.k, "gate": self.settings.gate, "raw": raw, "answer": parse_answer(raw),
-                "score": score, "base_raw": self.base_raw[i], "base_answer": parse_answer(self.base_raw[i]),
-                "base_score": self.base_scores[i]}
+                "source": s.source, "metric": check_sample(s).name, "k": self.settings.k, "gate": self.settings.gate,
+                "raw": raw, "answer": self.scorer.answer(s, raw), "score": score, "base_raw": self.base_raw[i],
+                "base_answer": self.scorer.answer(s, self.base_raw[i]), "base_score": self.base_scores[i]}
 
     def _grouped(self, scores: dict[int, float], key) -> dict[str, dict]:
         groups: dict[str, list[float]] = defaultdict(list)
-        for i, value in scores.items():
-            groups[key(self.split.samples[i])].append(value)
+        for i in self.accuracy_rows:
+            groups[key(self.split.samples[i])].append(scores[i])
         return {name: mean_ci(v) for name, v in sorted(groups.items())}

@@ -7,6 +7,11 @@ trust or doubt those numbers: example predictions per question type, per-type co
 that audio fixed or broke, a confusion table for counting questions (where an off-by-one is
 invisible in an accuracy figure), and accuracy against the number of audio tokens k.
 
+Each question was scored by its dataset's metric (`shared.dataset_metrics`); the report opens with
+one row per dataset naming that metric with SAFE's and the base's value. The accuracy sections
+that follow cover the questions of accuracy-type datasets; caption datasets (CIDEr-D) appear in
+the per-dataset table only.
+
 Everything is deterministic (records are taken in id order) so a report rebuilt from the same
 predictions is identical.
 """
@@ -18,12 +23,14 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
+from shared.data.schema import FAMILIES as SCHEMA_FAMILIES
+from shared.dataset_metrics import METRICS_BY_NAME, dataset_summary, metric_for
 from shared.metrics import normalize_prediction
 
 logger = logging.getLogger(__name__)
 
-REQUIRED_KEYS = ("id", "question", "answers", "family", "qtype", "k", "gate", "raw", "answer", "score",
-                 "base_raw", "base_answer", "base_score")
+REQUIRED_KEYS = ("id", "question", "answers", "family", "qtype", "source", "metric", "k", "gate", "raw", "answer",
+                 "score", "base_raw", "base_answer", "base_score")
 FAMILIES = ("visual", "audio", "audio_visual")
 CORRECT = 0.5  # a VQA score of 2/3 or 1 counts as correct, as in shared.stats.mcnemar
 EFFECT_EXAMPLES = 3
@@ -41,9 +48,13 @@ def _validated(records: list[dict], source: str) -> list[dict]:
         if missing:
             raise ValueError(f"{source}: record id {record_id!r} is missing key(s) {', '.join(map(repr, missing))}; "
                              f"expected all of {', '.join(REQUIRED_KEYS)}")
-        if record["family"] not in FAMILIES:
+        if record["family"] not in SCHEMA_FAMILIES:
             raise ValueError(f"{source}: record id {record_id!r} has family {record['family']!r}; "
-                             f"expected one of {', '.join(FAMILIES)}")
+                             f"expected one of {', '.join(SCHEMA_FAMILIES)}")
+        expected = metric_for(record["source"]).name
+        if record["metric"] != expected:
+            raise ValueError(f"{source}: record id {record_id!r} of dataset {record['source']!r} has metric "
+                             f"{record['metric']!r}; expected {expected!r}, the dataset's metric")
         if not record["answers"]:
             raise ValueError(f"{source}: record id {record_id!r} has an empty 'answers' list; "
                              "expected at least one gold answer")
@@ -97,6 +108,23 @@ def _overview(predictions: list[dict]) -> list[str]:
     rows = [_accuracy_row("all", predictions)]
     rows += [_accuracy_row(family, by_family[family]) for family in FAMILIES if family in by_family]
     return ["## Overview", "", *_table(("subset", "questions", "SAFE acc (%)", "base acc (%)", "change (pts)"), rows)]
+
+
+def _datasets(predictions: list[dict]) -> list[str]:
+    """One row per dataset: the metric it is scored by, SAFE's value with its 95% CI, and the base's value."""
+    rows = []
+    for name, entry in dataset_summary(predictions).items():
+        metric = METRICS_BY_NAME[entry["metric"]]
+        lo, hi = entry["value"]["ci95"]
+        rows.append((name, metric.label, entry["n"], metric.format(entry["value"]["mean"]),
+                     f"[{metric.format(lo)}, {metric.format(hi)}]", metric.format(entry["base"]["mean"])))
+    return ["## Metric per dataset", "", "Each dataset is scored by its own metric; accuracies in %.", "",
+            *_table(("dataset", "metric", "questions", "SAFE", "95% CI", "base"), rows)]
+
+
+def _accuracy_only(records: list[dict]) -> list[dict]:
+    """The records of accuracy-type datasets (caption metrics are not accuracies)."""
+    return [r for r in records if METRICS_BY_NAME[r["metric"]].accuracy]
 
 
 def _examples(predictions: list[dict], per_type: int) -> list[str]:
@@ -209,12 +237,18 @@ def write_report(predictions: list[dict], by_k: dict[int, list[dict]] | None, ou
         if not by_k:
             raise ValueError("by_k is empty; expected at least one k, or None when there is no evaluation by k")
         by_k = {k: _validated(records, f"by_k[{k}]") for k, records in sorted(by_k.items())}
-    runs = ({f"k = {k}": records for k, records in by_k.items()} if by_k is not None
-            else {"main predictions": predictions})
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    lines = ["# Stage A evaluation report", "", *_overview(predictions), *_examples(predictions, examples_per_type),
-             *_effects(predictions), *_confusion(runs, count_qtypes), *_accuracy_vs_k(by_k, out_dir)]
+    lines = ["# Stage A evaluation report", "", *_datasets(predictions)]
+    accuracy = _accuracy_only(predictions)
+    if accuracy:
+        by_k = {k: _accuracy_only(records) for k, records in by_k.items()} if by_k is not None else None
+        runs = ({f"k = {k}": records for k, records in by_k.items()} if by_k is not None
+                else {"main predictions": accuracy})
+        lines += [*_overview(accuracy), *_examples(accuracy, examples_per_type), *_effects(accuracy),
+                  *_confusion(runs, count_qtypes), *_accuracy_vs_k(by_k, out_dir)]
+    else:
+        lines += ["No question is scored by an accuracy metric, so there are no accuracy sections.", ""]
     path = out_dir / REPORT_FILE
     path.write_text("\n".join(lines), encoding="utf-8")
     logger.info("wrote %s (%d questions)", path, len(predictions))

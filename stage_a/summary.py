@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from shared.dataset_metrics import format_dataset_summary
+
 
 def _pct(x: float) -> str:
     return f"{100 * x:6.2f}"
 
 
 def format_summary(s: dict) -> str:
-    """A table of audio gain, VL retention and exactness, then per-family and per-type accuracy."""
+    """A table of audio gain, VL retention and exactness, then per-type accuracy and each dataset's own metric."""
     audio = s["audio_acc"]
     lo, hi = audio["ci95"]
     delta_lo, delta_hi = s["vl_delta_ci95_pts"]
@@ -32,4 +34,7 @@ def format_summary(s: dict) -> str:
         for name, value in s["per_qtype"].items():
             base = s["per_qtype_base"].get(name, {"mean": float("nan")})
             lines.append(f"{name:<28} {_pct(value['mean'])} {_pct(base['mean'])}")
+    if "per_dataset" in s:
+        lines += ["", "Per dataset, each with its own metric (accuracies in %):",
+                  format_dataset_summary(s["per_dataset"])]
     return "\n".join(lines)

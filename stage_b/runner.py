@@ -3,6 +3,10 @@
 Both the outcome table (`stage_b-outcomes`, batched) and live mode (`stage_b.live`, one question
 at a time) answer through this class, so the two can only differ in batching and timing, never
 in how a question is prompted, answered, scored or counted.
+
+Each question is scored by its dataset's metric (`shared.dataset_metrics`): VQA accuracy for the
+world and VQAv2, exact match for GQA, and so on. Stage B's reward is an accuracy, so a split
+holding a caption dataset (CIDEr-D, not an accuracy) is refused when the runner is built.
 """
 
 from __future__ import annotations
@@ -13,10 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from shared.answers import parse_answer
 from shared.data.audio_io import load_audio
+from shared.dataset_metrics import DatasetScorer, check_sample
 from shared.features import pad_frames, valid_frames_encoder
-from shared.metrics import vqa_accuracy
 from stage_a.config import TrainConfig
 from stage_a.data import Batch
 from stage_a.flops import encoder_flops, safe_flops
@@ -41,6 +44,12 @@ class SafeRunner:
         setup = build_setup(cfg, splits=(split,), bridge_dir=checkpoint)
         self.setup = setup
         self.data = getattr(setup, split)
+        for sample in self.data.samples:
+            metric = check_sample(sample)
+            if not metric.accuracy:
+                raise ValueError(f"split {split!r}, dataset {sample.source!r}, sample {sample.id!r} is scored with "
+                                 f"{metric.label}, not an accuracy; Stage B's reward needs accuracy-scored questions")
+        self.scorer = DatasetScorer(self.data.samples)
         self.model = setup.model.eval()
         self.collator = setup.collator
         self.encoder = setup.encoder
@@ -83,8 +92,8 @@ class SafeRunner:
         return self.collator.decode(out.sequences, batch.inputs["input_ids"].shape[1]), confidence
 
     def scores(self, rows: list[int], answers: list[str]) -> list[float]:
-        """The official VQA score of each parsed answer against the row's reference answers."""
-        return [vqa_accuracy(parse_answer(a), list(self.data.samples[i].answers)) for i, a in zip(rows, answers)]
+        """Each raw answer's score by its dataset's metric (VQA accuracy for the world) against the row's answers."""
+        return [self.scorer.score(self.data.samples[i], a) for i, a in zip(rows, answers)]
 
     def gflops(self, batch: Batch, k: int) -> list[float]:
         """Analytic GFLOPs per row of generation's prefill (last logit only): its own unpadded prompt and frames,

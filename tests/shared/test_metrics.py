@@ -13,8 +13,8 @@ import math
 
 import pytest
 
-from shared.metrics import (accuracy_by_type, caption_tokens, cider_d, gqa_accuracy, normalize_prediction,
-                            process_punctuation, vqa_accuracy)
+from shared.metrics import (CiderD, accuracy_by_type, annotator_accuracy, caption_tokens, cider_d, exact_match,
+                            gqa_accuracy, normalize_prediction, process_punctuation, vqa_accuracy)
 
 
 @pytest.mark.parametrize("raw, expected", [
@@ -248,3 +248,41 @@ def test_caption_tokens() -> None:
 def test_cider_d_rejects_bad_input(candidates, references, kwargs, needle: str) -> None:
     with pytest.raises(ValueError, match=needle):
         cider_d(candidates, references, **kwargs)
+
+
+@pytest.mark.parametrize("prediction, answer, expected", [
+    ("Two", "two", 1.0), (" left\n", "Left", 1.0), ("2", "two", 0.0), ("a dog", "dog", 0.0),
+])
+def test_exact_match(prediction: str, answer: str, expected: float) -> None:
+    assert exact_match(prediction, answer) == expected
+
+
+def test_exact_match_error_names_the_scorer() -> None:
+    with pytest.raises(ValueError, match="music: answer is None"):
+        exact_match("yes", None, "music")
+
+
+@pytest.mark.parametrize("prediction, answers, expected", [
+    ("yes", ["yes", "yes", "no"], 2 / 3), ("no", ["yes", "yes", "no"], 1 / 3), ("maybe", ["yes", "no", "no"], 0.0),
+    ("Dog", ["dog"], 1.0), ("dog", ["dog", "dogs", "DOG"], 2 / 3),
+])
+def test_annotator_accuracy_counts_matching_annotators(prediction: str, answers: list[str], expected: float) -> None:
+    assert annotator_accuracy(prediction, answers) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("answers", [[], "yes"])
+def test_annotator_accuracy_rejects_bad_answers(answers) -> None:
+    with pytest.raises(ValueError, match="annotator_accuracy: answers is"):
+        annotator_accuracy("yes", answers)
+
+
+def test_cider_d_scorer_per_caption_scores_do_not_depend_on_the_other_candidates() -> None:
+    scorer = CiderD(_REFS)
+    corpus, per_id = cider_d({"x": "a man rides a horse", "y": "a cat on a couch", "z": "a car"}, _REFS)
+    assert {i: scorer.score(i, c) for i, c in (("x", "a man rides a horse"), ("y", "a cat on a couch"),
+                                                ("z", "a car"))} == pytest.approx(per_id)
+    assert scorer.score("x", "a man rides a horse") == pytest.approx(per_id["x"])  # again, alone
+    with pytest.raises(ValueError, match="candidate id 'w' is missing from references"):
+        scorer.score("w", "a dog")
+    with pytest.raises(ValueError, match="references is empty"):
+        CiderD({})

@@ -3,13 +3,23 @@
 import json
 from pathlib import Path
 
+import dataclasses
+
+import numpy as np
 import pytest
 
+from shared.data.schema import Sample, read_manifest, write_manifest
+from shared.metrics import annotator_accuracy, cider_d, exact_match, gqa_accuracy, vqa_accuracy
 from stage_a.eval_command import main as eval_main
 from stage_a.train import main as train_main
 
-FIELDS = {"id", "question", "answers", "family", "qtype", "k", "gate", "raw", "answer", "score",
+FIELDS = {"id", "question", "answers", "family", "qtype", "source", "metric", "k", "gate", "raw", "answer", "score",
           "base_raw", "base_answer", "base_score"}
+# Each dataset's official per-question scorer, applied independently to the written predictions.
+OFFICIAL = {"world": vqa_accuracy, "vqav2": vqa_accuracy, "gqa": lambda p, a: gqa_accuracy(p, a[0]),
+            "clotho_aqa": annotator_accuracy, "music_avqa": lambda p, a: exact_match(p, a[0])}
+METRIC = {"world": "vqa_accuracy", "vqav2": "vqa_accuracy", "gqa": "gqa_exact_match",
+          "clotho_aqa": "annotator_accuracy", "music_avqa": "type_accuracy"}
 
 
 def _args(paths: dict[str, str]) -> list[str]:
@@ -49,3 +59,87 @@ def test_base_model_alone_is_a_valid_subject(micro_paths: dict, tmp_path: Path) 
 def test_missing_checkpoint_is_named(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no adapter.safetensors there"):
         eval_main(["--checkpoint", str(tmp_path), "--preset", "stage_a_micro"])
+
+
+def _relabelled(sample: Sample, i: int, base_answer: str) -> Sample:
+    """World rows as other datasets: visual rows alternate VQAv2 (its 10 answers), GQA (1) and world; audio rows
+    Clotho-AQA (3 annotators), MUSIC-AVQA (1) and AudioCaps captions (2 references, half of them holding the
+    base answer). The single-answer datasets take the base model's own answer (generation never sees the
+    answers), so their base scores are known: GQA 1, MUSIC-AVQA 1, Clotho-AQA 2/3."""
+    if sample.family == "visual":
+        source = ("vqav2", "gqa", "world")[i % 3]
+    else:
+        source = ("clotho_aqa", "music_avqa", "audiocaps")[i % 3]
+    answers = {"vqav2": sample.answers, "world": sample.answers, "gqa": (base_answer,),
+               "clotho_aqa": (base_answer, base_answer, f"not {base_answer}"), "music_avqa": (base_answer,),
+               "audiocaps": (base_answer if i % 2 else "quiet noise", "a sound")}[source]
+    family = "caption" if source == "audiocaps" else sample.family
+    return dataclasses.replace(sample, id=f"{source}-{sample.id}", source=source, answers=answers, family=family)
+
+
+@pytest.fixture(scope="module")
+def mixed_manifest(micro_paths: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("base_eval")
+    assert eval_main(["--preset", "stage_a_micro", *_args(micro_paths), "--out", str(out)]) == 0
+    base = {r["id"]: r["base_answer"] for r in map(json.loads, (out / "predictions.jsonl").read_text().splitlines())}
+    samples = read_manifest(micro_paths["data.test"])
+    return write_manifest([_relabelled(s, i, base[s.id]) for i, s in enumerate(samples)],
+                          tmp_path_factory.mktemp("mixed") / "mixed.jsonl")
+
+
+def test_mixed_manifest_reports_each_dataset_with_its_own_metric(run_dir: Path, micro_paths: dict,
+                                                                 mixed_manifest: Path, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    paths = {**micro_paths, "data.test": str(mixed_manifest)}
+    capsys.readouterr()
+    assert eval_main(["--checkpoint", str(run_dir), "--preset", "stage_a_micro", *_args(paths),
+                      "--out", str(tmp_path), "--json", "--report"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads((tmp_path / "metrics.json").read_text())
+    records = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    sources = {r["source"] for r in records}
+    assert sources == {*OFFICIAL, "audiocaps"} and set(printed["per_dataset"]) == sources
+    captions = [r for r in records if r["source"] == "audiocaps"]
+    references = {r["id"]: r["answers"] for r in captions}
+    corpus, _ = cider_d({r["id"]: r["answer"] for r in captions}, references)
+    base_corpus, _ = cider_d({r["id"]: r["base_answer"] for r in captions}, references)
+    entry = printed["per_dataset"].pop("audiocaps")
+    assert entry["metric"] == "cider_d" and base_corpus > 0
+    assert (entry["value"]["mean"], entry["base"]["mean"]) == pytest.approx((corpus, base_corpus))
+    for source, entry in printed["per_dataset"].items():
+        members = [r for r in records if r["source"] == source]
+        for r in members:  # every question scored by its dataset's official scorer, recomputed here
+            assert r["metric"] == METRIC[source]
+            assert r["score"] == pytest.approx(OFFICIAL[source](r["answer"], r["answers"]))
+            assert r["base_score"] == pytest.approx(OFFICIAL[source](r["base_answer"], r["answers"]))
+        assert entry["metric"] == METRIC[source] and entry["n"] == len(members)
+        assert entry["value"]["mean"] == pytest.approx(np.mean([r["score"] for r in members]))
+        lo, hi = entry["value"]["ci95"]
+        assert lo <= entry["value"]["mean"] <= hi
+    # Known by construction (the single-answer datasets hold the base model's answer); VQA accuracy would give 0.
+    base = {source: printed["per_dataset"][source]["base"]["mean"] for source in ("gqa", "music_avqa", "clotho_aqa")}
+    assert base == pytest.approx({"gqa": 1.0, "music_avqa": 1.0, "clotho_aqa": 2 / 3})
+    assert printed["overall"]["n"] == len(records) - len(captions)  # CIDEr-D is not averaged into accuracy
+    report = (tmp_path / "report.md").read_text()
+    assert "## Metric per dataset" in report and "GQA exact match" in report and "CIDEr-D" in report
+
+
+def test_table_names_each_dataset_metric(micro_paths: dict, mixed_manifest: Path, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture) -> None:
+    paths = {**micro_paths, "data.test": str(mixed_manifest)}
+    assert eval_main(["--preset", "stage_a_micro", *_args(paths), "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "p (McNemar)" in out
+    for label in ("VQA accuracy", "GQA exact match", "accuracy (share of annotators)", "accuracy (per type)",
+                  "CIDEr-D"):
+        assert label in out
+
+
+def test_single_answer_vqav2_is_an_error_naming_dataset_and_sample(micro_paths: dict, tmp_path: Path) -> None:
+    samples = read_manifest(micro_paths["data.test"])
+    broken = [dataclasses.replace(s, source="vqav2") for s in samples]
+    broken[0] = dataclasses.replace(broken[0], answers=broken[0].answers[:1])
+    manifest = write_manifest(broken, tmp_path / "one_answer.jsonl")
+    paths = {**micro_paths, "data.test": str(manifest)}
+    with pytest.raises(ValueError, match=rf"dataset 'vqav2', sample '{broken[0].id}': 1 answer"):
+        eval_main(["--preset", "stage_a_micro", *_args(paths), "--out", str(tmp_path / "out")])

@@ -15,7 +15,8 @@ SCORES = (0.0, 1 / 3, 2 / 3, 1.0)
 def _record(qid: str, family: str, qtype: str, gold: str, answer: str, base_answer: str,
             score: float, base_score: float, k: int = 8, question: str = "what is it?") -> dict:
     return {"id": qid, "question": question, "answers": [gold] * 7 + ["other"] * 3, "family": family,
-            "qtype": qtype, "k": k, "gate": 1.0, "raw": answer, "answer": answer, "score": score,
+            "qtype": qtype, "source": "world", "metric": "vqa_accuracy", "k": k, "gate": 1.0, "raw": answer,
+            "answer": answer, "score": score,
             "base_raw": base_answer, "base_answer": base_answer, "base_score": base_score}
 
 
@@ -163,3 +164,23 @@ def test_missing_key_in_by_k_names_the_k(tmp_path: Path) -> None:
 def test_bad_input_is_an_error(tmp_path: Path, predictions: list[dict], by_k: dict | None, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         write_report(predictions, by_k, tmp_path)
+
+
+def test_per_dataset_table_names_each_metric_and_captions_stay_out_of_accuracy(tmp_path: Path) -> None:
+    gqa = [dict(_record(f"g{i}", "visual", "color", "red", "red" if i < 3 else "blue", "red", float(i < 3), 1.0),
+                source="gqa", metric="gqa_exact_match", answers=["red"]) for i in range(4)]
+    captions = [dict(_record(f"c{i}", "caption", "caption", "a tone", "a tone", "noise", 2.5 * i, 0.0),
+                     source="audiocaps", metric="cider_d", answers=["a tone", "one tone"]) for i in range(2)]
+    text = write_report(gqa + captions, None, tmp_path).read_text()
+    table = _table_after(text, "## Metric per dataset")
+    assert table[0] == ["dataset", "metric", "questions", "SAFE", "95% CI", "base"]
+    assert [row[:4] for row in table[1:]] == [["audiocaps", "CIDEr-D", "2", "1.250"],
+                                             ["gqa", "GQA exact match", "4", "75.00"]]
+    assert _table_after(text, "## Overview")[1][:3] == ["all", "4", "75.00"]  # the captions' CIDEr-D is not in it
+
+
+def test_a_record_with_another_metric_than_its_dataset_is_an_error(tmp_path: Path) -> None:
+    record = dict(_record("g1", "visual", "color", "red", "red", "red", 1.0, 1.0), source="gqa")
+    with pytest.raises(ValueError, match="record id 'g1' of dataset 'gqa' has metric 'vqa_accuracy'; "
+                                         "expected 'gqa_exact_match'"):
+        write_report([record], None, tmp_path)
