@@ -86,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", action="store_true", help="also write report.md with examples and accuracy vs k")
     parser.add_argument("--ks", default="4,8,16", help="k values of the report's accuracy-vs-k section")
     parser.add_argument("--json", action="store_true", help="print metrics.json to stdout instead of the tables")
+    parser.add_argument("--caption-tokens", type=int, default=EvalSettings.caption_max_new_tokens,
+                        help="generation budget of caption samples (default: %(default)s; questions get 4)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("-v", "--verbose", action="store_true")
     args, rest = parser.parse_known_args(argv)
@@ -101,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or (args.checkpoint / "eval" if args.checkpoint else Path(cfg.out_dir) / "eval_base")
     setup = build_setup(cfg, args.device, splits=("test",), bridge_dir=bridge)
     settings = EvalSettings(k=args.k or cfg.k_eval, batch_size=cfg.eval_batch_size, gate=args.gate,
-                            use_audio=bridge is not None)
+                            use_audio=bridge is not None, caption_max_new_tokens=args.caption_tokens)
     evaluator = Evaluator(setup.model, setup.collator, setup.test, eval_rows(setup.test, args.size, cfg.seed),
                           settings, args.device)
     result = evaluator.run(detail=True)

@@ -55,11 +55,12 @@ def eval_rows(split: Split, size: int, seed: int) -> list[int]:
 
 @dataclass
 class EvalSettings:
-    """How evaluation runs: k, batch size, answer length, and the random-audio switch."""
+    """How evaluation runs: k, batch size, answer and caption lengths, and the random-audio switch."""
 
     k: int = 8
     batch_size: int = 128
     max_new_tokens: int = 4
+    caption_max_new_tokens: int = 30
     shuffle_audio: bool = False
     use_audio: bool = True
     gate: float = 1.0
@@ -85,12 +86,15 @@ def _audio_kwargs(batch: Batch, settings: EvalSettings, audio: bool, gate: float
 @torch.no_grad()
 def generate_answers(model: SafeModel, collator: Collator, split: Split, rows: list[int], settings: EvalSettings,
                      device: torch.device | str = "cpu", audio: bool = True, gate: float = 1.0) -> dict[int, str]:
-    """Greedy answers per row, with audio at `gate` or without audio."""
+    """Greedy answers per row, with audio at `gate` or without audio; captions get their own, longer budget."""
+    captions = [i for i in rows if split.samples[i].family == "caption"]
+    questions = [i for i in rows if split.samples[i].family != "caption"]
     out: dict[int, str] = {}
-    for chunk, batch in _batches(collator, split, rows, settings, device, "answering"):
-        generated = model.generate(**_audio_kwargs(batch, settings, audio, gate), **batch.inputs,
-                                   max_new_tokens=settings.max_new_tokens, do_sample=False)
-        out.update(zip(chunk, collator.decode(generated, batch.inputs["input_ids"].shape[1])))
+    for group, length in ((questions, settings.max_new_tokens), (captions, settings.caption_max_new_tokens)):
+        for chunk, batch in _batches(collator, split, group, settings, device, "answering"):
+            generated = model.generate(**_audio_kwargs(batch, settings, audio, gate), **batch.inputs,
+                                       max_new_tokens=length, do_sample=False)
+            out.update(zip(chunk, collator.decode(generated, batch.inputs["input_ids"].shape[1])))
     return out
 
 

@@ -143,3 +143,32 @@ def test_single_answer_vqav2_is_an_error_naming_dataset_and_sample(micro_paths: 
     paths = {**micro_paths, "data.test": str(manifest)}
     with pytest.raises(ValueError, match=rf"dataset 'vqav2', sample '{broken[0].id}': 1 answer"):
         eval_main(["--preset", "stage_a_micro", *_args(paths), "--out", str(tmp_path / "out")])
+
+
+def test_captions_are_generated_with_their_own_budget(micro_paths: dict, mixed_manifest: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared.config import load_config
+    from stage_a.config import TrainConfig
+    from stage_a.evaluate import EvalSettings, generate_answers
+    from stage_a.setup import build_setup
+
+    cfg = load_config(TrainConfig, "stage_a_micro", {**micro_paths, "data.test": str(mixed_manifest)})
+    setup = build_setup(cfg, splits=("test",))
+    budgets: dict[str, set[int]] = {}
+    real_generate = setup.model.generate
+
+    def recording(**kwargs):
+        out = real_generate(**kwargs)
+        rows = kwargs["input_ids"].shape[0]
+        budgets.setdefault("caption" if rows in caption_sizes else "question", set()).add(kwargs["max_new_tokens"])
+        return out
+
+    captions = [i for i, s in enumerate(setup.test.samples) if s.family == "caption"]
+    questions = [i for i, s in enumerate(setup.test.samples) if s.family != "caption"]
+    caption_sizes = {len(captions)}
+    assert captions and len(questions) != len(captions)
+    monkeypatch.setattr(setup.model, "generate", recording)
+    settings = EvalSettings(batch_size=1000, max_new_tokens=2, caption_max_new_tokens=7)
+    answers = generate_answers(setup.model, setup.collator, setup.test, captions + questions, settings)
+    assert set(answers) == set(captions + questions)
+    assert budgets == {"caption": {7}, "question": {2}}
