@@ -1,7 +1,7 @@
 """`stage_b-outcomes`: the outcome table Stage B trains on, built once from a Stage A checkpoint.
 
 For every question of a split and every action (no audio, or audio with k tokens for k in K):
-- `score`: the VQA score of SAFE's greedy answer;
+- `score`: SAFE's greedy answer scored by its dataset's metric (`shared.dataset_metrics`);
 - `gflops`: compute of the prompt forward (prefill) counted analytically from the model configs
   (stage_a.flops) for the question's own prompt length and audio frames, plus, for audio actions,
   the frozen encoder on one full window (encoders pad every clip to their window). The analytic
