@@ -37,6 +37,9 @@ class ModelSettings:
             raise ValueError(f"model.audio_encoder is {self.audio_encoder!r}; expected 'clap', 'whisper' or 'both'")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"model.dtype is {self.dtype!r}; expected float32, bfloat16 or float16")
+        if self.train_base_lm and self.dtype != "float32":
+            raise ValueError(f"model.train_base_lm is true with model.dtype {self.dtype}; expected float32: the base "
+                             "LM's own weights would train without float32 master weights (only the bridge has them)")
 
 
 @dataclass

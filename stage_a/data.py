@@ -7,6 +7,16 @@ cache. VL questions are paired with audio too: their own clip (the world's scene
 for datasets whose VL samples have none, a clip of the split's audio samples chosen by the
 sample id, so the adapter is active on VL inputs, where it can harm them.
 
+Every modality mix is loaded (each sample keeps its dataset in `Sample.source`):
+- an image: shown as is;
+- video frames only (MUSIC-AVQA): one frame is shown, the one nearest the middle of the audio
+  window (without audio: of the frames' time span; ties: the earlier frame), see `FRAME_RULE`;
+- no visual input (AudioCaps captions, Clotho-AQA): the base model's text-only prompt, or a blank
+  image where the model cannot run text-only (`stage_a.prompting.no_image_policy`; the policy is
+  recorded in the run's summary). Such a sample stays what it is: it is never given an image of
+  another sample, and a sample whose family needs a visual input but has none is excluded and
+  counted by `shared.data.check`.
+
 Batches are right-padded for training (answer tokens last, labels -100 elsewhere) and
 left-padded prompts for generation. Mask convention: 1 = attend / valid, 0 = padding.
 """
@@ -22,33 +32,54 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from shared.data.audio_io import audio_info
 from shared.data.check import check_manifest
-from shared.data.schema import Sample, read_manifest
+from shared.data.schema import Sample, majority_answer, read_manifest
 from shared.features import AudioRef, FeatureCache, pad_frames, valid_frames_encoder
-from stage_a.prompting import build_prompt
+from stage_a.prompting import BLANK_RGB, build_prompt, model_inputs, no_image_policy
 
 log = logging.getLogger(__name__)
 IGNORE = -100
 AUDIO_FAMILIES = ("audio", "audio_visual", "caption")
+FRAME_RULE = ("frames-only samples show the frame nearest the middle of the audio window (end clipped to the "
+              "file; without audio: the middle of the frames' time span), ties to the earlier frame")
 
 
 def target_answer(sample: Sample) -> str:
-    """The training target: the most frequent annotator answer (ties: the first given)."""
-    if not sample.answers:
-        raise ValueError(f"sample {sample.id!r}: field 'answers' is empty; expected at least one answer")
-    counts = Counter(sample.answers)
-    return max(sample.answers, key=lambda a: counts[a])
+    """The training target: the most frequent annotator answer or caption (ties: the first given)."""
+    return majority_answer(sample.answers, f"sample {sample.id!r}: field 'answers'")
+
+
+def _centre(sample: Sample, durations: dict[str, float]) -> float:
+    """Middle of the sample's audio window (end clipped to the file), or of its frames' span without audio."""
+    if not sample.has_audio:
+        return (min(sample.frame_times) + max(sample.frame_times)) / 2
+    if sample.audio not in durations:
+        durations[sample.audio] = audio_info(sample.audio).duration  # type: ignore[index]
+    end = durations[sample.audio] if sample.audio_end is None else min(sample.audio_end, durations[sample.audio])
+    return (sample.audio_start + end) / 2
+
+
+def visual_input(sample: Sample, durations: dict[str, float]) -> str | None:
+    """The image file a sample is shown: its image, else one of its frames (FRAME_RULE), else None."""
+    if sample.image is not None or not sample.frames:
+        return sample.image
+    centre = _centre(sample, durations)
+    best = min(range(len(sample.frames)), key=lambda j: (abs(sample.frame_times[j] - centre), sample.frame_times[j]))
+    return sample.frames[best]
 
 
 @dataclass
 class Split:
-    """One checked split: samples, their targets, audio features and images (loaded once)."""
+    """One checked split: samples, their targets, audio features, and the image file each sample is shown
+    (`visuals`: its image, its chosen frame, or None) with those files loaded once (`images`)."""
 
     name: str
     samples: list[Sample]
     targets: list[str]
     features: list[torch.Tensor]
     feature_index: list[int]
+    visuals: list[str | None]
     images: dict[str, Image.Image]
     excluded: dict
     clips: list[AudioRef]
@@ -59,6 +90,19 @@ class Split:
     def clip(self, i: int) -> AudioRef:
         """The audio window sample i is paired with (its own, or the clip a VL sample borrowed)."""
         return self.clips[self.feature_index[i]]
+
+    def image(self, i: int) -> Image.Image | None:
+        """The image sample i is shown (its image or chosen frame), or None without visual input."""
+        path = self.visuals[i]
+        return None if path is None else self.images[path]
+
+    def composition(self) -> dict:
+        """Samples per dataset and per visual input (image, frame, none), with the frame rule: for provenance."""
+        kinds = Counter("image" if s.image is not None else "frame" if v is not None else "none"
+                        for s, v in zip(self.samples, self.visuals))
+        return {"sources": dict(sorted(Counter(s.source for s in self.samples).items())),
+                "visual_input": {k: kinds.get(k, 0) for k in ("image", "frame", "none")},
+                "frame_rule": FRAME_RULE if kinds.get("frame") else None}
 
     def is_vl(self, i: int) -> bool:
         return self.samples[i].family == "visual"
@@ -99,16 +143,18 @@ def load_split(name: str, manifest: str | Path, encoder, cache: FeatureCache, sa
     unique = sorted(set(refs), key=lambda r: (r.path, r.start, r.end or 0.0))
     position = {r: i for i, r in enumerate(unique)}
     features = cache.features(unique, valid_frames_encoder(encoder, sample_rate))
+    durations: dict[str, float] = {}
+    visuals = [visual_input(s, durations) for s in clean]
     images = {}
-    for s in clean:
-        if s.image is None:
-            raise ValueError(f"sample {s.id!r} in {manifest} has no image; Stage A needs an image per question")
-        if s.image not in images:
-            with Image.open(s.image) as im:
-                images[s.image] = im.convert("RGB")
+    for path in visuals:
+        if path is not None and path not in images:
+            with Image.open(path) as im:
+                images[path] = im.convert("RGB")
     excluded = {"total": report.total, "excluded": report.excluded, "counts": report.counts()}
-    return Split(name, clean, [target_answer(s) for s in clean], features, [position[r] for r in refs], images, excluded,
-                 unique)
+    split = Split(name, clean, [target_answer(s) for s in clean], features, [position[r] for r in refs], visuals,
+                  images, excluded, unique)
+    log.info("%s split: %s", name, split.composition())
+    return split
 
 
 @dataclass
@@ -132,6 +178,7 @@ class Collator:
 
     def __init__(self, processor) -> None:
         self.processor = processor
+        self.no_image_policy = no_image_policy(processor)
         self.tokenizer = getattr(processor, "tokenizer", processor)
         self.eos = self.tokenizer.eos_token or ""
         self._answer_ids: dict[str, list[int]] = {}
@@ -141,16 +188,26 @@ class Collator:
             self._answer_ids[answer] = self.tokenizer(answer + self.eos, add_special_tokens=False)["input_ids"]
         return self._answer_ids[answer]
 
+    def provenance(self) -> dict:
+        """How rows without a visual input are prompted, for the run's summary."""
+        blank = f"constant RGB {BLANK_RGB} image at the processor's size" if self.no_image_policy == "blank_image" else None
+        return {"no_image_policy": self.no_image_policy, "blank_image": blank}
+
     def _audio(self, split: Split, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         return pad_frames([split.features[split.feature_index[i]] for i in rows])
+
+    def _prompt(self, split: Split, i: int) -> str:
+        return build_prompt(self.processor, split.samples[i].question, image=split.visuals[i] is not None)
+
+    def _inputs(self, split: Split, rows: list[int], texts: list[str], padding_side: str) -> dict[str, torch.Tensor]:
+        return model_inputs(self.processor, texts, [split.image(i) for i in rows], padding_side)
 
     def train_batch(self, split: Split, rows: list[int], targets: list[str] | None = None) -> Batch:
         """Prompt + answer + EOS per row; labels hold the answer tokens only."""
         samples = [split.samples[i] for i in rows]
         answers = targets or [split.targets[i] for i in rows]
-        texts = [f"{build_prompt(self.processor, s.question)} {a}{self.eos}" for s, a in zip(samples, answers)]
-        inputs = self.processor(images=[split.images[s.image] for s in samples], text=texts, return_tensors="pt",
-                                padding=True, padding_side="right")
+        texts = [f"{self._prompt(split, i)} {a}{self.eos}" for i, a in zip(rows, answers)]
+        inputs = self._inputs(split, rows, texts, "right")
         ids, lengths = inputs["input_ids"], inputs["attention_mask"].sum(1)
         labels = torch.full_like(ids, IGNORE)
         for row, (sample, answer) in enumerate(zip(samples, answers)):
@@ -161,17 +218,15 @@ class Collator:
                                  "prompt + answer text; expected the prompt and answer to split at the space")
             labels[row, end - len(target): end] = target
         frames, frame_mask = self._audio(split, rows)
-        return Batch(dict(inputs), labels, torch.tensor([s.family == "visual" for s in samples]), frames, frame_mask,
+        return Batch(inputs, labels, torch.tensor([s.family == "visual" for s in samples]), frames, frame_mask,
                      [s.id for s in samples])
 
     def prompt_batch(self, split: Split, rows: list[int]) -> Batch:
         """Left-padded prompts for greedy generation, with the rows' audio."""
         samples = [split.samples[i] for i in rows]
-        inputs = self.processor(images=[split.images[s.image] for s in samples],
-                                text=[build_prompt(self.processor, s.question) for s in samples],
-                                return_tensors="pt", padding=True, padding_side="left")
+        inputs = self._inputs(split, rows, [self._prompt(split, i) for i in rows], "left")
         frames, frame_mask = self._audio(split, rows)
-        return Batch(dict(inputs), torch.empty(0), torch.tensor([s.family == "visual" for s in samples]), frames,
+        return Batch(inputs, torch.empty(0), torch.tensor([s.family == "visual" for s in samples]), frames,
                      frame_mask, [s.id for s in samples])
 
     def decode(self, sequences: torch.Tensor, prompt_length: int) -> list[str]:

@@ -27,13 +27,16 @@ from torch import nn
 
 PLACEMENTS = ("early", "middle", "late", "all")
 MODES = ("cross_attention", "prefix")
-# Where decoder layers live in the supported families, searched in this order.
+# Where decoder layers live in the supported families, searched in this order (FusionConfig.layers_path overrides).
 LAYER_PATHS = (
-    "model.language_model.layers",          # LLaVA family (transformers 5)
+    "model.language_model.layers",          # LLaVA, LLaVA-NeXT, Qwen2-VL, PaliGemma, Gemma3 (transformers 5)
+    "model.text_model.layers",              # Idefics3, SmolVLM
     "language_model.model.decoder.layers",  # BLIP-2 with an OPT decoder
     "language_model.model.layers",          # BLIP-2 / others with a Llama-style decoder
     "model.layers",                         # plain decoder-only LMs
 )
+LAYERS_HINT = ("pass the dotted path of the LM's decoder-layer list with --layers-path (stage_a-check) "
+               "or --model.fusion.layers_path (stage_a-train), e.g. model.text_model.layers")
 
 
 @dataclass
@@ -41,7 +44,8 @@ class FusionConfig:
     """Adapter mode, sizes and placement (a preset name or explicit decoder-layer indices).
 
     mode "prefix" splices the audio tokens into the input embeddings instead (stage_a.prefix);
-    rank, heads, residual_scale and placement then do not apply.
+    rank, heads, residual_scale and placement then do not apply. layers_path (e.g. "model.text_model.layers")
+    names the LM's decoder-layer list where LAYER_PATHS does not find it; it also anchors the LoRA targets.
     """
 
     mode: str = "cross_attention"
@@ -51,6 +55,7 @@ class FusionConfig:
     placement: str = "middle"
     layers: tuple[int, ...] = field(default_factory=tuple)
     max_blocks: int = 3
+    layers_path: str | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -63,17 +68,32 @@ class FusionConfig:
             raise ValueError(f"fusion residual_scale is {self.residual_scale}; expected > 0")
 
 
-def find_decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The LM's decoder layers, or an error naming every path that was searched."""
+def _module_at(model: nn.Module, path: str) -> nn.ModuleList | None:
+    node: object = model
+    for part in path.split("."):
+        node = getattr(node, part, None)
+        if node is None:
+            return None
+    return node if isinstance(node, nn.ModuleList) and len(node) > 0 else None
+
+
+def decoder_layers_path(model: nn.Module, override: str | None = None) -> str:
+    """The dotted path of the LM's decoder layers: the override if given, else the first of LAYER_PATHS found."""
+    if override is not None:
+        if _module_at(model, override) is None:
+            raise ValueError(f"layers path {override!r} is not a non-empty module list in {type(model).__name__}; "
+                             f"{LAYERS_HINT}")
+        return override
     for path in LAYER_PATHS:
-        node: object = model
-        for part in path.split("."):
-            node = getattr(node, part, None)
-            if node is None:
-                break
-        if isinstance(node, nn.ModuleList) and len(node) > 0:
-            return node
-    raise ValueError(f"cannot locate the decoder layers of {type(model).__name__}; searched {list(LAYER_PATHS)}")
+        if _module_at(model, path) is not None:
+            return path
+    raise ValueError(f"cannot locate the decoder layers of {type(model).__name__}; searched {list(LAYER_PATHS)}; "
+                     f"{LAYERS_HINT}")
+
+
+def find_decoder_layers(model: nn.Module, override: str | None = None) -> nn.ModuleList:
+    """The LM's decoder layers (see decoder_layers_path), or an error saying what to pass."""
+    return _module_at(model, decoder_layers_path(model, override))
 
 
 def resolve_layers(config: FusionConfig, num_layers: int) -> list[int]:
@@ -123,12 +143,15 @@ class FusionBlock(nn.Module):
             return hidden
         b, n, _ = hidden.shape
         split = lambda x: x.view(b, x.shape[1], self.heads, -1).transpose(1, 2)  # noqa: E731
-        q, k, v = split(self.q(self.norm(hidden))), split(self.k(audio)), split(self.v(audio))
+        # The block computes in its weights' dtype (float32 master weights) and returns the LM's dtype.
+        dtype = self.out.weight.dtype
+        x, audio = hidden.to(dtype), audio.to(dtype)
+        q, k, v = split(self.q(self.norm(x))), split(self.k(audio)), split(self.v(audio))
         # Rows with no valid audio token would be all -inf; they are inactive and replaced below.
         attn_mask = audio_mask[:, None, None, :] | ~active[:, None, None, None]
         mixed = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         update = self.out(mixed.transpose(1, 2).reshape(b, n, -1))
-        fused = hidden + (gate.to(hidden.dtype) * self.scale)[:, None, None] * update
+        fused = (x + (gate.to(dtype) * self.scale)[:, None, None] * update).to(hidden.dtype)
         return torch.where(active[:, None, None], fused, hidden)
 
 
@@ -137,7 +160,7 @@ class FusionAdapter(nn.Module):
 
     def __init__(self, base: nn.Module, hidden_size: int, config: FusionConfig) -> None:
         super().__init__()
-        layers = find_decoder_layers(base)
+        layers = find_decoder_layers(base, config.layers_path)
         self.layer_indices = resolve_layers(config, len(layers))
         self.blocks = nn.ModuleDict({str(i): FusionBlock(hidden_size, config) for i in self.layer_indices})
         self._layers = [layers[i] for i in self.layer_indices]  # a plain list: not submodules of the adapter

@@ -1,7 +1,8 @@
 """Optional peft LoRA on the base LM's attention, active only for samples that carry audio.
 
-LoRA goes on language-model projections only (a regex anchored on the LM's module path, so
-the vision tower's q/v projections are never touched). Each LoRA branch's output is multiplied
+LoRA goes on language-model projections only: the target regex is anchored on the path of the
+LM's decoder layers (stage_a.fusion.decoder_layers_path, the same discovery and override as the
+fusion adapter), so the vision tower's q/v projections are never touched. Each LoRA branch's output is multiplied
 by a per-sample activity mask (1 = sample has audio and gate > 0); outside an audio context
 every sample is inactive. An inactive sample's projection is `base(x) + 0`, bit-identical to
 the frozen base model, so gate-0 and no-audio exactness still hold with LoRA on.
@@ -9,6 +10,7 @@ the frozen base model, so gate-0 and no-audio exactness still hold with LoRA on.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -16,6 +18,8 @@ from dataclasses import dataclass
 import torch
 from peft import LoraConfig, inject_adapter_in_model
 from torch import nn
+
+from stage_a.fusion import decoder_layers_path
 
 ADAPTER = "default"
 
@@ -36,13 +40,15 @@ class LoraSettings:
 class AudioOnlyLora:
     """LoRA injected into the LM of `base`, gated per sample by an activity mask."""
 
-    def __init__(self, base: nn.Module, settings: LoraSettings) -> None:
-        pattern = r".*(language_model|decoder)\..*\.(" + "|".join(settings.targets) + r")$"
+    def __init__(self, base: nn.Module, settings: LoraSettings, layers_path: str | None = None) -> None:
+        path = decoder_layers_path(base, layers_path)
+        pattern = rf"^{re.escape(path)}\.\d+\..*\.(" + "|".join(map(re.escape, settings.targets)) + r")$"
         inject_adapter_in_model(LoraConfig(r=settings.rank, lora_alpha=settings.alpha, target_modules=pattern), base)
         self.branches = {name: module for name, module in base.named_modules()
                          if name.endswith(f"lora_B.{ADAPTER}")}
         if not self.branches:
-            raise ValueError(f"LoRA found no LM projections named {settings.targets}; expected attention projections")
+            raise ValueError(f"LoRA found no projections named {settings.targets} under {path}; "
+                             "expected attention projections of the LM's decoder layers")
         if any("vision" in name for name in self.branches):
             raise ValueError("LoRA reached the vision tower; expected language-model modules only")
         self._active: torch.Tensor | None = None

@@ -6,6 +6,18 @@ caller chooses k (audio tokens) and a gate per sample; samples without valid fra
 gate 0, run the base model's exact computation. The fusion is the gated cross-attention adapter
 (stage_a.fusion) or, for comparison, prefix tokens spliced into the input embeddings (stage_a.prefix).
 
+Precision (bf16 / fp16 bases): the bridge keeps float32 master weights whatever the base's dtype,
+and computes in float32, casting at its boundaries; no autocast is used, so CPU and GPU run the
+same arithmetic. Audio features enter the projector as float32; a fusion block casts the LM's
+hidden states to float32, computes its update there and returns the fused residual in the LM's
+dtype; prefix tokens are cast to the embedding's dtype where they are spliced; LoRA weights are
+cast to float32 after injection, and peft casts their input to that dtype and their sum back to
+the base layer's. Gate-0 and no-audio rows keep the base's own tensors (torch.where / the bare
+base call), so they stay bit-identical in any dtype. Losses are computed in float32 from the
+logits (stage_a.losses, stage_a.retention), the optimizer steps float32 weights (with dynamic loss
+scaling under float16, stage_a.train), and the saved bridge is float32. The frozen audio encoder
+runs in float32 too: its features are computed once per clip into the float32 feature cache.
+
 Only the bridge is saved: `adapter.safetensors` plus `safe_config.json` beside it.
 """
 
@@ -27,6 +39,7 @@ from stage_a.lora import AudioOnlyLora, LoraSettings
 from stage_a.prefix import PrefixSplicer
 from stage_a.projector import AudioProjector, ProjectorConfig
 
+MASTER_DTYPE = torch.float32  # the bridge's weights and compute dtype, whatever the base's dtype
 WEIGHTS_FILE = "adapter.safetensors"
 CONFIG_FILE = "safe_config.json"
 
@@ -71,10 +84,12 @@ class SafeModel(nn.Module):
                              f"expected the LM hidden size {lm_hidden_size(base)}")
         self.base = base.eval().requires_grad_(False)
         self.bridge_config = bridge
-        self.projector = AudioProjector(bridge.projector)
+        self.projector = AudioProjector(bridge.projector).to(MASTER_DTYPE)
         self.fusion = (PrefixSplicer(base) if bridge.fusion.mode == "prefix"
-                       else FusionAdapter(base, bridge.projector.hidden_size, bridge.fusion))
-        self.lora = AudioOnlyLora(base, bridge.lora) if bridge.lora.rank > 0 else None
+                       else FusionAdapter(base, bridge.projector.hidden_size, bridge.fusion).to(MASTER_DTYPE))
+        self.lora = AudioOnlyLora(base, bridge.lora, bridge.fusion.layers_path) if bridge.lora.rank > 0 else None
+        for param in AudioOnlyLora.state(base).values():  # peft injects LoRA in the base's dtype
+            param.data = param.data.to(MASTER_DTYPE)
 
     def train(self, mode: bool = True) -> "SafeModel":
         """Only the bridge switches mode; the frozen base always stays in eval mode."""

@@ -94,6 +94,7 @@ class AudioProjector(nn.Module):
             raise ValueError(f"frames have shape {tuple(frames.shape)}; expected (batch, time, {self.config.audio_dim})")
         if frame_mask is None:
             frame_mask = torch.ones(frames.shape[:2], dtype=torch.bool, device=frames.device)
+        frames = frames.to(self.norm.weight.dtype)  # computes in its weights' dtype (float32 master weights)
         weights = segment_weights(frame_mask, k).to(frames.dtype)
         # Padded frames are zeroed before pooling, so even NaN padding contributes nothing.
         clean = torch.where(frame_mask.bool()[..., None], self.norm(frames), torch.zeros((), dtype=frames.dtype))

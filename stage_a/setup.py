@@ -76,7 +76,9 @@ def build_setup(cfg: TrainConfig, device: torch.device | str = "cpu", splits: tu
     """Load the base, wrap it in SAFE (a saved bridge, or a seeded fresh one) and load the splits via the feature cache."""
     paths = resolve_paths(cfg)
     base, processor = load_base(paths["base_vl"], cfg.model.dtype, device)
-    encoder = build_encoder(cfg.model.audio_encoder, paths["clap"], paths["whisper"], str(device), cfg.model.dtype)
+    # The frozen encoder runs once per clip into the float32 feature cache, so it stays float32 whatever
+    # model.dtype is (its cost is not paid per training step).
+    encoder = build_encoder(cfg.model.audio_encoder, paths["clap"], paths["whisper"], str(device), "float32")
     cache = feature_cache(encoder, cfg.data.feature_cache)
     loaded = {name: load_split(name, paths[name], encoder, cache, cfg.data.sample_rate) for name in splits}
     torch.manual_seed(cfg.seed)

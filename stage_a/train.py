@@ -11,6 +11,10 @@ One step, top to bottom:
 5. backward, per-component gradient norms, clipping, AdamW, and the null-space projection of the
    update of protected projections (bases refreshed every `nullspace_every` steps).
 
+Precision: a float32 bridge and float32 losses over a base in `model.dtype` (stage_a.model). float16
+adds dynamic loss scaling (torch.amp.GradScaler: overflowing steps are skipped and the scale halves;
+it is logged and checkpointed); bfloat16 has float32's range and needs none.
+
 Every `eval_every` steps: audio accuracy, VL accuracy with audio and at gate 0 (whose max |logit
 diff| to the base must be 0), and the paired VL retention delta. A degradation beyond
 `tolerance_pts` (at `stop_patience` evaluations in a row) stops the run; the best checkpoint
@@ -45,6 +49,7 @@ from stage_a.losses import answer_loss, answer_positions
 from stage_a.evaluate import EvalSettings, Evaluator, eval_rows, generate_answers, shuffled_audio
 from stage_a.model import WEIGHTS_FILE, SafeModel
 from stage_a.monitor import GradientMonitor, RunLogger
+from stage_a.prefix import media_token_ids, select_rows
 from stage_a.retention import NullSpaceProjector, OnlineFisher, RetentionConfig, distill_loss
 from stage_a.sampler import MixSampler
 from stage_a.setup import build_setup
@@ -96,11 +101,13 @@ class StageATrainer:
         with self.acc.main_process_first():
             self.setup = build_setup(cfg, self.acc.device)
         self.model = self.setup.model
+        self.media_ids = media_token_ids(self.model.base)
         self.retention = retention_settings(cfg)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         groups = [{"params": [p for p in self.params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
                   {"params": [p for p in self.params if p.dim() < 2], "weight_decay": 0.0}]  # no decay on norms, biases
         self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
+        self.scaler = torch.amp.GradScaler(self.acc.device.type, enabled=cfg.model.dtype == "float16")
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, cfg.warmup_steps, cfg.steps))
         named = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
@@ -200,7 +207,8 @@ class StageATrainer:
         if r.kl_weight > 0 and batch.is_vl.any():
             vl = batch.is_vl
             with torch.no_grad():
-                teacher = self.model(**{k_: v[vl] for k_, v in batch.inputs.items()}).logits
+                # VL rows only; per-image tensors follow their rows (rows without an image have none)
+                teacher = self.model(**select_rows(batch.inputs, vl, self.media_ids)).logits
             kl = distill_loss(logits[vl], teacher, answer_positions(batch.labels[vl]), r.kl_temperature, r.kl_kind)
         ewc = self.fisher.penalty() if self.fisher is not None else logits.sum() * 0
         loss = ce + r.kl_weight * kl + r.fisher_weight * ewc
@@ -220,13 +228,17 @@ class StageATrainer:
         if not loss.requires_grad:  # gate 0 (or no audio): the bridge is not in the graph; no optimizer step
             return {"loss": loss.item(), "ce": ce.item(), "kl": 0.0, "ewc": 0.0, "lr": self.scheduler.get_last_lr()[0],
                     "bridge_active": False, **info}
-        self.acc.backward(loss)
+        self.acc.backward(self.scaler.scale(loss))
+        self.scaler.unscale_(self.optimizer)
         norms = self.monitor.observe()
         if cfg.grad_clip > 0:
             self.acc.clip_grad_norm_(self.params, cfg.grad_clip)
         if self.nullspace is not None:
             self.nullspace.snapshot()
-        self.optimizer.step()
+        if self.scaler.is_enabled():
+            info["loss_scale"] = self.scaler.get_scale()
+        self.scaler.step(self.optimizer)  # skipped (weights unchanged) when a float16 gradient overflowed
+        self.scaler.update()
         if self.nullspace is not None:
             self.nullspace.project()
         self.scheduler.step()
@@ -287,7 +299,8 @@ class StageATrainer:
             tensors |= {f"fisher/{k}": v for k, v in self.fisher.state_dict().items()}
         if self.nullspace is not None:
             tensors |= {f"nullspace/{k}": v for k, v in self.nullspace.state_dict().items()}
-        state = {**self.state, "sampler": self.sampler.state_dict(), "monitor": self.monitor.state_dict()}
+        state = {**self.state, "sampler": self.sampler.state_dict(), "monitor": self.monitor.state_dict(),
+                 "scaler": self.scaler.state_dict()}
         save_checkpoint(self.ckpt_dir, self.model, self.optimizer, self.scheduler, tensors, state)
 
     def _restore(self) -> None:
@@ -305,6 +318,12 @@ class StageATrainer:
         self.seen = ckpt.tensors["seen"].bool()
         self.sampler.load_state_dict(ckpt.state.pop("sampler"))
         self.monitor.load_state_dict(ckpt.state.pop("monitor"))
+        scaler = ckpt.state.pop("scaler", None)
+        if self.scaler.is_enabled():
+            if not scaler:
+                raise ValueError(f"checkpoint {self.ckpt_dir} has no loss-scaler state; expected one for "
+                                 "model.dtype float16 (it was written by a run in another dtype)")
+            self.scaler.load_state_dict(scaler)
         self.state = ckpt.state
         log.info("resumed %s at step %d", self.run_dir, self.state["step"])
 
@@ -353,12 +372,15 @@ class StageATrainer:
         trained = self.cfg.use_audio and self.state["step"] > 0
         summary = {**result, "split": "test", "trainable_params": sum(p.numel() for p in self.params) if trained else 0, "retention_variant": self.cfg.retention,
                    "retention": dataclasses.asdict(self.retention), "k_eval": self.cfg.k_eval,
+                   "model_dtype": self.cfg.model.dtype,
                    "train_seconds": round(self.state["train_seconds"], 2), "steps": self.state["step"],
                    "best_step": best["step"] if best else None, "within_tolerance": best is not None,
                    "stopped_early": self.state["stopped_early"], "vl_labels": self.cfg.data.vl_labels,
                    "fisher_normalisation": OnlineFisher.NORMALISATION if self.fisher else None,
                    "nullspace_ranks": self.nullspace.ranks() if self.nullspace else None,
                    "excluded": {s.name: s.excluded for s in (self.setup.train, self.setup.val, self.setup.test)},
+                   "inputs": {**self.setup.collator.provenance(),
+                              **{s.name: s.composition() for s in (self.setup.train, self.setup.val, self.setup.test)}},
                    "history": self.state["history"], "base_grad_steps": self.monitor.base_grad_steps}
         if self.acc.is_main_process:
             atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2))

@@ -31,6 +31,7 @@ def test_check_reports_exactness_placement_and_parameters(dirs, capsys: pytest.C
     report = json.loads(capsys.readouterr().out)
     assert code == 0 and report["exact"] is True and report["gate1_changes_logits"] is True
     assert all(c["logits"] and c["generate"] and c["max_abs_logit_diff"] == 0.0 for c in report["checks"].values())
+    assert set(report["checks"]) == {"gate0", "no_audio", "mixed_gate0_rows"} and report["mixed_gate1_rows_change"]
     assert report["adapter_layers"] == [2] and report["base_class"] == "LlavaForConditionalGeneration"
     params = report["params"]
     assert params["trainable"] == params["projector"] + params["fusion"] and params["frozen"] > 0
@@ -44,10 +45,27 @@ def test_check_table_output(dirs, capsys: pytest.CaptureFixture) -> None:
     assert "gate0" in out and "no_audio" in out and "exact: True" in out
 
 
-def test_whisper_needs_a_path(dirs) -> None:
-    vl, _ = dirs
-    with pytest.raises(ValueError, match="audio encoder .whisper. needs a whisper id or folder"):
-        main(["--base-vl", str(vl), "--audio-encoder", "whisper"])
+def test_unusable_model_or_arguments_exit_2_with_one_line(dirs, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    vl, clap = dirs
+    cases = [(["--base-vl", str(vl), "--audio-encoder", "whisper"], "audio encoder 'whisper' needs a whisper id"),
+             (["--base-vl", str(vl), "--clap", str(clap), "--layers-path", "model.nope"],
+              "layers path 'model.nope' is not a non-empty module list in LlavaForConditionalGeneration; pass"),
+             (["--base-vl", str(tmp_path / "missing"), "--clap", str(clap)], str(tmp_path / "missing"))]
+    for argv, message in cases:
+        assert main(argv) == 2
+        lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("stage_a-check: ")]
+        assert len(lines) == 1 and message in lines[0], lines  # (other stderr lines are progress bars)
+    with pytest.raises(SystemExit) as bad_argument:
+        main(["--base-vl", str(vl), "--fusion-mode", "nope"])
+    assert bad_argument.value.code == 2
+
+
+def test_layers_path_override_reaches_the_adapter(dirs, capsys: pytest.CaptureFixture) -> None:
+    vl, clap = dirs
+    assert main(["--base-vl", str(vl), "--clap", str(clap), "--layers-path", "model.language_model.layers",
+                 "--placement", "early", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["adapter_layers"] == [0]
 
 
 def test_check_on_a_tiny_blip2_folder(dirs, blip2_dir: Path, capsys: pytest.CaptureFixture) -> None:

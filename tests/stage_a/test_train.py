@@ -92,10 +92,11 @@ def test_gate_schedules() -> None:
     assert [gate_value("step", s, 4) for s in (0, 1, 2, 3)] == [0.0, 0.0, 1.0, 1.0]
 
 
-def test_resume_after_stop_equals_an_uninterrupted_run(paths: dict, tmp_path: Path) -> None:
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+def test_resume_after_stop_equals_an_uninterrupted_run(paths: dict, tmp_path: Path, dtype: str) -> None:
     whole, parts = tmp_path / "whole", tmp_path / "parts"
-    assert main(_args(paths, whole, "--tolerance_pts", "100")) == 0
-    args = _args(paths, parts, "--tolerance_pts", "100")
+    assert main(_args(paths, whole, "--tolerance_pts", "100", "--model.dtype", dtype)) == 0
+    args = _args(paths, parts, "--tolerance_pts", "100", "--model.dtype", dtype)
     assert main([*args, "--stop-after", "3"]) == 0
     assert json.loads((parts / "stage_a_micro/checkpoint/state.json").read_text())["step"] == 3
     with pytest.raises(FileExistsError, match="--resume"):
@@ -110,6 +111,8 @@ def test_resume_after_stop_equals_an_uninterrupted_run(paths: dict, tmp_path: Pa
     assert strip(whole) == strip(parts)
     sa, sb = (json.loads((d / "stage_a_micro/summary.json").read_text()) for d in (whole, parts))
     assert sa["audio_acc"] == sb["audio_acc"] and sa["steps"] == sb["steps"] == 8
+    assert sa["gate0_max_abs_logit_diff"] == 0.0 and sa["model_dtype"] == dtype
+    assert {v.dtype for v in a.values()} == {torch.float32}  # float32 master weights whatever the base's dtype
 
 
 def test_nan_loss_skips_the_step_then_stops_after_three(paths: dict, tmp_path: Path,
