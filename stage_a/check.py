@@ -79,7 +79,8 @@ def run_check(args: argparse.Namespace) -> dict:
     with torch.no_grad():
         alone_ref = (base(**alone).logits, base.generate(**alone, max_new_tokens=args.max_new_tokens, do_sample=False))
 
-    encoder = build_encoder(args.audio_encoder, args.clap or world_clap, args.whisper, args.device, args.dtype)
+    # As in training, the frozen encoder runs in float32 whatever the base's dtype (its features are cached).
+    encoder = build_encoder(args.audio_encoder, args.clap or world_clap, args.whisper, args.device, "float32")
     rng = np.random.default_rng(0)
     waves = [rng.normal(0, 0.1, 16000 * 2).astype(np.float32) for _ in QUESTIONS]
     frames, frame_mask = encoder.encode(waves, 16000)

@@ -199,15 +199,16 @@ class Collator:
     def _prompt(self, split: Split, i: int) -> str:
         return build_prompt(self.processor, split.samples[i].question, image=split.visuals[i] is not None)
 
-    def _inputs(self, split: Split, rows: list[int], texts: list[str], padding_side: str) -> dict[str, torch.Tensor]:
-        return model_inputs(self.processor, texts, [split.image(i) for i in rows], padding_side)
+    def _inputs(self, split: Split, rows: list[int], padding_side: str,
+                answers: list[str] | None = None) -> dict[str, torch.Tensor]:
+        prompts = [self._prompt(split, i) for i in rows]
+        return model_inputs(self.processor, prompts, [split.image(i) for i in rows], padding_side, answers=answers)
 
     def train_batch(self, split: Split, rows: list[int], targets: list[str] | None = None) -> Batch:
         """Prompt + answer + EOS per row; labels hold the answer tokens only."""
         samples = [split.samples[i] for i in rows]
         answers = targets or [split.targets[i] for i in rows]
-        texts = [f"{self._prompt(split, i)} {a}{self.eos}" for i, a in zip(rows, answers)]
-        inputs = self._inputs(split, rows, texts, "right")
+        inputs = self._inputs(split, rows, "right", answers)
         ids, lengths = inputs["input_ids"], inputs["attention_mask"].sum(1)
         labels = torch.full_like(ids, IGNORE)
         for row, (sample, answer) in enumerate(zip(samples, answers)):
@@ -224,7 +225,7 @@ class Collator:
     def prompt_batch(self, split: Split, rows: list[int]) -> Batch:
         """Left-padded prompts for greedy generation, with the rows' audio."""
         samples = [split.samples[i] for i in rows]
-        inputs = self._inputs(split, rows, [self._prompt(split, i) for i in rows], "left")
+        inputs = self._inputs(split, rows, "left")
         frames, frame_mask = self._audio(split, rows)
         return Batch(inputs, torch.empty(0), torch.tensor([s.family == "visual" for s in samples]), frames,
                      frame_mask, [s.id for s in samples])

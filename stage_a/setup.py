@@ -21,6 +21,7 @@ from shared.config import load_config
 from shared.world.build import WorldConfig, build_world
 from stage_a.config import TrainConfig
 from stage_a.data import Collator, Split, load_split
+from stage_a.fusion import decoder_layers_path
 from stage_a.model import BridgeConfig, SafeModel, lm_hidden_size
 from stage_a.projector import ProjectorConfig
 
@@ -41,11 +42,11 @@ class Setup:
     encoder: FrozenAudioEncoder
 
 
-def resolve_paths(cfg: TrainConfig) -> dict[str, str]:
-    """Model and manifest paths, with the embedded world's filling every empty one."""
+def resolve_paths(cfg: TrainConfig, splits: tuple[str, ...] = ("train", "val", "test")) -> dict[str, str]:
+    """Model and manifest paths, with the embedded world's filling every empty one that `splits` needs."""
     m, d = cfg.model, cfg.data
     paths = {"base_vl": m.base_vl, "clap": m.clap, "whisper": m.whisper, "train": d.train, "val": d.val, "test": d.test}
-    needs_world = [k for k in ("base_vl", "train", "val", "test") if not paths[k]]
+    needs_world = [k for k in ("base_vl", *splits) if not paths[k]]
     if m.audio_encoder != "whisper" and not paths["clap"]:
         needs_world.append("clap")
     if needs_world:
@@ -71,10 +72,19 @@ def load_base(path: str, dtype: str, device: torch.device | str) -> tuple[torch.
     return base, processor
 
 
+def unfreeze_language_model(base: torch.nn.Module, layers_path: str | None = None) -> list[str]:
+    """Make the base's language model (the module holding its decoder layers) trainable, LoRA aside; returns the names."""
+    lm = decoder_layers_path(base, layers_path).removesuffix(".layers")
+    names = [name for name, _ in base.named_parameters() if name.startswith(f"{lm}.") and ".lora_" not in name]
+    for name in names:
+        base.get_parameter(name).requires_grad_(True)
+    return names
+
+
 def build_setup(cfg: TrainConfig, device: torch.device | str = "cpu", splits: tuple[str, ...] = ("train", "val", "test"),
                 bridge_dir: str | Path | None = None) -> Setup:
     """Load the base, wrap it in SAFE (a saved bridge, or a seeded fresh one) and load the splits via the feature cache."""
-    paths = resolve_paths(cfg)
+    paths = resolve_paths(cfg, splits)
     base, processor = load_base(paths["base_vl"], cfg.model.dtype, device)
     # The frozen encoder runs once per clip into the float32 feature cache, so it stays float32 whatever
     # model.dtype is (its cost is not paid per training step).
@@ -91,8 +101,6 @@ def build_setup(cfg: TrainConfig, device: torch.device | str = "cpu", splits: tu
     model.projector.to(device)
     model.fusion.to(device)
     if cfg.model.train_base_lm:
-        for name, param in model.base.named_parameters():
-            if "language_model" in name and ".lora_" not in name:
-                param.requires_grad_(True)
+        unfreeze_language_model(model.base, cfg.model.fusion.layers_path)
     return Setup(model, processor, Collator(processor), loaded.get("train"), loaded.get("val"), loaded.get("test"), paths,
                  encoder)

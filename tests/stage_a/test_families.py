@@ -144,11 +144,7 @@ def test_check_exits_2_on_a_processor_that_needs_torchvision(family_dir, clap_di
     assert len(lines) == 1 and "needs torchvision" in lines[0] and "pip install torchvision" in lines[0], lines
 
 
-# stage_a.data.Collator.train_batch appends "<answer><eos>" to the prompt text itself, after PaliGemma's "\n"
-# separator, and then finds no answer at the end; model_inputs(..., answers=...) builds the suffix correctly.
-PALIGEMMA_COLLATOR = pytest.mark.xfail(strict=True, raises=ValueError,
-                                       reason="Collator.train_batch does not pass answers= to model_inputs yet")
-TRAINED = ("llava", "llava_next", "idefics3", pytest.param("paligemma", marks=PALIGEMMA_COLLATOR), "blip2")
+TRAINED = ("llava", "llava_next", "idefics3", "paligemma", "blip2")
 TRAIN_RUN = {"steps": 2, "eval_every": 2, "log_every": 1, "warmup_steps": 1, "gate_warmup_steps": 1,
              "mix.batch_size": 4, "data.eval_size": 6, "data.test_size": 6, "eval_batch_size": 6, "retention": "kl",
              "k_choices": "[4]", "k_eval": 4}
