@@ -141,9 +141,9 @@ def format_table(report: dict) -> str:
              f"adapter weights: {report['adapter_weights']}",
              f"adapters after decoder layers: {report['adapter_layers']}" if report["fusion_mode"] != "prefix"
              else f"prefix fusion: {report['k']} audio tokens spliced into the input embeddings",
-             "", f"{'check':<10} {'logits':>7} {'generate':>9} {'max|diff|':>10}"]
+             "", f"{'check':<16} {'logits':>7} {'generate':>9} {'max|diff|':>10}"]
     for name, c in report["checks"].items():
-        lines.append(f"{name:<10} {str(c['logits']):>7} {str(c['generate']):>9} {c['max_abs_logit_diff']:>10.3g}")
+        lines.append(f"{name:<16} {str(c['logits']):>7} {str(c['generate']):>9} {c['max_abs_logit_diff']:>10.3g}")
     lines += [f"gate 1 changes logits: {report['gate1_changes_logits']}; "
               f"in the mixed batch, gate-1 rows change: {report['mixed_gate1_rows_change']}", "",
               f"{'component':<14} {'params':>12} {'memory MB':>10}"]
