@@ -6,11 +6,12 @@ record in a multi-gigabyte official file can be found without a debugger.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import string
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from shared.data.schema import ManifestError, Sample
 
@@ -98,3 +99,24 @@ def file_suffix(ext: str, option: str = "image_ext") -> str:
     if not bare or not bare.isalnum():
         raise ValueError(f"{option} is {ext!r}; expected a file extension such as 'jpg' or 'png'")
     return "." + bare
+
+
+def csv_records(csv_path: Path, columns: tuple[str, ...]) -> Iterator[tuple[int, dict[str, str]]]:
+    """(line number, stripped values of `columns`) per row of a UTF-8 CSV whose header holds `columns`.
+
+    A header without them, or a row with more fields than the header, is a ManifestError naming the file and line.
+    """
+    with csv_path.open(encoding="utf-8", newline="") as fh:
+        reader = csv.DictReader(fh)
+        header = tuple(name.strip() for name in reader.fieldnames or ())
+        missing = [c for c in columns if c not in header]
+        if missing:
+            raise ManifestError(
+                f"{csv_path}: header is {list(header)}; missing column(s) {missing}, expected {list(columns)}"
+            )
+        reader.fieldnames = list(header)
+        for row in reader:
+            if None in row:
+                raise ManifestError(f"{csv_path} line {reader.line_num}: {len(header) + len(row[None])} columns; "
+                                    f"expected {len(header)}")
+            yield reader.line_num, {c: (row[c] or "").strip() for c in columns}

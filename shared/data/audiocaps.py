@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-from shared.data._io import check_pattern, make_sample, require_file
+from shared.data._io import check_pattern, csv_records, make_sample, require_file
 from shared.data.schema import ManifestError, Sample
 
 SOURCE = "audiocaps"
@@ -79,27 +79,12 @@ def load_audiocaps(
 
 def _rows(csv_path: Path) -> Iterator[tuple[str, str, float, str]]:
     """Yield (audiocap_id, youtube_id, start_time, caption) per CSV row, validated."""
-    with csv_path.open(encoding="utf-8", newline="") as fh:
-        reader = csv.DictReader(fh)
-        header = tuple(name.strip() for name in reader.fieldnames or ())
-        missing = [c for c in COLUMNS if c not in header]
-        if missing:
-            raise ManifestError(
-                f"{csv_path}: header is {list(header)}; missing column(s) {missing}, expected {list(COLUMNS)}"
-            )
-        reader.fieldnames = list(header)
-        for row in reader:
-            audiocap_id = (row.get("audiocap_id") or "").strip()
-            where = f"{csv_path} line {reader.line_num} (audiocap_id {audiocap_id or '?'})"
-            if None in row:
-                raise ManifestError(f"{where}: {len(header) + len(row[None])} columns; expected {len(header)}")
-            values = {}
-            for column in COLUMNS:
-                value = (row[column] or "").strip()
-                if not value:
-                    raise ManifestError(f"{where}: field {column!r} is missing or empty")
-                values[column] = value
-            yield audiocap_id, values["youtube_id"], _start(values["start_time"], where), values["caption"]
+    for line, values in csv_records(csv_path, COLUMNS):
+        where = f"{csv_path} line {line} (audiocap_id {values['audiocap_id'] or '?'})"
+        for column in COLUMNS:
+            if not values[column]:
+                raise ManifestError(f"{where}: field {column!r} is missing or empty")
+        yield values["audiocap_id"], values["youtube_id"], _start(values["start_time"], where), values["caption"]
 
 
 def _start(text: str, where: str) -> float:

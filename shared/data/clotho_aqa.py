@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from shared.data._io import make_sample, require_file
+from shared.data._io import csv_records, make_sample, require_file
 from shared.data.schema import ManifestError, Sample, majority_answer
 
 SOURCE = "clotho_aqa"
@@ -77,22 +77,8 @@ def load_clotho_aqa(csv_path: str | os.PathLike, audio_dir: str | os.PathLike) -
 
 def _rows(csv_path: Path) -> Iterator[tuple[int, str, str, str, str]]:
     """Yield (line, file_name, QuestionText, answer, confidence) per CSV row, validated."""
-    with csv_path.open(encoding="utf-8", newline="") as fh:
-        reader = csv.DictReader(fh)
-        header = tuple(name.strip() for name in reader.fieldnames or ())
-        missing = [c for c in COLUMNS if c not in header]
-        if missing:
-            raise ManifestError(
-                f"{csv_path}: header is {list(header)}; missing column(s) {missing}, expected {list(COLUMNS)}"
-            )
-        reader.fieldnames = list(header)
-        for row in reader:
-            where = f"{csv_path} line {reader.line_num}"
-            if None in row:
-                raise ManifestError(f"{where}: {len(header) + len(row[None])} columns; expected {len(header)}")
-            values = {column: (row[column] or "").strip() for column in COLUMNS}
-            for column in REQUIRED:
-                if not values[column]:
-                    raise ManifestError(f"{where}: field {column!r} is missing or empty; expected text")
-            yield (reader.line_num, values["file_name"], values["QuestionText"], values["answer"],
-                   values["confidence"])
+    for line, values in csv_records(csv_path, COLUMNS):
+        for column in REQUIRED:
+            if not values[column]:
+                raise ManifestError(f"{csv_path} line {line}: field {column!r} is missing or empty; expected text")
+        yield line, values["file_name"], values["QuestionText"], values["answer"], values["confidence"]

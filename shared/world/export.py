@@ -46,7 +46,7 @@ import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from shared.data.audiocaps import COLUMNS as AUDIOCAPS_COLUMNS
 from shared.data.clotho_aqa import COLUMNS as CLOTHO_COLUMNS
@@ -207,15 +207,21 @@ def _answer_type(answer: str) -> str:
     return "number" if answer.isdigit() else "other"
 
 
+def _held(scene: _Scene, families, part: _Part) -> Iterator[tuple[int, Sample]]:
+    """(index, question) of the scene's questions a format holds; the others are counted as not exported."""
+    for k, s in enumerate(scene.questions):
+        if s.family in families:
+            yield k, s
+        else:
+            part.not_exported[_type_key(s)] += 1
+
+
 def _vqav2(split: str, scenes: list[_Scene], out: Path, media: _Media, clip_seconds: float) -> _Part:
     part = _Part()
     questions, annotations = [], []
     for scene in scenes:
         image_written = False
-        for k, s in enumerate(scene.questions):
-            if s.family != "visual":
-                part.not_exported[_type_key(s)] += 1
-                continue
+        for k, s in _held(scene, ("visual",), part):
             if not image_written:
                 media.put(scene.image, out / split / f"COCO_{split}_{scene.number:012d}.png", part)
                 image_written = True
@@ -243,10 +249,7 @@ def _gqa(split: str, scenes: list[_Scene], out: Path, media: _Media, clip_second
     records = {}
     for scene in scenes:
         image_written = False
-        for k, s in enumerate(scene.questions):
-            if s.family != "visual":
-                part.not_exported[_type_key(s)] += 1
-                continue
+        for k, s in _held(scene, ("visual",), part):
             if s.qtype not in GQA_SEMANTIC:
                 raise ValueError(f"world question {s.id}: type {s.qtype!r} has no GQA semantic type; "
                                  f"expected one of {sorted(GQA_SEMANTIC)}")
@@ -293,10 +296,7 @@ def _clotho_aqa(split: str, scenes: list[_Scene], out: Path, media: _Media, clip
     for scene in scenes:
         file_name = f"world_{scene.number:06d}.wav"
         asked: set[str] = set()
-        for s in scene.questions:
-            if s.family != "audio":
-                part.not_exported[_type_key(s)] += 1
-                continue
+        for _, s in _held(scene, ("audio",), part):
             if s.question in asked:
                 raise ValueError(f"world question {s.id}: {s.question!r} is asked twice about scene "
                                  f"{scene.key}; Clotho-AQA would merge the two into one question")
@@ -318,10 +318,7 @@ def _music_avqa(split: str, scenes: list[_Scene], out: Path, media: _Media, clip
     for scene in scenes:
         video_id = f"{scene.number:08d}"
         written = False
-        for k, s in enumerate(scene.questions):
-            if s.family not in MODALITY_OF_FAMILY:
-                part.not_exported[_type_key(s)] += 1
-                continue
+        for k, s in _held(scene, MODALITY_OF_FAMILY, part):
             if not written:
                 media.put(scene.audio, out / "audio" / f"{video_id}.wav", part)
                 for n in range(1, frames + 1):

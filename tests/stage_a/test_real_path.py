@@ -20,7 +20,7 @@ from shared.config import load_config
 from shared.data.cli import main as data_main
 from shared.data.schema import Sample, majority_answer, read_manifest, write_manifest
 from shared.dataset_metrics import metric_for
-from shared.world.export import FORMATS, IDS, export_world
+from shared.world.export import FORMATS
 from shared.world.spec import SPLITS
 from stage_a.config import TrainConfig
 from stage_a.data import Split, load_split
@@ -54,22 +54,14 @@ def _eval_json(run: Path, paths: dict[str, str], data: Path, out: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def real_path(micro_world: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def real_path(micro_world: Path, converted_world: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Export, convert and check every format and split, merge, train a few steps, evaluate converted and native."""
     root = tmp_path_factory.mktemp("real_path")
-    summary = export_world(micro_world, root / "official")
-    converted: dict[tuple[str, str], list[Sample]] = {}
-    for name in FORMATS:
-        for split in SPLITS:
-            manifest = root / "manifests" / f"{name}_{split}.jsonl"
-            args = summary["formats"][name]["splits"][split]["convert_args"]
-            assert data_main(["convert", *args, "--out", str(manifest)]) == 0, (name, split)
-            assert data_main(["check", str(manifest)]) == 0, (name, split)
-            converted[name, split] = read_manifest(manifest)
+    summary, converted = converted_world["summary"], converted_world["converted"]
     merged = {}
     for split, names in MIXES.items():
         merged[split] = root / f"mixed_{split}.jsonl"
-        inputs = [str(root / "manifests" / f"{name}_{split}.jsonl") for name in names]
+        inputs = [str(converted_world["manifests"][name, split]) for name in names]
         assert data_main(["merge", *inputs, "--shuffle", "--seed", "0", "--out", str(merged[split])]) == 0
         assert data_main(["check", str(merged[split])]) == 0
     paths = {"model.base_vl": str(micro_world / "models" / "vl"), "model.clap": str(micro_world / "models" / "clap"),
@@ -79,7 +71,7 @@ def real_path(micro_world: Path, tmp_path_factory: pytest.TempPathFactory) -> di
     run = root / "runs" / "stage_a_micro"
     native_test = micro_world / "data" / "test.jsonl"
     return {"world": micro_world, "summary": summary, "converted": converted, "merged": merged, "paths": paths,
-            "run": run, "native_test": native_test, "ids": json.loads((root / "official" / IDS).read_text()),
+            "run": run, "native_test": native_test, "ids": converted_world["ids"],
             "eval": _eval_json(run, paths, merged["test"], root / "eval_converted"),
             "native_eval": _eval_json(run, paths, native_test, root / "eval_native")}
 

@@ -13,7 +13,7 @@ from shared.data.cli import main as data_main
 from shared.data.clotho_aqa import question_type
 from shared.data.schema import Sample, majority_answer, read_manifest
 from shared.world.cli import main as world_main
-from shared.world.export import FORMATS, GQA_SEMANTIC, IDS, SUMMARY, export_world
+from shared.world.export import FORMATS, GQA_SEMANTIC, SUMMARY
 from shared.world.generate import read_scenes
 from shared.world.spec import SPLITS
 
@@ -21,23 +21,12 @@ FAMILY_OF_MODALITY = {"Visual": "visual", "Audio": "audio", "Audio-Visual": "aud
 
 
 @pytest.fixture(scope="module")
-def exported(micro_world: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """The micro world exported, each format and split converted and checked through `safe-data`."""
-    out = tmp_path_factory.mktemp("export")
-    summary = export_world(micro_world, out / "official")
-    converted: dict[tuple[str, str], list[Sample]] = {}
-    for name in FORMATS:
-        for split in SPLITS:
-            manifest = out / "manifests" / f"{name}_{split}.jsonl"
-            args = summary["formats"][name]["splits"][split]["convert_args"]
-            assert data_main(["convert", *args, "--out", str(manifest)]) == 0
-            assert data_main(["check", str(manifest), "--sample-rate", "16000", "--strict-sample-rate"]) == 0
-            converted[name, split] = read_manifest(manifest)
+def exported(micro_world: Path, converted_world: dict) -> dict:
+    """The micro world exported, each format and split converted and checked through `safe-data` (conftest)."""
     world = {split: {s.id: s for s in read_manifest(micro_world / "data" / f"{split}.jsonl")} for split in SPLITS}
     scenes = {split: {r["key"]: r for r in read_scenes(micro_world / "data", split)} for split in SPLITS}
-    ids = json.loads((out / "official" / IDS).read_text())
-    return {"summary": summary, "converted": converted, "world": world, "scenes": scenes, "ids": ids,
-            "out": out / "official"}
+    return {"summary": converted_world["summary"], "converted": converted_world["converted"], "world": world,
+            "scenes": scenes, "ids": converted_world["ids"], "out": converted_world["official"]}
 
 
 def _by_question_id(record: dict) -> str:
@@ -142,7 +131,7 @@ def test_music_avqa_round_trip_keeps_every_family_with_1fps_frames(exported: dic
 
 def test_merged_manifest_of_exports_keeps_every_sample(exported: dict, tmp_path: Path, capsys) -> None:
     """VQAv2 for retention + Clotho-AQA for audio: ids never collide across formats and splits."""
-    manifests = exported["out"].parent / "manifests"
+    manifests = exported["out"].parent / "manifests"  # where conftest's converted_world wrote them
     inputs = [str(manifests / f"{name}_{split}.jsonl") for name in ("vqav2", "clotho_aqa") for split in SPLITS]
     out = tmp_path / "mixed.jsonl"
     assert data_main(["merge", *inputs, "--shuffle", "--seed", "1", "--out", str(out)]) == 0
