@@ -1,6 +1,6 @@
 """Shared fixtures for Stage A tests: tiny checkpoints with processors, saved like hub models.
 
-LLaVA (the embedded world's), BLIP-2, and real VLM families (LLaVA-NeXT, Qwen2-VL, Idefics3, PaliGemma):
+LLaVA (the embedded world's), BLIP-2, and real VLM families (LLaVA-NeXT, Qwen2-VL, Idefics3, PaliGemma, Gemma3):
 each family builder saves a real transformers model (hidden size 32, 2 LM layers) and its real processor
 (PIL image backend, a word-level tokenizer with the special tokens the processor needs, a chat template in
 the common shape where the family has one) with save_pretrained, so `from_pretrained` loads them like hub models.
@@ -252,3 +252,27 @@ def save_paligemma(path: Path, words: list[str] = FAMILY_WORDS) -> Path:
         image_token_index=tok.convert_tokens_to_ids("<image>"), projection_dim=32)
     config.text_config.num_image_tokens = 4
     return _save(PaliGemmaForConditionalGeneration(config), processor, path)
+
+
+GEMMA3_TOKENS = {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"}
+
+
+def save_gemma3(path: Path, words: list[str] = FAMILY_WORDS) -> Path:
+    """Gemma3: a SigLIP tower pooled to 4 image tokens, one sliding and one global LM layer; the chat template's
+    image placeholder is the boi token, which the processor expands to boi, 4 image tokens (token type 1), eoi."""
+    from transformers import (Gemma3Config, Gemma3ForConditionalGeneration, Gemma3ImageProcessorPil, Gemma3Processor,
+                              Gemma3TextConfig, SiglipVisionConfig)
+    torch.manual_seed(0)
+    tok = tokenizer(list(GEMMA3_TOKENS.values()), words, bos="<bos>", **GEMMA3_TOKENS)  # tok.boi_token etc.
+    processor = Gemma3Processor(image_processor=Gemma3ImageProcessorPil(size={"height": 32, "width": 32}),
+                                tokenizer=tok, image_seq_length=4, chat_template=chat(GEMMA3_TOKENS["boi_token"]))
+    ids = {name: tok.convert_tokens_to_ids(token) for name, token in GEMMA3_TOKENS.items()}
+    config = Gemma3Config(
+        vision_config=SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                         num_attention_heads=2, image_size=32, patch_size=16),
+        text_config=Gemma3TextConfig(vocab_size=len(tok), head_dim=16, query_pre_attn_scalar=16, sliding_window=8,
+                                     layer_types=["sliding_attention", "full_attention"], pad_token_id=0,
+                                     bos_token_id=1, eos_token_id=2, **TEXT),
+        mm_tokens_per_image=4, boi_token_index=ids["boi_token"], eoi_token_index=ids["eoi_token"],
+        image_token_index=ids["image_token"])
+    return _save(Gemma3ForConditionalGeneration(config), processor, path)

@@ -1,6 +1,7 @@
 """Real VLM families (tiny local checkpoints): stage_a-check in both fusion modes, prompting, splicing and splitting."""
 
 import json
+from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
@@ -13,12 +14,12 @@ from stage_a.config import TrainConfig
 from stage_a.fusion import FusionConfig, decoder_layers_path
 from stage_a.lora import AudioOnlyLora, LoraSettings
 from stage_a.model import BridgeConfig, SafeModel
-from stage_a.prefix import media_token_ids, select_rows, splice_inputs
+from stage_a.prefix import PrefixSplicer, media_token_ids, select_rows, splice_inputs
 from stage_a.projector import ProjectorConfig
 from stage_a.train import StageATrainer, main as train_main
 from stage_a.prompting import blank_image, build_prompt, model_inputs, no_image_policy, sample_image
 
-CHECKED = ("llava_next", "idefics3", "paligemma")
+CHECKED = ("llava_next", "idefics3", "paligemma", "gemma3")
 GEN = {"max_new_tokens": 3, "do_sample": False}
 QWEN_QUESTIONS = ("what color is the circle?", "how many times")
 
@@ -37,7 +38,8 @@ def test_check_passes_on_each_family(family: str, mode: str, family_dir, clap_di
 @pytest.mark.parametrize("family,path,policy", [
     ("llava_next", "model.language_model.layers", "text_only"), ("idefics3", "model.text_model.layers", "text_only"),
     ("paligemma", "model.language_model.layers", "blank_image"), ("blip2", "language_model.model.decoder.layers",
-                                                                  "blank_image")])
+                                                                  "blank_image"),
+    ("gemma3", "model.language_model.layers", "text_only")])
 def test_layers_lora_and_no_image_policy(family: str, path: str, policy: str, family_dir) -> None:
     folder = family_dir(family)
     base = AutoModelForImageTextToText.from_pretrained(folder)
@@ -59,7 +61,7 @@ def test_layers_path_override_and_message(family_dir) -> None:
                                      FusionConfig(layers_path="model.nope")))
 
 
-@pytest.mark.parametrize("family", ["llava_next", "idefics3"])
+@pytest.mark.parametrize("family", ["llava_next", "idefics3", "gemma3"])
 def test_text_only_rows_beside_image_rows(family: str, family_dir) -> None:
     """A text-only row in a batch with an image row gives the logits it has alone (model_inputs, right padding)."""
     folder = family_dir(family)
@@ -94,6 +96,35 @@ def test_prefix_splices_token_types_with_the_ids(family_dir) -> None:
     assert spliced["token_type_ids"][slots].eq(0).all() and spliced["attention_mask"][slots].eq(1).all()
     with pytest.raises(ValueError, match="cannot splice the per-token input 'odd_ids'"):
         splice_inputs({**inputs, "odd_ids": inputs["input_ids"]}, 3, processor.image_token_id)
+
+
+def test_gemma3_prefix_keeps_the_bidirectional_image_block_aligned(family_dir) -> None:
+    """Audio tokens equal to word embeddings give the logits of those words inserted before the image tokens, with
+    token type 0: Gemma3's image tokens attend to each other both ways, and the slots stay outside that block."""
+    folder = family_dir("gemma3")
+    processor, base = AutoProcessor.from_pretrained(folder), AutoModelForImageTextToText.from_pretrained(folder).eval()
+    texts = [build_prompt(processor, "what color is the circle?"), build_prompt(processor, "how many times", False)]
+    inputs = model_inputs(processor, texts, [sample_image(processor), None], padding_side="left")
+    words = torch.tensor(processor.tokenizer.convert_tokens_to_ids(["red", "blue", "sound"]))
+    with torch.no_grad():
+        tokens = base.get_input_embeddings()(words)[None].expand(2, -1, -1)
+        logits = PrefixSplicer(base).run(base, inputs, tokens, torch.tensor([True, True]), torch.ones(2), False,
+                                         lambda rows: nullcontext()).logits
+    image_id, pixels = base.config.image_token_id, iter(inputs["pixel_values"])
+    assert inputs["token_type_ids"].eq(inputs["input_ids"] == image_id).all() and inputs["token_type_ids"].any()
+    for row in range(2):
+        kept = inputs["attention_mask"][row].bool()
+        ids, types = inputs["input_ids"][row][kept], inputs["token_type_ids"][row][kept]
+        at = int((ids == image_id).int().argmax()) if (ids == image_id).any() else 0
+        reference = {"input_ids": torch.cat([ids[:at], words, ids[at:]])[None],
+                     "token_type_ids": torch.cat([types[:at], torch.zeros_like(words), types[at:]])[None]}
+        if at:
+            reference["pixel_values"] = next(pixels)[None]
+        with torch.no_grad():
+            expected = base(**reference).logits[0]
+        keep = torch.ones(len(expected), dtype=torch.bool)
+        keep[at:at + len(words)] = False
+        torch.testing.assert_close(logits[row][kept], expected[keep], rtol=1e-5, atol=1e-5)
 
 
 def test_qwen2_vl_prefix_splits_packed_pixels_and_splices_mm_types(family_dir, qwen_inputs) -> None:
@@ -144,7 +175,7 @@ def test_check_exits_2_on_a_processor_that_needs_torchvision(family_dir, clap_di
     assert len(lines) == 1 and "needs torchvision" in lines[0] and "pip install torchvision" in lines[0], lines
 
 
-TRAINED = ("llava", "llava_next", "idefics3", "paligemma", "blip2")
+TRAINED = ("llava", "llava_next", "idefics3", "paligemma", "blip2", "gemma3")
 TRAIN_RUN = {"steps": 2, "eval_every": 2, "log_every": 1, "warmup_steps": 1, "gate_warmup_steps": 1,
              "mix.batch_size": 4, "data.eval_size": 6, "data.test_size": 6, "eval_batch_size": 6, "retention": "kl",
              "k_choices": "[4]", "k_eval": 4}
