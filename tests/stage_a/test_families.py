@@ -156,6 +156,28 @@ def test_qwen2_vl_prefix_splits_packed_pixels_and_splices_mm_types(family_dir, q
         torch.testing.assert_close(logits[row, -n:], single[0], rtol=1e-4, atol=1e-4)
 
 
+def test_qwen2_vl_cross_attention_keeps_gate0_rows_exact_in_a_mixed_batch(family_dir, qwen_inputs) -> None:
+    folder = family_dir("qwen2_vl")
+    base = AutoModelForImageTextToText.from_pretrained(folder).eval()
+    reference = AutoModelForImageTextToText.from_pretrained(folder).eval()
+    torch.manual_seed(6)
+    model = SafeModel(base, BridgeConfig(ProjectorConfig(audio_dim=24, hidden_size=32, k_max=16), FusionConfig()))
+    with torch.no_grad():
+        for block in model.fusion.blocks.values():
+            block.out.weight.normal_()  # so that exactness is not a gift of the zero-initialised output
+    small = sample_image(_QwenSize(), 0)
+    inputs = qwen_inputs(folder, list(QWEN_QUESTIONS), [small.resize((56, 56)), small])
+    frames = torch.randn(2, 10, 24)
+    ref_logits, ref_tokens = reference(**inputs).logits, reference.generate(**inputs, **GEN)
+    assert model.fusion.layer_indices
+    for gate in (torch.tensor([0.0, 1.0]), torch.tensor([1.0, 0.0])):
+        off = gate == 0
+        logits = model(audio_frames=frames, k=4, gate=gate, **inputs).logits
+        assert torch.equal(logits[off], ref_logits[off]) and not torch.equal(logits[~off], ref_logits[~off])
+        generated = model.generate(audio_frames=frames, k=4, gate=gate, **inputs, **GEN)
+        assert torch.equal(generated[off], ref_tokens[off])
+
+
 class _QwenSize:
     """A stand-in processor carrying Qwen2-VL's image processor (its full processor needs torchvision)."""
 
