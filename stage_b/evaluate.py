@@ -4,7 +4,9 @@ Reports accuracy with a 95% bootstrap CI, mean GFLOPs and latency per question, 
 rate, and the action histogram per question family and type, as JSON or a table. The policy plays
 each question once through the env it trained in (its budget, if any, included). The held-out
 rows are those recorded in policy.json at training time, so evaluation never sees training rows;
-`--split S` evaluates on every question of another split's outcome table instead.
+`--split S` evaluates on every question of another split's outcome table instead. Policies load
+without pickle (policy.safetensors, stage_b.actor); an old folder with only SB3's policy.zip loads
+only with `--trust-pickle`.
 """
 
 from __future__ import annotations
@@ -19,34 +21,54 @@ from pathlib import Path
 
 import numpy as np
 from stable_baselines3 import PPO
+from stable_baselines3.common.policies import BasePolicy
 
 from envs.audio_budget import AudioBudgetEnv, FeatureScaler, Outcome
 from envs.outcome_table import OutcomeTable
 from shared.logs import setup_logging
 from shared.stats import mean_ci
+from stage_b.actor import ACTOR_FILE, load_actor
 from stage_b.train import PolicyConfig
 
 log = logging.getLogger(__name__)
 
 
+class PickleRefused(ValueError):
+    """A policy folder holds only SB3's pickled policy.zip and the caller did not trust pickle."""
+
+
 @dataclass
 class SavedPolicy:
-    """A policy folder written by stage_b-train: the PPO model, its training record and feature scaler."""
+    """A policy folder written by stage_b-train: the policy network, its training record and feature scaler."""
 
     folder: Path
-    model: PPO
+    model: BasePolicy
     record: dict
     scaler: FeatureScaler
     config: PolicyConfig
 
     @classmethod
-    def load(cls, folder: Path) -> SavedPolicy:
-        record_path = Path(folder) / "policy.json"
+    def load(cls, folder: Path, trust_pickle: bool = False) -> SavedPolicy:
+        """Load the pickle-free actor (policy.safetensors + policy.json); an older folder with only policy.zip
+        loads (through cloudpickle, which can run code) only with `trust_pickle`."""
+        folder = Path(folder)
+        record_path = folder / "policy.json"
         if not record_path.is_file():
             raise FileNotFoundError(f"{record_path} does not exist; expected a folder written by stage_b-train")
         record = json.loads(record_path.read_text(encoding="utf-8"))
-        return cls(Path(folder), PPO.load(Path(folder) / "policy.zip", device="cpu"), record,
-                   FeatureScaler.from_json(record["scaler"]), PolicyConfig(**record["config"]))
+        if "actor" in record:
+            model = load_actor(folder, record["actor"])
+        elif not (folder / "policy.zip").is_file():
+            raise FileNotFoundError(f"{record_path} has no 'actor' record and {folder / 'policy.zip'} does not exist; "
+                                    "expected a folder written by stage_b-train")
+        elif trust_pickle:
+            log.warning("loading pickled %s (--trust-pickle): it can run code; retrain to get %s",
+                        folder / "policy.zip", ACTOR_FILE)
+            model = PPO.load(folder / "policy.zip", device="cpu").policy
+        else:
+            raise PickleRefused(f"{folder / 'policy.zip'} is a pickled SB3 policy (loading it can run code) and the "
+                                f"folder has no {ACTOR_FILE}; pass --trust-pickle to load it, or retrain")
+        return cls(folder, model, record, FeatureScaler.from_json(record["scaler"]), PolicyConfig(**record["config"]))
 
     @property
     def confidence(self) -> bool:
@@ -81,7 +103,7 @@ class SavedPolicy:
         return table, np.arange(table.n_rows)
 
 
-def play(model: PPO, env: AudioBudgetEnv, rows: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
+def play(model: PPO | BasePolicy, env: AudioBudgetEnv, rows: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
     """The deterministic policy on every question of `rows` once, as the env shows them in training.
 
     A seeded permutation of `rows` is cut into episodes of the env's length (the last may be
@@ -120,14 +142,21 @@ def summarize(table: OutcomeTable, rows: np.ndarray, actions: np.ndarray, confid
             "actions": {name: dict(sorted(c.items())) for name, c in sorted(histogram.items())}}
 
 
-def evaluate_policy(policy_dir: Path, split: str | None = None) -> dict:
+def evaluate_policy(policy_dir: Path, split: str | None = None, trust_pickle: bool = False) -> dict:
     """Summarise a saved policy's choices on its held-out rows, or on every question of another split's table."""
-    policy = SavedPolicy.load(policy_dir)
+    policy = SavedPolicy.load(policy_dir, trust_pickle)
     table, rows = policy.evaluation_rows(split)
     steps = policy.play(table, rows)
     return {"policy": str(policy_dir), "alpha": policy.config.alpha, "gamma": policy.config.gamma,
             "split": table.provenance.get("split"), "rows": "held-out" if split is None else "all",
             **summarize(table, steps["row"], steps["action"], policy.confidence)}
+
+
+def add_trust_pickle(parser: argparse.ArgumentParser) -> None:
+    """The --trust-pickle flag of the commands that load policies."""
+    parser.add_argument("--trust-pickle", action="store_true",
+                        help=f"load an old policy folder that has only SB3's pickled policy.zip (no {ACTOR_FILE}); "
+                             "unpickling can run code, so only for folders you made yourself")
 
 
 def format_table(result: dict) -> str:
@@ -149,10 +178,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="evaluate on all questions of outcomes_<split>.npz beside the training table "
                              "(default: the training table's held-out rows)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_trust_pickle(parser)
     args = parser.parse_args(argv)
     setup_logging()
     try:
-        result = evaluate_policy(args.policy, args.split)
+        result = evaluate_policy(args.policy, args.split, args.trust_pickle)
     except (FileNotFoundError, ValueError) as err:
         print(f"stage_b-eval: {err}", file=sys.stderr)
         return 2

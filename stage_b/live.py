@@ -24,7 +24,7 @@ from shared.config import ConfigError, load_config
 from shared.logs import setup_logging
 from shared.stats import mean_ci
 from stage_a.config import TrainConfig
-from stage_b.evaluate import SavedPolicy
+from stage_b.evaluate import SavedPolicy, add_trust_pickle
 from stage_b.runner import SafeRunner
 
 
@@ -75,10 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--policy", type=Path, required=True, help="folder written by stage_b-train")
     parser.add_argument("--questions", type=int, default=200, help="held-out questions to run live")
     parser.add_argument("--seed", type=int, default=0, help="episode seed (the question order)")
+    add_trust_pickle(parser)
     args = parser.parse_args(argv)
     setup_logging()
     try:
-        policy = SavedPolicy.load(args.policy)
+        policy = SavedPolicy.load(args.policy, args.trust_pickle)
         provenance = OutcomeTable.load(policy.config.table).provenance
         cfg = load_config(TrainConfig, provenance["preset"], provenance.get("overrides", {}))
         runner = SafeRunner(cfg, Path(provenance["checkpoint"]), provenance["split"])

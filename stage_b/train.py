@@ -4,8 +4,10 @@ The policy trains on the table-mode `SAFE/AudioBudget-v0` env over the outcome t
 (a split seeded by `split_seed`, the same for every policy seed; the rest is held out for
 `stage_b-eval`), with SB3's vectorised envs, an
 evaluation callback on held-out rows that keeps the best model, and TensorBoard logging (wandb
-with --wandb through SB3's integration). It saves `policy.zip` (the final policy),
-`best/best_model.zip` and `policy.json`: the config, the held-out rows and the table's provenance.
+with --wandb through SB3's integration). It saves the final policy's actor without pickle as
+`policy.safetensors` (stage_b.actor), `policy.json`: the config, the held-out rows, the feature scaler,
+the actor's architecture and hash and the table's provenance, and SB3's own pickled `policy.zip` and
+`best/best_model.zip` (for resuming training in SB3; loading them needs --trust-pickle).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from envs.audio_budget import AudioBudgetEnv, FeatureScaler, observed_columns
 from envs.outcome_table import DEFAULT_TABLE, OutcomeTable
 from shared.checkpoint import atomic_write_text
 from shared.logs import setup_logging, wandb_mode
+from stage_b.actor import save_actor
 
 
 @dataclass
@@ -94,7 +97,7 @@ def train_policy(config: PolicyConfig, out_dir: Path, tensorboard: bool = True, 
     model.save(out_dir / "policy.zip")
     record = {"config": asdict(config), "train_seconds": round(seconds, 2), "timesteps": config.timesteps,
               "train_rows": len(train_rows), "test_rows": test_rows.tolist(), "scaler": scaler.to_json(),
-              "table_provenance": table.provenance}
+              "actor": save_actor(model.policy, out_dir), "table_provenance": table.provenance}
     atomic_write_text(out_dir / "policy.json", json.dumps(record, indent=1))
     if run is not None:
         run.finish()

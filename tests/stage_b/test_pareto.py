@@ -96,7 +96,7 @@ def test_resume_reuses_finished_policies(sweep_out: Path, table_path: Path, tmp_
 def test_a_failing_worker_raises(sweep_out: Path, table_path: Path, tmp_path: Path) -> None:
     out = tmp_path / "broken"
     shutil.copytree(sweep_out / "policies" / "gamma-w0.5-seed0", out / "policies" / "gamma-w0.5-seed0")
-    (out / "policies" / "gamma-w0.5-seed0" / "policy.zip").unlink()
+    (out / "policies" / "gamma-w0.5-seed0" / "policy.safetensors").unlink()
     with pytest.raises(RuntimeError, match="gamma-w0.5-seed0 failed"):
         run_sweep(SweepConfig(table_path, out, weights=(0.5,), seeds=(0,), components=("gamma",), timesteps=512,
                               n_envs=2, workers=1))
