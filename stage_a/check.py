@@ -85,7 +85,7 @@ def run_check(args: argparse.Namespace) -> dict:
     waves = [rng.normal(0, 0.1, 16000 * 2).astype(np.float32) for _ in QUESTIONS]
     frames, frame_mask = encoder.encode(waves, 16000)
     if args.bridge:
-        model = SafeModel.from_bridge(base, args.bridge)
+        model = SafeModel.from_bridge(base, args.bridge, encoder, strict=not args.no_strict)
     else:
         torch.manual_seed(0)
         fusion = FusionConfig(mode=args.fusion_mode, rank=args.rank, placement=args.placement,
@@ -162,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clap", default=None, help="ClapModel id or folder (default: the embedded world's)")
     parser.add_argument("--whisper", default=None, help="WhisperModel id or folder")
     parser.add_argument("--bridge", default=None, help="a saved SAFE bridge folder to check instead of random adapters")
+    parser.add_argument("--no-strict", action="store_true",
+                        help="with --bridge: load a bridge recorded for another base model or encoder, with a warning")
     parser.add_argument("--k", type=int, default=8, help="audio tokens (default: %(default)s)")
     parser.add_argument("--fusion-mode", choices=MODES, default="cross_attention")
     parser.add_argument("--rank", type=int, default=8)

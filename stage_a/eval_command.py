@@ -9,7 +9,8 @@ question is scored by its dataset's metric (`shared.dataset_metrics`); the overa
 per-type figures average accuracy-type datasets only, caption datasets (CIDEr-D) are reported per
 dataset. `--json` prints metrics.json instead of the tables. `--report` adds a Markdown report with
 examples, where audio helps or hurts, a counting confusion table and accuracy vs k.
-Without --checkpoint the base model alone is evaluated (no audio).
+Without --checkpoint the base model alone is evaluated (no audio). A bridge trained on another base model or
+audio encoder is refused (exit 2, naming both) unless --no-strict is given, which only warns.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from shared.stats import mcnemar, mean_ci, paired_diff_ci
 from stage_a.config import TrainConfig
 from stage_a.evaluate import EvalSettings, Evaluator, eval_rows
 from stage_a.model import WEIGHTS_FILE
+from stage_a.provenance import BridgeMismatch
 from stage_a.report import write_report
 from stage_a.setup import build_setup
 
@@ -88,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print metrics.json to stdout instead of the tables")
     parser.add_argument("--caption-tokens", type=int, default=EvalSettings.caption_max_new_tokens,
                         help="generation budget of caption samples (default: %(default)s; questions get 4)")
+    parser.add_argument("--no-strict", action="store_true",
+                        help="load a bridge recorded for another base model or encoder, with a warning")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("-v", "--verbose", action="store_true")
     args, rest = parser.parse_known_args(argv)
@@ -101,7 +105,11 @@ def main(argv: list[str] | None = None) -> int:
         cfg.data.test = args.data
     bridge = bridge_folder(args.checkpoint) if args.checkpoint else None
     out = args.out or (args.checkpoint / "eval" if args.checkpoint else Path(cfg.out_dir) / "eval_base")
-    setup = build_setup(cfg, args.device, splits=("test",), bridge_dir=bridge)
+    try:
+        setup = build_setup(cfg, args.device, splits=("test",), bridge_dir=bridge, strict=not args.no_strict)
+    except BridgeMismatch as err:
+        print(f"stage_a-eval: {err}", file=sys.stderr)
+        return 2
     settings = EvalSettings(k=args.k or cfg.k_eval, batch_size=cfg.eval_batch_size, gate=args.gate,
                             use_audio=bridge is not None, caption_max_new_tokens=args.caption_tokens)
     evaluator = Evaluator(setup.model, setup.collator, setup.test, eval_rows(setup.test, args.size, cfg.seed),

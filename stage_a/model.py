@@ -18,7 +18,9 @@ logits (stage_a.losses, stage_a.retention), the optimizer steps float32 weights 
 scaling under float16, stage_a.train), and the saved bridge is float32. The frozen audio encoder
 runs in float32 too: its features are computed once per clip into the float32 feature cache.
 
-Only the bridge is saved: `adapter.safetensors` plus `safe_config.json` beside it.
+Only the bridge is saved: `adapter.safetensors` plus `safe_config.json` beside it. The config also holds the
+bridge's record (stage_a.provenance): the base and encoder it was trained with, its prompt format and the SAFE
+version; `from_bridge` refuses a different base or encoder unless strict=False.
 """
 
 from __future__ import annotations
@@ -34,10 +36,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from shared.checkpoint import atomic_directory
-from stage_a.fusion import FusionAdapter, FusionConfig, active_samples, gate_vector
+from stage_a.fusion import FusionAdapter, FusionConfig, active_samples, decoder_layers_path, gate_vector
 from stage_a.lora import AudioOnlyLora, LoraSettings
 from stage_a.prefix import PrefixSplicer
 from stage_a.projector import AudioProjector, ProjectorConfig
+from stage_a.provenance import base_fingerprint, encoder_fingerprint, prompt_record, safe_version, verify_record
 
 MASTER_DTYPE = torch.float32  # the bridge's weights and compute dtype, whatever the base's dtype
 WEIGHTS_FILE = "adapter.safetensors"
@@ -87,7 +90,11 @@ class SafeModel(nn.Module):
         self.projector = AudioProjector(bridge.projector).to(MASTER_DTYPE)
         self.fusion = (PrefixSplicer(base) if bridge.fusion.mode == "prefix"
                        else FusionAdapter(base, bridge.projector.hidden_size, bridge.fusion).to(MASTER_DTYPE))
+        # The decoder-layer list the bridge sits on, for its record; prefix fusion without LoRA needs none.
+        uses_layers = bridge.fusion.mode != "prefix" or bridge.lora.rank > 0
+        self.layers_path = decoder_layers_path(base, bridge.fusion.layers_path) if uses_layers else None
         self.lora = AudioOnlyLora(base, bridge.lora, bridge.fusion.layers_path) if bridge.lora.rank > 0 else None
+        self.context: dict = {}  # the encoder and prompt parts of the record, set by `describe_run`
         for param in AudioOnlyLora.state(base).values():  # peft injects LoRA in the base's dtype
             param.data = param.data.to(MASTER_DTYPE)
 
@@ -129,11 +136,23 @@ class SafeModel(nn.Module):
                  k: int = 8, gate: torch.Tensor | float = 1.0, **inputs: Any) -> torch.Tensor:
         return self._run(self.base.generate, inputs, audio_frames, frame_mask, k, gate, generate=True)
 
+    def describe_run(self, encoder, processor) -> None:
+        """Remember the frozen encoder and the processor's prompt format for the record of every bridge written."""
+        self.context = {"encoder": encoder_fingerprint(encoder), "prompt": prompt_record(processor)}
+
+    def record(self) -> dict:
+        """What this bridge was trained with (stage_a.provenance); encoder and prompt are None without `describe_run`."""
+        return {"safe_version": safe_version(), "base": base_fingerprint(self.base),
+                "encoder": self.context.get("encoder"), "prompt": self.context.get("prompt"),
+                "bridge": {"k_max": self.bridge_config.projector.k_max, "fusion_mode": self.bridge_config.fusion.mode,
+                           "layers": list(self.fusion.layer_indices), "layers_path": self.layers_path}}
+
     def write_bridge(self, folder: Path) -> None:
-        """Write adapter.safetensors and safe_config.json into an existing folder (the caller makes it atomic)."""
+        """Write adapter.safetensors and safe_config.json (config + record) into a folder (the caller makes it atomic)."""
         state = {k: v.detach().cpu().contiguous() for k, v in self.trainable_state().items()}
         save_file(state, str(folder / WEIGHTS_FILE))
-        (folder / CONFIG_FILE).write_text(json.dumps(self.bridge_config.to_json(), indent=2), encoding="utf-8")
+        config = {**self.bridge_config.to_json(), "record": self.record()}
+        (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2), encoding="utf-8")
 
     def save_bridge(self, out_dir: str | Path) -> Path:
         """Write the bridge folder atomically; returns it."""
@@ -154,14 +173,20 @@ class SafeModel(nn.Module):
             self.base.load_state_dict(lora, strict=False)
 
     @classmethod
-    def from_bridge(cls, base: nn.Module, bridge_dir: str | Path) -> "SafeModel":
-        """Rebuild SAFE around a freshly loaded base from a saved bridge folder (safetensors only)."""
+    def from_bridge(cls, base: nn.Module, bridge_dir: str | Path, encoder=None, strict: bool = True) -> "SafeModel":
+        """Rebuild SAFE around a freshly loaded base from a saved bridge folder (safetensors only).
+
+        The bridge's record is checked against `base` and, when given, the frozen `encoder`: a different one raises
+        stage_a.provenance.BridgeMismatch naming both, or with strict=False logs a warning.
+        """
         bridge_dir = Path(bridge_dir)
         config_path, weights_path = bridge_dir / CONFIG_FILE, bridge_dir / WEIGHTS_FILE
         for path in (config_path, weights_path):
             if not path.is_file():
                 raise FileNotFoundError(f"SAFE bridge file {path} does not exist; expected {CONFIG_FILE} and {WEIGHTS_FILE}")
-        bridge = BridgeConfig.from_json(json.loads(config_path.read_text(encoding="utf-8")), str(config_path))
+        data = json.loads(config_path.read_text(encoding="utf-8"))
+        verify_record(data.pop("record", None), base, encoder, str(bridge_dir), strict)
+        bridge = BridgeConfig.from_json(data, str(config_path))
         model = cls(base, bridge)
         model.load_trainable_state(load_file(str(weights_path)), str(weights_path))
         return model

@@ -16,7 +16,7 @@ import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from shared.encoders import FrozenAudioEncoder, build_encoder
-from shared.features import FeatureCache, weights_hash
+from shared.features import FeatureCache
 from shared.config import load_config
 from shared.world.build import WorldConfig, build_world
 from stage_a.config import TrainConfig
@@ -24,6 +24,7 @@ from stage_a.data import Collator, Split, load_split
 from stage_a.fusion import decoder_layers_path
 from stage_a.model import BridgeConfig, SafeModel, lm_hidden_size
 from stage_a.projector import ProjectorConfig
+from stage_a.provenance import encoder_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +62,9 @@ def resolve_paths(cfg: TrainConfig, splits: tuple[str, ...] = ("train", "val", "
 
 def feature_cache(encoder, root: str) -> FeatureCache:
     """The on-disk feature cache of this encoder (identity + weights)."""
-    digest = "|".join(weights_hash(m) for m in encoder.modules())
-    return FeatureCache(root or Path(platformdirs.user_cache_dir("safe")) / "features", encoder.identity, digest)
+    fingerprint = encoder_fingerprint(encoder)
+    return FeatureCache(root or Path(platformdirs.user_cache_dir("safe")) / "features", fingerprint["identity"],
+                        fingerprint["weights_sha256"])
 
 
 def load_base(path: str, dtype: str, device: torch.device | str) -> tuple[torch.nn.Module, object]:
@@ -82,8 +84,11 @@ def unfreeze_language_model(base: torch.nn.Module, layers_path: str | None = Non
 
 
 def build_setup(cfg: TrainConfig, device: torch.device | str = "cpu", splits: tuple[str, ...] = ("train", "val", "test"),
-                bridge_dir: str | Path | None = None) -> Setup:
-    """Load the base, wrap it in SAFE (a saved bridge, or a seeded fresh one) and load the splits via the feature cache."""
+                bridge_dir: str | Path | None = None, strict: bool = True) -> Setup:
+    """Load the base, wrap it in SAFE (a saved bridge, or a seeded fresh one) and load the splits via the feature cache.
+
+    A saved bridge must have been trained on this base and encoder (stage_a.provenance), unless strict=False.
+    """
     paths = resolve_paths(cfg, splits)
     base, processor = load_base(paths["base_vl"], cfg.model.dtype, device)
     # The frozen encoder runs once per clip into the float32 feature cache, so it stays float32 whatever
@@ -93,11 +98,12 @@ def build_setup(cfg: TrainConfig, device: torch.device | str = "cpu", splits: tu
     loaded = {name: load_split(name, paths[name], encoder, cache, cfg.data.sample_rate) for name in splits}
     torch.manual_seed(cfg.seed)
     if bridge_dir is not None:
-        model = SafeModel.from_bridge(base, bridge_dir)
+        model = SafeModel.from_bridge(base, bridge_dir, encoder, strict)
     else:
         bridge = BridgeConfig(ProjectorConfig(encoder.dim, lm_hidden_size(base), k_max=cfg.model.k_max,
                                               depth=cfg.model.projector_depth), cfg.model.fusion, cfg.model.lora)
         model = SafeModel(base, bridge)
+    model.describe_run(encoder, processor)
     model.projector.to(device)
     model.fusion.to(device)
     if cfg.model.train_base_lm:
