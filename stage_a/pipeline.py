@@ -1,0 +1,267 @@
+"""Answer questions with a trained SAFE bridge: `SafePipeline` and the `safe-answer` command.
+
+The bridge folder's record (stage_a.provenance) names the base model and the frozen encoder it was trained with:
+the base by its id (a folder or hub id), the encoder by its identity, from which the encoder's kind and id or
+folder are read back ("clap:<path>:<front end>", "whisper:<path>:chunk<n>", "both:<clap>|<whisper>"). Either can
+be overridden (`base=`, `clap=` / `whisper=`); both are checked against the record's weights hashes on load.
+
+A request is an image (path, PIL image or HxWx3 uint8 array, or None), audio (path, (array, sample_rate), or
+None) and a question. Audio is read at `DataSettings.sample_rate` as in Stage A training; audio None, or gate 0,
+runs the base model's exact computation. k=None uses the run's k_eval (the run folder's summary.json), else 8.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from shared.data.audio_io import AudioError, load_audio, resample
+from shared.encoders import build_encoder
+from shared.features import pad_frames
+from shared.logs import setup_logging
+from stage_a.checkpointing import BASE_LM_FILE
+from stage_a.config import DataSettings
+from stage_a.data import Collator
+from stage_a.eval_command import bridge_folder
+from stage_a.flops import safe_flops
+from stage_a.model import CONFIG_FILE, SafeModel
+from stage_a.prompting import build_prompt, model_inputs
+from stage_a.provenance import BridgeMismatch
+from stage_a.setup import load_base
+
+log = logging.getLogger(__name__)
+DEFAULT_K = 8
+MAX_NEW_TOKENS = 4  # the Stage A evaluator's budget for questions (EvalSettings.max_new_tokens)
+CLAP_FRONT_END_FIELDS = 8  # colon-separated fields of ClapEncoder's front-end description
+
+
+def encoder_paths(identity: str) -> tuple[str, str | None, str | None]:
+    """(kind, clap path, whisper path) read back from a recorded encoder identity (shared.encoders)."""
+    kind, _, rest = identity.partition(":")
+    if kind == "clap":
+        return kind, rest.rsplit(":", CLAP_FRONT_END_FIELDS)[0], None
+    if kind == "whisper":
+        return kind, None, rest.rsplit(":", 1)[0]
+    if kind == "both":
+        clap, whisper = rest.split("|", 1)
+        return kind, encoder_paths(clap)[1], encoder_paths(whisper)[2]
+    raise ValueError(f"encoder identity {identity!r}; expected one starting 'clap:', 'whisper:' or 'both:'")
+
+
+def run_k_eval(bridge_dir: Path) -> int:
+    """The k the bridge's run evaluated at (k_eval of the run folder's summary.json), else DEFAULT_K."""
+    for summary in (bridge_dir / "summary.json", bridge_dir.parent / "summary.json"):
+        if summary.is_file():
+            return int(json.loads(summary.read_text(encoding="utf-8"))["k_eval"])
+    log.info("%s: no run summary.json beside the bridge; default k is %d", bridge_dir, DEFAULT_K)
+    return DEFAULT_K
+
+
+@dataclass
+class Request:
+    """One checked question: its image (or None), its audio wave at the pipeline's sample rate (or None), k."""
+
+    image: Image.Image | None
+    wave: np.ndarray | None
+    question: str
+    k: int
+
+
+class SafePipeline:
+    """A frozen base VL model, its trained SAFE bridge and its frozen audio encoder, answering raw requests."""
+
+    def __init__(self, model: SafeModel, processor: Any, encoder: Any, default_k: int, device: str) -> None:
+        self.model, self.processor, self.encoder = model, processor, encoder
+        self.collator = Collator(processor)
+        self.default_k, self.device = default_k, device
+        self.k_max = model.bridge_config.projector.k_max
+        self.sample_rate = DataSettings.sample_rate
+
+    @classmethod
+    def from_pretrained(cls, bridge_dir: str | Path, base: str | None = None, clap: str | None = None,
+                        whisper: str | None = None, device: str = "cpu", dtype: str = "float32",
+                        strict: bool = True) -> "SafePipeline":
+        """Load the bridge (a bridge folder or a stage_a-train run folder) with the base and encoder it records."""
+        folder = bridge_folder(Path(bridge_dir))
+        if (folder / BASE_LM_FILE).is_file():
+            raise ValueError(f"{folder / BASE_LM_FILE}: this run fine-tuned the base LM (full fine-tuning baseline); "
+                             "SafePipeline serves bridges over a frozen base only")
+        record = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8")).get("record") or {}
+        base_id = base or (record.get("base") or {}).get("id")
+        identity = (record.get("encoder") or {}).get("identity")
+        if not base_id or (identity is None and not (clap or whisper)):
+            raise ValueError(f"{folder / CONFIG_FILE}: the record names base {base_id!r} and encoder {identity!r}; "
+                             "pass base= and clap= / whisper= for a bridge written without a record")
+        if identity:
+            kind, clap_path, whisper_path = encoder_paths(identity)
+        else:
+            log.warning("%s: no recorded encoder; using the given clap=%r whisper=%r", folder, clap, whisper)
+            kind, clap_path, whisper_path = ("both" if clap and whisper else "clap" if clap else "whisper"), None, None
+        base_model, processor = load_base(base_id, dtype, device)
+        encoder = build_encoder(kind, clap or clap_path, whisper or whisper_path, device, "float32")
+        model = SafeModel.from_bridge(base_model, folder, encoder, strict)
+        model.projector.to(device)
+        model.fusion.to(device)
+        return cls(model.eval(), processor, encoder, run_k_eval(folder), device)
+
+    def _image(self, image: Any) -> Image.Image | None:
+        if image is None or isinstance(image, Image.Image):
+            return None if image is None else image.convert("RGB")
+        if isinstance(image, np.ndarray):
+            if image.ndim != 3 or image.shape[2] != 3:
+                raise ValueError(f"image: array of shape {image.shape}; expected HxWx3")
+            return Image.fromarray(image.astype(np.uint8))
+        path = Path(image)
+        if not path.is_file():
+            raise ValueError(f"image: file {str(path)!r} does not exist; expected an image file, PIL image or array")
+        with Image.open(path) as im:
+            return im.convert("RGB")
+
+    def _wave(self, audio: Any) -> np.ndarray | None:
+        if audio is None:
+            return None
+        if isinstance(audio, tuple):
+            if len(audio) != 2 or not isinstance(audio[1], int) or audio[1] <= 0:
+                raise ValueError(f"audio: tuple {tuple(type(a).__name__ for a in audio)}; "
+                                 "expected (array, positive int sample_rate)")
+            wave = np.asarray(audio[0], dtype=np.float32)
+            if wave.ndim != 1 or wave.size == 0:
+                raise ValueError(f"audio: array of shape {wave.shape}; expected a non-empty 1-D mono wave")
+            if not np.isfinite(wave).all():
+                raise ValueError(f"audio: array holds {int((~np.isfinite(wave)).sum())} NaN/inf samples; "
+                                 "expected finite samples")
+            return resample(wave, audio[1], self.sample_rate)
+        if not Path(audio).is_file():
+            raise ValueError(f"audio: file {str(audio)!r} does not exist; expected an audio file or (array, rate)")
+        try:
+            wave = load_audio(audio, self.sample_rate)
+        except AudioError as err:
+            raise ValueError(f"audio: {err}") from err
+        if not np.isfinite(wave).all():
+            raise ValueError(f"audio: file {str(audio)!r} holds NaN/inf samples; expected finite samples")
+        return wave
+
+    def _request(self, image: Any, audio: Any, question: Any, k: Any) -> Request:
+        if k == "auto":
+            raise ValueError("k: 'auto' needs a Stage B policy, and policies are not wired into SafePipeline yet; "
+                             "expected None or an int")
+        k = self.default_k if k is None else k
+        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= self.k_max:
+            raise ValueError(f"k: {k!r}; expected an int in 1..{self.k_max} (the bridge's k_max) or None")
+        if not isinstance(question, str) or not question.strip():
+            raise ValueError(f"question: {question!r}; expected a non-empty string")
+        return Request(self._image(image), self._wave(audio), question, k)
+
+    @torch.no_grad()
+    def _answer(self, requests: list[Request], gate: float) -> list[dict]:
+        """Answer requests of one k together (one generate call), base path for the rows without audio."""
+        start = time.perf_counter()
+        prompts = [build_prompt(self.processor, r.question, image=r.image is not None) for r in requests]
+        inputs = model_inputs(self.processor, prompts, [r.image for r in requests], "left")
+        inputs = {name: value.to(self.device) for name, value in inputs.items()}
+        with_audio = [i for i, r in enumerate(requests) if r.wave is not None]
+        audio: dict[str, Any] = {}
+        frames_per_row = [0] * len(requests)
+        if with_audio and gate > 0:
+            frames, mask = self.encoder.encode([requests[i].wave for i in with_audio], self.sample_rate)
+            features = [f[m.bool()].float().cpu() for f, m in zip(frames, mask)]
+            dim = features[0].shape[1]
+            rows = [features[with_audio.index(i)] if i in with_audio else torch.zeros(0, dim)
+                    for i in range(len(requests))]
+            padded, frame_mask = pad_frames(rows)
+            frames_per_row = [row.shape[0] for row in rows]
+            audio = {"audio_frames": padded.to(self.device), "frame_mask": frame_mask.to(self.device),
+                     "k": requests[0].k, "gate": gate}
+        generated = self.model.generate(**audio, **inputs, max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
+        answers = self.collator.decode(generated, inputs["input_ids"].shape[1])
+        latency = 1000.0 * (time.perf_counter() - start) / len(requests)
+        out = []
+        for i, (request, answer) in enumerate(zip(requests, answers)):
+            used = frames_per_row[i] > 0
+            tokens = int(inputs["attention_mask"][i].sum())
+            flops = safe_flops(self.model, self.encoder, request.k if used else 0, tokens, frames_per_row[i])
+            out.append({"answer": answer, "action": {"audio": used, "k": request.k if used else 0},
+                        "gflops": flops / 1e9, "latency_ms": latency})
+        return out
+
+    def __call__(self, image: Any = None, audio: Any = None, question: Any = None, k: Any = None,
+                 gate: float = 1.0) -> dict | list[dict]:
+        """Answer one request, or a batch when `question` is a list (image and audio then lists of the same length)."""
+        if not isinstance(question, list):
+            return self([image], [audio], [question], k, gate)[0]
+        images = image if isinstance(image, list) else [image] * len(question)
+        audios = audio if isinstance(audio, list) else [audio] * len(question)
+        ks = k if isinstance(k, list) else [k] * len(question)
+        if not question or not len(images) == len(audios) == len(ks) == len(question):
+            raise ValueError(f"question: a batch of {len(question)} with {len(images)} images, {len(audios)} audio "
+                             f"and {len(ks)} k; expected equal, non-zero lengths")
+        requests = [self._request(*row) for row in zip(images, audios, question, ks)]
+        results: list[dict | None] = [None] * len(requests)
+        for value in sorted({r.k for r in requests}):
+            rows = [i for i, r in enumerate(requests) if r.k == value]
+            for i, result in zip(rows, self._answer([requests[i] for i in rows], gate)):
+                results[i] = result
+        return results  # type: ignore[return-value]
+
+
+def _rows(args: argparse.Namespace) -> list[dict]:
+    if args.jsonl is None:
+        return [{"image": args.image, "audio": args.audio, "question": args.question, "k": args.k}]
+    rows = []
+    for n, line in enumerate(Path(args.jsonl).read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{args.jsonl} line {n}: not JSON ({err.msg}); expected one object per line") from err
+            unknown = set(row) - {"image", "audio", "question", "k"}
+            if unknown:
+                raise ValueError(f"{args.jsonl} line {n}: unknown keys {sorted(unknown)}; "
+                                 "expected image, audio, question, k")
+            rows.append(row)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="safe-answer", description=__doc__.splitlines()[0])
+    parser.add_argument("--bridge", required=True, type=Path, help="bridge folder or stage_a-train run folder")
+    parser.add_argument("--question", default=None)
+    parser.add_argument("--image", default=None)
+    parser.add_argument("--audio", default=None)
+    parser.add_argument("--k", type=int, default=None, help="audio tokens (default: the run's k_eval, else 8)")
+    parser.add_argument("--jsonl", type=Path, default=None, help='questions, one {"image","audio","question","k"} a line')
+    parser.add_argument("--base", default=None, help="override the recorded base model id or folder")
+    parser.add_argument("--clap", default=None, help="override the recorded CLAP id or folder")
+    parser.add_argument("--json", action="store_true", help="print one JSON object per answer")
+    parser.add_argument("--no-strict", action="store_true", help="load onto another base or encoder, with a warning")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        if (args.jsonl is None) == (args.question is None):
+            raise ValueError("give exactly one of --question or --jsonl")
+        rows = _rows(args)
+        pipe = SafePipeline.from_pretrained(args.bridge, base=args.base, clap=args.clap, device=args.device,
+                                            strict=not args.no_strict)
+        results = pipe(**{key: [row.get(key) for row in rows] for key in ("image", "audio", "question", "k")})
+    except (ValueError, FileNotFoundError, BridgeMismatch) as err:
+        print(f"safe-answer: {err}", file=sys.stderr)
+        return 2
+    for result in results:
+        print(json.dumps(result) if args.json else result["answer"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
