@@ -48,6 +48,7 @@ from stage_a.data import Batch
 from stage_a.losses import answer_loss, answer_positions
 from stage_a.evaluate import EvalSettings, Evaluator, eval_rows, generate_answers, shuffled_audio
 from stage_a.model import WEIGHTS_FILE, SafeModel
+from stage_a.model_card import write_model_card
 from stage_a.monitor import GradientMonitor, RunLogger
 from stage_a.prefix import media_token_ids, select_rows
 from stage_a.retention import NullSpaceProjector, OnlineFisher, RetentionConfig, distill_loss
@@ -385,6 +386,8 @@ class StageATrainer:
         if self.acc.is_main_process:
             atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2))
             atomic_write_text(self.run_dir / PREDICTIONS_FILE, "".join(json.dumps(r) + "\n" for r in predictions))
+            if best is not None:
+                write_model_card(self.run_dir)
         self.logger.log(self.state["step"], "summary", summary)
         self.logger.close()
         return summary
