@@ -37,17 +37,17 @@ stripped (parse_answer's yes/no and copula rules are for short answers and would
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from shared.answers import parse_answer
+from shared.data.clotho_aqa import question_type
 from shared.data.schema import Sample
 from shared.metrics import CiderD, annotator_accuracy, exact_match, gqa_accuracy, vqa_accuracy
 from shared.stats import mean_ci
 
 VQA_MIN_ANSWERS = 4  # below 4 annotators a unanimous correct answer cannot score 1
-YES_NO = frozenset({"yes", "no"})
 
 
 def by_type(record: Mapping) -> str:
@@ -56,9 +56,8 @@ def by_type(record: Mapping) -> str:
 
 
 def by_answer_kind(record: Mapping) -> str:
-    """Clotho-AQA's breakdown: "yes_no" when the most frequent answer is yes or no, else "single_word"."""
-    top = Counter(a.strip().lower() for a in record["answers"]).most_common(1)[0][0]
-    return "yes_no" if top in YES_NO else "single_word"
+    """Clotho-AQA's breakdown: the converter's yes_no / single_word rule applied to the record's answers."""
+    return question_type(record["answers"])
 
 
 @dataclass(frozen=True)

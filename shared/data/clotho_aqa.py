@@ -38,8 +38,8 @@ class _Question:
 
 
 def question_type(answers: tuple[str, ...] | list[str]) -> str:
-    """"yes_no" when the majority answer is yes or no (any case), else "single_word"."""
-    return "yes_no" if majority_answer(answers).strip().lower() in YES_NO else "single_word"
+    """"yes_no" when the majority answer (case and surrounding space ignored) is yes or no, else "single_word"."""
+    return "yes_no" if majority_answer(a.strip().lower() for a in answers) in YES_NO else "single_word"
 
 
 def load_clotho_aqa(csv_path: str | os.PathLike, audio_dir: str | os.PathLike) -> list[Sample]:
