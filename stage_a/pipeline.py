@@ -7,7 +7,9 @@ be overridden (`base=`, `clap=` / `whisper=`); both are checked against the reco
 
 A request is an image (path, PIL image or HxWx3 uint8 array, or None), audio (path, (array, sample_rate), or
 None) and a question. Audio is read at `DataSettings.sample_rate` as in Stage A training; audio None, or gate 0,
-runs the base model's exact computation. k=None uses the run's k_eval (the run folder's summary.json), else 8.
+runs the base model's exact computation. k is an int in 0..k_max (0: no audio), None (the run's k_eval from the run
+folder's summary.json, else 8; "auto" when a policy is attached) or "auto": an `AudioChooser` (a Stage B policy,
+stage_b.chooser) picks no audio or k per request from the request's own pre-decision features.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -69,29 +71,51 @@ def run_k_eval(bridge_dir: Path) -> int:
 
 @dataclass
 class Request:
-    """One checked question: its image (or None), its audio wave at the pipeline's sample rate (or None), k."""
+    """One checked question: its image (or None), its audio wave at the pipeline's sample rate (or None), and k
+    (0 = no audio; None = the attached policy decides)."""
 
     image: Image.Image | None
     wave: np.ndarray | None
     question: str
-    k: int
+    k: int | None
+
+
+class AudioChooser(Protocol):
+    """Picks k per request (0 = no audio) from the prompt inputs the model will see and the requests' waves."""
+
+    def check(self, pipe: "SafePipeline") -> None:
+        """Raise ValueError if this chooser's actions or features do not belong to `pipe`'s bridge."""
+
+    def __call__(self, embeddings: torch.nn.Module, inputs: dict[str, torch.Tensor], waves: list[np.ndarray],
+                 sample_rate: int) -> list[int]:
+        ...
 
 
 class SafePipeline:
     """A frozen base VL model, its trained SAFE bridge and its frozen audio encoder, answering raw requests."""
 
-    def __init__(self, model: SafeModel, processor: Any, encoder: Any, default_k: int, device: str) -> None:
+    def __init__(self, model: SafeModel, processor: Any, encoder: Any, default_k: int, device: str,
+                 bridge_dir: Path | None = None, policy: AudioChooser | None = None) -> None:
         self.model, self.processor, self.encoder = model, processor, encoder
         self.collator = Collator(processor)
-        self.default_k, self.device = default_k, device
+        self.default_k, self.device, self.bridge_dir = default_k, device, bridge_dir
         self.k_max = model.bridge_config.projector.k_max
         self.sample_rate = DataSettings.sample_rate
+        self.policy = None
+        if policy is not None:
+            self.attach(policy)
+
+    def attach(self, policy: AudioChooser) -> None:
+        """Let `policy` choose k for requests with k None or "auto" (checked against this bridge first)."""
+        policy.check(self)
+        self.policy = policy
 
     @classmethod
     def from_pretrained(cls, bridge_dir: str | Path, base: str | None = None, clap: str | None = None,
                         whisper: str | None = None, device: str = "cpu", dtype: str = "float32",
-                        strict: bool = True) -> "SafePipeline":
-        """Load the bridge (a bridge folder or a stage_a-train run folder) with the base and encoder it records."""
+                        strict: bool = True, policy: AudioChooser | None = None) -> "SafePipeline":
+        """Load the bridge (a bridge folder or a stage_a-train run folder) with the base and encoder it records,
+        and optionally a policy choosing k per request (stage_b.chooser.PolicyChooser.load(folder))."""
         folder = bridge_folder(Path(bridge_dir))
         if (folder / BASE_LM_FILE).is_file():
             raise ValueError(f"{folder / BASE_LM_FILE}: this run fine-tuned the base LM (full fine-tuning baseline); "
@@ -112,7 +136,7 @@ class SafePipeline:
         model = SafeModel.from_bridge(base_model, folder, encoder, strict)
         model.projector.to(device)
         model.fusion.to(device)
-        return cls(model.eval(), processor, encoder, run_k_eval(folder), device)
+        return cls(model.eval(), processor, encoder, run_k_eval(folder), device, folder, policy)
 
     def _image(self, image: Any) -> Image.Image | None:
         if image is None or isinstance(image, Image.Image):
@@ -151,25 +175,46 @@ class SafePipeline:
             raise ValueError(f"audio: file {str(audio)!r} holds NaN/inf samples; expected finite samples")
         return wave
 
-    def _request(self, image: Any, audio: Any, question: Any, k: Any) -> Request:
+    def prepare(self, image: Any = None, audio: Any = None, question: Any = None, k: Any = None) -> Request:
+        """One request checked and decoded (image to RGB, audio to a wave at the pipeline's rate); a ValueError names
+        the bad field, its value and what was expected."""
+        if k is None:
+            k = "auto" if self.policy is not None else self.default_k
         if k == "auto":
-            raise ValueError("k: 'auto' needs a Stage B policy, and policies are not wired into SafePipeline yet; "
-                             "expected None or an int")
-        k = self.default_k if k is None else k
-        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= self.k_max:
-            raise ValueError(f"k: {k!r}; expected an int in 1..{self.k_max} (the bridge's k_max) or None")
+            if self.policy is None:
+                raise ValueError("k: 'auto' needs a Stage B policy (policy=... or --policy); expected an int or None")
+            k = None
+        elif not isinstance(k, int) or isinstance(k, bool) or not 0 <= k <= self.k_max:
+            raise ValueError(f"k: {k!r}; expected an int in 0..{self.k_max} (0: no audio; the bridge's k_max), "
+                             "'auto' or None")
         if not isinstance(question, str) or not question.strip():
             raise ValueError(f"question: {question!r}; expected a non-empty string")
         return Request(self._image(image), self._wave(audio), question, k)
+
+    def _inputs(self, requests: list[Request]) -> dict[str, torch.Tensor]:
+        """The processor's left-padded prompt inputs of `requests` on the pipeline's device."""
+        prompts = [build_prompt(self.processor, r.question, image=r.image is not None) for r in requests]
+        inputs = model_inputs(self.processor, prompts, [r.image for r in requests], "left")
+        return {name: value.to(self.device) for name, value in inputs.items()}
+
+    def _choose(self, requests: list[Request]) -> list[Request]:
+        """Requests with k fixed: the policy's choice where k is None (no audio → 0), batched."""
+        undecided = [i for i, r in enumerate(requests) if r.k is None and r.wave is not None]
+        chosen = dict.fromkeys(range(len(requests)), 0)
+        if undecided:
+            assert self.policy is not None  # prepare() only leaves k None with a policy attached
+            picks = self.policy(self.model.base.get_input_embeddings(), self._inputs([requests[i] for i in undecided]),
+                                [requests[i].wave for i in undecided], self.sample_rate)
+            chosen.update(zip(undecided, picks))
+        return [r if r.k is not None else Request(r.image, r.wave, r.question, chosen[i])
+                for i, r in enumerate(requests)]
 
     @torch.no_grad()
     def _answer(self, requests: list[Request], gate: float) -> list[dict]:
         """Answer requests of one k together (one generate call), base path for the rows without audio."""
         start = time.perf_counter()
-        prompts = [build_prompt(self.processor, r.question, image=r.image is not None) for r in requests]
-        inputs = model_inputs(self.processor, prompts, [r.image for r in requests], "left")
-        inputs = {name: value.to(self.device) for name, value in inputs.items()}
-        with_audio = [i for i, r in enumerate(requests) if r.wave is not None]
+        inputs = self._inputs(requests)
+        with_audio = [i for i, r in enumerate(requests) if r.wave is not None and r.k]
         audio: dict[str, Any] = {}
         frames_per_row = [0] * len(requests)
         if with_audio and gate > 0:
@@ -194,6 +239,19 @@ class SafePipeline:
                         "gflops": flops / 1e9, "latency_ms": latency})
         return out
 
+    def answer(self, requests: list[Request], gate: float = 1.0) -> list[dict]:
+        """Answer prepared requests: the policy decides where k is None, then one generate call per k."""
+        start = time.perf_counter()
+        requests = self._choose(requests)
+        choose_ms = 1000.0 * (time.perf_counter() - start) / len(requests)
+        results: list[dict | None] = [None] * len(requests)
+        for value in sorted({r.k for r in requests}):
+            rows = [i for i, r in enumerate(requests) if r.k == value]
+            for i, result in zip(rows, self._answer([requests[i] for i in rows], gate)):
+                result["latency_ms"] += choose_ms
+                results[i] = result
+        return results  # type: ignore[return-value]
+
     def __call__(self, image: Any = None, audio: Any = None, question: Any = None, k: Any = None,
                  gate: float = 1.0) -> dict | list[dict]:
         """Answer one request, or a batch when `question` is a list (image and audio then lists of the same length)."""
@@ -205,13 +263,7 @@ class SafePipeline:
         if not question or not len(images) == len(audios) == len(ks) == len(question):
             raise ValueError(f"question: a batch of {len(question)} with {len(images)} images, {len(audios)} audio "
                              f"and {len(ks)} k; expected equal, non-zero lengths")
-        requests = [self._request(*row) for row in zip(images, audios, question, ks)]
-        results: list[dict | None] = [None] * len(requests)
-        for value in sorted({r.k for r in requests}):
-            rows = [i for i, r in enumerate(requests) if r.k == value]
-            for i, result in zip(rows, self._answer([requests[i] for i in rows], gate)):
-                results[i] = result
-        return results  # type: ignore[return-value]
+        return self.answer([self.prepare(*row) for row in zip(images, audios, question, ks)], gate)
 
 
 def _rows(args: argparse.Namespace) -> list[dict]:

@@ -64,6 +64,9 @@ def test_answers_equal_the_evaluators_with_and_without_audio(pipe: SafePipeline,
     bare = pipe(**{**requests, "audio": [None] * len(rows)})
     assert [r["answer"] for r in bare] == [without[i] for i in rows]
     assert all(r["action"] == {"audio": False, "k": 0} for r in bare)
+    zero = pipe(**{**requests, "k": 0})  # k = 0: the no-audio action, even with audio given
+    assert [r["answer"] for r in zero] == [without[i] for i in rows]
+    assert all(r["action"] == {"audio": False, "k": 0} for r in zero)
     assert all(b["gflops"] < a["gflops"] for a, b in zip(results, bare))
     assert with_audio != without  # audio changes some answer, so the comparison can tell them apart
 
@@ -92,9 +95,9 @@ def test_batch_equals_singles_and_no_audio_equals_the_bare_base(pipe: SafePipeli
     ({"image": "/no/such.png"}, r"image: file '/no/such.png' does not exist"),
     ({"audio": "/no/such.wav"}, r"audio: file '/no/such.wav' does not exist"),
     ({"question": "  "}, r"question: '  '; expected a non-empty string"),
-    ({"k": 0}, r"k: 0; expected an int in 1\.\.\d+"),
-    ({"k": 10_000}, r"k: 10000; expected an int in 1\.\.\d+"),
-    ({"k": "auto"}, r"policies are not wired"),
+    ({"k": -1}, r"k: -1; expected an int in 0\.\.\d+"),
+    ({"k": 10_000}, r"k: 10000; expected an int in 0\.\.\d+"),
+    ({"k": "auto"}, r"k: 'auto' needs a Stage B policy"),
     ({"audio": (np.array([0.1, np.nan], dtype=np.float32), RATE)}, r"audio: array holds 1 NaN"),
 ])
 def test_bad_input_is_named(pipe: SafePipeline, kwargs: dict, match: str) -> None:
@@ -120,7 +123,7 @@ def test_cli_prints_json_and_exits_2_on_bad_input(run_dir: Path, setup, tmp_path
                               for k in (2, 4)) + "\n")
     assert answer_main(["--bridge", str(run_dir), "--jsonl", str(rows), "--json"]) == 0
     assert [json.loads(line)["action"]["audio"] for line in capsys.readouterr().out.splitlines()] == [False, False]
-    assert answer_main(["--bridge", str(run_dir), "--question", question, "--k", "0"]) == 2
+    assert answer_main(["--bridge", str(run_dir), "--question", question, "--k", "-1"]) == 2
     mine = [line for line in capsys.readouterr().err.splitlines() if line.startswith("safe-answer:")]
     assert len(mine) == 1 and mine[0].startswith("safe-answer: k: 0; expected an int in 1..")
 
