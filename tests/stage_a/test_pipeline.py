@@ -125,7 +125,7 @@ def test_cli_prints_json_and_exits_2_on_bad_input(run_dir: Path, setup, tmp_path
     assert [json.loads(line)["action"]["audio"] for line in capsys.readouterr().out.splitlines()] == [False, False]
     assert answer_main(["--bridge", str(run_dir), "--question", question, "--k", "-1"]) == 2
     mine = [line for line in capsys.readouterr().err.splitlines() if line.startswith("safe-answer:")]
-    assert len(mine) == 1 and mine[0].startswith("safe-answer: k: 0; expected an int in 1..")
+    assert len(mine) == 1 and mine[0].startswith("safe-answer: k: -1; expected an int in 0..")
 
 
 def test_a_run_with_a_fine_tuned_base_lm_is_refused(tmp_path: Path) -> None:
