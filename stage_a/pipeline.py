@@ -1,4 +1,4 @@
-"""Answer questions with a trained SAFE bridge: `SafePipeline` and the `safe-answer` command.
+"""Answer questions with a trained SAFE bridge: `SafePipeline` (the `safe-answer` and `safe-serve` commands use it).
 
 The bridge folder's record (stage_a.provenance) names the base model and the frozen encoder it was trained with:
 the base by its id (a folder or hub id), the encoder by its identity, from which the encoder's kind and id or
@@ -14,10 +14,8 @@ stage_b.chooser) picks no audio or k per request from the request's own pre-deci
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +28,6 @@ from PIL import Image
 from shared.data.audio_io import AudioError, load_audio, resample
 from shared.encoders import build_encoder
 from shared.features import pad_frames
-from shared.logs import setup_logging
 from stage_a.checkpointing import BASE_LM_FILE
 from stage_a.config import DataSettings
 from stage_a.data import Collator
@@ -38,7 +35,6 @@ from stage_a.eval_command import bridge_folder
 from stage_a.flops import safe_flops
 from stage_a.model import CONFIG_FILE, SafeModel
 from stage_a.prompting import build_prompt, model_inputs
-from stage_a.provenance import BridgeMismatch
 from stage_a.setup import load_base
 
 log = logging.getLogger(__name__)
@@ -264,56 +260,3 @@ class SafePipeline:
             raise ValueError(f"question: a batch of {len(question)} with {len(images)} images, {len(audios)} audio "
                              f"and {len(ks)} k; expected equal, non-zero lengths")
         return self.answer([self.prepare(*row) for row in zip(images, audios, question, ks)], gate)
-
-
-def _rows(args: argparse.Namespace) -> list[dict]:
-    if args.jsonl is None:
-        return [{"image": args.image, "audio": args.audio, "question": args.question, "k": args.k}]
-    rows = []
-    for n, line in enumerate(Path(args.jsonl).read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{args.jsonl} line {n}: not JSON ({err.msg}); expected one object per line") from err
-            unknown = set(row) - {"image", "audio", "question", "k"}
-            if unknown:
-                raise ValueError(f"{args.jsonl} line {n}: unknown keys {sorted(unknown)}; "
-                                 "expected image, audio, question, k")
-            rows.append(row)
-    return rows
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="safe-answer", description=__doc__.splitlines()[0])
-    parser.add_argument("--bridge", required=True, type=Path, help="bridge folder or stage_a-train run folder")
-    parser.add_argument("--question", default=None)
-    parser.add_argument("--image", default=None)
-    parser.add_argument("--audio", default=None)
-    parser.add_argument("--k", type=int, default=None, help="audio tokens (default: the run's k_eval, else 8)")
-    parser.add_argument("--jsonl", type=Path, default=None, help='questions, one {"image","audio","question","k"} a line')
-    parser.add_argument("--base", default=None, help="override the recorded base model id or folder")
-    parser.add_argument("--clap", default=None, help="override the recorded CLAP id or folder")
-    parser.add_argument("--json", action="store_true", help="print one JSON object per answer")
-    parser.add_argument("--no-strict", action="store_true", help="load onto another base or encoder, with a warning")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("-v", "--verbose", action="store_true")
-    args = parser.parse_args(argv)
-    setup_logging(args.verbose)
-    try:
-        if (args.jsonl is None) == (args.question is None):
-            raise ValueError("give exactly one of --question or --jsonl")
-        rows = _rows(args)
-        pipe = SafePipeline.from_pretrained(args.bridge, base=args.base, clap=args.clap, device=args.device,
-                                            strict=not args.no_strict)
-        results = pipe(**{key: [row.get(key) for row in rows] for key in ("image", "audio", "question", "k")})
-    except (ValueError, FileNotFoundError, BridgeMismatch) as err:
-        print(f"safe-answer: {err}", file=sys.stderr)
-        return 2
-    for result in results:
-        print(json.dumps(result) if args.json else result["answer"])
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

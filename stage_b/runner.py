@@ -24,17 +24,9 @@ from stage_a.config import TrainConfig
 from stage_a.data import Batch
 from stage_a.flops import encoder_flops, safe_flops
 from stage_a.setup import build_setup
+from stage_b.policy_features import audio_preview, feature_columns, query_features
 
 MAX_NEW_TOKENS = 4
-
-
-def audio_preview(wave: np.ndarray, sample_rate: int) -> list[float]:
-    """Duration (s), RMS energy, zero-crossing rate and spectral centroid (kHz): cheap, no encoder."""
-    spectrum = np.abs(np.fft.rfft(wave))
-    freqs = np.fft.rfftfreq(len(wave), 1.0 / sample_rate)
-    centroid = float((spectrum * freqs).sum() / max(spectrum.sum(), 1e-12)) / 1000.0
-    crossings = float(np.mean(np.abs(np.diff(np.signbit(wave).astype(np.int8))))) if len(wave) > 1 else 0.0
-    return [len(wave) / sample_rate, float(np.sqrt(np.mean(wave ** 2))), crossings, centroid]
 
 
 class SafeRunner:
@@ -106,16 +98,9 @@ class SafeRunner:
         """The formula for one (k, prompt length, frames); memoised per runner as `_gflops` (few distinct values)."""
         return safe_flops(self.model, self.encoder, k, prompt_tokens, audio_frames, all_logits=False) / 1e9
 
-    @torch.no_grad()
     def features(self, batch: Batch, rows: list[int]) -> np.ndarray:
-        """Pre-decision features: mean LM input embedding of the prompt, image channel mean/std, audio preview."""
-        mask = batch.inputs["attention_mask"].bool()
-        token_embeds = self._embed(batch.inputs["input_ids"]).float()
-        question = (token_embeds * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
-        pixels = batch.inputs["pixel_values"].float()
-        image = torch.cat([pixels.mean((2, 3)), pixels.std((2, 3))], dim=1)
-        previews = [self.preview(i) for i in rows]
-        return np.concatenate([question.numpy(), image.numpy(), np.asarray(previews)], axis=1).astype(np.float32)
+        """Pre-decision features of `rows` (stage_b.policy_features), as a served policy computes them for a request."""
+        return query_features(self._embed, batch.inputs, [self.preview(i) for i in rows])
 
     def preview(self, i: int) -> list[float]:
         """Audio-preview statistics of row i's clip, computed once per clip."""
@@ -127,5 +112,4 @@ class SafeRunner:
 
     def feature_columns(self) -> dict[str, int]:
         """The feature groups in column order, with their widths."""
-        return {"question_embedding_mean": self._embed.embedding_dim, "image_channel_mean_std": 6,
-                "audio_duration_s": 1, "audio_rms": 1, "audio_zero_crossing_rate": 1, "audio_centroid_khz": 1}
+        return feature_columns(self._embed.embedding_dim)

@@ -45,3 +45,27 @@ def converted_world(micro_world: Path, tmp_path_factory: pytest.TempPathFactory)
             manifests[name, split], converted[name, split] = manifest, read_manifest(manifest)
     return {"official": root / "official", "summary": summary, "ids": json.loads((root / "official" / IDS).read_text()),
             "manifests": manifests, "converted": converted}
+
+
+@pytest.fixture(scope="session")
+def table_path(micro_paths: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A micro-world Stage A run (stage_a_micro preset) and its test outcome table (actions 0, 4, 8), built once."""
+    from stage_a.train import main as train_main
+    from stage_b.outcomes import main as outcomes_main
+
+    out = tmp_path_factory.mktemp("runs")
+    args = [x for k, v in micro_paths.items() for x in (f"--{k}", v)]
+    assert train_main(["--preset", "stage_a_micro", "--out_dir", str(out), *args]) == 0
+    assert outcomes_main(["--checkpoint", str(out / "stage_a_micro"), "--preset", "stage_a_micro", "--ks", "4,8",
+                          "--batch-size", "32", *args]) == 0
+    return out / "stage_a_micro" / "outcomes_test.npz"
+
+
+@pytest.fixture(scope="session")
+def policy_dir(table_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A PPO policy (alpha 0.1, 512 steps) trained on `table_path`, saved by stage_b-train's code."""
+    from stage_b.train import PolicyConfig, train_policy
+
+    out = tmp_path_factory.mktemp("policy") / "alpha0.1"
+    train_policy(PolicyConfig(str(table_path), timesteps=512, n_envs=2, eval_every=512), out, tensorboard=False)
+    return out

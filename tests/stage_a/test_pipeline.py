@@ -1,6 +1,5 @@
 """`SafePipeline` and `safe-answer` on a micro-world run: same answers as the Stage A evaluator, checked input."""
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +9,7 @@ from shared.config import load_config
 from shared.data.audio_io import load_audio
 from stage_a.config import TrainConfig
 from stage_a.evaluate import EvalSettings, generate_answers
-from stage_a.pipeline import SafePipeline, encoder_paths, main as answer_main
+from stage_a.pipeline import SafePipeline, encoder_paths
 from stage_a.prompting import build_prompt, model_inputs
 from stage_a.setup import build_setup, load_base
 from stage_a.train import main as train_main
@@ -104,28 +103,6 @@ def test_bad_input_is_named(pipe: SafePipeline, kwargs: dict, match: str) -> Non
     request = {"image": None, "audio": None, "question": "what color is the circle?", "k": None, **kwargs}
     with pytest.raises(ValueError, match=match):
         pipe(**request)
-
-
-def test_cli_prints_json_and_exits_2_on_bad_input(run_dir: Path, setup, tmp_path: Path,
-                                                  capsys: pytest.CaptureFixture) -> None:
-    split, i = setup.test, _rows(setup.test)[0]
-    clip = split.clip(i)
-    question = split.samples[i].question
-    args = ["--bridge", str(run_dir), "--question", question, "--json"]
-    if split.visuals[i]:
-        args += ["--image", split.visuals[i]]
-    capsys.readouterr()
-    assert answer_main([*args, "--audio", clip.path]) == 0
-    printed = json.loads(capsys.readouterr().out)
-    assert set(printed) == {"answer", "action", "gflops", "latency_ms"} and printed["action"]["audio"]
-    rows = tmp_path / "q.jsonl"
-    rows.write_text("\n".join(json.dumps({"image": split.visuals[i], "audio": None, "question": question, "k": k})
-                              for k in (2, 4)) + "\n")
-    assert answer_main(["--bridge", str(run_dir), "--jsonl", str(rows), "--json"]) == 0
-    assert [json.loads(line)["action"]["audio"] for line in capsys.readouterr().out.splitlines()] == [False, False]
-    assert answer_main(["--bridge", str(run_dir), "--question", question, "--k", "-1"]) == 2
-    mine = [line for line in capsys.readouterr().err.splitlines() if line.startswith("safe-answer:")]
-    assert len(mine) == 1 and mine[0].startswith("safe-answer: k: -1; expected an int in 0..")
 
 
 def test_a_run_with_a_fine_tuned_base_lm_is_refused(tmp_path: Path) -> None:

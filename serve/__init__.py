@@ -1,0 +1,1 @@
+"""Deployment: `safe-answer` (questions from the command line) and `safe-serve` (HTTP), over SafePipeline."""
