@@ -39,6 +39,11 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _strict_json(bounds: np.ndarray) -> list[float | str]:
+    """Box bounds as strict JSON: infinite bounds as the strings "inf" / "-inf" (float() reads them back)."""
+    return [float(v) if np.isfinite(v) else str(float(v)) for v in bounds.reshape(-1)]
+
+
 def save_actor(policy: ActorCriticPolicy, folder: Path) -> dict:
     """Write the actor's weights to folder/policy.safetensors; returns the JSON architecture record."""
     obs, act = policy.observation_space, policy.action_space
@@ -54,7 +59,7 @@ def save_actor(policy: ActorCriticPolicy, folder: Path) -> dict:
               metadata={"format": FORMAT})
     return {"format": FORMAT, "file": ACTOR_FILE, "sha256": _sha256(path),
             "observation_space": {"shape": list(obs.shape), "dtype": str(obs.dtype),
-                                  "low": obs.low.tolist(), "high": obs.high.tolist()},
+                                  "low": _strict_json(obs.low), "high": _strict_json(obs.high)},
             "action_space": {"n": int(act.n), "start": int(act.start)},
             "net_arch": policy.net_arch, "activation": policy.activation_fn.__name__,
             "share_features_extractor": policy.share_features_extractor,
@@ -69,7 +74,8 @@ def build_policy(arch: dict) -> ActorCriticPolicy:
         raise ValueError(f"actor activation is {arch['activation']!r}; expected one of {sorted(ACTIVATIONS)}")
     obs = arch["observation_space"]
     dtype = np.dtype(obs["dtype"])
-    observation_space = spaces.Box(np.asarray(obs["low"], dtype), np.asarray(obs["high"], dtype),
+    low, high = (np.asarray([float(v) for v in obs[name]], dtype) for name in ("low", "high"))
+    observation_space = spaces.Box(low.reshape(obs["shape"]), high.reshape(obs["shape"]),
                                    shape=tuple(obs["shape"]), dtype=dtype)
     action_space = spaces.Discrete(arch["action_space"]["n"], start=arch["action_space"]["start"])
     policy = ActorCriticPolicy(observation_space, action_space, lambda _: 0.0, net_arch=arch["net_arch"],

@@ -98,7 +98,7 @@ def train_policy(config: PolicyConfig, out_dir: Path, tensorboard: bool = True, 
     record = {"config": asdict(config), "train_seconds": round(seconds, 2), "timesteps": config.timesteps,
               "train_rows": len(train_rows), "test_rows": test_rows.tolist(), "scaler": scaler.to_json(),
               "actor": save_actor(model.policy, out_dir), "table_provenance": table.provenance}
-    atomic_write_text(out_dir / "policy.json", json.dumps(record, indent=1))
+    atomic_write_text(out_dir / "policy.json", json.dumps(record, indent=1, allow_nan=False))  # strict JSON
     if run is not None:
         run.finish()
     return record

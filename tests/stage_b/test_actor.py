@@ -55,6 +55,8 @@ def test_pickle_free_policy_acts_exactly_as_the_trained_ppo(trained: tuple[Path,
     saved = SavedPolicy.load(folder)
     assert type(saved.model) is ActorCriticPolicy
     assert not [name for name in load_file(folder / ACTOR_FILE) if "value" in name]  # the critic is not saved
+    json.loads((folder / "policy.json").read_text(), parse_constant=pytest.fail)  # strict JSON: no Infinity or NaN
+    assert saved.model.observation_space == reference.observation_space
     obs = torch.as_tensor(np.random.default_rng(1).normal(scale=3.0, size=(2000, reference.observation_space.shape[0])),
                           dtype=torch.float32)
     with torch.no_grad():
