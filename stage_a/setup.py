@@ -19,7 +19,7 @@ from shared.encoders import FrozenAudioEncoder, build_encoder
 from shared.features import FeatureCache
 from shared.config import load_config
 from shared.world.build import WorldConfig, build_world
-from stage_a.config import TrainConfig
+from stage_a.config import ModelSettings, TrainConfig
 from stage_a.data import Collator, Split, load_split
 from stage_a.fusion import decoder_layers_path
 from stage_a.model import BridgeConfig, SafeModel, lm_hidden_size
@@ -83,6 +83,12 @@ def unfreeze_language_model(base: torch.nn.Module, layers_path: str | None = Non
     return names
 
 
+def bridge_config(settings: ModelSettings, audio_dim: int, base: torch.nn.Module) -> BridgeConfig:
+    """The bridge a run's model settings build around `base` for an encoder of `audio_dim` features."""
+    return BridgeConfig(ProjectorConfig(audio_dim, lm_hidden_size(base), k_max=settings.k_max,
+                                        depth=settings.projector_depth), settings.fusion, settings.lora)
+
+
 def build_setup(cfg: TrainConfig, device: torch.device | str = "cpu", splits: tuple[str, ...] = ("train", "val", "test"),
                 bridge_dir: str | Path | None = None, strict: bool = True) -> Setup:
     """Load the base, wrap it in SAFE (a saved bridge, or a seeded fresh one) and load the splits via the feature cache.
@@ -100,9 +106,7 @@ def build_setup(cfg: TrainConfig, device: torch.device | str = "cpu", splits: tu
     if bridge_dir is not None:
         model = SafeModel.from_bridge(base, bridge_dir, encoder, strict)
     else:
-        bridge = BridgeConfig(ProjectorConfig(encoder.dim, lm_hidden_size(base), k_max=cfg.model.k_max,
-                                              depth=cfg.model.projector_depth), cfg.model.fusion, cfg.model.lora)
-        model = SafeModel(base, bridge)
+        model = SafeModel(base, bridge_config(cfg.model, encoder.dim, base))
     model.describe_run(encoder, processor)
     model.projector.to(device)
     model.fusion.to(device)
