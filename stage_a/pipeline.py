@@ -182,7 +182,7 @@ class SafePipeline:
             k = None
         elif not isinstance(k, int) or isinstance(k, bool) or not 0 <= k <= self.k_max:
             raise ValueError(f"k: {k!r}; expected an int in 0..{self.k_max} (0: no audio; the bridge's k_max), "
-                             "'auto' or None")
+                             "'auto' or None (JSON null)")
         if not isinstance(question, str) or not question.strip():
             raise ValueError(f"question: {question!r}; expected a non-empty string")
         return Request(self._image(image), self._wave(audio), question, k)

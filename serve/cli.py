@@ -1,0 +1,109 @@
+"""`safe-serve`: answer questions over HTTP with a trained SAFE bridge (and optionally a Stage B policy choosing k).
+
+Runs the app of serve.app under uvicorn on one socket bound here (`--port 0` picks a free port; the startup line
+logs the URL). On SIGTERM or SIGINT uvicorn stops accepting connections, answers the requests in flight and
+queued, the batcher drains, and the process exits 0. Bad arguments or a bridge/policy that cannot load: exit 2
+with one line naming the problem.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+from types import FrameType
+
+import torch
+import uvicorn
+
+from serve.app import ANSWER_PATH, ServeSettings, create_app
+from shared.logs import setup_logging
+from stage_a.pipeline import SafePipeline
+from stage_a.provenance import BridgeMismatch
+from stage_b.actor import ACTOR_FILE
+from stage_b.chooser import PolicyChooser
+
+log = logging.getLogger("serve")
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on host:port (port 0: a free one)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family)
+    except OSError as err:
+        reason = os.strerror(err.errno) if err.errno else str(err)
+        raise OSError(f"--host {host} --port {port}: cannot listen there ({reason}); expected a free local address") \
+            from err
+
+
+def _stopped(sig: int, _: FrameType | None) -> None:
+    """Runs when uvicorn re-raises the stop signal after its graceful shutdown: the process then exits 0."""
+    log.info("stopped on %s after answering every request in flight", signal.Signals(sig).name)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="safe-serve", description=__doc__.splitlines()[0])
+    parser.add_argument("--bridge", required=True, type=Path, help="bridge folder or stage_a-train run folder")
+    parser.add_argument("--policy", type=Path, default=None,
+                        help="stage_b-train policy folder choosing k for requests with k 'auto' or null")
+    parser.add_argument("--trust-pickle", action="store_true",
+                        help=f"load a policy folder with only SB3's pickled policy.zip (no {ACTOR_FILE})")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000, help="TCP port; 0 picks a free one")
+    parser.add_argument("--max-batch", type=int, default=16, help="most requests answered by one model call")
+    parser.add_argument("--max-wait-ms", type=float, default=5.0,
+                        help="how long a batch waits for more requests after its first")
+    parser.add_argument("--max-body-mb", type=float, default=16.0, help="largest request body, in MiB")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", help="base model dtype (float32, bfloat16, float16)")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="DEBUG logs: one line per batch, access log")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    limits = {"--port": (args.port, 0 <= args.port <= 65535, "0..65535"),
+              "--max-batch": (args.max_batch, args.max_batch >= 1, ">= 1"),
+              "--max-wait-ms": (args.max_wait_ms, args.max_wait_ms >= 0, ">= 0"),
+              "--max-body-mb": (args.max_body_mb, args.max_body_mb > 0, "> 0"),
+              "--threads": (args.threads, args.threads is None or args.threads >= 1, ">= 1")}
+    for flag, (value, ok, expected) in limits.items():
+        if not ok:
+            parser.error(f"{flag} {value}; expected {expected}")
+    setup_logging(args.verbose)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        policy = PolicyChooser.load(args.policy, args.trust_pickle) if args.policy else None
+        pipe = SafePipeline.from_pretrained(args.bridge, device=args.device, dtype=args.dtype, policy=policy)
+        sock = bind(args.host, args.port)
+    except (ValueError, FileNotFoundError, BridgeMismatch, OSError) as err:
+        print(f"safe-serve: {err}", file=sys.stderr)
+        return 2
+    settings = ServeSettings(args.max_batch, args.max_wait_ms, int(args.max_body_mb * 2**20),
+                             str(args.policy) if args.policy else None)
+    config = uvicorn.Config(create_app(pipe, settings), log_config=None, log_level=None, access_log=args.verbose,
+                            timeout_graceful_shutdown=None)
+    host, port = sock.getsockname()[:2]
+    url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+    log.info("safe-serve: answering at %s%s (bridge %s, policy %s, max batch %d, max wait %g ms)", url, ANSWER_PATH,
+             pipe.bridge_dir, args.policy, args.max_batch, args.max_wait_ms)
+    previous = {sig: signal.signal(sig, _stopped) for sig in STOP_SIGNALS}
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
