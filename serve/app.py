@@ -157,7 +157,7 @@ def recorded_base(pipe: SafePipeline) -> str | None:
 def create_app(pipe: SafePipeline, settings: ServeSettings) -> FastAPI:
     """The app answering with `pipe`; its batcher starts and drains with the app's lifespan."""
     metrics = Metrics(lambda: batcher.waiting)
-    batcher = Batcher(pipe.answer, settings.max_batch, settings.max_wait_ms, metrics)
+    batcher = Batcher(pipe.answer, settings.max_batch, settings.max_wait_ms, metrics, pipe.one_generate_call)
     health = {"bridge": str(pipe.bridge_dir), "base": recorded_base(pipe), "policy": settings.policy,
               "k_max": pipe.k_max, "default_k": "auto" if pipe.policy is not None else pipe.default_k}
 

@@ -31,9 +31,11 @@ class Pending:
     future: asyncio.Future
 
 
-def generate_keys(requests: list[Request], results: list[dict]) -> list[int]:
-    """Per request, the k of the generate call that answered it: `SafePipeline.answer` runs one call per k, the
-    requested k or, where the policy chose ("auto"), the chosen one (no audio: 0)."""
+def generate_keys(requests: list[Request], results: list[dict], one_call: bool) -> list[int]:
+    """Per request, a key of the generate call that answered it: one call for the whole batch (`one_call`), or, with
+    prefix fusion, one call per k: the requested k or, where the policy chose ("auto"), the chosen one (no audio: 0)."""
+    if one_call:
+        return [0] * len(requests)
     return [r.k if r.k is not None else result["action"]["k"] for r, result in zip(requests, results)]
 
 
@@ -41,11 +43,11 @@ class Batcher:
     """Collects queued requests into batches and answers them on one model thread."""
 
     def __init__(self, answer: Callable[[list[Request]], list[dict]], max_batch: int, max_wait_ms: float,
-                 metrics: Metrics) -> None:
+                 metrics: Metrics, one_call: bool = True) -> None:
         if max_batch < 1 or max_wait_ms < 0:
             raise ValueError(f"max_batch {max_batch}, max_wait_ms {max_wait_ms}; expected >= 1 and >= 0")
         self.answer, self.max_batch, self.max_wait = answer, max_batch, max_wait_ms / 1000.0
-        self.metrics = metrics
+        self.metrics, self.one_call = metrics, one_call
         self.waiting = 0  # submitted and not yet handed to the model
         self._queue: asyncio.Queue[Pending] | None = None
         self._worker: asyncio.Task | None = None
@@ -102,7 +104,7 @@ class Batcher:
                 results = await loop.run_in_executor(self._executor, self.answer, requests)
                 if len(results) != len(requests):
                     raise RuntimeError(f"the pipeline returned {len(results)} results for {len(requests)} requests")
-                keys = generate_keys(requests, results)
+                keys = generate_keys(requests, results, self.one_call)
                 groups = Counter(keys)
             except Exception as err:  # answered as a named 500 per request and counted in /metrics
                 log.exception("batch of %d requests failed", len(batch))

@@ -116,10 +116,15 @@ class SafeModel(nn.Module):
         return self.lora.active(active) if self.lora else nullcontext()
 
     def _run(self, method: Any, inputs: dict, audio_frames: torch.Tensor | None, frame_mask: torch.Tensor | None,
-             k: int, gate: torch.Tensor | float, generate: bool) -> Any:
+             k: int | list[int], gate: torch.Tensor | float, generate: bool) -> Any:
         if audio_frames is None or not (bool((gate > 0).any()) if torch.is_tensor(gate) else gate > 0):
             return method(**inputs)  # the exact base path, without running the projector
-        tokens, token_mask = self.projector(audio_frames, k, frame_mask)
+        if isinstance(k, int):
+            tokens, token_mask = self.projector(audio_frames, k, frame_mask)
+        elif isinstance(self.fusion, PrefixSplicer):
+            raise ValueError("k per row needs cross-attention fusion; prefix fusion takes one k per batch")
+        else:
+            tokens, token_mask = self.projector.per_row(audio_frames, k, frame_mask)
         gates = gate_vector(gate, tokens.shape[0], tokens.device)
         active = active_samples(gates, token_mask)
         if isinstance(self.fusion, PrefixSplicer):
@@ -128,12 +133,12 @@ class SafeModel(nn.Module):
             return method(**inputs)
 
     def forward(self, audio_frames: torch.Tensor | None = None, frame_mask: torch.Tensor | None = None,
-                k: int = 8, gate: torch.Tensor | float = 1.0, **inputs: Any) -> Any:
+                k: int | list[int] = 8, gate: torch.Tensor | float = 1.0, **inputs: Any) -> Any:
         return self._run(self.base, inputs, audio_frames, frame_mask, k, gate, generate=False)
 
     @torch.no_grad()
     def generate(self, audio_frames: torch.Tensor | None = None, frame_mask: torch.Tensor | None = None,
-                 k: int = 8, gate: torch.Tensor | float = 1.0, **inputs: Any) -> torch.Tensor:
+                 k: int | list[int] = 8, gate: torch.Tensor | float = 1.0, **inputs: Any) -> torch.Tensor:
         return self._run(self.base.generate, inputs, audio_frames, frame_mask, k, gate, generate=True)
 
     def describe_run(self, encoder, processor) -> None:

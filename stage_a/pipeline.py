@@ -34,6 +34,7 @@ from stage_a.data import Collator
 from stage_a.eval_command import bridge_folder
 from stage_a.flops import safe_flops
 from stage_a.model import CONFIG_FILE, SafeModel
+from stage_a.prefix import PrefixSplicer
 from stage_a.prompting import build_prompt, model_inputs
 from stage_a.setup import load_base
 
@@ -193,23 +194,24 @@ class SafePipeline:
         inputs = model_inputs(self.processor, prompts, [r.image for r in requests], "left")
         return {name: value.to(self.device) for name, value in inputs.items()}
 
-    def _choose(self, requests: list[Request]) -> list[Request]:
-        """Requests with k fixed: the policy's choice where k is None (no audio → 0), batched."""
+    def _choose(self, requests: list[Request], inputs: dict[str, torch.Tensor]) -> list[Request]:
+        """Requests with k fixed: the policy's choice where k is None (no audio → 0), from rows of `inputs`."""
         undecided = [i for i, r in enumerate(requests) if r.k is None and r.wave is not None]
         chosen = dict.fromkeys(range(len(requests)), 0)
         if undecided:
             assert self.policy is not None  # prepare() only leaves k None with a policy attached
-            picks = self.policy(self.model.base.get_input_embeddings(), self._inputs([requests[i] for i in undecided]),
+            rows = torch.tensor(undecided, device=self.device)
+            picks = self.policy(self.model.base.get_input_embeddings(), {n: v[rows] for n, v in inputs.items()},
                                 [requests[i].wave for i in undecided], self.sample_rate)
             chosen.update(zip(undecided, picks))
         return [r if r.k is not None else Request(r.image, r.wave, r.question, chosen[i])
                 for i, r in enumerate(requests)]
 
     @torch.no_grad()
-    def _answer(self, requests: list[Request], gate: float) -> list[dict]:
-        """Answer requests of one k together (one generate call), base path for the rows without audio."""
+    def _answer(self, requests: list[Request], inputs: dict[str, torch.Tensor], gate: float) -> list[dict]:
+        """Answer requests in one generate call, each row with its own k; rows without audio or with k 0 take the
+        base path (no frames, so no active audio token)."""
         start = time.perf_counter()
-        inputs = self._inputs(requests)
         with_audio = [i for i, r in enumerate(requests) if r.wave is not None and r.k]
         audio: dict[str, Any] = {}
         frames_per_row = [0] * len(requests)
@@ -221,8 +223,10 @@ class SafePipeline:
                     for i in range(len(requests))]
             padded, frame_mask = pad_frames(rows)
             frames_per_row = [row.shape[0] for row in rows]
+            ks = sorted({requests[i].k for i in with_audio})
+            k: int | list[int] = ks[0] if len(ks) == 1 else [r.k or ks[0] for r in requests]
             audio = {"audio_frames": padded.to(self.device), "frame_mask": frame_mask.to(self.device),
-                     "k": requests[0].k, "gate": gate}
+                     "k": k, "gate": gate}
         generated = self.model.generate(**audio, **inputs, max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
         answers = self.collator.decode(generated, inputs["input_ids"].shape[1])
         latency = 1000.0 * (time.perf_counter() - start) / len(requests)
@@ -235,18 +239,30 @@ class SafePipeline:
                         "gflops": flops / 1e9, "latency_ms": latency})
         return out
 
+    @property
+    def one_generate_call(self) -> bool:
+        """Whether `answer` runs a whole batch in one generate call whatever its ks (not with prefix fusion)."""
+        return not isinstance(self.model.fusion, PrefixSplicer)
+
     def answer(self, requests: list[Request], gate: float = 1.0) -> list[dict]:
-        """Answer prepared requests: the policy decides where k is None, then one generate call per k."""
+        """Answer prepared requests in one generate call (the policy first decides where k is None); prefix fusion,
+        which takes one k per call, runs one call per k."""
         start = time.perf_counter()
-        requests = self._choose(requests)
-        choose_ms = 1000.0 * (time.perf_counter() - start) / len(requests)
-        results: list[dict | None] = [None] * len(requests)
-        for value in sorted({r.k for r in requests}):
-            rows = [i for i, r in enumerate(requests) if r.k == value]
-            for i, result in zip(rows, self._answer([requests[i] for i in rows], gate)):
-                result["latency_ms"] += choose_ms
-                results[i] = result
-        return results  # type: ignore[return-value]
+        inputs = self._inputs(requests)
+        requests = self._choose(requests, inputs)
+        prepare_ms = 1000.0 * (time.perf_counter() - start) / len(requests)
+        if self.one_generate_call or len({r.k for r in requests if r.k}) <= 1:
+            results = self._answer(requests, inputs, gate)
+        else:
+            results = [{} for _ in requests]
+            for value in sorted({r.k for r in requests}):
+                rows = [i for i, r in enumerate(requests) if r.k == value]
+                group = [requests[i] for i in rows]
+                for i, result in zip(rows, self._answer(group, self._inputs(group), gate)):
+                    results[i] = result
+        for result in results:
+            result["latency_ms"] += prepare_ms
+        return results
 
     def __call__(self, image: Any = None, audio: Any = None, question: Any = None, k: Any = None,
                  gate: float = 1.0) -> dict | list[dict]:

@@ -103,3 +103,20 @@ class AudioProjector(nn.Module):
         token_mask = weights.sum(-1) > 0
         tokens = self.mlp(torch.cat([pooled, code], dim=-1)) * token_mask[..., None]
         return tokens, token_mask
+
+    def per_row(self, frames: torch.Tensor, ks: list[int],
+                frame_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokens with each row's own k: (B, max k, H) and a token mask marking each row's first k_i tokens.
+
+        Rows are projected in groups of equal k (the projector is row-wise), so row i's tokens equal
+        `forward(frames[i:i+1], ks[i])`; the fusion blocks attend only to masked-in tokens."""
+        if len(ks) != frames.shape[0]:
+            raise ValueError(f"{len(ks)} values of k for a batch of {frames.shape[0]}; expected one per row")
+        if frame_mask is None:
+            frame_mask = torch.ones(frames.shape[:2], dtype=torch.bool, device=frames.device)
+        tokens = frames.new_zeros(frames.shape[0], max(ks), self.config.hidden_size, dtype=self.norm.weight.dtype)
+        token_mask = torch.zeros(frames.shape[0], max(ks), dtype=torch.bool, device=frames.device)
+        for k in sorted(set(ks)):
+            rows = torch.tensor([i for i, value in enumerate(ks) if value == k], device=frames.device)
+            tokens[rows, :k], token_mask[rows, :k] = self(frames[rows], k, frame_mask[rows])
+        return tokens, token_mask

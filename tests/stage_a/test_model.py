@@ -41,6 +41,20 @@ def test_no_audio_and_gate_zero_equal_base(llava_dir: Path, llava_inputs: dict) 
     assert not torch.allclose(model(audio_frames=frames, k=4, gate=1.0, **llava_inputs).logits, reference)
 
 
+def test_k_per_row_equals_each_row_with_its_own_k(llava_dir: Path, llava_inputs: dict) -> None:
+    model = _safe(llava_dir)
+    frames, mask = torch.randn(2, 16, 24), torch.ones(2, 16, dtype=torch.bool)
+    mask[1, 9:] = False
+    mixed = model(audio_frames=frames, frame_mask=mask, k=[3, 12], **llava_inputs).logits
+    for row, k in enumerate((3, 12)):
+        alone = model(audio_frames=frames, frame_mask=mask, k=k, **llava_inputs).logits[row]
+        torch.testing.assert_close(mixed[row], alone, rtol=0, atol=1e-6)
+    other = model(audio_frames=frames, frame_mask=mask, k=3, **llava_inputs).logits[1]
+    assert (mixed[1] - other).abs().max() > 1e-3  # row 1 really used its own k
+    with pytest.raises(ValueError, match="2 values of k for a batch of 3"):
+        model.projector.per_row(torch.randn(3, 4, 24), [2, 2])
+
+
 def test_bridge_save_and_reload_on_fresh_base(llava_dir: Path, llava_inputs: dict, tmp_path: Path) -> None:
     model = _safe(llava_dir)
     frames, gate = torch.randn(2, 16, 24), torch.tensor([1.0, 0.3])

@@ -80,6 +80,12 @@ def test_batch_equals_singles_and_no_audio_equals_the_bare_base(pipe: SafePipeli
     singles = [pipe(image=im, audio=a, question=q, k=4) for im, a, q in zip(requests["image"], mixed,
                                                                             requests["question"])]
     assert [r["answer"] for r in batch] == [r["answer"] for r in singles]
+    ks = [4, 16, 0, 8, 16, 1]  # every row its own k, answered in one generate call
+    per_row = pipe(image=requests["image"], audio=requests["audio"], question=requests["question"], k=ks)
+    alone = [pipe(image=im, audio=a, question=q, k=k) for im, a, q, k in zip(requests["image"], requests["audio"],
+                                                                             requests["question"], ks)]
+    assert [(r["answer"], r["action"], r["gflops"]) for r in per_row] == \
+        [(r["answer"], r["action"], r["gflops"]) for r in alone]
     base, processor = load_base(micro_paths["model.base_vl"], "float32", "cpu")
     for j, i in enumerate(rows):
         if mixed[j] is None:
