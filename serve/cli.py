@@ -32,14 +32,18 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def bind(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on host:port (port 0: a free one)."""
+    """A listening TCP socket on host:port (port 0: a free one), with TCP_NODELAY, which accepted connections inherit:
+    without it, uvicorn's two writes of a response (head, then body) meet the client's delayed ACK and every
+    keep-alive request waits about 40 ms."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
-        return socket.create_server((host, port), family=family)
+        sock = socket.create_server((host, port), family=family)
     except OSError as err:
         reason = os.strerror(err.errno) if err.errno else str(err)
         raise OSError(f"--host {host} --port {port}: cannot listen there ({reason}); expected a free local address") \
             from err
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
 
 
 def _stopped(sig: int, _: FrameType | None) -> None:
