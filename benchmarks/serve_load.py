@@ -8,7 +8,8 @@ A real server (`safe-serve`, a subprocess on a free loopback port) answers a fix
 Three experiments, each in one run on one machine (the client shares the machine's cores with the server):
 1. policy-chosen audio (k omitted, the server's --policy decides) vs always k = 16, at each concurrency: req/s,
    client-side p50/p95/p99 latency, batch-size and action histograms, accuracy (the dataset's metric) with a CI;
-2. dynamic batching (--max-batch 16) vs batch size 1 (--max-batch 1) at concurrency 16, always k = 16;
+2. dynamic batching (--max-batch 16) vs batch size 1 (--max-batch 1) at concurrency 16: always k = 16,
+   policy-chosen, and no audio (k = 0), since the audio encoder and the LM gain differently from batching;
 3. `--mixed` requests at concurrency 16 with every tenth one bad (corrupt, NaN or unresamplable audio, an image that
    is not an image, an empty question, k = 99, invalid JSON, an oversize body): each bad one must get its 4xx naming
    its field, and each good one a 200 whose answer equals the offline `SafePipeline` answer for the same request.
@@ -224,11 +225,14 @@ def main() -> None:
     result["policy_vs_k16"]["req_per_s_ratio"] = {
         str(c): round(p["req_per_s"] / s["req_per_s"], 3)
         for c, p, s in zip(levels, result["policy_vs_k16"]["policy"], result["policy_vs_k16"]["k16"])}
-    for name, max_batch in (("batch1", 1), ("dynamic16", 16)):
-        with Server(bridge, None, max_batch, 5) as server:
-            result["batching"][name] = load_run(server, questions, 16, 16, expected["k16"])
-    result["batching"]["req_per_s_ratio"] = round(result["batching"]["dynamic16"]["req_per_s"]
-                                                  / result["batching"]["batch1"]["req_per_s"], 3)
+    expected["k0"] = questions.offline(SafePipeline.from_pretrained(bridge), 0)
+    for mode, policy, k in (("k16", None, 16), ("policy", args.policy, None), ("k0", None, 0)):
+        runs = {}
+        for name, max_batch in (("batch1", 1), ("dynamic16", 16)):
+            with Server(bridge, policy, max_batch, 5) as server:
+                runs[name] = load_run(server, questions, k, 16, expected[mode])
+        runs["req_per_s_ratio"] = round(runs["dynamic16"]["req_per_s"] / runs["batch1"]["req_per_s"], 3)
+        result["batching"][mode] = runs
     result["mixed"] = mixed_run(bridge, questions, expected["k16"], args.mixed, 16)
     save_result(result, args.out)
 
