@@ -40,7 +40,7 @@ def prepare(folder: Path, work: Path) -> tuple[Path, Path, dict, dict[str, np.nd
     work.mkdir(parents=True, exist_ok=True)
     torch.save(checkpoint, work / "laion_clap.pt")
     reference_config(record).save_pretrained(work / "config")
-    with np.load(folder / "reference.npz") as arrays:
+    with np.load(folder / "reference.npz", allow_pickle=False) as arrays:
         return work / "laion_clap.pt", work / "config", record, dict(arrays)
 
 
