@@ -27,7 +27,7 @@ What it writes to --out:
 
 The crop is made deterministic: laion's rand_trunc draws the start with
 `np.random.randint(0, overflow + 1)`; this script pins that draw to 0 (the first 10 s), which is the
-crop the project's front end always takes (`shared.world.audio_model.mel_features`).
+crop the project's front end always takes (`shared.clap_features.mel_features`).
 Sizes: `micro` is a reduced HTSAT (same 256 x 256 spectrogram image, window 8, 4 stages, 8-dim
 patches) and a 2-layer 16-dim RoBERTa, built by laion's classes (`CLAP`, `HTSAT_Swin_Transformer`)
 and transformers' `RobertaModel` (laion's own text branch class); `tiny` and `base` are laion's

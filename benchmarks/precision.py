@@ -40,9 +40,9 @@ from shared.config import load_config, parse_overrides
 from shared.dataset_metrics import METRICS_BY_NAME
 from shared.logs import setup_logging
 from shared.stats import mcnemar, mean_ci, paired_diff_ci
+from stage_a.checkpointing import bridge_folder
 from stage_a.config import TrainConfig
 from stage_a.data import AUDIO_FAMILIES, Batch, Collator, Split
-from stage_a.eval_command import bridge_folder
 from stage_a.evaluate import EvalSettings, Evaluator, eval_rows
 from stage_a.model import SafeModel
 from stage_a.quantize import SCHEMES, base_linear_names, component_bytes, quantize, quantize_base, tensor_bytes

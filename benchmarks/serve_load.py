@@ -43,8 +43,8 @@ from shared.data.audio_io import load_audio
 from shared.dataset_metrics import DatasetScorer
 from shared.logs import setup_logging
 from shared.stats import mean_ci
+from stage_a.checkpointing import bridge_folder
 from stage_a.config import TrainConfig
-from stage_a.eval_command import bridge_folder
 from stage_a.pipeline import SafePipeline
 from stage_a.setup import build_setup
 from stage_b.chooser import PolicyChooser

@@ -1,28 +1,21 @@
-"""Named retention presets for the Stage A ablation: none, each mechanism alone, and all three together."""
+"""Named retention presets for the Stage A ablation: none, each mechanism alone, and all three together.
+
+Pure data: each preset is the fields it sets on `stage_a.retention.RetentionConfig` (the rest keep their
+defaults); `stage_a.retention.retention_variant(name)` builds the config.
+"""
 
 from __future__ import annotations
 
-from dataclasses import replace
-
-from stage_a.retention import RetentionConfig
-
-_KL = dict(kl_weight=0.2, kl_temperature=2.0)
+_KL = {"kl_weight": 0.2, "kl_temperature": 2.0}
 # λ_F = 0.1 is meaningful only because the Fisher is normalised to mean entry 1 (OnlineFisher.NORMALISATION);
 # sweep it on a log scale (e.g. 0.1, 1, 10).
-_FISHER = dict(fisher_weight=0.1)
-_NULLSPACE = dict(nullspace=True, nullspace_energy=0.98)
+_FISHER = {"fisher_weight": 0.1}
+_NULLSPACE = {"nullspace": True, "nullspace_energy": 0.98}
 
-VARIANTS: dict[str, RetentionConfig] = {
-    "none": RetentionConfig(),
-    "kl": RetentionConfig(**_KL),
-    "fisher": RetentionConfig(**_FISHER),
-    "nullspace": RetentionConfig(**_NULLSPACE),
-    "full": RetentionConfig(**_KL, **_FISHER, **_NULLSPACE),
+VARIANTS: dict[str, dict[str, float | bool]] = {
+    "none": {},
+    "kl": _KL,
+    "fisher": _FISHER,
+    "nullspace": _NULLSPACE,
+    "full": {**_KL, **_FISHER, **_NULLSPACE},
 }
-
-
-def retention_variant(name: str) -> RetentionConfig:
-    """A copy of the named preset, so callers can modify it freely."""
-    if name not in VARIANTS:
-        raise ValueError(f"retention variant {name!r} is unknown; expected one of {sorted(VARIANTS)}")
-    return replace(VARIANTS[name])

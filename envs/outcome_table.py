@@ -5,7 +5,7 @@ environment step a forward pass, so `stage_b-outcomes` measures each (question, 
 and stores it in an `.npz` file; the environment then replays the table at millions of steps per
 minute. This module owns the file format and its validation, so a table written by one commit is
 checked field by field before any policy trains on it. It depends on numpy and shared's atomic
-writer only: the `envs` package never imports training code.
+writer and correctness threshold only: the `envs` package never imports training code.
 
 Arrays (N questions, A actions, D features):
 - `ids`, `family` ("visual" | "audio" | "audio_visual"), `qtype`: (N,) unicode strings;
@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from shared.checkpoint import atomic_write_npz
+from shared.metrics import CORRECT
 
 FAMILIES = ("visual", "audio", "audio_visual")
 KEYS = ("ids", "family", "qtype", "actions", "score", "gflops", "latency_ms", "features", "provenance")
@@ -33,7 +34,6 @@ OPTIONAL_KEYS = ("confidence",)
 DEFAULT_TABLE = "runs/stage_a/outcomes_test.npz"  # what `stage_b-outcomes` writes for the default `stage_a-train` run
 BUILD_HINT = ("build one with `stage_b-outcomes --checkpoint DIR --split S` (without arguments it reads the default "
               f"`stage_a-train` run in runs/stage_a and writes {DEFAULT_TABLE})")
-CORRECT = 0.5  # a VQA score of 2/3 or 1 counts as correct, as in shared.stats.mcnemar
 
 
 @dataclass
@@ -200,7 +200,7 @@ class OutcomeTable:
     def oracle_actions(self, threshold: float = CORRECT) -> np.ndarray:
         """Per question, the cheapest action that is still correct: the oracle a policy is measured against.
 
-        Precisely: among the actions with `score >= threshold` (0.5: a VQA score of 2/3 or 1), the one
+        Precisely: among the actions with `score >= threshold` (CORRECT: a VQA score of 2/3 or 1), the one
         with the fewest GFLOPs on that question (ties to the lower action index); if no action is
         correct, the cheapest action overall, which is action 0 (no audio) in every measured table.
         """

@@ -16,7 +16,7 @@ import torch
 from transformers import ClapConfig, ClapFeatureExtractor, ClapModel, ClapTextConfig
 
 from shared.clap_convert import htsat_config, main as convert_main
-from shared.world.audio_model import clap_audio_embeddings
+from shared.clap_features import clap_audio_embeddings
 
 LAION_SR = 48000
 

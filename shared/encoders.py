@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from transformers import AutoFeatureExtractor, ClapFeatureExtractor, ClapModel, WhisperModel
 
+from shared.clap_features import clap_frame_features
 from shared.data.audio_io import resample
-from shared.world.audio_model import clap_frame_features
 
 
 class FrozenAudioEncoder(Protocol):
@@ -55,7 +55,7 @@ class ClapEncoder:
 
     The front end is the folder's own `ClapFeatureExtractor` (preprocessor_config.json): its
     sample rate, STFT and mel settings, padding and truncation are followed as saved (see
-    `shared.world.audio_model.mel_features`). Audio needs no tokenizer, so none is loaded.
+    `shared.clap_features.mel_features`). Audio needs no tokenizer, so none is loaded.
     """
 
     def __init__(self, settings: EncoderSettings) -> None:

@@ -37,8 +37,8 @@ from transformers import (AutoConfig, AutoModelForImageTextToText, ClapConfig,
 
 import configs
 from shared.clap_convert import laion_feature_extractor
+from shared.clap_features import frames_from_hidden, mel_features
 from shared.config import load_config
-from shared.world.audio_model import frames_from_hidden, mel_features
 from stage_a.config import ModelSettings, TrainConfig
 from stage_a.fusion import decoder_layers_path
 from stage_a.lora import AudioOnlyLora

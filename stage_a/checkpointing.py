@@ -3,14 +3,15 @@
 A checkpoint folder holds the bridge (adapter.safetensors + safe_config.json), the optimizer
 and scheduler state (torch.save, read back with weights_only=True), tensors of the retention
 state and data bookkeeping (safetensors), the base LM's weights when it is trained (the
-full fine-tuning baseline), and a JSON state (step, sampler position, monitor counters, best
-result, history). The folder is written under a temporary name and renamed into place.
+full fine-tuning baseline), and a JSON state: the trainer's `TrainState` (step, best result, history,
+data counts, ...) with the sampler, gradient-monitor and loss-scaler states beside it. The folder is
+written under a temporary name and renamed into place.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -30,6 +31,15 @@ def trained_base_params(model: SafeModel) -> dict[str, torch.Tensor]:
     return {n: p for n, p in model.base.named_parameters() if p.requires_grad and ".lora_" not in n}
 
 
+def bridge_folder(path: Path) -> Path:
+    """A bridge folder itself, or a run folder's best bridge."""
+    for candidate in (path, path / "best"):
+        if (candidate / WEIGHTS_FILE).is_file():
+            return candidate
+    raise FileNotFoundError(f"{path}: no {WEIGHTS_FILE} there or in {path / 'best'}; "
+                            "expected a bridge folder or a stage_a-train run folder")
+
+
 @dataclass
 class Checkpoint:
     """What `load_checkpoint` returns; the caller restores each part."""
@@ -40,6 +50,59 @@ class Checkpoint:
     tensors: dict[str, torch.Tensor]
     base_lm: dict[str, torch.Tensor]
     state: dict
+
+
+@dataclass
+class BestEval:
+    """The best evaluation within the VL tolerance so far: its step, audio accuracy and VL degradation."""
+
+    step: int
+    audio_acc: float
+    vl_degradation_pts: float
+
+
+@dataclass
+class TrainState:
+    """A run's progress and bookkeeping; its fields are the top-level keys of state.json beside the parts'
+    states (`PART_KEYS`), as the trainer's plain dict wrote them, so older checkpoints resume unchanged."""
+
+    step: int = 0
+    bad_steps: int = 0  # non-finite losses in a row
+    best: BestEval | None = None
+    history: list[dict[str, float]] = field(default_factory=list)  # one entry per evaluation
+    train_seconds: float = 0.0
+    stopped_early: bool = False
+    breaches: int = 0  # evaluations in a row beyond the VL tolerance
+    drawn: int = 0  # training rows drawn so far
+    family_counts: dict[str, int] = field(default_factory=dict)
+    qtype_counts: dict[str, int] = field(default_factory=dict)
+
+    PART_KEYS = ("sampler", "monitor", "scaler")  # the loss scaler's is absent from checkpoints older than it
+
+    def to_json(self, parts: dict[str, dict]) -> dict:
+        """The state.json object: these fields and the parts' states (sampler, monitor, scaler)."""
+        unknown = sorted(set(parts) - set(self.PART_KEYS))
+        if unknown:
+            raise ValueError(f"checkpoint parts {unknown} are unknown; expected {list(self.PART_KEYS)}")
+        return {**asdict(self), **parts}
+
+    @classmethod
+    def from_json(cls, data: dict, source: str) -> tuple["TrainState", dict[str, dict]]:
+        """The state and the parts' states read back from a state.json object; `source` names it in errors."""
+        names = {f.name for f in fields(cls)}
+        missing = sorted((names | {"sampler", "monitor"}) - set(data))
+        unknown = sorted(set(data) - names - set(cls.PART_KEYS))
+        if missing or unknown:
+            raise ValueError(f"{source}: training state is missing keys {missing} and has unknown keys {unknown}; "
+                             f"expected {sorted(names)} and the parts {list(cls.PART_KEYS)}")
+        values = {name: data[name] for name in names}
+        if values["best"] is not None:
+            best_keys = [f.name for f in fields(BestEval)]
+            if not isinstance(values["best"], dict) or sorted(values["best"]) != sorted(best_keys):
+                raise ValueError(f"{source}: training state 'best' is {values['best']!r}; expected null or an object "
+                                 f"with keys {best_keys}")
+            values["best"] = BestEval(**values["best"])
+        return cls(**values), {key: data[key] for key in cls.PART_KEYS if key in data}
 
 
 def save_checkpoint(folder: Path, model: SafeModel, optimizer: torch.optim.Optimizer,

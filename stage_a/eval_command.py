@@ -27,21 +27,12 @@ from shared.config import ConfigError, load_config, parse_overrides
 from shared.dataset_metrics import METRICS_BY_NAME, format_dataset_summary
 from shared.logs import setup_logging
 from shared.stats import mcnemar, mean_ci, paired_diff_ci
+from stage_a.checkpointing import bridge_folder
 from stage_a.config import TrainConfig
 from stage_a.evaluate import EvalSettings, Evaluator, eval_rows
-from stage_a.model import WEIGHTS_FILE
 from stage_a.provenance import BridgeMismatch
 from stage_a.report import write_report
 from stage_a.setup import build_setup
-
-
-def bridge_folder(path: Path) -> Path:
-    """A bridge folder itself, or a run folder's best bridge."""
-    for candidate in (path, path / "best"):
-        if (candidate / WEIGHTS_FILE).is_file():
-            return candidate
-    raise FileNotFoundError(f"--checkpoint {path}: no {WEIGHTS_FILE} there or in {path / 'best'}; "
-                            "expected a bridge folder or a stage_a-train run folder")
 
 
 def compare_with_base(predictions: list[dict]) -> dict[str, dict]:
@@ -103,7 +94,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.data:
         cfg.data.test = args.data
-    bridge = bridge_folder(args.checkpoint) if args.checkpoint else None
+    try:
+        bridge = bridge_folder(args.checkpoint) if args.checkpoint else None
+    except FileNotFoundError as err:
+        print(f"stage_a-eval: --checkpoint {err}", file=sys.stderr)
+        return 2
     out = args.out or (args.checkpoint / "eval" if args.checkpoint else Path(cfg.out_dir) / "eval_base")
     try:
         setup = build_setup(cfg, args.device, splits=("test",), bridge_dir=bridge, strict=not args.no_strict)

@@ -28,10 +28,9 @@ from PIL import Image
 from shared.data.audio_io import AudioError, load_audio, resample
 from shared.encoders import build_encoder
 from shared.features import pad_frames
-from stage_a.checkpointing import BASE_LM_FILE
+from stage_a.checkpointing import BASE_LM_FILE, bridge_folder
 from stage_a.config import DataSettings
 from stage_a.data import Collator
-from stage_a.eval_command import bridge_folder
 from stage_a.flops import safe_flops
 from stage_a.model import CONFIG_FILE, SafeModel
 from stage_a.prefix import PrefixSplicer

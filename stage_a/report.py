@@ -25,14 +25,13 @@ from pathlib import Path
 
 from shared.data.schema import FAMILIES as SCHEMA_FAMILIES
 from shared.dataset_metrics import METRICS_BY_NAME, dataset_summary, metric_for
-from shared.metrics import normalize_prediction
+from shared.metrics import CORRECT, normalize_prediction
 
 logger = logging.getLogger(__name__)
 
 REQUIRED_KEYS = ("id", "question", "answers", "family", "qtype", "source", "metric", "k", "gate", "raw", "answer",
                  "score", "base_raw", "base_answer", "base_score")
 FAMILIES = ("visual", "audio", "audio_visual")
-CORRECT = 0.5  # a VQA score of 2/3 or 1 counts as correct, as in shared.stats.mcnemar
 EFFECT_EXAMPLES = 3
 REPORT_FILE = "report.md"
 PLOT_FILE = "accuracy_vs_k.png"

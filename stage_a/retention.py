@@ -39,6 +39,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from configs.retention_variants import VARIANTS
+
 log = logging.getLogger(__name__)
 
 KL_KINDS = ("kl", "jsd")
@@ -75,6 +77,13 @@ class RetentionConfig:
         for name in ("fisher_every", "fisher_batches", "nullspace_every", "nullspace_batches"):
             if getattr(self, name) < 1:
                 raise ValueError(f"retention {name} is {getattr(self, name)}; expected an integer >= 1")
+
+
+def retention_variant(name: str) -> RetentionConfig:
+    """A fresh config of the named preset (configs/retention_variants.py), so callers can modify it freely."""
+    if name not in VARIANTS:
+        raise ValueError(f"retention variant {name!r} is unknown; expected one of {sorted(VARIANTS)}")
+    return RetentionConfig(**VARIANTS[name])
 
 
 def _kl_rows(log_p: Tensor, log_q: Tensor) -> Tensor:

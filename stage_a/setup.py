@@ -41,6 +41,7 @@ class Setup:
     test: Split | None
     paths: dict[str, str]
     encoder: FrozenAudioEncoder
+    trained_base: tuple[str, ...] = ()  # base parameters the config trains (full fine-tuning's LM), LoRA aside
 
 
 def resolve_paths(cfg: TrainConfig, splits: tuple[str, ...] = ("train", "val", "test")) -> dict[str, str]:
@@ -110,7 +111,6 @@ def build_setup(cfg: TrainConfig, device: torch.device | str = "cpu", splits: tu
     model.describe_run(encoder, processor)
     model.projector.to(device)
     model.fusion.to(device)
-    if cfg.model.train_base_lm:
-        unfreeze_language_model(model.base, cfg.model.fusion.layers_path)
+    trained_base = unfreeze_language_model(model.base, cfg.model.fusion.layers_path) if cfg.model.train_base_lm else []
     return Setup(model, processor, Collator(processor), loaded.get("train"), loaded.get("val"), loaded.get("test"), paths,
-                 encoder)
+                 encoder, tuple(trained_base))

@@ -38,11 +38,11 @@ from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from configs.retention_variants import retention_variant
 from shared.checkpoint import atomic_directory, atomic_write_text
 from shared.config import ConfigError, load_config, parse_overrides, to_dict
 from shared.logs import setup_logging
-from stage_a.checkpointing import BASE_LM_FILE, load_checkpoint, save_checkpoint, trained_base_params
+from stage_a.checkpointing import (BASE_LM_FILE, STATE_FILE, BestEval, TrainState, load_checkpoint, save_checkpoint,
+                                   trained_base_params)
 from stage_a.config import TrainConfig, gate_value, lr_factor
 from stage_a.data import Batch
 from stage_a.losses import answer_loss, answer_positions
@@ -51,7 +51,7 @@ from stage_a.model import WEIGHTS_FILE, SafeModel
 from stage_a.model_card import write_model_card
 from stage_a.monitor import GradientMonitor, RunLogger
 from stage_a.prefix import media_token_ids, select_rows
-from stage_a.retention import NullSpaceProjector, OnlineFisher, RetentionConfig, distill_loss
+from stage_a.retention import NullSpaceProjector, OnlineFisher, RetentionConfig, distill_loss, retention_variant
 from stage_a.sampler import MixSampler
 from stage_a.setup import build_setup
 from stage_a.summary import format_summary
@@ -78,11 +78,16 @@ def protected_projections(model: SafeModel) -> dict[str, torch.nn.Linear]:
     return out
 
 
-def components(model: SafeModel) -> dict[str, list[torch.nn.Parameter]]:
-    """Trainable parameters per component, for gradient monitoring."""
+def components(model: SafeModel, trained_base: set[str]) -> dict[str, list[torch.nn.Parameter]]:
+    """Parameters the config trains, per component, for gradient monitoring; `trained_base` names the base's own."""
     return {"projector": list(model.projector.parameters()), "fusion": list(model.fusion.parameters()),
             "lora": [p for n, p in model.base.named_parameters() if ".lora_" in n],
-            "base_lm": list(trained_base_params(model).values())}
+            "base_lm": [p for n, p in model.base.named_parameters() if n in trained_base]}
+
+
+def frozen_base(model: SafeModel, trained_base: set[str]) -> list[tuple[str, torch.nn.Parameter]]:
+    """Base parameters the config keeps frozen: any gradient on them is a bug the monitor reports."""
+    return [(n, p) for n, p in model.base.named_parameters() if ".lora_" not in n and n not in trained_base]
 
 
 class StageATrainer:
@@ -117,9 +122,9 @@ class StageATrainer:
         self.nullspace = NullSpaceProjector(protected, self.retention.nullspace_energy) if protected else None
         if self.retention.nullspace and not protected:
             log.warning("null-space retention has no projection to protect (prefix mode without LoRA)")
-        trained = {id(p) for group in components(self.model).values() for p in group}
-        self.monitor = GradientMonitor(components(self.model), [(n, p) for n, p in self.model.base.named_parameters()
-                                                                if id(p) not in trained], patience=cfg.vanish_patience)
+        trained_base = set(self.setup.trained_base)
+        self.monitor = GradientMonitor(components(self.model, trained_base), frozen_base(self.model, trained_base),
+                                       patience=cfg.vanish_patience)
         train = self.setup.train
         self.sampler = MixSampler(train.indices(audio=True), train.indices(audio=False), cfg.mix)
         self.eval_settings = EvalSettings(k=cfg.k_eval, batch_size=cfg.eval_batch_size,
@@ -137,14 +142,13 @@ class StageATrainer:
         test = self.setup.test
         self.test_evaluator = Evaluator(self.model, self.setup.collator, test,
                                         eval_rows(test, cfg.data.test_size, cfg.seed), self.eval_settings, self.acc.device)
-        self.state = {"step": 0, "bad_steps": 0, "best": None, "history": [], "train_seconds": 0.0,
-                      "stopped_early": False, "breaches": 0, "drawn": 0, "family_counts": {}, "qtype_counts": {}}
+        self.state = TrainState()
         self.seen = torch.zeros(len(train), dtype=torch.bool)
         if resume:
             self._restore()
         self.logger = RunLogger(self.run_dir, to_dict(cfg), tensorboard=cfg.tensorboard, wandb=cfg.wandb,
                                 run_name=cfg.name, main_process=self.acc.is_main_process,
-                                resume_step=self.state["step"] if resume else None)
+                                resume_step=self.state.step if resume else None)
         self.ddp_model, self.optimizer = self.acc.prepare(self.model, self.optimizer)
 
     def _training_targets(self) -> list[str]:
@@ -215,14 +219,14 @@ class StageATrainer:
         loss = ce + r.kl_weight * kl + r.fisher_weight * ewc
         finite = bool(self.acc.gather(torch.isfinite(loss.detach()).float().reshape(1)).min() > 0)
         if not finite:
-            self.state["bad_steps"] += 1
+            self.state.bad_steps += 1
             ids = batch.ids
             log.warning("step %d: non-finite loss %s, step skipped (batch ids %s...)", step, loss.item(), ids[:5])
-            if self.state["bad_steps"] >= MAX_BAD_STEPS:
+            if self.state.bad_steps >= MAX_BAD_STEPS:
                 raise FloatingPointError(f"{MAX_BAD_STEPS} non-finite losses in a row, last at step {step}; "
                                          f"batch ids: {ids}")
             return {"skipped": True, "loss": float("nan")}
-        self.state["bad_steps"] = 0
+        self.state.bad_steps = 0
         self._count(rows)
         n_audio = sum(self.setup.train.samples[i].family != "visual" for i in rows)
         info |= {"k": k, "gate": gate, "audio_ratio": n_audio / len(rows), "target_ratio": self.sampler.fraction(step)}
@@ -248,32 +252,29 @@ class StageATrainer:
                 "lr": self.scheduler.get_last_lr()[0], "grad_norm": norms, "bridge_active": True, **info}
 
     def _count(self, rows: list[int]) -> None:
-        samples = self.setup.train.samples
-        for key, values in (("family_counts", [samples[i].family for i in rows]),
-                            ("qtype_counts", [f"{samples[i].family}.{samples[i].qtype}" for i in rows])):
-            counts = Counter(self.state[key])
-            counts.update(values)
-            self.state[key] = dict(counts)
+        samples, state = self.setup.train.samples, self.state
+        state.family_counts = dict(Counter(state.family_counts) + Counter(samples[i].family for i in rows))
+        state.qtype_counts = dict(Counter(state.qtype_counts)
+                                  + Counter(f"{samples[i].family}.{samples[i].qtype}" for i in rows))
         self.seen[rows] = True
-        self.state["drawn"] += len(rows)
+        state.drawn += len(rows)
 
     # --- evaluation, checkpoints ---------------------------------------------------------------
     def evaluate(self, step: int) -> dict:
         result = self.evaluator.run()
-        self.state["history"].append({"step": step, "audio_acc": result["audio_acc"]["mean"],
-                                      **{k: result[k] for k in ("vl_degradation_pts", "gate0_max_abs_logit_diff")}})
+        self.state.history.append({"step": step, "audio_acc": result["audio_acc"]["mean"],
+                                   **{k: result[k] for k in ("vl_degradation_pts", "gate0_max_abs_logit_diff")}})
         ok = result["vl_degradation_pts"] <= self.cfg.tolerance_pts
-        best = self.state["best"]
-        if ok and (best is None or result["audio_acc"]["mean"] > best["audio_acc"]):
-            self.state["best"] = {"step": step, "audio_acc": result["audio_acc"]["mean"],
-                                  "vl_degradation_pts": result["vl_degradation_pts"]}
+        best = self.state.best
+        if ok and (best is None or result["audio_acc"]["mean"] > best.audio_acc):
+            self.state.best = BestEval(step, result["audio_acc"]["mean"], result["vl_degradation_pts"])
             if self.acc.is_main_process:
                 self._save_best()
-        self.state["breaches"] = 0 if ok else self.state["breaches"] + 1
-        if self.state["breaches"] >= self.cfg.stop_patience:
-            self.state["stopped_early"] = True
-        data = {"epochs": self.state["drawn"] / len(self.setup.train), "unique_seen": int(self.seen.sum()),
-                "family_counts": self.state["family_counts"], "qtype_counts": self.state["qtype_counts"]}
+        self.state.breaches = 0 if ok else self.state.breaches + 1
+        if self.state.breaches >= self.cfg.stop_patience:
+            self.state.stopped_early = True
+        data = {"epochs": self.state.drawn / len(self.setup.train), "unique_seen": int(self.seen.sum()),
+                "family_counts": self.state.family_counts, "qtype_counts": self.state.qtype_counts}
         self.logger.log(step, "data", data)
         self.logger.log(step, "eval", result)
         return result
@@ -300,8 +301,8 @@ class StageATrainer:
             tensors |= {f"fisher/{k}": v for k, v in self.fisher.state_dict().items()}
         if self.nullspace is not None:
             tensors |= {f"nullspace/{k}": v for k, v in self.nullspace.state_dict().items()}
-        state = {**self.state, "sampler": self.sampler.state_dict(), "monitor": self.monitor.state_dict(),
-                 "scaler": self.scaler.state_dict()}
+        state = self.state.to_json({"sampler": self.sampler.state_dict(), "monitor": self.monitor.state_dict(),
+                                    "scaler": self.scaler.state_dict()})
         save_checkpoint(self.ckpt_dir, self.model, self.optimizer, self.scheduler, tensors, state)
 
     def _restore(self) -> None:
@@ -317,27 +318,27 @@ class StageATrainer:
         if self.nullspace is not None:
             self.nullspace.load_state_dict(part("nullspace/"))
         self.seen = ckpt.tensors["seen"].bool()
-        self.sampler.load_state_dict(ckpt.state.pop("sampler"))
-        self.monitor.load_state_dict(ckpt.state.pop("monitor"))
-        scaler = ckpt.state.pop("scaler", None)
+        self.state, parts = TrainState.from_json(ckpt.state, str(self.ckpt_dir / STATE_FILE))
+        self.sampler.load_state_dict(parts["sampler"])
+        self.monitor.load_state_dict(parts["monitor"])
+        scaler = parts.get("scaler")
         if self.scaler.is_enabled():
             if not scaler:
                 raise ValueError(f"checkpoint {self.ckpt_dir} has no loss-scaler state; expected one for "
                                  "model.dtype float16 (it was written by a run in another dtype)")
             self.scaler.load_state_dict(scaler)
-        self.state = ckpt.state
-        log.info("resumed %s at step %d", self.run_dir, self.state["step"])
+        log.info("resumed %s at step %d", self.run_dir, self.state.step)
 
     # --- the run -------------------------------------------------------------------------------
     def run(self, stop_after: int = 0) -> dict | None:
         """Train to `cfg.steps` (or stop early), then summarise on the test split; None if stopped by stop_after."""
-        cfg, start = self.cfg, self.state["step"]
+        cfg, start = self.cfg, self.state.step
         bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="stage A", unit="step",
                    disable=not self.acc.is_main_process)
         clock, last_eval = time.perf_counter(), {}
         for step in bar:
             metrics = self.train_step(step)
-            self.state["step"] = step + 1
+            self.state.step = step + 1
             if (step + 1) % cfg.log_every == 0:  # records carry the number of steps done, as checkpoints do
                 self.logger.log(step + 1, "train", metrics)
             if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
@@ -345,50 +346,50 @@ class StageATrainer:
             bar.set_postfix(loss=f"{metrics['loss']:.3f}", audio=f"{last_eval.get('audio_acc', {}).get('mean', 0):.3f}",
                             vl_delta=f"{-last_eval.get('vl_degradation_pts', 0.0):+.2f}", refresh=False)
             session_end = bool(stop_after) and step + 1 - start == stop_after
-            if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps or self.state["stopped_early"] or session_end:
-                self.state["train_seconds"] += time.perf_counter() - clock
+            if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps or self.state.stopped_early or session_end:
+                self.state.train_seconds += time.perf_counter() - clock
                 clock = time.perf_counter()
                 self.checkpoint()
-            if self.state["stopped_early"]:
+            if self.state.stopped_early:
                 log.warning("VL degradation %.2f pts exceeds the tolerance %.2f at step %d: stopping; best checkpoint "
                             "within tolerance: %s", last_eval["vl_degradation_pts"], cfg.tolerance_pts, step + 1,
-                            self.state["best"])
+                            self.state.best)
                 break
             if session_end:
                 log.info("stopping after %d steps of this session (--stop-after); --resume continues", stop_after)
                 self.logger.close()
                 return None
-        self.state["train_seconds"] += time.perf_counter() - clock
+        self.state.train_seconds += time.perf_counter() - clock
         return self.summarise()
 
     def summarise(self) -> dict:
-        best = self.state["best"]
+        best = self.state.best
         if best is not None:
             self._load_best()
-        elif self.state["step"] > 0:
+        elif self.state.step > 0:
             log.warning("no evaluation stayed within the %.2f-point tolerance; summarising the last weights",
                         self.cfg.tolerance_pts)
         result = self.test_evaluator.run(detail=True)
         predictions = result.pop("predictions")
-        trained = self.cfg.use_audio and self.state["step"] > 0
+        trained = self.cfg.use_audio and self.state.step > 0
         summary = {**result, "split": "test", "trainable_params": sum(p.numel() for p in self.params) if trained else 0, "retention_variant": self.cfg.retention,
                    "retention": dataclasses.asdict(self.retention), "k_eval": self.cfg.k_eval,
                    "model_dtype": self.cfg.model.dtype,
-                   "train_seconds": round(self.state["train_seconds"], 2), "steps": self.state["step"],
-                   "best_step": best["step"] if best else None, "within_tolerance": best is not None,
-                   "stopped_early": self.state["stopped_early"], "vl_labels": self.cfg.data.vl_labels,
+                   "train_seconds": round(self.state.train_seconds, 2), "steps": self.state.step,
+                   "best_step": best.step if best else None, "within_tolerance": best is not None,
+                   "stopped_early": self.state.stopped_early, "vl_labels": self.cfg.data.vl_labels,
                    "fisher_normalisation": OnlineFisher.NORMALISATION if self.fisher else None,
                    "nullspace_ranks": self.nullspace.ranks() if self.nullspace else None,
                    "excluded": {s.name: s.excluded for s in (self.setup.train, self.setup.val, self.setup.test)},
                    "inputs": {**self.setup.collator.provenance(),
                               **{s.name: s.composition() for s in (self.setup.train, self.setup.val, self.setup.test)}},
-                   "history": self.state["history"], "base_grad_steps": self.monitor.base_grad_steps}
+                   "history": self.state.history, "base_grad_steps": self.monitor.base_grad_steps}
         if self.acc.is_main_process:
             atomic_write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2))
             atomic_write_text(self.run_dir / PREDICTIONS_FILE, "".join(json.dumps(r) + "\n" for r in predictions))
             if best is not None:
                 write_model_card(self.run_dir)
-        self.logger.log(self.state["step"], "summary", summary)
+        self.logger.log(self.state.step, "summary", summary)
         self.logger.close()
         return summary
 

@@ -34,8 +34,8 @@ from envs.outcome_table import OutcomeTable
 from shared.checkpoint import atomic_write_npz
 from shared.config import ConfigError, load_config, parse_overrides
 from shared.logs import setup_logging
+from stage_a.checkpointing import bridge_folder
 from stage_a.config import TrainConfig
-from stage_a.eval_command import bridge_folder
 from stage_a.flops import CPU_SDPA
 from stage_a.model import WEIGHTS_FILE
 from stage_b.runner import SafeRunner
@@ -154,7 +154,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"stage_b-outcomes: {err}", file=sys.stderr)
         return 2
-    bridge = bridge_folder(args.checkpoint)
+    try:
+        bridge = bridge_folder(args.checkpoint)
+    except FileNotFoundError as err:
+        print(f"stage_b-outcomes: --checkpoint {err}", file=sys.stderr)
+        return 2
     out = args.out or args.checkpoint / f"outcomes_{args.split}.npz"
     partial = out.with_name(f"{out.stem}.partial.npz")
     table = build_table(cfg, bridge, args.split, [int(k) for k in args.ks.split(",")], args.batch_size, args.repeats,

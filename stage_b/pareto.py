@@ -56,8 +56,8 @@ DEFAULT_WEIGHTS = (0.0, 0.05, 0.1, 0.2, 0.35, 0.5, 0.7, 0.9, 1.2)
 
 
 @dataclass
-class SweepConfig:
-    """The table, output folder, weight grid, seeds, components and PPO budget of one sweep."""
+class ParetoConfig:
+    """One `stage_b-pareto` sweep: table, output folder, weight grid, seeds, components and PPO budget."""
 
     table: Path
     out: Path
@@ -121,7 +121,7 @@ def _needs_training(folder: Path, config: PolicyConfig) -> bool:
     return False
 
 
-def run_policies(sweep: SweepConfig) -> dict[str, dict]:
+def run_policies(sweep: ParetoConfig) -> dict[str, dict]:
     """Train (or reuse) every policy of the sweep in a process pool; name -> {rows, actions, train_seconds, reused}."""
     configs = sweep.policies()
     folders = {name: sweep.out / "policies" / name for name in configs}
@@ -152,7 +152,7 @@ def _row(method: str, summary: dict, alpha: float | None = None, gamma: float | 
             "audio_rate": summary["audio_rate"]}
 
 
-def evaluate_sweep(sweep: SweepConfig, results: dict[str, dict]) -> tuple[list[dict], OutcomeTable, np.ndarray]:
+def evaluate_sweep(sweep: ParetoConfig, results: dict[str, dict]) -> tuple[list[dict], OutcomeTable, np.ndarray]:
     """pareto.csv rows for every policy and baseline, all on the same questions; also returns (table, rows)."""
     configs = sweep.policies()
     first = next(iter(configs))
@@ -203,7 +203,7 @@ def read_csv(path: Path) -> list[dict]:
         return [{k: parse(k, v) for k, v in row.items()} for row in csv.DictReader(handle)]
 
 
-def run_sweep(sweep: SweepConfig) -> dict:
+def run_sweep(sweep: ParetoConfig) -> dict:
     """Train, evaluate, analyse and plot; writes pareto.csv, pareto.json and pareto.png and returns the JSON."""
     start = time.perf_counter()
     results = run_policies(sweep)
@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging()
     try:
-        sweep = SweepConfig(args.table, args.out, _numbers(args.alphas, float, "--alphas"),
+        sweep = ParetoConfig(args.table, args.out, _numbers(args.alphas, float, "--alphas"),
                             _numbers(args.seeds, int, "--seeds"),
                             tuple(c.strip() for c in args.components.split(",") if c.strip()), args.timesteps,
                             args.n_envs, args.workers, args.split, args.confidence)

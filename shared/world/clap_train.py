@@ -21,16 +21,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 from transformers import ClapModel, ClapProcessor
 
-from shared.data.audio_io import load_audio
 from shared.checkpoint import atomic_directory
-from shared.world.audio_model import (
-    all_captions,
-    build_clap,
-    caption_events,
-    clap_text_embeddings,
-    features_from_mels,
-    mel_features,
-)
+from shared.clap_features import clap_text_embeddings, features_from_mels, mel_features
+from shared.data.audio_io import load_audio
+from shared.world.audio_model import all_captions, build_clap, caption_events
 from shared.world.generate import read_scenes
 from shared.world.scenes import SoundEvent
 from shared.world.spec import WorldSpec

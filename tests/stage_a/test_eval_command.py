@@ -56,9 +56,9 @@ def test_base_model_alone_is_a_valid_subject(micro_paths: dict, tmp_path: Path) 
     assert json.loads((tmp_path / "metrics.json").read_text())["subject"] == "base model (no audio)"
 
 
-def test_missing_checkpoint_is_named(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="no adapter.safetensors there"):
-        eval_main(["--checkpoint", str(tmp_path), "--preset", "stage_a_micro"])
+def test_missing_checkpoint_is_named(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert eval_main(["--checkpoint", str(tmp_path), "--preset", "stage_a_micro"]) == 2
+    assert f"stage_a-eval: --checkpoint {tmp_path}: no adapter.safetensors there" in capsys.readouterr().err
 
 
 def _relabelled(sample: Sample, i: int, base_answer: str) -> Sample:

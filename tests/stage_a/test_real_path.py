@@ -22,9 +22,9 @@ from shared.data.schema import Sample, majority_answer, read_manifest, write_man
 from shared.dataset_metrics import metric_for
 from shared.world.export import FORMATS
 from shared.world.spec import SPLITS
+from stage_a.checkpointing import bridge_folder
 from stage_a.config import TrainConfig
 from stage_a.data import Split, load_split
-from stage_a.eval_command import bridge_folder
 from stage_a.eval_command import main as eval_main
 from stage_a.setup import Setup, build_setup, feature_cache
 from stage_a.train import main as train_main

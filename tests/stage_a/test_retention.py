@@ -8,9 +8,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from configs.retention_variants import VARIANTS, retention_variant
+from configs.retention_variants import VARIANTS
 from stage_a.fusion import FusionBlock, FusionConfig
-from stage_a.retention import NullSpaceProjector, OnlineFisher, RetentionConfig, distill_loss
+from stage_a.retention import NullSpaceProjector, OnlineFisher, RetentionConfig, distill_loss, retention_variant
 
 torch.set_num_threads(1)
 
@@ -42,7 +42,7 @@ def test_variants_construct_differ_and_are_copies() -> None:
     full = configs["full"]
     assert full.kl_weight == 0.2 and full.kl_temperature == 2.0 and full.fisher_weight == 0.1 and full.nullspace
     configs["kl"].kl_weight = 9.0
-    assert VARIANTS["kl"].kl_weight == 0.2
+    assert VARIANTS["kl"]["kl_weight"] == 0.2 and retention_variant("kl").kl_weight == 0.2
 
 
 def test_unknown_variant_names_itself_and_the_valid_ones() -> None:

@@ -1,6 +1,7 @@
 """`stage_a-train` on the micro world: retention really changes training, resume, NaN handling, baselines."""
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -10,10 +11,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import stage_a.train
 from shared.config import load_config
 from stage_a.config import TrainConfig, gate_value
 from stage_a.data import Collator
 from stage_a.losses import answer_positions
+from stage_a.setup import build_setup
 from stage_a.train import StageATrainer, main
 
 VARIANTS = ("none", "kl", "fisher", "nullspace", "full")
@@ -64,6 +67,27 @@ def _q_inputs(trainer: StageATrainer) -> torch.Tensor:
     handle.remove()
     return torch.cat(captured)
 
+
+
+def test_a_gradient_on_a_frozen_base_parameter_is_reported(paths: dict, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    """A set-up bug that leaves one base LM weight trainable: the monitor warns, counts and names it."""
+    leaked = []
+
+    def leaky_setup(*args, **kwargs):
+        setup = build_setup(*args, **kwargs)
+        name = next(n for n, _ in setup.model.base.named_parameters() if n.endswith("language_model.norm.weight"))
+        setup.model.base.get_parameter(name).requires_grad_(True)
+        leaked.append(name)
+        return setup
+
+    monkeypatch.setattr(stage_a.train, "build_setup", leaky_setup)
+    trainer = StageATrainer(_config(paths, tmp_path, gate_schedule="none"))
+    with caplog.at_level(logging.WARNING, logger="stage_a.monitor"):
+        metrics = trainer.train_step(0)
+    assert metrics["grad_norm"]["base"] > 0 and trainer.monitor.base_grad_steps == 1
+    assert f"frozen base received gradients in 1 parameters (e.g. {leaked[0]})" in caplog.text
 
 @pytest.mark.parametrize("variant,unchanged", [("nullspace", True), ("none", False)])
 def test_nullspace_keeps_protected_outputs_on_vl_inputs(paths: dict, tmp_path: Path, variant: str,

@@ -11,7 +11,7 @@ from envs.outcome_table import OutcomeTable
 from shared.config import load_config
 from stage_a.config import TrainConfig
 from stage_b.live import main as live_main
-from stage_b.outcomes import build_table
+from stage_b.outcomes import build_table, main as outcomes_main
 from stage_b.runner import SafeRunner
 from stage_b.train import PolicyConfig, train_policy
 
@@ -80,3 +80,8 @@ def test_an_interrupted_build_resumes_to_the_same_table(table: OutcomeTable, mic
         np.testing.assert_array_equal(getattr(resumed, key), getattr(whole, key), err_msg=key)
     with pytest.raises(ValueError, match="delete it to start over"):
         build_table(cfg, checkpoint, "test", [4, 16], batch_size=8, repeats=1, partial=partial, save_every=1)
+
+
+def test_a_folder_without_a_bridge_exits_2_naming_it(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert outcomes_main(["--checkpoint", str(tmp_path)]) == 2
+    assert f"stage_b-outcomes: --checkpoint {tmp_path}: no adapter.safetensors there" in capsys.readouterr().err

@@ -11,7 +11,7 @@ from matplotlib.image import imread
 
 from envs.outcome_table import OutcomeTable
 from stage_b.evaluate import SavedPolicy, summarize
-from stage_b.pareto import COLUMNS, SweepConfig, main, read_csv, run_sweep
+from stage_b.pareto import COLUMNS, ParetoConfig, main, read_csv, run_sweep
 
 TINY = ["--timesteps", "512", "--n-envs", "2", "--workers", "2", "--alphas", "0,0.5"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -84,13 +84,13 @@ def test_resume_reuses_finished_policies(sweep_out: Path, table_path: Path, tmp_
     reused = out / "policies" / "alpha-w0.5-seed0" / "policy.zip"
     before = reused.stat().st_mtime_ns
     with caplog.at_level(logging.INFO, logger="stage_b.pareto"):
-        report = run_sweep(SweepConfig(table_path, out, weights=(0.0, 0.5), seeds=(0, 1), components=("alpha",),
+        report = run_sweep(ParetoConfig(table_path, out, weights=(0.0, 0.5), seeds=(0, 1), components=("alpha",),
                                        timesteps=512, n_envs=2))
     assert reused.stat().st_mtime_ns == before and "reusing" in caplog.text
     assert report["train_seconds"]["policies"] == 4 and report["train_seconds"]["trained"] == 2
     assert (out / "policies" / "alpha-w0.5-seed1" / "policy.json").is_file()
     with pytest.raises(ValueError, match="trained with"):  # same folder, other config: refuse to mix
-        run_sweep(SweepConfig(table_path, out, weights=(0.5,), seeds=(0,), components=("alpha",), timesteps=1024))
+        run_sweep(ParetoConfig(table_path, out, weights=(0.5,), seeds=(0,), components=("alpha",), timesteps=1024))
 
 
 def test_a_failing_worker_raises(sweep_out: Path, table_path: Path, tmp_path: Path) -> None:
@@ -98,7 +98,7 @@ def test_a_failing_worker_raises(sweep_out: Path, table_path: Path, tmp_path: Pa
     shutil.copytree(sweep_out / "policies" / "gamma-w0.5-seed0", out / "policies" / "gamma-w0.5-seed0")
     (out / "policies" / "gamma-w0.5-seed0" / "policy.safetensors").unlink()
     with pytest.raises(RuntimeError, match="gamma-w0.5-seed0 failed"):
-        run_sweep(SweepConfig(table_path, out, weights=(0.5,), seeds=(0,), components=("gamma",), timesteps=512,
+        run_sweep(ParetoConfig(table_path, out, weights=(0.5,), seeds=(0,), components=("gamma",), timesteps=512,
                               n_envs=2, workers=1))
     assert not (out / "pareto.csv").exists()
 

@@ -7,8 +7,8 @@ import pytest
 
 from shared.config import load_config
 from shared.data.schema import read_manifest, write_manifest
+from stage_a.checkpointing import bridge_folder
 from stage_a.config import TrainConfig
-from stage_a.eval_command import bridge_folder
 from stage_a.train import main as train_main
 from stage_b.runner import SafeRunner
 

@@ -10,17 +10,9 @@ import pytest
 import torch
 from transformers import ClapModel, ClapProcessor, ClapTextConfig
 
+from shared.clap_features import clap_audio_embeddings, clap_frame_features, mel_features
 from shared.data.audio_io import load_audio
-from shared.world.audio_model import (
-    SPECIAL_TOKENS,
-    all_captions,
-    build_clap,
-    build_tokenizer,
-    caption_events,
-    clap_audio_embeddings,
-    clap_frame_features,
-    mel_features,
-)
+from shared.world.audio_model import SPECIAL_TOKENS, all_captions, build_clap, build_tokenizer, caption_events
 from shared.world.clap_train import ClapTrainConfig, fit_clap, retrieval_metrics, save_clap, train_clap
 from shared.world.generate import generate_split, read_scenes
 from shared.world.scenes import Scene
