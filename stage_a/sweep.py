@@ -8,9 +8,10 @@ finished cells are skipped and interrupted ones resumed, so a sweep can be re-ru
 array); `--merge` then collects every finished cell. A failing cell is reported in FAILED.txt
 and in the tables, and does not stop the others.
 
-results.md / results.csv: per cell, means ± std over seeds, 95% bootstrap CIs over the pooled
-(seed, question) scores, and the comparison with the default cell on the same questions and
-seeds (paired bootstrap and McNemar p-values, Welch's t over seed means).
+results.md / results.csv / results.json: per cell, means ± std over seeds, 95% hierarchical-bootstrap
+CIs (seeds resampled, then questions within each seed; stage_a/sweep_tables.py), and the comparison
+with the default cell, seed paired with seed and question with question (hierarchical-bootstrap
+difference CI and p-value, McNemar only for a single paired seed, Welch's t over seed means).
 """
 
 from __future__ import annotations

@@ -4,7 +4,17 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from shared.stats import iqm, iqm_ci, mcnemar, mean_ci, mean_std, paired_diff_ci, welch_t
+from shared.stats import (
+    hierarchical_bootstrap,
+    iqm,
+    iqm_ci,
+    mcnemar,
+    mean_ci,
+    mean_std,
+    paired_diff_ci,
+    paired_hierarchical_bootstrap,
+    welch_t,
+)
 
 
 def test_mean_ci_mean_exact_and_ci_contains_it() -> None:
@@ -218,3 +228,120 @@ def test_identical_systems_give_p_exactly_one() -> None:
     test = mcnemar(a, a.copy())
     assert (test["b01"], test["b10"], test["statistic"], test["p_value"], test["method"]) == (0, 0, 0.0, 1.0, "exact")
     assert paired_diff_ci(a, a.copy()) == {"mean_diff": 0.0, "ci95": [0.0, 0.0], "n": 400, "p_value": 1.0}
+
+
+# Two-level (seed, then question) bootstrap.
+
+
+def _seeded_scores(seed_accuracy: list[float], n_questions: int = 2500, rng_seed: int = 20) -> np.ndarray:
+    """Right/wrong scores, seeds x questions: seed s answers each question right with probability seed_accuracy[s]."""
+    rng = np.random.default_rng(rng_seed)
+    return (rng.random((len(seed_accuracy), n_questions)) < np.asarray(seed_accuracy)[:, None]).astype(float)
+
+
+def _width(ci: list[float]) -> float:
+    return ci[1] - ci[0]
+
+
+def test_seed_effect_widens_the_hierarchical_ci_far_beyond_the_pooled_one() -> None:
+    scores = _seeded_scores([0.40, 0.55, 0.50])  # seed std 7.6 points, as the sweeps' 4-9
+    hier, pooled = hierarchical_bootstrap(scores), mean_ci(scores.ravel())
+    assert hier["mean"] == pooled["mean"] == scores.mean()
+    assert (hier["n_seeds"], hier["n_questions"]) == (3, [2500] * 3)
+    assert _width(hier["ci95"]) > 4 * _width(pooled["ci95"])
+    assert hier["ci95"][0] < 0.45 and hier["ci95"][1] > 0.52  # reaches towards the worst and best seeds
+
+
+def test_seed_effect_makes_a_pooled_significant_difference_not_significant() -> None:
+    # B is the same system on every seed; A gains 6, loses 2 and gains 2 points on seeds 0, 1, 2.
+    b = _seeded_scores([0.5, 0.5, 0.5], rng_seed=21)
+    a = _seeded_scores([0.56, 0.48, 0.52], rng_seed=22)
+    pooled = paired_diff_ci(a.ravel(), b.ravel())
+    hier = paired_hierarchical_bootstrap(a, b)
+    assert hier["mean_diff"] == pytest.approx(pooled["mean_diff"])
+    assert pooled["p_value"] < 0.01 and pooled["ci95"][0] > 0
+    assert hier["p_value"] > 0.1 and hier["ci95"][0] < 0 < hier["ci95"][1]
+
+
+def test_without_seed_effect_hierarchical_and_pooled_roughly_agree() -> None:
+    # Same accuracy on every seed: the two-level bootstrap counts question noise twice, once through
+    # the spread of seed means, so its width is about sqrt((2S - 1) / S) = 1.29x the pooled one at S = 3.
+    scores = _seeded_scores([0.5, 0.5, 0.5])
+    ratio = _width(hierarchical_bootstrap(scores)["ci95"]) / _width(mean_ci(scores.ravel())["ci95"])
+    assert 1.0 < ratio < 1.6
+    b = _seeded_scores([0.5, 0.5, 0.5], rng_seed=23)
+    a = _seeded_scores([0.55, 0.55, 0.55], rng_seed=24)
+    hier, pooled = paired_hierarchical_bootstrap(a, b), paired_diff_ci(a.ravel(), b.ravel())
+    assert hier["p_value"] < 0.01 and pooled["p_value"] < 0.01
+    assert 1.0 < _width(hier["ci95"]) / _width(pooled["ci95"]) < 1.6
+
+
+def test_hierarchical_known_answers() -> None:
+    # Every question of a seed scores the seed's value, so only the seed draw matters. Two seeds
+    # at 0 and 1: resample means are 0, 0.5, 1 with probability 1/4, 1/2, 1/4, so the 95% CI is [0, 1].
+    two = np.repeat([[0.0], [1.0]], 50, axis=1)
+    assert hierarchical_bootstrap(two, n_boot=4000) == {"mean": 0.5, "ci95": [0.0, 1.0], "n_seeds": 2,
+                                                        "n_questions": [50, 50]}
+    # Seeds of different sizes weigh by their questions: 1 question at 0 and 3 at 1 give resample
+    # means 0, 3/4, 1 with probability 1/4, 1/2, 1/4 around the pooled mean 3/4.
+    ragged = hierarchical_bootstrap([[0.0], [1.0, 1.0, 1.0]], n_boot=4000)
+    assert (ragged["mean"], ragged["ci95"], ragged["n_questions"]) == (0.75, [0.0, 1.0], [1, 3])
+    assert hierarchical_bootstrap([[0.0], [1.0, 1.0, 1.0]], confidence=0.4)["ci40"] == [0.75, 0.75]  # not 1/2
+    # A short seed drawn twice brings only its own questions: 2 at 0 and 1 at 1 give 0, 1/3, 1.
+    assert hierarchical_bootstrap([[0.0, 0.0], [1.0]], n_boot=4000)["ci95"] == [0.0, 1.0]
+    assert hierarchical_bootstrap(np.full((1, 10), 0.7))["ci95"] == [0.7, 0.7]
+    # Seed differences +0.3, +0.3, -0.3 (mean 0.1): with k of the 3 drawn seeds positive the resample
+    # mean is 0.1 (2k - 3), at least 0.1 from the observed mean unless k = 2, so
+    # p = 1 - P(k = 2) = 1 - 3 (2/3)^2 (1/3) = 15/27.
+    diffs = np.repeat([[0.3], [0.3], [-0.3]], 20, axis=1)
+    out = paired_hierarchical_bootstrap(diffs, np.zeros_like(diffs), n_boot=20000, seed=1)
+    assert out["mean_diff"] == pytest.approx(0.1) and out["p_value"] == pytest.approx(15 / 27, abs=0.015)
+    assert out["ci95"] == pytest.approx([-0.3, 0.3])
+    # Every seed moves the same amount: no resample is as far from the mean as 0 is.
+    same = paired_hierarchical_bootstrap(np.full((3, 5), 0.2), np.zeros((3, 5)), n_boot=999)
+    assert same["p_value"] == 1 / 1000 and same["ci95"] == pytest.approx([0.2, 0.2])
+
+
+def test_hierarchical_bootstrap_is_seeded_and_names_its_level() -> None:
+    scores = np.random.default_rng(25).random((2, 30)) + [[0.0], [0.2]]
+    assert hierarchical_bootstrap(scores, seed=3) == hierarchical_bootstrap(scores.tolist(), seed=3)
+    assert hierarchical_bootstrap(scores, seed=3) != hierarchical_bootstrap(scores, seed=4)
+    assert set(hierarchical_bootstrap(scores, confidence=0.9)) == {"mean", "ci90", "n_seeds", "n_questions"}
+    assert paired_hierarchical_bootstrap(scores, scores.copy()) == {
+        "mean_diff": 0.0, "ci95": [0.0, 0.0], "n_seeds": 2, "n_questions": [30, 30], "p_value": 1.0}
+
+
+def test_seeds_with_their_own_questions_resample_like_equal_ones() -> None:
+    # One seed evaluated on one question fewer: the ragged path gives about the equal-rows interval.
+    scores = _seeded_scores([0.45, 0.55, 0.5], n_questions=1000)
+    ragged = [scores[0], scores[1], scores[2, :-1]]
+    assert hierarchical_bootstrap(ragged)["ci95"] == pytest.approx(hierarchical_bootstrap(scores)["ci95"], abs=0.005)
+    diff = paired_hierarchical_bootstrap(ragged, [row * 0 for row in ragged])
+    assert diff["n_questions"] == [1000, 1000, 999]
+    assert diff["mean_diff"] == pytest.approx(np.concatenate(ragged).mean())
+
+
+def test_hierarchical_chunks_match_one_gather(monkeypatch: pytest.MonkeyPatch) -> None:
+    scores = _seeded_scores([0.4, 0.6, 0.5], n_questions=200)
+    whole = hierarchical_bootstrap(scores)
+    ragged = [scores[0], scores[1, :150], scores[2]]
+    whole_ragged = hierarchical_bootstrap(ragged)
+    monkeypatch.setattr("shared.stats.CACHE_DRAWS", 600 * 7)
+    assert hierarchical_bootstrap(scores)["ci95"] == pytest.approx(whole["ci95"], abs=0.02)
+    assert hierarchical_bootstrap(ragged)["ci95"] == pytest.approx(whole_ragged["ci95"], abs=0.02)
+
+
+@pytest.mark.parametrize(("call", "match"), [
+    (lambda: hierarchical_bootstrap(np.array([0.5, 1.0])), r"scores has shape \(2,\); expected seeds x questions"),
+    (lambda: hierarchical_bootstrap([0.5, 1.0]), r"scores\[0\] has shape \(\); expected one 1-D sequence"),
+    (lambda: hierarchical_bootstrap(np.zeros((0, 4))), r"scores: no seeds; expected one sequence"),
+    (lambda: hierarchical_bootstrap([[1.0, 0.0], []]), r"scores\[1\]: no values; expected at least one"),
+    (lambda: hierarchical_bootstrap([[1.0, 0.0], [1.0, np.inf]]), r"scores\[1\]\[1\] is inf; expected finite"),
+    (lambda: hierarchical_bootstrap([[1.0]], n_boot=0), r"n_boot is 0; expected at least 1"),
+    (lambda: paired_hierarchical_bootstrap([[1.0, 0.0]], [[1.0], [0.0]]),
+     r"questions per seed in a are \[2\], in b \[1, 1\]; expected the same seeds and questions"),
+    (lambda: paired_hierarchical_bootstrap([[1.0]], [[np.nan]]), r"b\[0\]\[0\] is nan"),
+])
+def test_hierarchical_bad_input_names_the_argument(call, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        call()

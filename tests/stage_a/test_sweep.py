@@ -30,7 +30,8 @@ def test_task_indices_run_one_cell_each_and_merge_recovers_the_table(preset: Pat
     table = json.loads((out / "results.json").read_text())
     assert [r["cell"] for r in table["rows"]] == ["full", "none"] and all(r["seeds"] == 2 for r in table["rows"])
     full = table["rows"][0]
-    assert full["audio_vs_default_pts"] == 0.0 and full["audio_p_paired"] == 1.0
+    assert full["audio_vs_default_pts"] == 0.0 and full["audio_p_hier"] == 1.0 and full["paired_seeds"] == 2
+    assert full["audio_p_mcnemar"] is None  # McNemar only for single-seed comparisons
     assert (out / "results.csv").read_text().startswith("cell,seeds,audio_acc")
     assert "| none | 2 |" in (out / "results.md").read_text()
 

@@ -1,0 +1,77 @@
+"""Sweep tables from stored cell outputs: hierarchical CIs over seeds, seed-paired tests, McNemar for one seed only."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from shared.stats import mean_ci, paired_diff_ci
+from stage_a.sweep import SweepConfig, cells_of
+from stage_a.sweep_tables import merge_cells, render_markdown
+
+N_AUDIO, N_VL = 2500, 200
+
+
+def _write_cell(run_dir: Path, audio_acc: float, rng: np.random.Generator, drop_question: bool = False) -> None:
+    """A finished cell as stage_a-train leaves it: summary.json and predictions.jsonl (right/wrong scores)."""
+    audio = (rng.random(N_AUDIO) < audio_acc).astype(float)
+    vl = (rng.random(N_VL) < 0.99).astype(float)
+    records = [{"id": f"q{i:04d}", "family": "audio", "score": s, "base_score": 0.0} for i, s in enumerate(audio)]
+    records += [{"id": f"v{i:04d}", "family": "visual", "score": s, "base_score": 1.0} for i, s in enumerate(vl)]
+    if drop_question:
+        records = records[1:]
+    summary = {"audio_acc": {"mean": float(audio.mean())}, "vl_degradation_pts": 100 * (1 - float(vl.mean())),
+               "audio_acc_base": 0.0, "vl_acc_with_audio": float(vl.mean()), "gate0_max_abs_logit_diff": 0.0,
+               "trainable_params": 10, "train_seconds": 1.0}
+    run_dir.mkdir(parents=True)
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    (run_dir / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def _sweep(tmp_path: Path, accuracy: dict[str, list[float]], **bad) -> tuple[SweepConfig, dict]:
+    """Cells with the given per-seed audio accuracies, merged into a table."""
+    seeds = tuple(range(len(next(iter(accuracy.values())))))
+    sweep = SweepConfig(name="synthetic", seeds=seeds, cells={label: {} for label in accuracy}, default="ref")
+    rng = np.random.default_rng(0)
+    for cell in cells_of(sweep):
+        drop = bad.get("drop") == cell.name
+        _write_cell(tmp_path / cell.name, accuracy[cell.label][cell.seed], rng, drop_question=drop)
+    return sweep, merge_cells(sweep, cells_of(sweep), tmp_path)
+
+
+def _audio_scores(cell_dir: Path) -> np.ndarray:
+    records = map(json.loads, (cell_dir / "predictions.jsonl").open())
+    return np.array([r["score"] for r in records if r["family"] == "audio"])
+
+
+def test_seed_spread_widens_the_cell_ci_and_keeps_a_mixed_difference_insignificant(tmp_path: Path) -> None:
+    # "wobbly" beats "ref" by 12 points on seed 0, loses 2 on seed 1 and ties on seed 2: the pooled
+    # (seed, question) pairs call the +3.3 points significant, the seeds do not.
+    sweep, table = _sweep(tmp_path, {"ref": [0.5, 0.5, 0.5], "wobbly": [0.62, 0.48, 0.50]})
+    ref, wobbly = table["rows"]
+    mine = np.concatenate([_audio_scores(tmp_path / f"wobbly-seed{s}") for s in range(3)])
+    theirs = np.concatenate([_audio_scores(tmp_path / f"ref-seed{s}") for s in range(3)])
+    pooled_ci, pooled_diff = mean_ci(mine)["ci95"], paired_diff_ci(mine, theirs)
+    assert wobbly["audio_ci_hi"] - wobbly["audio_ci_lo"] > 2.5 * 100 * (pooled_ci[1] - pooled_ci[0])
+    assert pooled_diff["p_value"] < 0.01
+    assert wobbly["audio_vs_default_pts"] == pytest.approx(100 * pooled_diff["mean_diff"])
+    assert wobbly["paired_seeds"] == 3 and wobbly["audio_p_mcnemar"] is None
+    assert wobbly["audio_vs_default_ci_lo"] < 0 < wobbly["audio_vs_default_ci_hi"]
+    assert wobbly["audio_p_hier"] > 0.1
+    assert (ref["audio_vs_default_pts"], ref["audio_p_hier"]) == (0.0, 1.0)
+    text = render_markdown(sweep, table)
+    assert "p hier. / McNemar / Welch" in text and "| wobbly | 3 |" in text
+
+
+def test_a_single_seed_comparison_reports_mcnemar(tmp_path: Path) -> None:
+    _, table = _sweep(tmp_path, {"ref": [0.4], "better": [0.6]})
+    better = table["rows"][1]
+    assert better["paired_seeds"] == 1 and better["audio_p_mcnemar"] < 0.001 and better["audio_p_hier"] < 0.01
+    assert better["audio_p_welch"] is None
+
+
+def test_a_seed_with_other_questions_than_the_default_is_an_error_naming_cell_and_seed(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"cell other \(audio\) seed 1: 1 questions not shared with the default "
+                                         r"cell's seed 1 \(first 'q0000'\)"):
+        _sweep(tmp_path, {"ref": [0.5, 0.5], "other": [0.5, 0.5]}, drop="ref-seed1")
