@@ -53,8 +53,8 @@ import string
 from collections import Counter
 from typing import Iterable, Mapping, Sequence
 
-# A per-question score counts as correct at >= CORRECT: a VQA accuracy of 2/3 or 1 (two or more matching
-# annotators), an exact match of 1. McNemar tests, outcome-table oracles and reports all threshold here.
+# A per-question score counts as correct at >= CORRECT: a VQA accuracy from two or more matching annotators
+# (leave-one-out averaging gives 0.6 for two), an exact match of 1. McNemar tests, outcome-table oracles and reports all threshold here.
 CORRECT = 0.5
 _PUNCT = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!")
 # The official pattern, typo and all: "(?!<=" is a lookahead, not a lookbehind.
