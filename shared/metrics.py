@@ -54,7 +54,8 @@ from collections import Counter
 from typing import Iterable, Mapping, Sequence
 
 # A per-question score counts as correct at >= CORRECT: a VQA accuracy from two or more matching annotators
-# (leave-one-out averaging gives 0.6 for two), an exact match of 1. McNemar tests, outcome-table oracles and reports all threshold here.
+# (leave-one-out averaging gives 0.6 for two), an exact match of 1. McNemar tests, outcome-table oracles and
+# reports all threshold here.
 CORRECT = 0.5
 _PUNCT = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!")
 # The official pattern, typo and all: "(?!<=" is a lookahead, not a lookbehind.
