@@ -1,11 +1,15 @@
 """`stage_a-check`: does SAFE wrap this base VL model safely?
 
-Builds SAFE around the model, then checks on sample inputs that gate 0 and "no audio" give
-logits and greedy generations identical (torch.equal) to the bare base model. Unless a
-trained bridge is given, the adapter's zero-initialised outputs are first filled with random
-values, so exactness cannot come for free from the zero init; gate 1 must then change the
-logits, which shows the adapter is really wired in. A batch mixing gate-0 and gate-1 rows must
-keep its gate-0 rows exact and change its gate-1 rows. Also lists where adapters sit, counts
+Builds SAFE around the model and compares its logits and greedy generations with the bare base
+model's (torch.equal). Unless a trained bridge is given, the bridge's zero-initialised outputs
+(fusion W_out, LoRA B) are first filled with random values, so exactness cannot come for free from
+the zero init. The decisive check is a MIXED batch: each sample question twice, side by side with
+the same image and audio, once at gate 0 and once at gate 1 (a per-sample gate tensor), so the
+projector, the fusion blocks, the LoRA scope and the torch.where row selection all run; the gate-0
+rows must equal the bare base on the same batch, and the gate-1 rows must change and equal the same
+rows with every row at gate 1 (a row selected wrongly shows there). A scalar gate 0
+and "no audio" are checked too, labelled for what they are: SAFE calls the base before any bridge
+code there, so they only catch drift in the base weights. Also lists where adapters sit, counts
 trainable vs frozen parameters and the parameter memory of each component.
 
 Exit codes: 0 exact (and gate 1 changes the output), 1 exactness failed or gate 1 changed nothing,
@@ -27,14 +31,23 @@ from shared.config import load_config
 from shared.encoders import build_encoder
 from shared.logs import setup_logging
 from shared.world.build import WorldConfig, build_world
-from stage_a.fusion import MODES, PLACEMENTS, FusionAdapter, FusionConfig
+from stage_a.exactness import (PARTNER_GATE, fill_zero_init, max_abs_diff, reference_inputs, reference_rows, twin_gates,
+                               twin_rows)
+from stage_a.fusion import MODES, PLACEMENTS, FusionConfig
+from stage_a.lora import AudioOnlyLora, LoraSettings
 from stage_a.model import BridgeConfig, SafeModel, lm_hidden_size
-from stage_a.prefix import media_token_ids, select_rows
+from stage_a.prefix import PrefixSplicer, media_token_ids, select_rows
 from stage_a.projector import ProjectorConfig
 from stage_a.prompting import build_prompt, model_inputs, sample_image
 
 QUESTIONS = ("what color is the circle?", "how many times does the sound repeat?")
-MIXED_GATES = (0.0, 1.0)  # one gate per question in the mixed-batch check
+TWINS = twin_rows(list(range(len(QUESTIONS))))  # the mixed batch: each question at gate 0, then at gate 1
+DECISIVE = "mixed_gate0_rows"
+CHECK_PATHS = {  # which code each check reaches (the table's "path" column and the JSON's check_paths)
+    DECISIVE: "bridge, decisive: gate-0 rows beside gate-1 twins run projector, fusion, LoRA scope and torch.where",
+    "gate0": "shortcut: a scalar gate 0 calls the base before any bridge code; catches base-weight drift only",
+    "no_audio": "shortcut: no audio calls the base before any bridge code; catches base-weight drift only",
+}
 EXIT_EXACT, EXIT_UNSAFE, EXIT_UNUSABLE = 0, 1, 2
 
 
@@ -53,6 +66,29 @@ def _same_tokens(tokens: torch.Tensor, reference: torch.Tensor, pad: int | None)
     return rows(tokens) == rows(reference)
 
 
+@torch.no_grad()
+def _outputs(model: torch.nn.Module, inputs: dict, gen: dict, **audio) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and greedy generations of a model (the bare base, or SAFE with `audio`) on inputs."""
+    return model(**audio, **inputs).logits, model.generate(**audio, **inputs, **gen)
+
+
+def _compare(outputs: tuple[torch.Tensor, torch.Tensor], reference: tuple[torch.Tensor, torch.Tensor],
+             pad: int | None) -> dict:
+    (logits, tokens), (ref_logits, ref_tokens) = outputs, reference
+    return {"logits": bool(torch.equal(logits, ref_logits)), "generate": _same_tokens(tokens, ref_tokens, pad),
+            "max_abs_logit_diff": max_abs_diff(logits, ref_logits)}
+
+
+def _random_bridge(base: torch.nn.Module, audio_dim: int, args: argparse.Namespace) -> SafeModel:
+    """A seeded fresh bridge with its zero-initialised outputs filled, so exactness is not a gift of the zero init."""
+    torch.manual_seed(0)
+    fusion = FusionConfig(mode=args.fusion_mode, rank=args.rank, placement=args.placement, layers_path=args.layers_path)
+    projector = ProjectorConfig(audio_dim, lm_hidden_size(base), k_max=16)
+    model = SafeModel(base, BridgeConfig(projector, fusion, LoraSettings(rank=args.lora_rank)))
+    fill_zero_init(model, seed=0)
+    return model
+
+
 def run_check(args: argparse.Namespace) -> dict:
     """Build SAFE around the base model and measure exactness, placement, parameters and memory."""
     world_clap = None
@@ -64,20 +100,20 @@ def run_check(args: argparse.Namespace) -> dict:
         raise ValueError(f"--base-vl {args.base_vl} is not a folder; pass an existing model folder or a hub id")
     dtype = getattr(torch, args.dtype)
     processor = AutoProcessor.from_pretrained(args.base_vl)
-    inputs = model_inputs(processor, [build_prompt(processor, q) for q in QUESTIONS],
-                          [sample_image(processor, i) for i in range(len(QUESTIONS))], padding_side="left")
-    inputs = {k: v.to(args.device) for k, v in inputs.items()}
-    # References come from the bare model first; SAFE then wraps that same model (one copy in memory).
+    prompts = [build_prompt(processor, q) for q in QUESTIONS]
+    images = [sample_image(processor, i) for i in range(len(QUESTIONS))]
+    inputs = {k: v.to(args.device) for k, v in model_inputs(processor, prompts, images, padding_side="left").items()}
+    twins = {k: v.to(args.device) for k, v in model_inputs(processor, [prompts[i] for i in TWINS],
+                                                           [images[i] for i in TWINS], padding_side="left").items()}
+    gates = twin_gates(len(QUESTIONS), PARTNER_GATE, args.device)
+    off = gates == 0
+    gen = {"max_new_tokens": args.max_new_tokens, "do_sample": False}
+    # References come from the bare model first; SAFE then wraps that same model (one copy in memory). Prefix mode
+    # runs gate-0 rows as their own batch (stage_a.prefix): there their reference is the bare base on those rows alone.
     base = AutoModelForImageTextToText.from_pretrained(args.base_vl, dtype=dtype).to(args.device).eval()
     pad = base.generation_config.pad_token_id
-    with torch.no_grad():
-        ref_logits = base(**inputs).logits
-    ref_tokens = base.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False)
-    # Prefix mode runs gate-0 rows as their own batch (stage_a.prefix): their reference is the bare base on those rows.
-    off = torch.tensor(MIXED_GATES, device=args.device) == 0
-    alone = select_rows(inputs, off, media_token_ids(base))
-    with torch.no_grad():
-        alone_ref = (base(**alone).logits, base.generate(**alone, max_new_tokens=args.max_new_tokens, do_sample=False))
+    ref = {"batch": _outputs(base, inputs, gen), "twins": _outputs(base, twins, gen),
+           "twins_gate0_alone": _outputs(base, select_rows(twins, off, media_token_ids(base)), gen)}
 
     # As in training, the frozen encoder runs in float32 whatever the base's dtype (its features are cached).
     encoder = build_encoder(args.audio_encoder, args.clap or world_clap, args.whisper, args.device, "float32")
@@ -87,51 +123,47 @@ def run_check(args: argparse.Namespace) -> dict:
     if args.bridge:
         model = SafeModel.from_bridge(base, args.bridge, encoder, strict=not args.no_strict)
     else:
-        torch.manual_seed(0)
-        fusion = FusionConfig(mode=args.fusion_mode, rank=args.rank, placement=args.placement,
-                              layers_path=args.layers_path)
-        model = SafeModel(base, BridgeConfig(ProjectorConfig(encoder.dim, lm_hidden_size(base), k_max=16), fusion))
-        if isinstance(model.fusion, FusionAdapter):
-            with torch.no_grad():
-                for block in model.fusion.blocks.values():
-                    block.out.weight.normal_(0.0, 1.0)
+        model = _random_bridge(base, encoder.dim, args)
     model.projector.to(args.device)  # the bridge keeps its own (float32) dtype and casts at the boundaries
     model.fusion.to(args.device)
-    audio = {"audio_frames": frames.to(args.device), "frame_mask": frame_mask.to(args.device), "k": args.k}
-    mixed_gate = torch.tensor(MIXED_GATES, device=args.device)
-    gen = {"max_new_tokens": args.max_new_tokens, "do_sample": False}
+    frames, frame_mask = frames.to(args.device), frame_mask.to(args.device)
+    audio = {"audio_frames": frames, "frame_mask": frame_mask, "k": args.k}
+    index = torch.tensor(TWINS, device=args.device)
+    twin_audio = {"audio_frames": frames[index], "frame_mask": frame_mask[index], "k": args.k}
+    mixed = _outputs(model, twins, gen, gate=gates, **twin_audio)
+    split = isinstance(model.fusion, PrefixSplicer)
+    mixed_ref = ref["twins_gate0_alone"] if split else (ref["twins"][0][off], ref["twins"][1][off])
+    exact = {DECISIVE: _compare((mixed[0][off], mixed[1][off]), mixed_ref, pad),
+             "gate0": _compare(_outputs(model, inputs, gen, gate=0.0, **audio), ref["batch"], pad),
+             "no_audio": _compare(_outputs(model, inputs, gen), ref["batch"], pad)}
+    # A gate-1 row must not care whether its neighbours are at gate 0: same output as with every row at gate 1
+    # (on the batch those rows run in: the whole batch, or alone in prefix mode). Rows selected wrongly show here.
+    on = ~off
+    on_audio = {k: v[on] if split and torch.is_tensor(v) else v for k, v in twin_audio.items()}
     with torch.no_grad():
-        cases = {
-            "gate0": (model(gate=0.0, **audio, **inputs).logits, model.generate(gate=0.0, **audio, **inputs, **gen)),
-            "no_audio": (model(**inputs).logits, model.generate(**inputs, **gen)),
-        }
         gate1 = model(gate=1.0, **audio, **inputs).logits
-        mixed = (model(gate=mixed_gate, **audio, **inputs).logits, model.generate(gate=mixed_gate, **audio, **inputs, **gen))
-    exact = {name: {"logits": bool(torch.equal(lg, ref_logits)), "generate": _same_tokens(tok, ref_tokens, pad),
-                    "max_abs_logit_diff": float((lg - ref_logits).abs().max())}
-             for name, (lg, tok) in cases.items()}
-    on = mixed_gate > 0
-    split = model.bridge_config.fusion.mode == "prefix"
-    mixed_ref_logits, mixed_ref_tokens = alone_ref if split else (ref_logits[off], ref_tokens[off])
-    exact["mixed_gate0_rows"] = {"logits": bool(torch.equal(mixed[0][off], mixed_ref_logits)),
-                                 "generate": _same_tokens(mixed[1][off], mixed_ref_tokens, pad),
-                                 "max_abs_logit_diff": float((mixed[0][off] - mixed_ref_logits).abs().max())}
+        all_gate1 = model(gate=1.0, **on_audio, **reference_inputs(model, twins, on)).logits[reference_rows(model, on)]
+    lora_params = list(AudioOnlyLora.state(model.base).values())
+    lora, lora_mb = sum(p.numel() for p in lora_params), sum(p.numel() * p.element_size() for p in lora_params) / 2**20
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {
         "base_vl": args.base_vl, "base_class": type(base).__name__, "audio_encoder": encoder.identity,
         "exact": all(v["logits"] and v["generate"] for v in exact.values()), "checks": exact,
+        "decisive_check": DECISIVE, "check_paths": CHECK_PATHS,
         "adapter_weights": args.bridge or "random (zero-init outputs filled, so exactness is not trivial)",
-        "gate1_changes_logits": not bool(torch.equal(gate1, ref_logits)),
-        "mixed_gate1_rows_change": not bool(torch.equal(mixed[0][on], ref_logits[on])),
+        "gate1_changes_logits": not bool(torch.equal(gate1, ref["batch"][0])),
+        "mixed_gate1_rows_change": not bool(torch.equal(mixed[0][on], ref["twins"][0][on])),
+        "mixed_gate1_rows_equal_all_gate1": bool(torch.equal(mixed[0][on], all_gate1)),
         "mixed_gate0_reference": ("the bare base on the gate-0 rows alone (prefix mode splits the batch)" if split
-                                  else "the bare base on the whole batch"),
+                                  else "the bare base on the whole mixed batch"),
         "fusion_mode": model.bridge_config.fusion.mode, "adapter_layers": model.fusion.layer_indices, "k": args.k,
-        "params": {"trainable": trainable, "frozen": sum(p.numel() for p in model.base.parameters()),
+        "lora_rank": model.bridge_config.lora.rank,
+        "params": {"trainable": trainable, "frozen": sum(p.numel() for p in model.base.parameters()) - lora,
                    "projector": sum(p.numel() for p in model.projector.parameters()),
-                   "fusion": sum(p.numel() for p in model.fusion.parameters()),
+                   "fusion": sum(p.numel() for p in model.fusion.parameters()), "lora": lora,
                    "audio_encoder": sum(p.numel() for m in encoder.modules() for p in m.parameters())},
-        "param_memory_mb": {"base_vl": round(_mb(model.base), 3), "projector": round(_mb(model.projector), 3),
-                            "fusion": round(_mb(model.fusion), 3),
+        "param_memory_mb": {"base_vl": round(_mb(model.base) - lora_mb, 3), "projector": round(_mb(model.projector), 3),
+                            "fusion": round(_mb(model.fusion), 3), "lora": round(lora_mb, 3),
                             "audio_encoder": round(sum(_mb(m) for m in encoder.modules()), 3)},
     }
 
@@ -141,14 +173,16 @@ def format_table(report: dict) -> str:
              f"adapter weights: {report['adapter_weights']}",
              f"adapters after decoder layers: {report['adapter_layers']}" if report["fusion_mode"] != "prefix"
              else f"prefix fusion: {report['k']} audio tokens spliced into the input embeddings",
-             "", f"{'check':<16} {'logits':>7} {'generate':>9} {'max|diff|':>10}"]
+             "", f"{'check':<16} {'logits':>7} {'generate':>9} {'max|diff|':>10}  path"]
     for name, c in report["checks"].items():
-        lines.append(f"{name:<16} {str(c['logits']):>7} {str(c['generate']):>9} {c['max_abs_logit_diff']:>10.3g}")
+        lines.append(f"{name:<16} {str(c['logits']):>7} {str(c['generate']):>9} {c['max_abs_logit_diff']:>10.3g}  "
+                     f"{report['check_paths'][name]}")
     lines += [f"gate 1 changes logits: {report['gate1_changes_logits']}; "
-              f"in the mixed batch, gate-1 rows change: {report['mixed_gate1_rows_change']}", "",
+              f"in the mixed batch, gate-1 rows change: {report['mixed_gate1_rows_change']} and equal an all-gate-1 "
+              f"batch: {report['mixed_gate1_rows_equal_all_gate1']}", "",
               f"{'component':<14} {'params':>12} {'memory MB':>10}"]
     params, mem = report["params"], report["param_memory_mb"]
-    for comp in ("base_vl", "audio_encoder", "projector", "fusion"):
+    for comp in ("base_vl", "audio_encoder", "projector", "fusion", "lora"):
         count = params["frozen"] if comp == "base_vl" else params[comp]
         lines.append(f"{comp:<14} {count!s:>12} {mem[comp]:>10.3f}")
     lines.append(f"trainable {params['trainable']} vs frozen {params['frozen']}; exact: {report['exact']}")
@@ -167,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--k", type=int, default=8, help="audio tokens (default: %(default)s)")
     parser.add_argument("--fusion-mode", choices=MODES, default="cross_attention")
     parser.add_argument("--rank", type=int, default=8)
+    parser.add_argument("--lora-rank", type=int, default=8,
+                        help="audio-only LoRA rank of the random bridge, 0 for none (default: %(default)s)")
     parser.add_argument("--placement", choices=PLACEMENTS, default="middle")
     parser.add_argument("--layers-path", default=None,
                         help="dotted path of the LM's decoder-layer list where it is not found (e.g. model.text_model.layers)")
@@ -182,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"stage_a-check: {_unusable(err, args.base_vl)}", file=sys.stderr)
         return EXIT_UNUSABLE
     print(json.dumps(report, indent=2) if args.json else format_table(report))
-    safe = report["exact"] and report["gate1_changes_logits"] and report["mixed_gate1_rows_change"]
+    safe = (report["exact"] and report["gate1_changes_logits"] and report["mixed_gate1_rows_change"]
+            and report["mixed_gate1_rows_equal_all_gate1"])
     return EXIT_EXACT if safe else EXIT_UNSAFE
 
 

@@ -7,6 +7,12 @@ every question (gate 1, k = k_eval) and, on VL questions, at gate 0: its answers
 |logit diff| to the stored base logits, which must be exactly 0. Retention is the paired
 difference of VL accuracy with audio vs the base on the same questions.
 
+The gate-0 figures come from MIXED batches (stage_a.exactness): each VL question at gate 0 beside
+its twin at gate 1, same prompt, image and audio frames, so the projector, fusion blocks, LoRA
+scope and torch.where row selection all run. The base logits and answers they are compared with
+are the bare base's on those same batches, measured once. A NaN in a gate-0 row counts as an
+infinite logit difference.
+
 Each question is scored with its dataset's metric (`shared.dataset_metrics`, keyed by the
 sample's source: VQA accuracy for the world and VQAv2, exact match for GQA, ...). The accuracy
 figures (audio, VL, per family and type) average the questions of accuracy-type datasets;
@@ -27,6 +33,7 @@ from tqdm import tqdm
 from shared.dataset_metrics import DatasetScorer, check_sample, dataset_summary
 from shared.stats import mean_ci, paired_diff_ci
 from stage_a.data import AUDIO_FAMILIES, Batch, Collator, Split
+from stage_a.exactness import PARTNER_GATE, max_abs_diff, reference_inputs, reference_rows, twin_gates, twin_rows
 from stage_a.model import SafeModel
 
 log = logging.getLogger(__name__)
@@ -113,7 +120,8 @@ class Evaluator:
         self.audio_rows = [i for i in self.accuracy_rows if split.samples[i].family in AUDIO_FAMILIES]
         self.base_raw = self._generate(rows, audio=False, gate=0.0)
         self.base_scores = self._score(self.base_raw)
-        self.base_logits = self._last_logits(self.vl_rows, audio=False, gate=0.0) if self.vl_rows else None
+        # The bare base on the mixed batches' gate-0 rows: last-position logits (vl_rows order) and answers.
+        self.base_logits, self.base_gate0_raw = self._mixed_pass(bare=True) if self.vl_rows else (None, {})
 
     def _generate(self, rows: list[int], audio: bool, gate: float) -> dict[int, str]:
         return generate_answers(self.model, self.collator, self.split, rows, self.settings, self.device, audio, gate)
@@ -122,10 +130,28 @@ class Evaluator:
         return {i: self.scorer.score(self.split.samples[i], text) for i, text in raw.items()}
 
     @torch.no_grad()
-    def _last_logits(self, rows: list[int], audio: bool, gate: float) -> torch.Tensor:
-        parts = [self.model(**_audio_kwargs(batch, self.settings, audio, gate), **batch.inputs).logits[:, -1].float().cpu()
-                 for _, batch in _batches(self.collator, self.split, rows, self.settings, self.device, "logits")]
-        return torch.cat(parts)
+    def _mixed_pass(self, bare: bool) -> tuple[torch.Tensor, dict[int, str]]:
+        """Last-position logits and answers of the gate-0 rows of mixed batches (each VL row at gate 0 beside its
+        gate-1 twin): from SAFE, or with `bare` from the bare base on the inputs those rows must match."""
+        size = max(1, self.settings.batch_size // 2)  # twins double the rows
+        logits, answers = [], {}
+        for start in tqdm(range(0, len(self.vl_rows), size), desc="mixed gate 0/1", unit="batch", leave=False,
+                          disable=len(self.vl_rows) <= size):
+            chunk = self.vl_rows[start: start + size]
+            batch = self.collator.prompt_batch(self.split, twin_rows(chunk)).to(self.device)
+            gates = twin_gates(len(chunk), PARTNER_GATE, self.device)
+            off = gates == 0
+            if bare:
+                inputs, rows = reference_inputs(self.model, batch.inputs, off), reference_rows(self.model, off)
+                forward, generate, audio = self.model.base, self.model.base.generate, {}
+            else:
+                inputs, rows, forward, generate = batch.inputs, off, self.model, self.model.generate
+                audio = {"audio_frames": batch.frames, "frame_mask": batch.frame_mask, "k": self.settings.k,
+                         "gate": gates}
+            logits.append(forward(**audio, **inputs).logits[rows, -1].float().cpu())
+            generated = generate(**audio, **inputs, max_new_tokens=self.settings.max_new_tokens, do_sample=False)
+            answers.update(zip(chunk, self.collator.decode(generated[rows], inputs["input_ids"].shape[1])))
+        return torch.cat(logits), answers
 
     def base_summary(self) -> dict:
         """Accuracy of the base model without audio: VL reference and the audio questions' floor."""
@@ -137,7 +163,9 @@ class Evaluator:
         return float(np.mean([scores[i] for i in rows])) if rows else None
 
     def run(self, detail: bool = False) -> dict:
-        """SAFE with audio (at settings.gate) on every row, and at gate 0 on VL rows; paired retention delta.
+        """SAFE with audio (at settings.gate) on every row, and at gate 0 on VL rows in mixed batches (each beside
+        its gate-1 twin; `gate0_mixed_rows` rows, `gate0_answers_differ` of them answered unlike the bare base);
+        paired retention delta.
 
         With `detail`, also per-family and per-type accuracy, each dataset with its own metric (`per_dataset`)
         and the per-question `predictions`.
@@ -149,13 +177,15 @@ class Evaluator:
         result = {"audio_acc": mean_ci([safe[i] for i in self.audio_rows]) if self.audio_rows else None,
                   **self.base_summary(), "n": {"audio": len(self.audio_rows), "vl": len(self.vl_rows)}}
         if self.vl_rows:
-            gate0 = self._score(self._generate(self.vl_rows, audio=True, gate=0.0))
-            diff = (self._last_logits(self.vl_rows, audio=True, gate=0.0) - self.base_logits).abs().max().item()
+            logits, answers = self._mixed_pass(bare=False)
+            gate0 = self._score(answers)
             retention = paired_diff_ci([safe[i] for i in self.vl_rows], [self.base_scores[i] for i in self.vl_rows])
             result |= {
                 "vl_acc_with_audio": self._mean(safe, self.vl_rows),
                 "vl_acc_gate0": self._mean(gate0, self.vl_rows),
-                "gate0_max_abs_logit_diff": diff,
+                "gate0_max_abs_logit_diff": max_abs_diff(logits, self.base_logits),
+                "gate0_mixed_rows": len(self.vl_rows),
+                "gate0_answers_differ": sum(answers[i] != self.base_gate0_raw[i] for i in self.vl_rows),
                 "vl_degradation_pts": 0.0 - 100.0 * retention["mean_diff"],  # 0.0 - x: no "-0.0" in reports
                 "vl_delta_ci95_pts": [100.0 * x for x in retention["ci95"]],
             }

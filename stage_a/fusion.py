@@ -110,12 +110,22 @@ def resolve_layers(config: FusionConfig, num_layers: int) -> list[int]:
     return list(span[::step])[: config.max_blocks]
 
 
+def check_gate(gate: torch.Tensor | float) -> None:
+    """Refuse, naming the values, any gate outside [0, 1]: negative, NaN and > 1 are errors, never "no audio"."""
+    values = torch.as_tensor(gate).detach().cpu()
+    bad = ~((values >= 0) & (values <= 1))  # NaN fails both comparisons
+    if not bad.any():
+        return
+    if values.dim() == 0:
+        raise ValueError(f"gate is {values.item()}; expected a number in [0, 1] (0 = audio off)")
+    raise ValueError(f"gate has {values[bad].tolist()} at rows {bad.nonzero().flatten().tolist()}; "
+                     "expected every per-sample gate in [0, 1] (0 = audio off)")
+
+
 def gate_vector(gate: torch.Tensor | float, batch: int, device: torch.device) -> torch.Tensor:
     """(B,) float gates from a scalar or per-sample gate, checked to lie in [0, 1]."""
-    gate = torch.as_tensor(gate, dtype=torch.float32, device=device).expand(batch)
-    if ((gate < 0) | (gate > 1)).any():
-        raise ValueError(f"gate values {gate.tolist()} are outside [0, 1]")
-    return gate
+    check_gate(gate)
+    return torch.as_tensor(gate, dtype=torch.float32, device=device).expand(batch)
 
 
 def active_samples(gate: torch.Tensor, audio_mask: torch.Tensor) -> torch.Tensor:

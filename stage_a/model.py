@@ -36,7 +36,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from shared.checkpoint import atomic_directory
-from stage_a.fusion import FusionAdapter, FusionConfig, active_samples, decoder_layers_path, gate_vector
+from stage_a.fusion import (FusionAdapter, FusionConfig, active_samples, check_gate, decoder_layers_path,
+                             gate_vector)
 from stage_a.lora import AudioOnlyLora, LoraSettings
 from stage_a.prefix import PrefixSplicer
 from stage_a.projector import AudioProjector, ProjectorConfig
@@ -117,7 +118,8 @@ class SafeModel(nn.Module):
 
     def _run(self, method: Any, inputs: dict, audio_frames: torch.Tensor | None, frame_mask: torch.Tensor | None,
              k: int | list[int], gate: torch.Tensor | float, generate: bool) -> Any:
-        if audio_frames is None or not (bool((gate > 0).any()) if torch.is_tensor(gate) else gate > 0):
+        check_gate(gate)  # a negative or NaN gate is an error here, before it could pass for "audio off"
+        if audio_frames is None or not bool((torch.as_tensor(gate) > 0).any()):
             return method(**inputs)  # the exact base path, without running the projector
         if isinstance(k, int):
             tokens, token_mask = self.projector(audio_frames, k, frame_mask)

@@ -32,6 +32,7 @@ from stage_a.checkpointing import BASE_LM_FILE, bridge_folder
 from stage_a.config import DataSettings
 from stage_a.data import Collator
 from stage_a.flops import safe_flops
+from stage_a.fusion import check_gate
 from stage_a.model import CONFIG_FILE, SafeModel
 from stage_a.prefix import PrefixSplicer
 from stage_a.prompting import build_prompt, model_inputs
@@ -246,6 +247,7 @@ class SafePipeline:
     def answer(self, requests: list[Request], gate: float = 1.0) -> list[dict]:
         """Answer prepared requests in one generate call (the policy first decides where k is None); prefix fusion,
         which takes one k per call, runs one call per k."""
+        check_gate(gate)  # a negative or NaN gate is an error, never "no audio"
         start = time.perf_counter()
         inputs = self._inputs(requests)
         requests = self._choose(requests, inputs)

@@ -26,7 +26,9 @@ def format_summary(s: dict) -> str:
         f"{'VL accuracy (SAFE, audio attached)':<34} {_pct(s['vl_acc_with_audio'])}",
         f"{'VL accuracy (SAFE, gate 0)':<34} {_pct(s['vl_acc_gate0'])}",
         f"{'VL degradation (points)':<34} {s['vl_degradation_pts']:+8.2f}   delta 95% CI [{delta_lo:.2f}, {delta_hi:.2f}]",
-        f"{'gate-0 max |logit diff|':<34} {s['gate0_max_abs_logit_diff']:8.3g}",
+        f"{'gate-0 max |logit diff|':<34} {s['gate0_max_abs_logit_diff']:8.3g}   "
+        f"on {s['gate0_mixed_rows']} VL rows in mixed batches (beside gate-1 twins), "
+        f"{s['gate0_answers_differ']} answered unlike the base",
         f"{'best step / within tolerance':<34} {s['best_step']!s:>8}   {s['within_tolerance']}",
     ]
     if "per_qtype" in s:

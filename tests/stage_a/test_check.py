@@ -32,10 +32,12 @@ def test_check_reports_exactness_placement_and_parameters(dirs, capsys: pytest.C
     assert code == 0 and report["exact"] is True and report["gate1_changes_logits"] is True
     assert all(c["logits"] and c["generate"] and c["max_abs_logit_diff"] == 0.0 for c in report["checks"].values())
     assert set(report["checks"]) == {"gate0", "no_audio", "mixed_gate0_rows"} and report["mixed_gate1_rows_change"]
+    assert report["decisive_check"] == "mixed_gate0_rows" and set(report["check_paths"]) == set(report["checks"])
     assert report["adapter_layers"] == [2] and report["base_class"] == "LlavaForConditionalGeneration"
     params = report["params"]
-    assert params["trainable"] == params["projector"] + params["fusion"] and params["frozen"] > 0
-    assert set(report["param_memory_mb"]) == {"base_vl", "projector", "fusion", "audio_encoder"}
+    assert report["lora_rank"] == 8 and params["lora"] > 0 and params["frozen"] > 0
+    assert params["trainable"] == params["projector"] + params["fusion"] + params["lora"]
+    assert set(report["param_memory_mb"]) == {"base_vl", "projector", "fusion", "lora", "audio_encoder"}
 
 
 def test_check_table_output(dirs, capsys: pytest.CaptureFixture) -> None:
@@ -43,6 +45,7 @@ def test_check_table_output(dirs, capsys: pytest.CaptureFixture) -> None:
     assert main(["--base-vl", str(vl), "--clap", str(clap)]) == 0
     out = capsys.readouterr().out
     assert "gate0" in out and "no_audio" in out and "exact: True" in out
+    assert "bridge, decisive" in out and "base-weight drift only" in out
 
 
 def test_unusable_model_or_arguments_exit_2_with_one_line(dirs, tmp_path: Path,
