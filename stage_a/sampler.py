@@ -3,17 +3,22 @@
 Each batch slot is audio-dependent with probability p(step) and VL otherwise, drawn from a
 generator seeded by (seed, step); p ramps from `curriculum_start` to the target fraction over
 `curriculum_steps` (0 = no curriculum). Each pool (audio, VL) is walked through seeded
-permutations, one per pass, so every sample is seen once per pass. The whole state is a few
-integers, so a resumed run draws exactly the batches an uninterrupted one would.
+permutations, one per pass, so every sample is seen once per pass. With `balance: qtype` the audio
+pool is split by question type and each audio slot first draws a type uniformly (from the same
+seeded generator), so a rare type (e.g. the order of two sounds, 7 % of the world's audio rows) is
+trained as often as a common one. The whole state is a few integers, so a resumed run draws
+exactly the batches an uninterrupted one would.
 """
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 
 import torch
 
 POOLS = ("audio", "vl")
+BALANCES = ("none", "qtype")
 
 
 @dataclass
@@ -25,8 +30,11 @@ class MixConfig:
     curriculum_start: float = 0.30
     batch_size: int = 32
     seed: int = 0
+    balance: str = "none"
 
     def __post_init__(self) -> None:
+        if self.balance not in BALANCES:
+            raise ValueError(f"mixing balance is {self.balance!r}; expected one of {BALANCES}")
         for name in ("audio_fraction", "curriculum_start"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"mixing {name} is {getattr(self, name)}; expected a fraction in [0, 1]")
@@ -36,17 +44,29 @@ class MixConfig:
 
 
 class MixSampler:
-    """Global batches of sample indices with a controlled audio/VL mix."""
+    """Global batches of sample indices with a controlled audio/VL mix (and, optionally, audio types balanced)."""
 
-    def __init__(self, audio: list[int], vl: list[int], config: MixConfig) -> None:
-        self.pools = {"audio": torch.tensor(audio, dtype=torch.long), "vl": torch.tensor(vl, dtype=torch.long)}
+    def __init__(self, audio: list[int], vl: list[int], config: MixConfig,
+                 audio_types: list[str] | None = None) -> None:
         self.config = config
-        self.position = {name: [0, 0] for name in POOLS}  # [pass, offset] per pool
         if config.audio_fraction > 0 and not audio:
             raise ValueError(f"audio_fraction is {config.audio_fraction} but the data has no audio-dependent samples")
         if config.audio_fraction < 1 and not vl:
             raise ValueError(f"audio_fraction is {config.audio_fraction} but the data has no VL samples; "
                              "expected VL questions or audio_fraction 1.0")
+        self.pools = {"vl": torch.tensor(vl, dtype=torch.long)}
+        if config.balance == "qtype":
+            if audio_types is None or len(audio_types) != len(audio):
+                raise ValueError(f"balance 'qtype' needs one question type per audio sample; got "
+                                 f"{None if audio_types is None else len(audio_types)} for {len(audio)}")
+            self.audio_pools = [f"audio:{t}" for t in sorted(set(audio_types))]
+            for name in self.audio_pools:
+                self.pools[name] = torch.tensor([i for i, t in zip(audio, audio_types) if f"audio:{t}" == name],
+                                                dtype=torch.long)
+        else:
+            self.audio_pools = ["audio"]
+            self.pools["audio"] = torch.tensor(audio, dtype=torch.long)
+        self.position = {name: [0, 0] for name in self.pools}  # [pass, offset] per pool
 
     def fraction(self, step: int) -> float:
         """Audio-dependent fraction at `step`: the curriculum ramp, then the target."""
@@ -56,7 +76,8 @@ class MixSampler:
         return c.curriculum_start + (c.audio_fraction - c.curriculum_start) * step / c.curriculum_steps
 
     def _order(self, pool: str, n_pass: int) -> torch.Tensor:
-        gen = torch.Generator().manual_seed(self.config.seed * 7919 + POOLS.index(pool) * 104_729 + n_pass)
+        code = POOLS.index(pool) if pool in POOLS else zlib.crc32(pool.encode())
+        gen = torch.Generator().manual_seed(self.config.seed * 7919 + code * 104_729 + n_pass)
         return self.pools[pool][torch.randperm(len(self.pools[pool]), generator=gen)]
 
     def _take(self, pool: str, count: int) -> list[int]:
@@ -75,10 +96,19 @@ class MixSampler:
         gen = torch.Generator().manual_seed(self.config.seed * 1_000_003 + step)
         is_audio = torch.rand(self.config.batch_size, generator=gen) < self.fraction(step)
         n_audio = int(is_audio.sum())
-        return self._take("audio", n_audio) + self._take("vl", self.config.batch_size - n_audio)
+        if len(self.audio_pools) == 1:
+            audio = self._take(self.audio_pools[0], n_audio)
+        else:
+            picks = torch.randint(len(self.audio_pools), (n_audio,), generator=gen).tolist()
+            audio = [i for p in picks for i in self._take(self.audio_pools[p], 1)]
+        return audio + self._take("vl", self.config.batch_size - n_audio)
 
     def state_dict(self) -> dict:
         return {"position": {k: list(v) for k, v in self.position.items()}}
 
     def load_state_dict(self, state: dict) -> None:
-        self.position = {k: list(state["position"][k]) for k in POOLS}
+        saved = state["position"]
+        if set(saved) != set(self.pools):
+            raise ValueError(f"sampler state has pools {sorted(saved)}; this run's sampler has {sorted(self.pools)} "
+                             "(was mix.balance changed?)")
+        self.position = {k: list(saved[k]) for k in self.pools}

@@ -126,7 +126,9 @@ class StageATrainer:
         self.monitor = GradientMonitor(components(self.model, trained_base), frozen_base(self.model, trained_base),
                                        patience=cfg.vanish_patience)
         train = self.setup.train
-        self.sampler = MixSampler(train.indices(audio=True), train.indices(audio=False), cfg.mix)
+        audio_rows = train.indices(audio=True)
+        self.sampler = MixSampler(audio_rows, train.indices(audio=False), cfg.mix,
+                                  [f"{train.samples[i].family}.{train.samples[i].qtype}" for i in audio_rows])
         self.eval_settings = EvalSettings(k=cfg.k_eval, batch_size=cfg.eval_batch_size,
                                           shuffle_audio=cfg.shuffle_audio, use_audio=cfg.use_audio)
         self.targets = self._training_targets()
