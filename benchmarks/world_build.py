@@ -38,8 +38,10 @@ def main() -> None:
         "data_seconds": parts["data"]["seconds"],
         "vl_wall_seconds": parts["vl"]["wall_seconds"],
         "clap_wall_seconds": parts["clap"]["wall_seconds"],
+        "whisper_wall_seconds": parts["whisper"]["wall_seconds"],
         "vl_visual_test_accuracy": parts["vl"]["test_accuracy"],
         "clap_test_retrieval_top1": parts["clap"]["retrieval"]["top1"],
+        "whisper_test_caption_top1": parts["whisper"]["captions"]["top1"],
     }
     save_result(result, args.out)
 

@@ -51,9 +51,12 @@ def resolve_paths(cfg: TrainConfig, splits: tuple[str, ...] = ("train", "val", "
     needs_world = [k for k in ("base_vl", *splits) if not paths[k]]
     if m.audio_encoder != "whisper" and not paths["clap"]:
         needs_world.append("clap")
+    if m.audio_encoder != "clap" and not paths["whisper"]:
+        needs_world.append("whisper")
     if needs_world:
         world = build_world(load_config(WorldConfig, cfg.world))
         defaults = {"base_vl": world / "models" / "vl", "clap": world / "models" / "clap",
+                    "whisper": world / "models" / "whisper",
                     **{split: world / "data" / f"{split}.jsonl" for split in ("train", "val", "test")}}
         for key in needs_world:
             paths[key] = str(defaults[key])

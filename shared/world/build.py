@@ -4,11 +4,14 @@ A world folder holds:
     data/          images, clips and manifests (see generate.py)
     models/vl/     the base VL model (LLaVA architecture), saved with save_pretrained
     models/clap/   the audio encoder (CLAP architecture), saved with save_pretrained
+    models/whisper/ a second audio encoder (Whisper architecture, a caption writer), saved with save_pretrained
     build.json     the build record: spec, the hash each part was built from, metrics, timings
 
 Each part is keyed by a hash of everything it depends on; `build_world` redoes a part only
-when its hash differs from the record (or its folder is missing). The two models train in
-parallel processes, one thread each: at this size a second thread gives a model nothing.
+when its hash differs from the record (or its folder is missing), so an older world gains a new
+part without rebuilding the rest. The models train in two parallel processes, one thread each (at
+this size a second thread gives a model nothing), longest first: the Whisper, the shortest, takes
+the first process that is free.
 """
 
 from __future__ import annotations
@@ -32,20 +35,25 @@ from shared.world.clap_train import ClapTrainConfig, train_clap
 from shared.world.generate import generate_split
 from shared.world.spec import SPLITS, WorldSpec, stable_hash
 from shared.world.vl_train import VLTrainConfig, train_base_vl
+from shared.world.whisper_train import WhisperTrainConfig, train_whisper
 
 log = logging.getLogger(__name__)
 WORLD_DIR_ENV = "SAFE_WORLD_DIR"
 RECORD = "build.json"
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+# The models, longest to train first (the order the two worker processes take them in).
+MODELS = ("clap", "vl", "whisper")
+TRAINERS = {"vl": train_base_vl, "clap": train_clap, "whisper": train_whisper}
 
 
 @dataclass
 class WorldConfig:
-    """What `safe-world build` builds: the world spec and the two model recipes."""
+    """What `safe-world build` builds: the world spec and the three model recipes."""
 
     world: WorldSpec = field(default_factory=WorldSpec)
     vl: VLTrainConfig = field(default_factory=VLTrainConfig)
     clap: ClapTrainConfig = field(default_factory=ClapTrainConfig)
+    whisper: WhisperTrainConfig = field(default_factory=WhisperTrainConfig)
     jobs: int = 2
 
     def __post_init__(self) -> None:
@@ -58,6 +66,7 @@ class WorldConfig:
             "data": data,
             "vl": stable_hash({"data": data, "recipe": asdict(self.vl)}),
             "clap": stable_hash({"data": data, "recipe": asdict(self.clap)}),
+            "whisper": stable_hash({"data": data, "recipe": asdict(self.whisper)}),
         }
 
 
@@ -82,7 +91,7 @@ def _write_record(world_dir: Path, record: dict) -> None:
 
 
 def _stale_parts(config: WorldConfig, world_dir: Path, record: dict) -> list[str]:
-    folders = {"data": world_dir / "data", "vl": world_dir / "models" / "vl", "clap": world_dir / "models" / "clap"}
+    folders = {"data": world_dir / "data", **{part: world_dir / "models" / part for part in MODELS}}
     hashes = config.part_hashes()
     built = record.get("parts", {})
     return [p for p in hashes if built.get(p, {}).get("hash") != hashes[p] or not folders[p].is_dir()]
@@ -99,12 +108,15 @@ def _build_data(spec: WorldSpec, world_dir: Path) -> dict:
 
 
 def _train_part(part: str, data_dir: Path, out_dir: Path, spec: WorldSpec,
-                recipe: VLTrainConfig | ClapTrainConfig) -> dict:
-    """Train one model in this process, single-threaded; returns its metrics."""
+                recipe: VLTrainConfig | ClapTrainConfig | WhisperTrainConfig) -> dict:
+    """Train one model in this process, single-threaded (the caller's thread count is restored); returns its metrics."""
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     start = time.perf_counter()
-    train = train_base_vl if part == "vl" else train_clap
-    metrics = train(data_dir, out_dir, spec, recipe)
+    try:
+        metrics = TRAINERS[part](data_dir, out_dir, spec, recipe)
+    finally:
+        torch.set_num_threads(threads)
     metrics["wall_seconds"] = round(time.perf_counter() - start, 1)
     return metrics
 
@@ -140,11 +152,11 @@ def build_world(config: WorldConfig, world_dir: Path | None = None, force: bool 
     if "data" in stale:
         record["parts"]["data"] = {"hash": hashes["data"], **_build_data(config.world, world_dir)}
         # Models trained on other data are stale too.
-        stale = sorted(set(stale) | {"vl", "clap"})
+        stale = sorted(set(stale) | set(MODELS))
         _write_record(world_dir, {**record, "spec": asdict(config.world)})
-    models = [p for p in ("vl", "clap") if p in stale]
+    models = [p for p in MODELS if p in stale]
     jobs = [(p, world_dir / "data", world_dir / "models" / p, config.world, getattr(config, p)) for p in models]
-    if config.jobs == 2 and len(jobs) == 2:
+    if config.jobs == 2 and len(jobs) >= 2:
         with _single_threaded_children(), \
                 ProcessPoolExecutor(max_workers=2, mp_context=get_context("spawn")) as pool:
             futures = {job[0]: pool.submit(_train_part, *job) for job in jobs}

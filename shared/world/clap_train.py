@@ -14,6 +14,7 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -150,6 +151,36 @@ def contrastive_step_loss(
     return (audio_to_text + text_to_audio) / 2
 
 
+def epoch_batches(n: int, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
+    """Endless batches of indices into n items: seeded permutations, one per epoch, the last short batch dropped."""
+    generator = torch.Generator().manual_seed(seed)
+    order, cursor = torch.randperm(n, generator=generator), 0
+    while True:
+        if cursor + batch_size > len(order):
+            order, cursor = torch.randperm(n, generator=generator), 0
+        yield order[cursor:cursor + batch_size]
+        cursor += batch_size
+
+
+def run_steps(step_loss: Callable[[torch.Tensor], torch.Tensor], optimizer: torch.optim.Optimizer, cfg: Any,
+              n: int, desc: str) -> list[float]:
+    """cfg.steps optimizer steps of `step_loss(batch indices)` over `epoch_batches` of n items with `lr_factor`'s
+    schedule (cfg: steps, batch_size, seed and the schedule's fields); returns the loss of every step."""
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg))
+    batches, losses = epoch_batches(n, cfg.batch_size, cfg.seed), []
+    bar = tqdm(range(cfg.steps), desc=desc, unit="step")
+    for step in bar:
+        loss = step_loss(next(batches))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
+    return losses
+
+
 def lr_factor(step: int, cfg: ClapTrainConfig) -> float:
     """Linear warmup over warmup_steps, then cosine decay to zero at cfg.steps."""
     warmup = min(1.0, (step + 1) / max(cfg.warmup_steps, 1))
@@ -163,26 +194,9 @@ def _train_loop(model: ClapModel, mels: torch.Tensor, labels: torch.Tensor, text
         raise ValueError(f"batch_size is {cfg.batch_size} but there are {len(mels)} train clips; expected <= clips")
     if not cfg.train_frequency_code:
         model.audio_model.audio_encoder.batch_norm.requires_grad_(False)
-    optimizer = _optimizer(model, cfg)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg))
-    generator = torch.Generator().manual_seed(cfg.seed)
-    order, cursor, losses = torch.randperm(len(mels), generator=generator), 0, []
     model.train()
-    bar = tqdm(range(cfg.steps), desc="clap train", unit="step")
-    for step in bar:
-        if cursor + cfg.batch_size > len(order):
-            order, cursor = torch.randperm(len(mels), generator=generator), 0
-        batch = order[cursor:cursor + cfg.batch_size]
-        cursor += cfg.batch_size
-        loss = contrastive_step_loss(model, mels[batch], labels[batch], text_inputs)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
-        if step % 50 == 0:
-            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
-    return losses
+    return run_steps(lambda batch: contrastive_step_loss(model, mels[batch], labels[batch], text_inputs),
+                     _optimizer(model, cfg), cfg, len(mels), "clap train")
 
 
 def save_clap(model: ClapModel, processor: ClapProcessor, out_dir: Path, metrics: dict) -> None:

@@ -28,7 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="safe-world",
         description="Build or describe SAFE's embedded audio-visual world: procedural scenes, sounds and "
-                    "questions, a small LLaVA-architecture base VL model and a small CLAP audio encoder.",
+                    "questions, a small LLaVA-architecture base VL model and small CLAP and Whisper audio encoders.",
         epilog="Config keys can be overridden after the options, e.g. `safe-world build --world.seed 3 "
                "--vl.batch_size 32`. The world folder is --dir, else $SAFE_WORLD_DIR, else the user cache dir.",
     )
@@ -80,6 +80,7 @@ def world_info(world_dir: Path) -> dict:
         "answers": {k: dict(v.most_common()) for k, v in sorted(answers.items())},
         "base_vl": parts.get("vl", {}),
         "audio_encoder": parts.get("clap", {}),
+        "whisper": parts.get("whisper", {}),
         "data_build_seconds": parts.get("data", {}).get("seconds"),
         "last_build_seconds": record.get("last_build_seconds"),
     }
@@ -120,7 +121,8 @@ def format_info(info: dict) -> str:
     for t, dist in info["answers"].items():
         lines.append(f"  {t:<24} " + ", ".join(f"{a}:{n}" for a, n in dist.items()))
     lines.append("")
-    for title, part in (("base VL model", info["base_vl"]), ("audio encoder", info["audio_encoder"])):
+    for title, part in (("base VL model", info["base_vl"]), ("audio encoder", info["audio_encoder"]),
+                        ("whisper", info["whisper"])):
         flat = {k: v for k, v in part.items() if not isinstance(v, (dict, list)) and k != "hash"}
         lines.append(f"{title}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(flat.items())))
         for k, v in sorted(part.items()):

@@ -18,8 +18,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_build_writes_data_models_and_record(world: Path) -> None:
     record = read_record(world)
-    assert set(record["parts"]) == {"data", "vl", "clap"}
-    for part in ("vl", "clap"):
+    assert set(record["parts"]) == {"data", "vl", "clap", "whisper"}
+    for part in ("vl", "clap", "whisper"):
         assert (world / "models" / part / "config.json").is_file()
         assert (world / "models" / part / "model.safetensors").is_file()
     assert not list(world.glob("*.tmp")) and not list((world / "models").glob(".*"))
