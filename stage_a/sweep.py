@@ -109,9 +109,10 @@ def write_tables(sweep: SweepConfig, out_dir: Path) -> dict:
     """Merge every finished cell into results.csv and results.md; returns the merged table."""
     table = merge_cells(sweep, cells_of(sweep), out_dir / "cells")
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(table["rows"][0]))
+    flat = [{key: value for key, value in row.items() if key != "per_qtype"} for row in table["rows"]]  # in the JSON
+    writer = csv.DictWriter(buffer, fieldnames=list(flat[0]))
     writer.writeheader()
-    writer.writerows(table["rows"])
+    writer.writerows(flat)
     atomic_write_text(out_dir / "results.csv", buffer.getvalue())
     atomic_write_text(out_dir / "results.md", render_markdown(sweep, table))
     atomic_write_text(out_dir / "results.json", json.dumps(table, indent=2))

@@ -107,13 +107,29 @@ def _row(label: str, runs: list[dict], ref_runs: list[dict]) -> dict:
     }
 
 
+def per_qtype(runs: list[dict]) -> dict[str, dict[str, float]] | None:
+    """Audio question types' accuracy in % (mean and std over seeds) and their no-audio floor, or None when a
+    run's summary has no per-type figures (runs written before summaries carried them)."""
+    summaries = [run["summary"] for run in runs]
+    if any("per_qtype" not in s or "per_qtype_base" not in s for s in summaries):
+        return None
+    types = sorted(t for t in summaries[0]["per_qtype"] if not t.startswith("visual."))
+    out = {}
+    for t in types:
+        stats = mean_std([s["per_qtype"][t]["mean"] for s in summaries])
+        out[t] = {"mean": 100 * stats["mean"], "std": 100 * stats["std"],
+                  "floor": 100 * float(np.mean([s["per_qtype_base"][t]["mean"] for s in summaries]))}
+    return out
+
+
 def merge_cells(sweep, cells, cells_dir: Path) -> dict:
     """One row per cell with finished runs, the failed and missing cells, and the success criteria."""
     runs, failed, missing = _load(cells, cells_dir)
     if not runs:
         raise ValueError(f"no finished cells under {cells_dir}; expected at least one summary.json")
     ref = runs.get(sweep.default, [])
-    rows = [_row(label, runs[label], ref) for label in sweep.cells if label in runs]
+    rows = [{**_row(label, runs[label], ref), "per_qtype": per_qtype(runs[label])}
+            for label in sweep.cells if label in runs]
     table = {"rows": rows, "failed": failed, "missing": missing, "default": sweep.default}
     if sweep.criteria and "original_vl" in runs and sweep.default in runs:
         by = {row["cell"]: row for row in rows}
@@ -162,6 +178,17 @@ def render_markdown(sweep, table: dict) -> str:
             f"[{_f(-r['vl_delta_ci_hi'])}, {_f(-r['vl_delta_ci_lo'])}] "
             f"| {_f(r['vl_vs_default_pts'])}, {_p(r['vl_p_hier'])} | {r['gate0_max_abs_logit_diff']:g} "
             f"| {r['trainable_params']} | {_f(r['train_seconds'], 0)} |")
+    typed = [r for r in table["rows"] if r.get("per_qtype")]
+    if typed:
+        types = sorted({t for r in typed for t in r["per_qtype"]})
+        floors = typed[0]["per_qtype"]
+        lines += ["", "Audio accuracy per question type, % (mean ± std over seeds); floor: the base model without audio.",
+                  "", "| cell | " + " | ".join(types) + " |", "|---" * (len(types) + 1) + "|",
+                  "| floor | " + " | ".join(_f(floors[t]["floor"], 1) if t in floors else "—" for t in types) + " |"]
+        for r in typed:
+            cells_text = [f"{_f(r['per_qtype'][t]['mean'], 1)} ± {_f(r['per_qtype'][t]['std'], 1)}"
+                          if t in r["per_qtype"] else "—" for t in types]
+            lines.append(f"| {r['cell']} | " + " | ".join(cells_text) + " |")
     if table["failed"] or table["missing"]:
         lines += ["", f"Failed cells: {table['failed'] or 'none'}; not finished: {table['missing'] or 'none'}."]
     if "criteria" in table:

@@ -75,3 +75,26 @@ def test_a_seed_with_other_questions_than_the_default_is_an_error_naming_cell_an
     with pytest.raises(ValueError, match=r"cell other \(audio\) seed 1: 1 questions not shared with the default "
                                          r"cell's seed 1 \(first 'q0000'\)"):
         _sweep(tmp_path, {"ref": [0.5, 0.5], "other": [0.5, 0.5]}, drop="ref-seed1")
+
+
+def test_per_type_accuracy_is_averaged_over_seeds_beside_its_floor(tmp_path: Path) -> None:
+    sweep, _ = _sweep(tmp_path, {"ref": [0.5, 0.5], "other": [0.6, 0.7]})
+    for cell, orders in (("ref", (0.40, 0.60)), ("other", (0.70, 0.90))):
+        for seed, order in enumerate(orders):
+            path = tmp_path / f"{cell}-seed{seed}" / "summary.json"
+            summary = json.loads(path.read_text())
+            summary["per_qtype"] = {"audio.order": {"mean": order}, "visual.count": {"mean": 1.0}}
+            summary["per_qtype_base"] = {"audio.order": {"mean": 0.1}, "visual.count": {"mean": 1.0}}
+            path.write_text(json.dumps(summary))
+    table = merge_cells(sweep, cells_of(sweep), tmp_path)
+    ref, other = table["rows"]
+    assert ref["per_qtype"] == {"audio.order": pytest.approx({"mean": 50.0, "std": 100 * np.std([.4, .6], ddof=1),
+                                                              "floor": 10.0})}
+    assert other["per_qtype"]["audio.order"]["mean"] == pytest.approx(80.0)
+    text = render_markdown(sweep, table)
+    assert "| floor | 10.0 |" in text and "| other | 80.0 ± 14.1 |" in text
+
+
+def test_cells_without_per_type_figures_give_no_per_type_table(tmp_path: Path) -> None:
+    sweep, table = _sweep(tmp_path, {"ref": [0.5, 0.5]})
+    assert table["rows"][0]["per_qtype"] is None and "per question type" not in render_markdown(sweep, table)
