@@ -19,6 +19,8 @@ import numpy as np
 import soundfile as sf
 from PIL import Image, UnidentifiedImageError
 
+from shared.data.audio_io import to_mono
+
 MIN_RATE, MAX_RATE = 4000, 192_000
 MAX_RATIO_TERM = 1000
 FIELDS = ("question", "image", "audio", "k")
@@ -86,7 +88,7 @@ def decode_audio(data: bytes, target_rate: int) -> tuple[np.ndarray, int]:
     if wave.shape[0] == 0:
         raise BadRequest("audio", "a file with 0 samples; expected at least one")
     check_rate(int(rate), target_rate)
-    return (wave.mean(axis=1) if wave.shape[1] > 1 else wave[:, 0]), int(rate)
+    return to_mono(wave), int(rate)
 
 
 def form_k(value: Any) -> Any:

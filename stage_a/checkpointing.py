@@ -10,6 +10,7 @@ written under a temporary name and renamed into place.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -29,6 +30,11 @@ STATE_FILE = "state.json"
 def trained_base_params(model: SafeModel) -> dict[str, torch.Tensor]:
     """Base parameters that require grad (only the full fine-tuning baseline has any), LoRA excluded."""
     return {n: p for n, p in model.base.named_parameters() if p.requires_grad and ".lora_" not in n}
+
+
+def bridge_hash(folder: Path) -> str:
+    """The first 16 hex digits of the SHA-256 of a bridge folder's weights: the id outcome tables and policies record."""
+    return hashlib.sha256((Path(folder) / WEIGHTS_FILE).read_bytes()).hexdigest()[:16]
 
 
 def bridge_folder(path: Path) -> Path:

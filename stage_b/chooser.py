@@ -11,13 +11,12 @@ The policy loads without pickle (stage_b.actor) unless `trust_pickle`.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from stage_a.model import WEIGHTS_FILE
+from stage_a.checkpointing import bridge_hash
 from stage_a.pipeline import SafePipeline
 from stage_b.evaluate import SavedPolicy
 from stage_b.policy_features import audio_preview, query_features
@@ -52,7 +51,7 @@ class PolicyChooser:
         if pipe.bridge_dir is None:
             raise ValueError("the pipeline has no bridge folder to check the policy against; "
                              "load it with SafePipeline.from_pretrained")
-        digest = hashlib.sha256((pipe.bridge_dir / WEIGHTS_FILE).read_bytes()).hexdigest()[:16]
+        digest = bridge_hash(pipe.bridge_dir)
         if digest != self.checkpoint_hash:
             raise ValueError(f"policy {self.policy.folder} was trained on outcomes of bridge {self.checkpoint_hash}, "
                              f"not {pipe.bridge_dir} ({digest}); expected the bridge its outcome table was built from")

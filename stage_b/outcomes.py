@@ -17,7 +17,6 @@ zero-crossing rate, spectral centroid). The table is an .npz (no pickle) read by
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import statistics
@@ -34,10 +33,9 @@ from envs.outcome_table import OutcomeTable
 from shared.checkpoint import atomic_write_npz
 from shared.config import ConfigError, load_config, parse_overrides
 from shared.logs import setup_logging
-from stage_a.checkpointing import bridge_folder
+from stage_a.checkpointing import bridge_folder, bridge_hash
 from stage_a.config import TrainConfig
 from stage_a.flops import CPU_SDPA
-from stage_a.model import WEIGHTS_FILE
 from stage_b.runner import SafeRunner
 
 log = logging.getLogger(__name__)
@@ -97,7 +95,7 @@ def build_table(cfg: TrainConfig, checkpoint: Path, split: str, ks: list[int], b
     encoder_ms = encoder_ms_per_clip(runner, repeats)
     actions = [0, *ks]
     n = len(runner.data)
-    digest = hashlib.sha256((checkpoint / WEIGHTS_FILE).read_bytes()).hexdigest()[:16]
+    digest = bridge_hash(checkpoint)
     key = {"checkpoint_hash": digest, "split": split, "actions": actions, "rows": n, "batch_size": batch_size}
     state = (_resume(partial, key) if partial else None) or {
         "done": np.array(0), "confidence": np.zeros(n, np.float32),

@@ -81,8 +81,12 @@ def load_audio(
         raise AudioError(
             f"audio file {path}: window [{start}, {end}) s gave 0 samples; expected at least one"
         )
-    mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
-    return resample(mono, file_rate, sample_rate)
+    return resample(to_mono(data), file_rate, sample_rate)
+
+
+def to_mono(data: np.ndarray) -> np.ndarray:
+    """(frames, channels) samples as one mono channel: the mean of the channels."""
+    return data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
 
 
 def _existing(path: str | os.PathLike) -> Path:
