@@ -2,15 +2,19 @@
 
 A sweep preset (configs/sweep_*.yaml) names the training preset, the seeds, overrides common to
 all cells, one override set per cell and the default cell every other cell is compared with.
-Each (cell, seed) is one `stage_a-train` process writing runs/sweeps/<sweep>/cells/<cell>-seed<s>;
+`worlds` (optional) names world presets (e.g. world, world_seed1): every cell then runs on each of
+these independently built worlds, so the tables show the spread a new build brings, not only seeds.
+Each (cell, seed) is one `stage_a-train` process writing runs/sweeps/<sweep>/cells/<cell>-seed<s>
+(<cell>-<world>-seed<s> when the sweep names worlds);
 finished cells are skipped and interrupted ones resumed, so a sweep can be re-run after a crash.
 `--task-index I --num-tasks N` runs only cells I, I+N, ... (one cell per task in a SLURM job
 array); `--merge` then collects every finished cell. A failing cell is reported in FAILED.txt
 and in the tables, and does not stop the others.
 
-results.md / results.csv / results.json: per cell, means ± std over seeds, 95% hierarchical-bootstrap
-CIs (seeds resampled, then questions within each seed; stage_a/sweep_tables.py), and the comparison
-with the default cell, seed paired with seed and question with question (hierarchical-bootstrap
+results.md / results.csv / results.json: per cell, means ± std over runs (seeds, or world × seed),
+95% hierarchical-bootstrap CIs (runs resampled, then questions within each run; stage_a/sweep_tables.py),
+per-world means when there are worlds, and the comparison with the default cell, run paired with the
+same world and seed and question with question (hierarchical-bootstrap
 difference CI and p-value, McNemar only for a single paired seed, Welch's t over seed means).
 """
 
@@ -38,11 +42,15 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class SweepConfig:
-    """A grid of training overrides × seeds; `default` names the reference cell."""
+    """A grid of training overrides × seeds (× worlds, when named); `default` names the reference cell.
+
+    Empty `worlds` keeps the training preset's world.
+    """
 
     name: str
     train_preset: str = "stage_a"
     seeds: tuple[int, ...] = (0, 1, 2)
+    worlds: tuple[str, ...] = ()
     common: dict[str, Any] = field(default_factory=dict)
     cells: dict[str, dict[str, Any]] = field(default_factory=dict)
     default: str = ""
@@ -63,14 +71,15 @@ class Cell:
     seed: int
     preset: str
     overrides: tuple[tuple[str, str], ...]
+    world: str = ""
 
     @property
     def name(self) -> str:
-        return f"{self.label}-seed{self.seed}"
+        return f"{self.label}-{self.world}-seed{self.seed}" if self.world else f"{self.label}-seed{self.seed}"
 
 
 def cells_of(sweep: SweepConfig) -> list[Cell]:
-    """Every (cell, seed), in a fixed order: cells in preset order, seeds inner.
+    """Every (cell, world, seed), in a fixed order: cells in preset order, then worlds, seeds inner.
 
     A cell's `preset` key replaces the sweep's training preset for that cell (e.g. a baseline preset).
     """
@@ -78,10 +87,12 @@ def cells_of(sweep: SweepConfig) -> list[Cell]:
     for label, overrides in sweep.cells.items():
         values = dict(overrides or {})
         preset = str(values.pop("preset", sweep.train_preset))
-        for seed in sweep.seeds:
-            merged = {**sweep.common, **values, "seed": seed, "mix.seed": seed}
-            out.append(Cell(label, seed, preset, tuple((k, v if isinstance(v, str) else json.dumps(v))
-                                                       for k, v in merged.items())))
+        for world in sweep.worlds or ("",):
+            for seed in sweep.seeds:
+                where = {"world": world} if world else {}
+                merged = {**sweep.common, **values, **where, "seed": seed, "mix.seed": seed}
+                out.append(Cell(label, seed, preset, tuple((k, v if isinstance(v, str) else json.dumps(v))
+                                                           for k, v in merged.items()), world))
     return out
 
 

@@ -1,9 +1,10 @@
-"""Merge a sweep's finished cells into one table: seed means, two-level bootstrap CIs, tests against the default.
+"""Merge a sweep's finished cells into one table: run means, two-level bootstrap CIs, tests against the default.
 
-CIs and p-values come from `shared.stats.hierarchical_bootstrap` / `paired_hierarchical_bootstrap`
-over the cell's seeds x test questions: a seed's questions share one trained model, so they are
-not independent items. Comparisons pair each seed of a cell with the same seed of the default
-cell, question by question. McNemar is reported only when a comparison has a single paired seed.
+A run is one (world, seed) training of a cell; without named worlds, runs are seeds. CIs and p-values
+come from `shared.stats.hierarchical_bootstrap` / `paired_hierarchical_bootstrap` over the cell's
+runs x test questions: a run's questions share one trained model, so they are not independent items.
+Comparisons pair each run of a cell with the default cell's run on the same world and seed, question
+by question. McNemar is reported only when a comparison has a single paired run.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ SUCCESS_AUDIO_GAIN_PTS = 3.0
 SUCCESS_VL_TOLERANCE_PTS = 1.0
 SUCCESS_SEEDS = 3
 
-BySeed = dict[int, dict[str, dict]]  # seed -> question id -> prediction record
+Run = tuple[str, int]  # (world preset, "" when the sweep names none; seed)
+ByRun = dict[Run, dict[str, dict]]  # run -> question id -> prediction record
 
 
 def _load(cells, cells_dir: Path) -> tuple[dict[str, list[dict]], list[str], list[str]]:
@@ -37,49 +39,69 @@ def _load(cells, cells_dir: Path) -> tuple[dict[str, list[dict]], list[str], lis
         else:
             summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
             records = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
-            runs[cell.label].append({"seed": cell.seed, "summary": summary, "records": {r["id"]: r for r in records}})
+            runs[cell.label].append({"run": (cell.world, cell.seed), "summary": summary,
+                                     "records": {r["id"]: r for r in records}})
     return runs, failed, missing
 
 
-def _by_seed(runs: list[dict], audio: bool) -> BySeed:
-    """Each seed's audio (or VL) prediction records by question id."""
-    return {run["seed"]: {qid: r for qid, r in run["records"].items() if (r["family"] in AUDIO_FAMILIES) == audio}
+def _by_run(runs: list[dict], audio: bool) -> ByRun:
+    """Each run's audio (or VL) prediction records by question id."""
+    return {run["run"]: {qid: r for qid, r in run["records"].items() if (r["family"] in AUDIO_FAMILIES) == audio}
             for run in runs}
 
 
-def _rows(by_seed: BySeed, seeds: list[int], field: str) -> list[np.ndarray]:
-    """One row of `field` per seed, questions in id order (each seed may have its own test questions)."""
-    return [np.array([by_seed[seed][qid][field] for qid in sorted(by_seed[seed])], dtype=np.float64) for seed in seeds]
+def _name(run: Run) -> str:
+    return f"world {run[0]} seed {run[1]}" if run[0] else f"seed {run[1]}"
 
 
-def _paired(label: str, mine: BySeed, ref: BySeed, group: str) -> dict:
-    """The cell against the default cell: each seed both ran, question by question."""
-    seeds = sorted(set(mine) & set(ref))
-    if not seeds:
+def _rows(by_run: ByRun, keys: list[Run], field: str) -> list[np.ndarray]:
+    """One row of `field` per run, questions in id order (each run may have its own test questions)."""
+    return [np.array([by_run[key][qid][field] for qid in sorted(by_run[key])], dtype=np.float64) for key in keys]
+
+
+def _paired(label: str, mine: ByRun, ref: ByRun, group: str) -> dict:
+    """The cell against the default cell: each run both made, question by question."""
+    keys = sorted(set(mine) & set(ref))
+    if not keys:
         return {"seeds": 0}
-    for seed in seeds:
-        if set(mine[seed]) != set(ref[seed]):
-            odd = sorted(set(mine[seed]) ^ set(ref[seed]))
-            raise ValueError(f"cell {label} ({group}) seed {seed}: {len(odd)} questions not shared with the default "
-                             f"cell's seed {seed} (first {odd[0]!r}); expected the same test questions per seed")
-    a, b = _rows(mine, seeds, "score"), _rows(ref, seeds, "score")
+    for key in keys:
+        if set(mine[key]) != set(ref[key]):
+            odd = sorted(set(mine[key]) ^ set(ref[key]))
+            raise ValueError(f"cell {label} ({group}) {_name(key)}: {len(odd)} questions not shared with the default "
+                             f"cell's {_name(key)} (first {odd[0]!r}); expected the same test questions per run")
+    a, b = _rows(mine, keys, "score"), _rows(ref, keys, "score")
     test = paired_hierarchical_bootstrap(a, b)
-    return {"seeds": len(seeds), "diff_pts": 100 * test["mean_diff"], "ci95_pts": [100 * x for x in test["ci95"]],
-            "p_hier": test["p_value"], "p_mcnemar": mcnemar(a[0], b[0])["p_value"] if len(seeds) == 1 else None}
+    return {"seeds": len(keys), "diff_pts": 100 * test["mean_diff"], "ci95_pts": [100 * x for x in test["ci95"]],
+            "p_hier": test["p_value"], "p_mcnemar": mcnemar(a[0], b[0])["p_value"] if len(keys) == 1 else None}
+
+
+def per_world(runs: list[dict]) -> dict[str, dict[str, float]] | None:
+    """Audio accuracy and VL degradation per world (mean and std over its seeds), or None without named worlds."""
+    worlds = sorted({run["run"][0] for run in runs})
+    if worlds == [""]:
+        return None
+    out = {}
+    for world in worlds:
+        mine = [run["summary"] for run in runs if run["run"][0] == world]
+        audio = mean_std([s["audio_acc"]["mean"] for s in mine])
+        degr = mean_std([s["vl_degradation_pts"] for s in mine])
+        out[world] = {"seeds": len(mine), "audio_acc": 100 * audio["mean"], "audio_acc_std": 100 * audio["std"],
+                      "vl_degradation_pts": degr["mean"], "vl_degradation_std": degr["std"]}
+    return out
 
 
 def _row(label: str, runs: list[dict], ref_runs: list[dict]) -> dict:
-    audio, vl = _by_seed(runs, audio=True), _by_seed(runs, audio=False)
-    seeds = sorted(audio)
-    for group, by_seed in (("audio", audio), ("VL", vl)):
-        empty = [seed for seed in seeds if not by_seed[seed]]
+    audio, vl = _by_run(runs, audio=True), _by_run(runs, audio=False)
+    keys = sorted(audio)
+    for group, by_run in (("audio", audio), ("VL", vl)):
+        empty = [key for key in keys if not by_run[key]]
         if empty:
-            raise ValueError(f"cell {label} seed {empty[0]}: no {group} questions in predictions.jsonl; "
+            raise ValueError(f"cell {label} {_name(empty[0])}: no {group} questions in predictions.jsonl; "
                              "expected at least one")
-    audio_ci = hierarchical_bootstrap(_rows(audio, seeds, "score"))
-    vl_delta = paired_hierarchical_bootstrap(_rows(vl, seeds, "score"), _rows(vl, seeds, "base_score"))
-    vs_audio = _paired(label, audio, _by_seed(ref_runs, audio=True), "audio")
-    vs_vl = _paired(label, vl, _by_seed(ref_runs, audio=False), "VL")
+    audio_ci = hierarchical_bootstrap(_rows(audio, keys, "score"))
+    vl_delta = paired_hierarchical_bootstrap(_rows(vl, keys, "score"), _rows(vl, keys, "base_score"))
+    vs_audio = _paired(label, audio, _by_run(ref_runs, audio=True), "audio")
+    vs_vl = _paired(label, vl, _by_run(ref_runs, audio=False), "VL")
     seed_audio = [run["summary"]["audio_acc"]["mean"] for run in runs]
     seed_degr = [run["summary"]["vl_degradation_pts"] for run in runs]
     ref_seed_audio = [run["summary"]["audio_acc"]["mean"] for run in ref_runs]
@@ -128,8 +150,8 @@ def merge_cells(sweep, cells, cells_dir: Path) -> dict:
     if not runs:
         raise ValueError(f"no finished cells under {cells_dir}; expected at least one summary.json")
     ref = runs.get(sweep.default, [])
-    rows = [{**_row(label, runs[label], ref), "per_qtype": per_qtype(runs[label])}
-            for label in sweep.cells if label in runs]
+    rows = [{**_row(label, runs[label], ref), "per_qtype": per_qtype(runs[label]),
+             "per_world": per_world(runs[label])} for label in sweep.cells if label in runs]
     table = {"rows": rows, "failed": failed, "missing": missing, "default": sweep.default}
     if sweep.criteria and "original_vl" in runs and sweep.default in runs:
         by = {row["cell"]: row for row in rows}
@@ -157,15 +179,18 @@ def _p(value) -> str:
 
 def render_markdown(sweep, table: dict) -> str:
     """The sweep's results as Markdown: one row per cell, then failures and the success criteria."""
-    lines = [f"# Sweep `{sweep.name}` (training preset `{sweep.train_preset}`, seeds {list(sweep.seeds)}, "
+    worlds = f", worlds {list(sweep.worlds)}" if sweep.worlds else ""
+    unit = "run (world × seed)" if sweep.worlds else "seed"
+    lines = [f"# Sweep `{sweep.name}` (training preset `{sweep.train_preset}`, seeds {list(sweep.seeds)}{worlds}, "
              f"default cell `{sweep.default}`)", "",
-             "Accuracies in %, mean ± std over seeds, [95% hierarchical-bootstrap CI: seeds resampled, then "
-             "questions within each seed]. Δ columns compare with the default cell, each seed paired with the same "
-             "seed and question by question: Δ with its hierarchical-bootstrap 95% CI; p hier. = two-sided "
-             "hierarchical-bootstrap p; McNemar = McNemar p, only when a single seed is paired (— otherwise); "
-             "Welch = Welch's t over the seed means. VL degradation: mean ± std over seeds [hierarchical 95% CI of "
-             "base − with-audio VL accuracy].", "",
-             "| cell | seeds | audio acc | Δ audio vs default (pts) [95% CI] | p hier. / McNemar / Welch "
+             f"Accuracies in %, mean ± std over {unit}s, [95% hierarchical-bootstrap CI: {unit}s resampled, then "
+             f"questions within each]. Δ columns compare with the default cell, each {unit} paired with the same "
+             f"{unit} of the default and question by question: Δ with its hierarchical-bootstrap 95% CI; p hier. = "
+             f"two-sided hierarchical-bootstrap p; McNemar = McNemar p, only when a single {unit} is paired "
+             f"(— otherwise); Welch = Welch's t over the {unit} means. VL degradation: mean ± std over {unit}s "
+             "[hierarchical 95% CI of base − with-audio VL accuracy].", "",
+             f"| cell | {'runs' if sweep.worlds else 'seeds'} | audio acc | Δ audio vs default (pts) [95% CI] "
+             "| p hier. / McNemar / Welch "
              "| VL degradation (pts) | Δ VL vs default (pts), p hier. | gate-0 diff | trainable params | train s |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in table["rows"]:
@@ -178,11 +203,23 @@ def render_markdown(sweep, table: dict) -> str:
             f"[{_f(-r['vl_delta_ci_hi'])}, {_f(-r['vl_delta_ci_lo'])}] "
             f"| {_f(r['vl_vs_default_pts'])}, {_p(r['vl_p_hier'])} | {r['gate0_max_abs_logit_diff']:g} "
             f"| {r['trainable_params']} | {_f(r['train_seconds'], 0)} |")
+    by_world = [r for r in table["rows"] if r.get("per_world")]
+    if by_world:
+        names = list(sweep.worlds)
+        header = " | ".join(f"{w}: audio acc | {w}: VL degr." for w in names)
+        lines += ["", "Per world (independent `safe-world build`s): audio accuracy and VL degradation, mean ± std "
+                  "over that world's seeds.", "", f"| cell | {header} |", "|---" * (2 * len(names) + 1) + "|"]
+        for r in by_world:
+            parts = [f"{_f(w['audio_acc'])} ± {_f(w['audio_acc_std'])} | {_f(w['vl_degradation_pts'])} ± "
+                     f"{_f(w['vl_degradation_std'])}" if (w := r["per_world"].get(name)) else "— | —"
+                     for name in names]
+            lines.append(f"| {r['cell']} | " + " | ".join(parts) + " |")
     typed = [r for r in table["rows"] if r.get("per_qtype")]
     if typed:
         types = sorted({t for r in typed for t in r["per_qtype"]})
         floors = typed[0]["per_qtype"]
-        lines += ["", "Audio accuracy per question type, % (mean ± std over seeds); floor: the base model without audio.",
+        lines += ["", f"Audio accuracy per question type, % (mean ± std over {unit}s); floor: the base model without "
+                  "audio (averaged over worlds when there are several).",
                   "", "| cell | " + " | ".join(types) + " |", "|---" * (len(types) + 1) + "|",
                   "| floor | " + " | ".join(_f(floors[t]["floor"], 1) if t in floors else "—" for t in types) + " |"]
         for r in typed:

@@ -98,3 +98,35 @@ def test_per_type_accuracy_is_averaged_over_seeds_beside_its_floor(tmp_path: Pat
 def test_cells_without_per_type_figures_give_no_per_type_table(tmp_path: Path) -> None:
     sweep, table = _sweep(tmp_path, {"ref": [0.5, 0.5]})
     assert table["rows"][0]["per_qtype"] is None and "per question type" not in render_markdown(sweep, table)
+
+
+def test_worlds_multiply_the_runs_pair_world_with_world_and_report_each_world(tmp_path: Path) -> None:
+    sweep = SweepConfig(name="two_worlds", seeds=(0, 1), worlds=("world", "world_seed1"),
+                        cells={"ref": {}, "other": {"lr": 0.1}}, default="ref")
+    cells = cells_of(sweep)
+    assert [c.name for c in cells[:4]] == ["ref-world-seed0", "ref-world-seed1", "ref-world_seed1-seed0",
+                                           "ref-world_seed1-seed1"]
+    assert ("world", "world_seed1") in cells[2].overrides and ("lr", "0.1") in cells[6].overrides
+    accuracy = {("ref", "world"): 0.5, ("ref", "world_seed1"): 0.7, ("other", "world"): 0.6,
+                ("other", "world_seed1"): 0.7}
+    rng = np.random.default_rng(0)
+    for cell in cells:
+        _write_cell(tmp_path / cell.name, accuracy[cell.label, cell.world], rng)
+    ref, other = merge_cells(sweep, cells, tmp_path)["rows"]
+    assert other["seeds"] == 4 and other["paired_seeds"] == 4
+    assert set(other["per_world"]) == {"world", "world_seed1"} and other["per_world"]["world"]["seeds"] == 2
+    assert other["per_world"]["world"]["audio_acc"] == pytest.approx(60, abs=2)
+    assert other["per_world"]["world_seed1"]["audio_acc"] == pytest.approx(70, abs=2)
+    assert other["audio_vs_default_pts"] == pytest.approx(5, abs=1.5)  # +10 on one world, 0 on the other
+    text = render_markdown(sweep, merge_cells(sweep, cells, tmp_path))
+    assert "| world: audio acc | world: VL degr. | world_seed1: audio acc |" in text and "| other | 4 |" in text
+
+
+def test_a_run_missing_a_question_names_its_world_and_seed(tmp_path: Path) -> None:
+    sweep = SweepConfig(name="two_worlds", seeds=(0,), worlds=("world", "world_seed1"),
+                        cells={"ref": {}, "other": {}}, default="ref")
+    rng = np.random.default_rng(0)
+    for cell in cells_of(sweep):
+        _write_cell(tmp_path / cell.name, 0.5, rng, drop_question=cell.name == "ref-world_seed1-seed0")
+    with pytest.raises(ValueError, match=r"cell other \(audio\) world world_seed1 seed 0: 1 questions not shared"):
+        merge_cells(sweep, cells_of(sweep), tmp_path)
