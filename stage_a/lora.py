@@ -1,5 +1,6 @@
-"""Optional peft LoRA on the base LM's attention, active only for samples that carry audio.
+"""Optional peft LoRA on the base LM's projections, active only for samples that carry audio.
 
+The default preset wraps every Linear of the decoder layers (`all-linear`: attention and MLP);
 LoRA goes on language-model projections only: the target regex is anchored on the path of the
 LM's decoder layers (stage_a.fusion.decoder_layers_path, the same discovery and override as the
 fusion adapter), so the vision tower's q/v projections are never touched. Each LoRA branch's output is multiplied
@@ -24,9 +25,12 @@ from stage_a.fusion import decoder_layers_path
 ADAPTER = "default"
 
 
+ALL_LINEAR = "all-linear"  # every nn.Linear of the LM's decoder layers (attention and MLP), whatever the family
+
+
 @dataclass
 class LoraSettings:
-    """rank 0 turns LoRA off; targets are LM projection names."""
+    """rank 0 turns LoRA off; targets are LM projection names, or ("all-linear",)."""
 
     rank: int = 0
     alpha: float = 16.0
@@ -35,6 +39,27 @@ class LoraSettings:
     def __post_init__(self) -> None:
         if self.rank < 0:
             raise ValueError(f"lora rank is {self.rank}; expected 0 (off) or a positive rank")
+        if not self.targets or (ALL_LINEAR in self.targets and len(self.targets) > 1):
+            raise ValueError(f"lora targets are {list(self.targets)}; expected projection names such as "
+                             f"[q_proj, v_proj], or [{ALL_LINEAR}] alone")
+
+
+def target_names(base: nn.Module, settings: LoraSettings, layers_path: str) -> list[str]:
+    """The projection names LoRA wraps: settings.targets, with all-linear expanded to the decoder layers' Linears.
+
+    Every named target must exist in the decoder layers: a target that matches nothing is an error, not a
+    silently smaller adapter (e.g. gate_proj on an OPT decoder, whose MLP is fc1 / fc2).
+    """
+    inside = re.compile(rf"^{re.escape(layers_path)}\.\d+\.")
+    found = sorted({name.rsplit(".", 1)[-1] for name, module in base.named_modules()
+                    if inside.match(name) and isinstance(module, nn.Linear)})
+    if settings.targets == (ALL_LINEAR,):
+        return found
+    missing = [t for t in settings.targets if t not in found]
+    if missing:
+        raise ValueError(f"lora targets {missing} are not Linear projections of the LM's decoder layers "
+                         f"({layers_path}); expected some of {found} or [{ALL_LINEAR}]")
+    return list(settings.targets)
 
 
 class AudioOnlyLora:
@@ -42,13 +67,14 @@ class AudioOnlyLora:
 
     def __init__(self, base: nn.Module, settings: LoraSettings, layers_path: str | None = None) -> None:
         path = decoder_layers_path(base, layers_path)
-        pattern = rf"^{re.escape(path)}\.\d+\..*\.(" + "|".join(map(re.escape, settings.targets)) + r")$"
+        names = target_names(base, settings, path)
+        pattern = rf"^{re.escape(path)}\.\d+\.(.*\.)?(" + "|".join(map(re.escape, names)) + r")$"
         inject_adapter_in_model(LoraConfig(r=settings.rank, lora_alpha=settings.alpha, target_modules=pattern), base)
         self.branches = {name: module for name, module in base.named_modules()
                          if name.endswith(f"lora_B.{ADAPTER}")}
         if not self.branches:
-            raise ValueError(f"LoRA found no projections named {settings.targets} under {path}; "
-                             "expected attention projections of the LM's decoder layers")
+            raise ValueError(f"LoRA found no projections named {names} under {path}; "
+                             "expected Linear projections of the LM's decoder layers")
         if any("vision" in name for name in self.branches):
             raise ValueError("LoRA reached the vision tower; expected language-model modules only")
         self._active: torch.Tensor | None = None

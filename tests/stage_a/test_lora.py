@@ -2,11 +2,12 @@
 
 from pathlib import Path
 
+import pytest
 import torch
-from transformers import LlavaForConditionalGeneration
+from transformers import Blip2ForConditionalGeneration, LlavaForConditionalGeneration
 
 from stage_a.fusion import FusionConfig
-from stage_a.lora import LoraSettings
+from stage_a.lora import ALL_LINEAR, LoraSettings
 from stage_a.model import BridgeConfig, SafeModel
 from stage_a.projector import ProjectorConfig
 
@@ -48,3 +49,27 @@ def test_lora_survives_save_and_reload(llava_dir: Path, llava_inputs: dict, tmp_
     model.save_bridge(tmp_path / "bridge")
     fresh = SafeModel.from_bridge(LlavaForConditionalGeneration.from_pretrained(llava_dir), tmp_path / "bridge")
     assert torch.equal(fresh(audio_frames=frames, k=4, gate=1.0, **llava_inputs).logits, before)
+
+
+def _wrapped(model: SafeModel) -> set[str]:
+    return {n.split(".lora_A.")[0].rsplit(".", 1)[-1] for n in model.trainable_state() if ".lora_A." in n}
+
+
+def test_all_linear_wraps_every_decoder_projection_of_each_family(llava_dir: Path, blip2_dir: Path) -> None:
+    settings = LoraSettings(rank=2, targets=(ALL_LINEAR,))
+    llava = SafeModel(LlavaForConditionalGeneration.from_pretrained(llava_dir),
+                      BridgeConfig(ProjectorConfig(audio_dim=8, hidden_size=32), FusionConfig(layers=(1,)), settings))
+    assert _wrapped(llava) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert all("language_model" in n for n in llava.trainable_state() if n.startswith("lora."))
+    blip2 = SafeModel(Blip2ForConditionalGeneration.from_pretrained(blip2_dir),
+                      BridgeConfig(ProjectorConfig(audio_dim=8, hidden_size=32), FusionConfig(layers=(1,)), settings))
+    assert _wrapped(blip2) == {"q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"}
+
+
+def test_a_target_the_decoder_does_not_have_is_an_error_naming_it(blip2_dir: Path) -> None:
+    bridge = BridgeConfig(ProjectorConfig(audio_dim=8, hidden_size=32), FusionConfig(layers=(1,)),
+                          LoraSettings(rank=2, targets=("q_proj", "gate_proj")))
+    with pytest.raises(ValueError, match=r"lora targets \['gate_proj'\] are not Linear projections .*fc1"):
+        SafeModel(Blip2ForConditionalGeneration.from_pretrained(blip2_dir), bridge)
+    with pytest.raises(ValueError, match="or \\[all-linear\\] alone"):
+        LoraSettings(rank=2, targets=(ALL_LINEAR, "q_proj"))

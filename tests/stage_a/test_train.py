@@ -183,7 +183,7 @@ def test_vl_labels_ignore_trains_vl_only_through_retention(paths: dict, tmp_path
 
 
 def test_tolerance_breach_stops_early_and_says_so(paths: dict, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    summary = StageATrainer(_config(paths, tmp_path, tolerance_pts=-1.0, steps=12)).run()
+    summary = StageATrainer(_config(paths, tmp_path, tolerance_pts=-1.0, steps=12, stop_patience=1)).run()
     assert summary["stopped_early"] is True and summary["steps"] == 4 and summary["within_tolerance"] is False
     assert "exceeds the tolerance" in caplog.text
     patient = StageATrainer(_config(paths, tmp_path, name="patient", tolerance_pts=-1.0, steps=12, stop_patience=2)).run()
