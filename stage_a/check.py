@@ -91,11 +91,13 @@ def _random_bridge(base: torch.nn.Module, audio_dim: int, args: argparse.Namespa
 
 def run_check(args: argparse.Namespace) -> dict:
     """Build SAFE around the base model and measure exactness, placement, parameters and memory."""
-    world_clap = None
-    if args.base_vl is None or (args.audio_encoder != "whisper" and args.clap is None):
-        world = build_world(load_config(WorldConfig, "world"))
-        world_clap = str(world / "models" / "clap")
+    needs_clap = args.audio_encoder != "whisper" and args.clap is None
+    needs_whisper = args.audio_encoder != "clap" and args.whisper is None
+    if args.base_vl is None or needs_clap or needs_whisper:  # the embedded world's models fill what is not named
+        world = build_world(load_config(WorldConfig, args.world))
         args.base_vl = args.base_vl or str(world / "models" / "vl")
+        args.clap = str(world / "models" / "clap") if needs_clap else args.clap
+        args.whisper = str(world / "models" / "whisper") if needs_whisper else args.whisper
     if args.base_vl.startswith((".", "/", "~")) and not Path(args.base_vl).expanduser().is_dir():
         raise ValueError(f"--base-vl {args.base_vl} is not a folder; pass an existing model folder or a hub id")
     dtype = getattr(torch, args.dtype)
@@ -116,7 +118,7 @@ def run_check(args: argparse.Namespace) -> dict:
            "twins_gate0_alone": _outputs(base, select_rows(twins, off, media_token_ids(base)), gen)}
 
     # As in training, the frozen encoder runs in float32 whatever the base's dtype (its features are cached).
-    encoder = build_encoder(args.audio_encoder, args.clap or world_clap, args.whisper, args.device, "float32")
+    encoder = build_encoder(args.audio_encoder, args.clap, args.whisper, args.device, "float32")
     rng = np.random.default_rng(0)
     waves = [rng.normal(0, 0.1, 16000 * 2).astype(np.float32) for _ in QUESTIONS]
     frames, frame_mask = encoder.encode(waves, 16000)
@@ -194,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base-vl", default=None, help="hub id or folder of the base VL model (default: the embedded world's)")
     parser.add_argument("--audio-encoder", choices=("clap", "whisper", "both"), default="clap")
     parser.add_argument("--clap", default=None, help="ClapModel id or folder (default: the embedded world's)")
-    parser.add_argument("--whisper", default=None, help="WhisperModel id or folder")
+    parser.add_argument("--whisper", default=None, help="WhisperModel id or folder (default: the embedded world's)")
+    parser.add_argument("--world", default="world", help="world preset whose models fill what is not named")
     parser.add_argument("--bridge", default=None, help="a saved SAFE bridge folder to check instead of random adapters")
     parser.add_argument("--no-strict", action="store_true",
                         help="with --bridge: load a bridge recorded for another base model or encoder, with a warning")

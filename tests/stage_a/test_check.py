@@ -51,8 +51,7 @@ def test_check_table_output(dirs, capsys: pytest.CaptureFixture) -> None:
 def test_unusable_model_or_arguments_exit_2_with_one_line(dirs, tmp_path: Path,
                                                           capsys: pytest.CaptureFixture) -> None:
     vl, clap = dirs
-    cases = [(["--base-vl", str(vl), "--audio-encoder", "whisper"], "audio encoder 'whisper' needs a whisper id"),
-             (["--base-vl", str(vl), "--clap", str(clap), "--layers-path", "model.nope"],
+    cases = [(["--base-vl", str(vl), "--clap", str(clap), "--layers-path", "model.nope"],
               "layers path 'model.nope' is not a non-empty module list in LlavaForConditionalGeneration; pass"),
              (["--base-vl", str(tmp_path / "missing"), "--clap", str(clap)], str(tmp_path / "missing"))]
     for argv, message in cases:
@@ -101,3 +100,13 @@ def test_check_exits_non_zero_when_the_wrapper_alters_the_base(dirs, monkeypatch
     assert main(["--base-vl", str(vl), "--clap", str(clap), "--json"]) == 1
     report = json.loads(capsys.readouterr().out)
     assert report["exact"] is False and report["checks"]["no_audio"]["max_abs_logit_diff"] > 0
+
+
+def test_whisper_and_both_default_to_the_embedded_worlds_encoders(micro_world: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setenv("SAFE_WORLD_DIR", str(micro_world))
+    for kind in ("whisper", "both"):
+        assert main(["--world", "world_micro", "--audio-encoder", kind, "--json"]) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert report["exact"] is True and "whisper" in report["audio_encoder"].lower()
+        assert report["base_vl"] == str(micro_world / "models" / "vl")
