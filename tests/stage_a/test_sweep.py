@@ -49,6 +49,6 @@ def test_a_failing_cell_is_reported_and_does_not_stop_the_others(preset: Path, t
 
 
 def test_short_preset_names_and_unknown_presets(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="no finished cells"):  # `baselines` resolved to configs/sweep_baselines.yaml
-        main(["--preset", "baselines", "--out", str(tmp_path), "--merge"])
+    with pytest.raises(ValueError, match="no finished cells"):  # `default` resolved to configs/sweep_default.yaml
+        main(["--preset", "default", "--out", str(tmp_path), "--merge"])
     assert main(["--preset", "no_such_sweep", "--out", str(tmp_path), "--merge"]) == 2

@@ -130,3 +130,24 @@ def test_a_run_missing_a_question_names_its_world_and_seed(tmp_path: Path) -> No
         _write_cell(tmp_path / cell.name, 0.5, rng, drop_question=cell.name == "ref-world_seed1-seed0")
     with pytest.raises(ValueError, match=r"cell other \(audio\) world world_seed1 seed 0: 1 questions not shared"):
         merge_cells(sweep, cells_of(sweep), tmp_path)
+
+
+def test_success_criteria_judge_the_default_against_each_baseline_it_has(tmp_path: Path) -> None:
+    sweep, _ = _sweep(tmp_path, {"ref": [0.85, 0.86, 0.84], "full_ft": [0.87, 0.85, 0.86],
+                                 "lora_only": [0.70, 0.72, 0.71], "original_vl": [0.1, 0.1, 0.1]})
+    sweep.criteria = True
+    for seed in range(3):  # the default's order type: 0.55 on average, against a floor of 0
+        path = tmp_path / f"ref-seed{seed}" / "summary.json"
+        summary = json.loads(path.read_text())
+        summary["per_qtype"] = {"audio.order": {"mean": 0.55}, "audio.kind": {"mean": 0.9}}
+        summary["per_qtype_base"] = {"audio.order": {"mean": 0.0}, "audio.kind": {"mean": 0.8}}
+        path.write_text(json.dumps(summary))
+    table = merge_cells(sweep, cells_of(sweep), tmp_path)
+    c = table["criteria"]
+    assert c["audio_acc"]["met"] and c["seeds"]["met"] and c["audio_gain_pts"]["met"]
+    assert c["vs_full_ft_pts"]["value"] == pytest.approx(-1.0, abs=1.0)
+    assert c["over_lora_only_pts"]["met"] and c["over_lora_only_p_hier"]["met"]
+    assert c["order_acc"] == {"value": pytest.approx(55.0), "op": ">=", "target": 60.0, "met": False}
+    assert c["every_type_above_floor_pts"]["value"] == pytest.approx(10.0) and not c["every_type_above_floor_pts"]["met"]
+    text = render_markdown(sweep, table)
+    assert "- order_acc: 55.00 (target >= 60.0): NOT met" in text and "- over_lora_only_p_hier: " in text
