@@ -31,6 +31,7 @@ from shared.config import load_config
 from shared.encoders import build_encoder
 from shared.logs import setup_logging
 from shared.world.build import WorldConfig, build_world
+from stage_a.config import TrainConfig
 from stage_a.exactness import (PARTNER_GATE, fill_zero_init, max_abs_diff, reference_inputs, reference_rows, twin_gates,
                                twin_rows)
 from stage_a.fusion import MODES, PLACEMENTS, FusionConfig
@@ -84,7 +85,8 @@ def _random_bridge(base: torch.nn.Module, audio_dim: int, args: argparse.Namespa
     torch.manual_seed(0)
     fusion = FusionConfig(mode=args.fusion_mode, rank=args.rank, placement=args.placement, layers_path=args.layers_path)
     projector = ProjectorConfig(audio_dim, lm_hidden_size(base), k_max=16)
-    model = SafeModel(base, BridgeConfig(projector, fusion, LoraSettings(rank=args.lora_rank)))
+    lora = LoraSettings(rank=args.lora_rank, targets=tuple(args.lora_targets))
+    model = SafeModel(base, BridgeConfig(projector, fusion, lora))
     fill_zero_init(model, seed=0)
     return model
 
@@ -203,10 +205,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --bridge: load a bridge recorded for another base model or encoder, with a warning")
     parser.add_argument("--k", type=int, default=8, help="audio tokens (default: %(default)s)")
     parser.add_argument("--fusion-mode", choices=MODES, default="cross_attention")
-    parser.add_argument("--rank", type=int, default=8)
-    parser.add_argument("--lora-rank", type=int, default=8,
+    default = load_config(TrainConfig, "stage_a").model  # the random bridge is shaped like stage_a-train's default
+    parser.add_argument("--rank", type=int, default=default.fusion.rank, help="fusion rank (default: %(default)s)")
+    parser.add_argument("--lora-rank", type=int, default=default.lora.rank,
                         help="audio-only LoRA rank of the random bridge, 0 for none (default: %(default)s)")
-    parser.add_argument("--placement", choices=PLACEMENTS, default="middle")
+    parser.add_argument("--lora-targets", nargs="+", default=list(default.lora.targets),
+                        help="LM projections LoRA wraps, or all-linear (default: %(default)s)")
+    parser.add_argument("--placement", choices=PLACEMENTS, default=default.fusion.placement,
+                        help="fusion placement (default: %(default)s)")
     parser.add_argument("--layers-path", default=None,
                         help="dotted path of the LM's decoder-layer list where it is not found (e.g. model.text_model.layers)")
     parser.add_argument("--max-new-tokens", type=int, default=4)

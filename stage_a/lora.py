@@ -83,7 +83,13 @@ class AudioOnlyLora:
     def _gate(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
         if self._active is None:
             return output * 0
-        return output * self._active.to(output.dtype).view(-1, *([1] * (output.dim() - 1)))
+        active, rows = self._active, output.shape[0]
+        if rows != len(active):  # a layer that flattens (batch, time) into rows first, e.g. OPT's fc1 / fc2
+            if rows % len(active):
+                raise RuntimeError(f"LoRA branch output has {rows} rows for a batch of {len(active)}; expected "
+                                   "the batch, or batch x positions flattened batch-major")
+            active = active.repeat_interleave(rows // len(active))
+        return output * active.to(output.dtype).view(-1, *([1] * (output.dim() - 1)))
 
     @staticmethod
     def state(base: nn.Module) -> dict[str, torch.Tensor]:

@@ -35,7 +35,7 @@ def test_check_reports_exactness_placement_and_parameters(dirs, capsys: pytest.C
     assert report["decisive_check"] == "mixed_gate0_rows" and set(report["check_paths"]) == set(report["checks"])
     assert report["adapter_layers"] == [2] and report["base_class"] == "LlavaForConditionalGeneration"
     params = report["params"]
-    assert report["lora_rank"] == 8 and params["lora"] > 0 and params["frozen"] > 0
+    assert report["lora_rank"] == 16 and params["lora"] > 0 and params["frozen"] > 0
     assert params["trainable"] == params["projector"] + params["fusion"] + params["lora"]
     assert set(report["param_memory_mb"]) == {"base_vl", "projector", "fusion", "lora", "audio_encoder"}
 
@@ -75,7 +75,7 @@ def test_check_on_a_tiny_blip2_folder(dirs, blip2_dir: Path, capsys: pytest.Capt
     assert main(["--base-vl", str(blip2_dir), "--clap", str(clap), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["base_class"] == "Blip2ForConditionalGeneration" and report["exact"] is True
-    assert report["gate1_changes_logits"] is True and report["adapter_layers"] == [1]
+    assert report["gate1_changes_logits"] is True and report["adapter_layers"] == [0, 1, 2]
 
 
 def test_check_in_prefix_mode(dirs, capsys: pytest.CaptureFixture) -> None:

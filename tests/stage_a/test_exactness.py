@@ -113,7 +113,7 @@ def test_check_passes_the_correct_bridge(extra: list[str], llava_dir: Path, clap
     exact, its gate-1 rows changed and equal to an all-gate-1 batch's."""
     assert check_main(["--base-vl", str(llava_dir), "--clap", str(clap_dir), "--json", *extra]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["lora_rank"] == (0 if extra[:1] == ["--lora-rank"] else 8) and report["exact"]
+    assert report["lora_rank"] == (0 if extra[:1] == ["--lora-rank"] else 16) and report["exact"]
     assert report["mixed_gate1_rows_change"] and report["mixed_gate1_rows_equal_all_gate1"]
     assert report["checks"]["mixed_gate0_rows"] == {"logits": True, "generate": True, "max_abs_logit_diff": 0.0}
 
