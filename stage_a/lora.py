@@ -23,8 +23,6 @@ from torch import nn
 from stage_a.fusion import decoder_layers_path
 
 ADAPTER = "default"
-
-
 ALL_LINEAR = "all-linear"  # every nn.Linear of the LM's decoder layers (attention and MLP), whatever the family
 
 
