@@ -18,6 +18,7 @@ from transformers import AutoModelForImageTextToText
 
 from shared.benchmark import save_result
 from shared.logs import setup_logging
+from stage_a.lora import ADAPTER
 from stage_a.model import SafeModel
 
 
@@ -25,8 +26,8 @@ def relative_deltas(model: SafeModel) -> dict[str, float]:
     """‖(α/r) B A‖_F / ‖W‖_F for every LoRA-wrapped projection, by module name."""
     out = {}
     for name, module in model.base.named_modules():
-        if hasattr(module, "lora_A") and "default" in getattr(module, "lora_A", {}):
-            delta = module.get_delta_weight("default")
+        if ADAPTER in getattr(module, "lora_A", {}):
+            delta = module.get_delta_weight(ADAPTER)
             out[name] = float(delta.norm() / module.base_layer.weight.norm())
     return out
 

@@ -19,13 +19,16 @@ from shared.benchmark import save_result
 from shared.config import load_config
 from shared.logs import setup_logging
 from stage_a.config import TrainConfig
+from stage_a.sweep_tables import (SUCCESS_ABOVE_FLOOR_PTS, SUCCESS_AUDIO_ACC, SUCCESS_ORDER_ACC,
+                                  SUCCESS_VL_TOLERANCE_PTS)
 from stage_a.train import StageATrainer
 
+# Issue 13's targets, shared with the sweep tables' success criteria (there in points, here as fractions).
 TARGET_SECONDS = 300.0
-TARGET_AUDIO_ACC = 0.80
-TARGET_DEGRADATION_PTS = 0.5
-TARGET_ORDER_ACC = 0.60
-TARGET_ABOVE_FLOOR_PTS = 20.0
+TARGET_AUDIO_ACC = SUCCESS_AUDIO_ACC / 100
+TARGET_DEGRADATION_PTS = SUCCESS_VL_TOLERANCE_PTS
+TARGET_ORDER_ACC = SUCCESS_ORDER_ACC / 100
+TARGET_ABOVE_FLOOR_PTS = SUCCESS_ABOVE_FLOOR_PTS
 ORDER = "audio.order"
 
 
