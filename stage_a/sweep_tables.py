@@ -162,7 +162,25 @@ def merge_cells(sweep, cells, cells_dir: Path) -> dict:
     table = {"rows": rows, "failed": failed, "missing": missing, "default": sweep.default}
     if sweep.criteria and sweep.default in runs:
         table["criteria"] = criteria({row["cell"]: row for row in rows}, sweep.default)
+    if sweep.default in runs:
+        table["finding"] = finding(sweep.default, rows)
     return table
+
+
+def finding(default: str, rows: list[dict]) -> str:
+    """The sweep in one line: the default's audio accuracy, then each other cell's paired Δ [95% CI] and VL
+    degradation; a Δ whose 95% CI excludes 0 is marked * (the shifted-bootstrap p can disagree with the
+    percentile CI at the edge when a few seeds make the bootstrap distribution lumpy; the line follows the CI)."""
+    ref = next(r for r in rows if r["cell"] == default)
+    parts = [f"`{default}` (default) {_f(ref['audio_acc'], 1)} ± {_f(ref['audio_acc_std'], 1)}, "
+             f"VL {_f(ref['vl_degradation_pts'])}"]
+    for r in rows:
+        if r["cell"] == default or not r["paired_seeds"]:
+            continue
+        star = "*" if r["audio_vs_default_ci_lo"] > 0 or r["audio_vs_default_ci_hi"] < 0 else ""
+        parts.append(f"`{r['cell']}` {r['audio_vs_default_pts']:+.1f}{star} [{r['audio_vs_default_ci_lo']:+.1f}, "
+                     f"{r['audio_vs_default_ci_hi']:+.1f}], VL {_f(r['vl_degradation_pts'])}")
+    return "; ".join(parts)
 
 
 OPS = {">=": float.__ge__, "<=": float.__le__, "<": float.__lt__, "==": float.__eq__}
@@ -218,6 +236,8 @@ def render_markdown(sweep, table: dict) -> str:
              f"two-sided hierarchical-bootstrap p; McNemar = McNemar p, only when a single {unit} is paired "
              f"(— otherwise); Welch = Welch's t over the {unit} means. VL degradation: mean ± std over {unit}s "
              "[hierarchical 95% CI of base − with-audio VL accuracy].", "",
+             *([f"In one line (Δ audio vs default, pts [95% CI], * CI excludes 0; VL degradation, pts): "
+                f"{table['finding']}", ""] if "finding" in table else []),
              f"| cell | {'runs' if sweep.worlds else 'seeds'} | audio acc | Δ audio vs default (pts) [95% CI] "
              "| p hier. / McNemar / Welch "
              "| VL degradation (pts) | Δ VL vs default (pts), p hier. | gate-0 diff | trainable params | train s |",

@@ -151,3 +151,17 @@ def test_success_criteria_judge_the_default_against_each_baseline_it_has(tmp_pat
     assert c["every_type_above_floor_pts"]["value"] == pytest.approx(10.0) and not c["every_type_above_floor_pts"]["met"]
     text = render_markdown(sweep, table)
     assert "- order_acc: 55.00 (target >= 60.0): NOT met" in text and "- over_lora_only_p_hier: " in text
+
+
+def test_the_one_line_finding_gives_each_cell_its_paired_delta_and_marks_those_whose_ci_excludes_zero(tmp_path: Path) -> None:
+    sweep, table = _sweep(tmp_path, {"ref": [0.5, 0.5, 0.5], "better": [0.6, 0.61, 0.6], "wobbly": [0.62, 0.48, 0.5]})
+    rows = {r["cell"]: r for r in table["rows"]}
+    line = table["finding"]
+    assert line.startswith(f"`ref` (default) {rows['ref']['audio_acc']:.1f}")
+    better, wobbly = rows["better"], rows["wobbly"]
+    assert (f"`better` {better['audio_vs_default_pts']:+.1f}* [{better['audio_vs_default_ci_lo']:+.1f}, "
+            f"{better['audio_vs_default_ci_hi']:+.1f}]") in line
+    assert better["audio_vs_default_ci_lo"] > 0 and wobbly["audio_vs_default_ci_lo"] < 0 < wobbly["audio_vs_default_ci_hi"]
+    assert f"`wobbly` {wobbly['audio_vs_default_pts']:+.1f} [" in line
+    assert f"In one line (Δ audio vs default, pts [95% CI], * CI excludes 0; VL degradation, pts): {line}" \
+        in render_markdown(sweep, table)
