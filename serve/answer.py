@@ -12,9 +12,9 @@ import json
 import sys
 from pathlib import Path
 
+from shared.cli import console
 from shared.logs import setup_logging
 from stage_a.pipeline import SafePipeline
-from stage_a.provenance import BridgeMismatch
 from stage_b.actor import ACTOR_FILE
 from stage_b.chooser import PolicyChooser
 
@@ -48,6 +48,7 @@ def read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
+@console("safe-answer")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="safe-answer", description=__doc__.splitlines()[0])
     parser.add_argument("--bridge", required=True, type=Path, help="bridge folder or stage_a-train run folder")
@@ -69,18 +70,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
-    try:
-        if (args.jsonl is None) == (args.question is None):
-            raise ValueError("give exactly one of --question or --jsonl")
-        rows = read_jsonl(args.jsonl) if args.jsonl else [
-            {"image": args.image, "audio": args.audio, "question": args.question, "k": args.k}]
-        policy = PolicyChooser.load(args.policy, args.trust_pickle) if args.policy else None
-        pipe = SafePipeline.from_pretrained(args.bridge, base=args.base, clap=args.clap, device=args.device,
-                                            dtype=args.dtype, strict=not args.no_strict, policy=policy)
-        results = pipe(**{key: [row.get(key) for row in rows] for key in KEYS})
-    except (ValueError, FileNotFoundError, BridgeMismatch) as err:
-        print(f"safe-answer: {err}", file=sys.stderr)
-        return 2
+    if (args.jsonl is None) == (args.question is None):
+        raise ValueError("give exactly one of --question or --jsonl")
+    rows = read_jsonl(args.jsonl) if args.jsonl else [
+        {"image": args.image, "audio": args.audio, "question": args.question, "k": args.k}]
+    policy = PolicyChooser.load(args.policy, args.trust_pickle) if args.policy else None
+    pipe = SafePipeline.from_pretrained(args.bridge, base=args.base, clap=args.clap, device=args.device,
+                                        dtype=args.dtype, strict=not args.no_strict, policy=policy)
+    results = pipe(**{key: [row.get(key) for row in rows] for key in KEYS})
     for result in results:
         print(json.dumps(result) if args.json else result["answer"])
     return 0

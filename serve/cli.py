@@ -21,9 +21,9 @@ import torch
 import uvicorn
 
 from serve.app import ANSWER_PATH, ServeSettings, create_app
+from shared.cli import InputError, console
 from shared.logs import setup_logging
 from stage_a.pipeline import SafePipeline
-from stage_a.provenance import BridgeMismatch
 from stage_b.actor import ACTOR_FILE
 from stage_b.chooser import PolicyChooser
 
@@ -40,7 +40,7 @@ def bind(host: str, port: int) -> socket.socket:
         sock = socket.create_server((host, port), family=family)
     except OSError as err:
         reason = os.strerror(err.errno) if err.errno else str(err)
-        raise OSError(f"--host {host} --port {port}: cannot listen there ({reason}); expected a free local address") \
+        raise InputError(f"--host {host} --port {port}: cannot listen there ({reason}); expected a free local address") \
             from err
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
@@ -71,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+@console("safe-serve")
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -85,13 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
     if args.threads:
         torch.set_num_threads(args.threads)
-    try:
-        policy = PolicyChooser.load(args.policy, args.trust_pickle) if args.policy else None
-        pipe = SafePipeline.from_pretrained(args.bridge, device=args.device, dtype=args.dtype, policy=policy)
-        sock = bind(args.host, args.port)
-    except (ValueError, FileNotFoundError, BridgeMismatch, OSError) as err:
-        print(f"safe-serve: {err}", file=sys.stderr)
-        return 2
+    policy = PolicyChooser.load(args.policy, args.trust_pickle) if args.policy else None
+    pipe = SafePipeline.from_pretrained(args.bridge, device=args.device, dtype=args.dtype, policy=policy)
+    sock = bind(args.host, args.port)
     settings = ServeSettings(args.max_batch, args.max_wait_ms, int(args.max_body_mb * 2**20),
                              str(args.policy) if args.policy else None)
     config = uvicorn.Config(create_app(pipe, settings), log_config=None, log_level=None, access_log=args.verbose,

@@ -40,6 +40,8 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, ClapAudioConfig, ClapConfig, ClapFeatureExtractor, ClapModel, ClapTextConfig
 
+from shared.cli import console
+
 log = logging.getLogger(__name__)
 DROPPED = re.compile(r"(spectrogram_extractor|logmel_extractor|tscam_conv|\.head\.|_transform\.|position_ids)")
 AUDIO_RENAMES = (
@@ -199,6 +201,7 @@ def load_config(name: str) -> ClapConfig:
     return ClapConfig.from_pretrained(name)
 
 
+@console("safe-convert-clap")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="safe-convert-clap", description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", type=Path, help="laion-clap .pt file")

@@ -16,11 +16,13 @@ from typing import Any, Literal, TypeVar, Union
 
 import yaml
 
+from shared.cli import InputError
+
 T = TypeVar("T")
 PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A config key or value that does not fit the schema."""
 
 

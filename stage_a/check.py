@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
+from shared.cli import EXIT_FINDING, EXIT_INPUT, EXIT_OK, console
 from shared.config import load_config
 from shared.encoders import build_encoder
 from shared.logs import setup_logging
@@ -49,7 +50,6 @@ CHECK_PATHS = {  # which code each check reaches (the table's "path" column and 
     "gate0": "shortcut: a scalar gate 0 calls the base before any bridge code; catches base-weight drift only",
     "no_audio": "shortcut: no audio calls the base before any bridge code; catches base-weight drift only",
 }
-EXIT_EXACT, EXIT_UNSAFE, EXIT_UNUSABLE = 0, 1, 2
 
 
 def _mb(module: torch.nn.Module) -> float:
@@ -193,6 +193,7 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+@console("stage_a-check")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="stage_a-check", description=__doc__.splitlines()[0])
     parser.add_argument("--base-vl", default=None, help="hub id or folder of the base VL model (default: the embedded world's)")
@@ -225,11 +226,11 @@ def main(argv: list[str] | None = None) -> int:
         report = run_check(args)
     except (ValueError, OSError, ImportError) as err:
         print(f"stage_a-check: {_unusable(err, args.base_vl)}", file=sys.stderr)
-        return EXIT_UNUSABLE
+        return EXIT_INPUT
     print(json.dumps(report, indent=2) if args.json else format_table(report))
     safe = (report["exact"] and report["gate1_changes_logits"] and report["mixed_gate1_rows_change"]
             and report["mixed_gate1_rows_equal_all_gate1"])
-    return EXIT_EXACT if safe else EXIT_UNSAFE
+    return EXIT_OK if safe else EXIT_FINDING
 
 
 def _unusable(err: BaseException, base_vl: str | None) -> str:

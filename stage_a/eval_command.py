@@ -23,14 +23,14 @@ from collections import defaultdict
 from pathlib import Path
 
 from shared.checkpoint import atomic_write_text
-from shared.config import ConfigError, load_config, parse_overrides
+from shared.cli import console
+from shared.config import load_config, parse_overrides
 from shared.dataset_metrics import METRICS_BY_NAME, format_dataset_summary
 from shared.logs import setup_logging
 from shared.stats import mcnemar, mean_ci, paired_diff_ci
 from stage_a.checkpointing import bridge_folder
 from stage_a.config import TrainConfig
 from stage_a.evaluate import EvalSettings, Evaluator, eval_rows
-from stage_a.provenance import BridgeMismatch
 from stage_a.report import write_report
 from stage_a.setup import build_setup
 
@@ -66,6 +66,7 @@ def format_metrics(metrics: dict) -> str:
     return "\n".join(lines + datasets)
 
 
+@console("stage_a-eval")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="stage_a-eval", description=__doc__.splitlines()[0],
                                      epilog="Config keys of the preset can be overridden: --model.base_vl ID ...")
@@ -87,11 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-v", "--verbose", action="store_true")
     args, rest = parser.parse_known_args(argv)
     setup_logging(args.verbose)
-    try:
-        cfg = load_config(TrainConfig, args.preset, parse_overrides(rest))
-    except ConfigError as err:
-        print(f"stage_a-eval: {err}", file=sys.stderr)
-        return 2
+    cfg = load_config(TrainConfig, args.preset, parse_overrides(rest))
     if args.data:
         cfg.data.test = args.data
     try:
@@ -100,11 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"stage_a-eval: --checkpoint {err}", file=sys.stderr)
         return 2
     out = args.out or (args.checkpoint / "eval" if args.checkpoint else Path(cfg.out_dir) / "eval_base")
-    try:
-        setup = build_setup(cfg, args.device, splits=("test",), bridge_dir=bridge, strict=not args.no_strict)
-    except BridgeMismatch as err:
-        print(f"stage_a-eval: {err}", file=sys.stderr)
-        return 2
+    setup = build_setup(cfg, args.device, splits=("test",), bridge_dir=bridge, strict=not args.no_strict)
     settings = EvalSettings(k=args.k or cfg.k_eval, batch_size=cfg.eval_batch_size, gate=args.gate,
                             use_audio=bridge is not None, caption_max_new_tokens=args.caption_tokens)
     evaluator = Evaluator(setup.model, setup.collator, setup.test, eval_rows(setup.test, args.size, cfg.seed),

@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from shared.checkpoint import atomic_write_text
-from shared.config import PRESET_DIR, ConfigError, load_config
+from shared.cli import console
+from shared.config import PRESET_DIR, load_config
 from shared.logs import setup_logging
 from stage_a.sweep_tables import merge_cells, render_markdown
 
@@ -130,6 +131,7 @@ def write_tables(sweep: SweepConfig, out_dir: Path) -> dict:
     return table
 
 
+@console("stage_a-sweep")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="stage_a-sweep", description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="retention",
@@ -146,11 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
     short = PRESET_DIR / f"sweep_{args.preset}.yaml"  # `--preset baselines` means configs/sweep_baselines.yaml
-    try:
-        sweep = load_config(SweepConfig, short if short.is_file() else args.preset)
-    except ConfigError as err:
-        print(f"stage_a-sweep: {err}", file=sys.stderr)
-        return 2
+    sweep = load_config(SweepConfig, short if short.is_file() else args.preset)
     sweep.common = {**sweep.common, **dict(args.set)}
     out_dir = args.out or Path("runs") / "sweeps" / sweep.name
     cells = cells_of(sweep)

@@ -39,7 +39,8 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from shared.checkpoint import atomic_directory, atomic_write_text
-from shared.config import ConfigError, load_config, parse_overrides, to_dict
+from shared.cli import console
+from shared.config import load_config, parse_overrides, to_dict
 from shared.logs import setup_logging
 from stage_a.checkpointing import (BASE_LM_FILE, STATE_FILE, BestEval, TrainState, load_checkpoint, save_checkpoint,
                                    trained_base_params)
@@ -396,6 +397,7 @@ class StageATrainer:
         return summary
 
 
+@console("stage_a-train")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="stage_a-train", description=__doc__.splitlines()[0],
                                      epilog="Any config key can be overridden: --steps 500 --mix.audio_fraction 0.5")
@@ -406,14 +408,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-v", "--verbose", action="store_true")
     args, rest = parser.parse_known_args(argv)
     setup_logging(args.verbose)
-    try:
-        overrides = parse_overrides(rest)
-        if args.wandb:
-            overrides["wandb"] = "true"
-        cfg = load_config(TrainConfig, args.preset, overrides)
-    except ConfigError as err:
-        print(f"stage_a-train: {err}", file=sys.stderr)
-        return 2
+    overrides = parse_overrides(rest)
+    if args.wandb:
+        overrides["wandb"] = "true"
+    cfg = load_config(TrainConfig, args.preset, overrides)
     summary = StageATrainer(cfg, resume=args.resume).run(stop_after=args.stop_after)
     if summary is not None and Accelerator().is_main_process:
         print(format_summary(summary))

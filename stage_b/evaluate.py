@@ -25,6 +25,7 @@ from stable_baselines3.common.policies import BasePolicy
 
 from envs.audio_budget import AudioBudgetEnv, FeatureScaler, Outcome
 from envs.outcome_table import OutcomeTable
+from shared.cli import console
 from shared.logs import setup_logging
 from shared.stats import mean_ci
 from stage_b.actor import ACTOR_FILE, load_actor
@@ -171,6 +172,7 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+@console("stage_b-eval")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="stage_b-eval", description=__doc__.splitlines()[0])
     parser.add_argument("--policy", type=Path, required=True, help="folder written by stage_b-train")
@@ -181,11 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     add_trust_pickle(parser)
     args = parser.parse_args(argv)
     setup_logging()
-    try:
-        result = evaluate_policy(args.policy, args.split, args.trust_pickle)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"stage_b-eval: {err}", file=sys.stderr)
-        return 2
+    result = evaluate_policy(args.policy, args.split, args.trust_pickle)
     print(json.dumps(result, indent=2) if args.json else format_table(result))
     return 0
 

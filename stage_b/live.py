@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from envs.outcome_table import OutcomeTable
-from shared.config import ConfigError, load_config
+from shared.cli import console
+from shared.config import load_config
 from shared.logs import setup_logging
 from shared.stats import mean_ci
 from stage_a.config import TrainConfig
@@ -70,6 +71,7 @@ def compare_live(policy: SavedPolicy, runner: SafeRunner, n: int = 200, seed: in
             "reward_table": float(tabled["reward"].mean()), "reward_live": float(live["reward"].mean())}
 
 
+@console("stage_b-live")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="stage_b-live", description=__doc__.splitlines()[0])
     parser.add_argument("--policy", type=Path, required=True, help="folder written by stage_b-train")
@@ -78,15 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     add_trust_pickle(parser)
     args = parser.parse_args(argv)
     setup_logging()
-    try:
-        policy = SavedPolicy.load(args.policy, args.trust_pickle)
-        provenance = OutcomeTable.load(policy.config.table).provenance
-        cfg = load_config(TrainConfig, provenance["preset"], provenance.get("overrides", {}))
-        runner = SafeRunner(cfg, Path(provenance["checkpoint"]), provenance["split"])
-        result = compare_live(policy, runner, args.questions, args.seed)
-    except (FileNotFoundError, KeyError, ValueError, ConfigError) as err:
-        print(f"stage_b-live: {err}", file=sys.stderr)
-        return 2
+    policy = SavedPolicy.load(args.policy, args.trust_pickle)
+    provenance = OutcomeTable.load(policy.config.table).provenance
+    cfg = load_config(TrainConfig, provenance["preset"], provenance.get("overrides", {}))
+    runner = SafeRunner(cfg, Path(provenance["checkpoint"]), provenance["split"])
+    result = compare_live(policy, runner, args.questions, args.seed)
     print(json.dumps(result, indent=2))
     return 0 if result["live_within_table_ci"] else 1
 

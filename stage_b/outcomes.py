@@ -31,7 +31,8 @@ from tqdm import tqdm
 
 from envs.outcome_table import OutcomeTable
 from shared.checkpoint import atomic_write_npz
-from shared.config import ConfigError, load_config, parse_overrides
+from shared.cli import console
+from shared.config import load_config, parse_overrides
 from shared.logs import setup_logging
 from stage_a.checkpointing import bridge_folder, bridge_hash
 from stage_a.config import TrainConfig
@@ -133,6 +134,7 @@ def build_table(cfg: TrainConfig, checkpoint: Path, split: str, ks: list[int], b
                         provenance=provenance, confidence=confidence)
 
 
+@console("stage_b-outcomes")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="stage_b-outcomes", description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, default=Path("runs/stage_a"),
@@ -146,12 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="table path (default: <checkpoint>/outcomes_<split>.npz)")
     args, rest = parser.parse_known_args(argv)
     setup_logging()
-    try:
-        overrides = parse_overrides(rest)
-        cfg = load_config(TrainConfig, args.preset, overrides)
-    except ConfigError as err:
-        print(f"stage_b-outcomes: {err}", file=sys.stderr)
-        return 2
+    overrides = parse_overrides(rest)
+    cfg = load_config(TrainConfig, args.preset, overrides)
     try:
         bridge = bridge_folder(args.checkpoint)
     except FileNotFoundError as err:

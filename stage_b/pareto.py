@@ -42,6 +42,7 @@ from tqdm import tqdm
 from envs.outcome_table import DEFAULT_TABLE, OutcomeTable
 from shared.benchmark import machine_info
 from shared.checkpoint import atomic_write_text
+from shared.cli import console
 from shared.logs import setup_logging
 from stage_b.evaluate import SavedPolicy, summarize
 from stage_b.frontier import oracle_frontier, summarize_sweep
@@ -245,6 +246,7 @@ def _numbers(text: str, kind: type, flag: str) -> tuple:
         raise ValueError(f"{flag} is {text!r}; expected comma-separated {kind.__name__}s") from None
 
 
+@console("stage_b-pareto")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="stage_b-pareto", description=__doc__.splitlines()[0])
     parser.add_argument("--table", type=Path, default=Path(DEFAULT_TABLE),
@@ -264,16 +266,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="evaluate on all of outcomes_<split>.npz beside the table (default: held-out rows)")
     args = parser.parse_args(argv)
     setup_logging()
-    try:
-        sweep = ParetoConfig(args.table, args.out, _numbers(args.alphas, float, "--alphas"),
-                            _numbers(args.seeds, int, "--seeds"),
-                            tuple(c.strip() for c in args.components.split(",") if c.strip()), args.timesteps,
-                            args.n_envs, args.workers, args.split, args.confidence)
-        OutcomeTable.load(sweep.table)
-        report = run_sweep(sweep)
-    except ValueError as err:
-        print(f"stage_b-pareto: {err}", file=sys.stderr)
-        return 2
+    sweep = ParetoConfig(args.table, args.out, _numbers(args.alphas, float, "--alphas"),
+                        _numbers(args.seeds, int, "--seeds"),
+                        tuple(c.strip() for c in args.components.split(",") if c.strip()), args.timesteps,
+                        args.n_envs, args.workers, args.split, args.confidence)
+    OutcomeTable.load(sweep.table)
+    report = run_sweep(sweep)
     print(json.dumps(headline(report), indent=2))
     return 0
 

@@ -27,6 +27,7 @@ from stable_baselines3.common.env_util import make_vec_env
 from envs.audio_budget import AudioBudgetEnv, FeatureScaler, observed_columns
 from envs.outcome_table import DEFAULT_TABLE, OutcomeTable
 from shared.checkpoint import atomic_write_text
+from shared.cli import console
 from shared.logs import setup_logging, wandb_mode
 from stage_b.actor import save_actor
 
@@ -104,6 +105,7 @@ def train_policy(config: PolicyConfig, out_dir: Path, tensorboard: bool = True, 
     return record
 
 
+@console("stage_b-train")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="stage_b-train", description=__doc__.splitlines()[0])
     parser.add_argument("--table", default=DEFAULT_TABLE, help=f"outcome table (.npz) from stage_b-outcomes "
@@ -122,13 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wandb", action="store_true", help="log through SB3's wandb integration (offline without a key)")
     args = parser.parse_args(argv)
     setup_logging()
-    try:
-        config = PolicyConfig(str(Path(args.table).resolve()), args.alpha, args.gamma, args.budget, args.confidence,
-                              args.episode_length, seed=args.seed, timesteps=args.timesteps, n_envs=args.n_envs)
-        table = OutcomeTable.load(config.table)  # a missing or malformed table is named before anything starts
-    except ValueError as err:
-        print(f"stage_b-train: {err}", file=sys.stderr)
-        return 2
+    config = PolicyConfig(str(Path(args.table).resolve()), args.alpha, args.gamma, args.budget, args.confidence,
+                          args.episode_length, seed=args.seed, timesteps=args.timesteps, n_envs=args.n_envs)
+    table = OutcomeTable.load(config.table)  # a missing or malformed table is named before anything starts
     out = args.out or Path("runs") / "stage_b" / f"alpha{args.alpha:g}-gamma{args.gamma:g}-seed{args.seed}"
     record = train_policy(config, out, tensorboard=not args.no_tensorboard, wandb=args.wandb, table=table)
     provenance = record["table_provenance"]

@@ -28,6 +28,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable, Sequence
 
+from shared.cli import EXIT_FINDING, EXIT_INPUT, EXIT_OK, console
 from shared.data.audiocaps import CAPTION_PROMPT, CLIP_SECONDS, load_audiocaps
 from shared.data.check import CheckReport, check_manifest
 from shared.data.clotho_aqa import load_clotho_aqa
@@ -36,10 +37,10 @@ from shared.data.music_avqa import load_music_avqa
 from shared.data.schema import ManifestError, Sample, read_manifest, write_manifest
 from shared.data.vqav2 import load_vqav2
 
-EXIT_OK, EXIT_EXCLUDED, EXIT_INPUT = 0, 1, 2
 MAX_LISTED = 10
 
 
+@console("safe-data")
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `safe-data` console script; returns the exit code."""
     args = build_parser().parse_args(argv)
@@ -234,7 +235,7 @@ def _run_check(args: argparse.Namespace) -> int:
         print(json.dumps(payload, indent=2, ensure_ascii=False))
     else:
         _print_table(report, manifest, clean_path, report_path)
-    return EXIT_EXCLUDED if report.excluded else EXIT_OK
+    return EXIT_FINDING if report.excluded else EXIT_OK
 
 
 def _print_table(report: CheckReport, manifest: Path, clean_path: Path, report_path: Path) -> None:

@@ -13,7 +13,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-from shared.config import ConfigError, load_config, parse_overrides
+from shared.cli import console
+from shared.config import load_config, parse_overrides
 from shared.data.schema import read_manifest
 from shared.logs import setup_logging
 from shared.world.build import WorldConfig, build_world, default_world_dir, read_record
@@ -132,30 +133,19 @@ def format_info(info: dict) -> str:
     return "\n".join(lines)
 
 
+@console("safe-world")
 def main(argv: list[str] | None = None) -> int:
     args, extra = _parser().parse_known_args(argv)
     setup_logging(args.verbose)
-    try:
-        config = load_config(WorldConfig, args.preset, parse_overrides(extra))
-    except ConfigError as err:
-        print(f"safe-world: {err}", file=sys.stderr)
-        return 2
+    config = load_config(WorldConfig, args.preset, parse_overrides(extra))
     world_dir = args.dir or default_world_dir(config.world)
     if args.command == "build":
         build_world(config, world_dir, force=args.force)
     if args.command == "export":
-        try:
-            summary = export_world(world_dir, args.out, link=args.link, force=args.force)
-        except (OSError, ValueError) as err:
-            print(f"safe-world: {err}", file=sys.stderr)
-            return 2
+        summary = export_world(world_dir, args.out, link=args.link, force=args.force)
         print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
         return 0
-    try:
-        info = verify_base_vl(world_dir) if args.command == "verify" else world_info(world_dir)
-    except FileNotFoundError as err:
-        print(f"safe-world: {err}", file=sys.stderr)
-        return 2
+    info = verify_base_vl(world_dir) if args.command == "verify" else world_info(world_dir)
     if args.command == "verify":
         print(json.dumps(info, indent=2))
         return 0 if info["identical"] else 1

@@ -49,7 +49,8 @@ def test_each_retention_variant_changes_the_update(paths: dict, tmp_path: Path) 
         after[variant] = _bridge(trainer)
     for variant in VARIANTS[1:]:
         assert any(not torch.equal(after[variant][k], after["none"][k]) for k in after["none"]), variant
-    assert logs["kl"][0]["kl"] == 0.0 and logs["kl"][2]["kl"] > 0  # zero-init: student = teacher at step 0
+    # zero-init: student = teacher at step 0, up to the rounding of a batch of all rows against one of the VL rows
+    assert logs["kl"][0]["kl"] < 1e-7 and logs["kl"][2]["kl"] > 1e-5
     assert logs["fisher"][2]["ewc"] > 0 and "fisher" in logs["fisher"][0]
     assert logs["nullspace"][0]["nullspace_rank"]["fusion.0.q"] > 0
     assert all(entry["grad_norm"]["base"] == 0.0 for entry in logs["full"])
@@ -117,14 +118,15 @@ def test_gate_schedules() -> None:
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
-def test_resume_after_stop_equals_an_uninterrupted_run(paths: dict, tmp_path: Path, dtype: str) -> None:
+def test_resume_after_stop_equals_an_uninterrupted_run(paths: dict, tmp_path: Path, dtype: str,
+                                                      capsys: pytest.CaptureFixture) -> None:
     whole, parts = tmp_path / "whole", tmp_path / "parts"
     assert main(_args(paths, whole, "--tolerance_pts", "100", "--model.dtype", dtype)) == 0
     args = _args(paths, parts, "--tolerance_pts", "100", "--model.dtype", dtype)
     assert main([*args, "--stop-after", "3"]) == 0
     assert json.loads((parts / "stage_a_micro/checkpoint/state.json").read_text())["step"] == 3
-    with pytest.raises(FileExistsError, match="--resume"):
-        main(args)
+    assert main(args) == 2  # a run folder with a checkpoint: continue with --resume, or choose another name
+    assert "--resume" in capsys.readouterr().err.splitlines()[-1]
     with (parts / "stage_a_micro/metrics.jsonl").open("a") as log:  # what a process killed after step 4 leaves
         log.write(json.dumps({"step": 4, "kind": "train", "loss": 1.0}) + "\n")
     assert main([*args, "--resume"]) == 0

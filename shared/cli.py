@@ -1,0 +1,109 @@
+"""One exit-code convention for every console script, and the wrapper that enforces it.
+
+| code | meaning |
+|---|---|
+| 0 | success |
+| 1 | the command ran and found a problem (samples excluded, exactness failed, a check outside its CI) |
+| 2 | bad input or arguments: one line naming the file, field, key or value, and what was expected |
+| 3 | internal error: one line, the traceback in a log file (or on stderr with `--debug`) |
+
+`console(prog)` wraps a `main(argv) -> int`: bad input (`InputError`, `ConfigError`, any `ValueError`,
+and an `OSError` that names a file) becomes one line on stderr and exit 2; anything else is an internal
+error, exit 3. argparse's own usage errors already exit 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_FINDING, EXIT_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
+DEBUG_FLAG = "--debug"
+
+
+class InputError(ValueError):
+    """Bad input: the message names the file, field, key or value, and what was expected."""
+
+
+def one_line(err: BaseException) -> str:
+    """The error's message on one line (an OSError with its file, a KeyError without repr quotes)."""
+    if isinstance(err, OSError) and err.filename is not None and str(err.filename) not in str(err.args):
+        text = f"{err.filename}: {err.strerror or err}"
+    elif isinstance(err, KeyError) and len(err.args) == 1:
+        text = str(err.args[0])
+    else:
+        text = str(err) or type(err).__name__
+    return " ".join(text.split())
+
+
+PATH_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError)
+
+
+def is_input_error(err: BaseException) -> bool:
+    """True for errors that mean "the input is bad" rather than "the program is broken": a ValueError (the
+    project's input errors all are: InputError, ConfigError, ManifestError, AudioError, BridgeMismatch), a
+    path that is missing, present or not permitted, or another OSError on a named file."""
+    if isinstance(err, OSError):
+        return isinstance(err, PATH_ERRORS) or err.filename is not None
+    return isinstance(err, ValueError)
+
+
+def log_dir() -> Path:
+    """Where internal errors' tracebacks go: $SAFE_LOG_DIR, else the temp folder's safe-logs."""
+    return Path(os.environ.get("SAFE_LOG_DIR") or Path(tempfile.gettempdir()) / "safe-logs")
+
+
+def _keep_traceback(prog: str, err: BaseException) -> Path | None:
+    """Write the traceback to a log file; None when it cannot be written (it then goes to stderr)."""
+    try:
+        folder = log_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{prog}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+        path.write_text("".join(traceback.format_exception(err)), encoding="utf-8")
+        return path
+    except OSError:
+        return None
+
+
+def console(prog: str) -> Callable[[Callable[[Sequence[str] | None], int]], Callable[[Sequence[str] | None], int]]:
+    """Decorate a console script's `main(argv)` with the exit-code convention and a `--debug` flag."""
+
+    def wrap(main: Callable[[Sequence[str] | None], int]) -> Callable[[Sequence[str] | None], int]:
+        @functools.wraps(main)
+        def run(argv: Sequence[str] | None = None) -> int:
+            args = list(sys.argv[1:] if argv is None else argv)
+            debug = DEBUG_FLAG in args or os.environ.get("SAFE_DEBUG") == "1"
+            args = [a for a in args if a != DEBUG_FLAG]
+            try:
+                return main(args)
+            except KeyboardInterrupt:
+                print(f"{prog}: interrupted", file=sys.stderr)
+                return 130
+            except Exception as err:  # noqa: BLE001 - the convention's boundary: every error gets a code
+                if debug:
+                    traceback.print_exception(err)
+                if is_input_error(err):
+                    print(f"{prog}: {one_line(err)}", file=sys.stderr)
+                    return EXIT_INPUT
+                if debug:
+                    print(f"{prog}: internal error: {type(err).__name__}: {one_line(err)}", file=sys.stderr)
+                    return EXIT_INTERNAL
+                where = _keep_traceback(prog, err)
+                if where is None:
+                    traceback.print_exception(err)
+                hint = f"traceback in {where}; {DEBUG_FLAG} prints it" if where else "traceback above"
+                print(f"{prog}: internal error: {type(err).__name__}: {one_line(err)} ({hint})", file=sys.stderr)
+                return EXIT_INTERNAL
+
+        return run
+
+    return wrap

@@ -1,0 +1,76 @@
+"""The exit-code convention: 0 success, 1 finding, 2 bad input in one line, 3 internal error with its traceback kept."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from shared.cli import EXIT_FINDING, EXIT_INPUT, EXIT_INTERNAL, EXIT_OK, InputError, console, is_input_error
+from shared.config import ConfigError
+
+
+def _command(error: BaseException | None = None, code: int = EXIT_OK):
+    @console("demo")
+    def main(argv):
+        if error is not None:
+            raise error
+        return code
+    return main
+
+
+@pytest.mark.parametrize("error", [
+    InputError("manifest.jsonl line 3: field 'audio_start' is 'abc'; expected a number"),
+    ConfigError("config key 'lr': value 'nan' is not valid; expected a finite float"),
+    ValueError("--ks 4,x: 'x' is not an integer"),
+    FileNotFoundError("no adapter.safetensors in runs/x"),
+    FileNotFoundError(2, "No such file or directory", "data/missing.jsonl"),
+    IsADirectoryError(21, "Is a directory", "runs"),
+])
+def test_bad_input_is_one_line_on_stderr_and_exit_2(error, capsys) -> None:
+    assert _command(error)([]) == EXIT_INPUT
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("demo: ") and "Traceback" not in err
+    if isinstance(error, OSError) and error.filename:
+        assert error.filename in err
+
+
+def test_a_multi_line_message_is_folded_into_one_line(capsys) -> None:
+    assert _command(InputError("first line\n  second line"))([]) == EXIT_INPUT
+    assert capsys.readouterr().err == "demo: first line second line\n"
+
+
+def test_an_internal_error_is_exit_3_with_the_traceback_in_a_log_file(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("SAFE_LOG_DIR", str(tmp_path))
+    assert _command(RuntimeError("size mismatch for fusion.0.q"))([]) == EXIT_INTERNAL
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "internal error: RuntimeError: size mismatch" in err and "Traceback" not in err
+    logs = list(tmp_path.glob("demo-*.log"))
+    assert len(logs) == 1 and str(logs[0]) in err
+    assert "Traceback" in logs[0].read_text() and "size mismatch" in logs[0].read_text()
+
+
+def test_debug_prints_the_traceback_and_is_not_passed_on(capsys) -> None:
+    seen = []
+
+    @console("demo")
+    def main(argv):
+        seen.append(list(argv))
+        raise KeyError("checkpoint")
+
+    assert main(["--x", "1", "--debug"]) == EXIT_INTERNAL
+    assert seen == [["--x", "1"]]
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_codes_returned_by_the_command_pass_through() -> None:
+    assert _command(code=EXIT_FINDING)([]) == EXIT_FINDING
+    assert _command(code=EXIT_OK)([]) == EXIT_OK
+
+
+def test_which_errors_count_as_bad_input() -> None:
+    assert is_input_error(json.JSONDecodeError("Expecting value", "x", 0))
+    assert is_input_error(PermissionError(13, "Permission denied", "/root/x"))
+    assert is_input_error(OSError(28, "No space left on device", "runs/x/state.json"))
+    assert not is_input_error(OSError(5, "I/O error"))
+    assert not is_input_error(RuntimeError("shape"))
+    assert not is_input_error(KeyError("x"))
