@@ -68,6 +68,22 @@ def test_check_input_errors_exit_2_with_one_line(tmp_path: Path, capsys, content
     assert len(err.splitlines()) == 1 and str(path) in err and message in err
 
 
+@pytest.mark.parametrize(("line", "expected"), [
+    ("5", ":2: line is 5; expected a JSON object"),
+    ("null", ":2: line is null; expected a JSON object"),
+    ('{"audio_start": "abc"}', ":2: field 'audio_start' is 'abc'; expected a finite number of seconds"),
+])
+def test_check_malformed_line_exits_2_naming_file_line_and_field(tmp_path: Path, capsys, line: str,
+                                                                 expected: str) -> None:
+    good = _s("a", "a.wav").to_json()
+    path = tmp_path / "m.jsonl"
+    bad = json.dumps({**good, **json.loads(line)}) if line.startswith("{") else line
+    path.write_text(json.dumps(good) + "\n" + bad + "\n")
+    assert main(["check", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{path}{expected}" in err, err
+
+
 def test_usage_errors_exit_2() -> None:
     with pytest.raises(SystemExit) as exc:
         main(["check"])
