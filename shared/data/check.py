@@ -40,6 +40,7 @@ KINDS: dict[str, str] = {
     "missing_file": "a referenced image, frame or audio file does not exist",
     "unreadable_image": "image or frame file cannot be decoded",
     "small_image": "image or frame has a side below the minimum image side",
+    "unprocessable_image": "the model's processor cannot batch the image (found by a consumer such as Stage A)",
     "unreadable_audio": "audio file cannot be decoded",
     "empty_audio": "audio file holds no samples",
     "truncated_audio": "audio file holds fewer frames than its header declares",
@@ -104,6 +105,14 @@ class CheckReport:
         for problem in self.problems:
             out[problem.kind] += 1
         return {kind: n for kind, n in out.items() if n}
+
+    def exclude(self, problems: Iterable[Problem]) -> None:
+        """Record problems a consumer found after the check (e.g. its processor's); excluding ones drop their samples."""
+        problems = list(problems)
+        gone = {p.index for p in problems if p.excluding}
+        self.problems = sorted([*self.problems, *problems], key=lambda p: p.index)
+        kept = [(i, s) for i, s in zip(self.kept_indices, self.clean) if i not in gone]
+        self.kept_indices, self.clean = [i for i, _ in kept], [s for _, s in kept]
 
     def excluded_samples(self) -> list[dict]:
         """Each excluded sample with the kinds of problem that excluded it."""

@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
-from shared.data.check import KINDS, MIN_DURATION, MIN_IMAGE_SIDE, check_manifest
+from shared.data.check import KINDS, MIN_DURATION, MIN_IMAGE_SIDE, Problem, check_manifest
 from shared.data.schema import Sample
 
 RATE = 16000
@@ -188,6 +188,15 @@ def test_aligned_window_and_small_overshoot_pass(media: dict[str, str]) -> None:
     ]
     report = check_manifest(samples, min_duration=1.0, progress=False)
     assert report.problems == [] and len(report.clean) == 2
+
+
+def test_problems_found_after_the_check_exclude_like_the_checks_own(media: dict[str, str]) -> None:
+    report = check_manifest([_s(f"ok{i}", audio=media["good"]) for i in range(3)], progress=False)
+    report.exclude([Problem(1, "ok1", "unprocessable_image", "image", "x.png", "processor said no"),
+                    Problem(2, "ok2", "sample_rate", "audio", media["good"], "a warning", excluding=False)])
+    assert ([s.id for s in report.clean], report.kept_indices, report.excluded) == (["ok0", "ok2"], [0, 2], 1)
+    assert report.counts() == {"unprocessable_image": 1, "sample_rate": 1}
+    assert report.excluded_samples() == [{"index": 1, "id": "ok1", "kinds": ["unprocessable_image"]}]
 
 
 def test_report_is_json_and_accounts_for_every_sample(media: dict[str, str]) -> None:
