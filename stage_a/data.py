@@ -1,11 +1,15 @@
 """Stage A data: checked manifests, cached frozen-encoder features, and batches for the trainer.
 
 Every split is read from a sample manifest (the embedded world's, or a converted dataset's),
-checked with `shared.data.check` (corrupt audio, missing images: counted and excluded, never
-silently turned into VL samples), and its audio windows are encoded once through the feature
-cache. VL questions are paired with audio too: their own clip (the world's scenes have one), or,
-for datasets whose VL samples have none, a clip of the split's audio samples chosen by the
-sample id, so the adapter is active on VL inputs, where it can harm them.
+checked with `shared.data.check` and its defaults, as `safe-data check` does (corrupt, truncated
+or too short audio, missing, truncated or too small images: counted and excluded, never silently
+turned into VL samples), then each image a sample is shown goes through the base model's processor
+beside one of the processor's own size (`stage_a.prompting.unbatchable_images`): what the processor
+cannot batch is excluded too, so no batch meets an image that breaks it. Every exclusion is logged
+and kept with the sample's id in `Split.excluded` (a run's summary.json). Its audio windows are
+encoded once through the feature cache. VL questions are paired with audio too: their own clip
+(the world's scenes have one), or, for datasets whose VL samples have none, a clip of the split's
+audio samples chosen by the sample id, so the adapter is active on VL inputs, where it can harm them.
 
 Every modality mix is loaded (each sample keeps its dataset in `Sample.source`):
 - an image: shown as is;
@@ -33,14 +37,15 @@ import torch
 from PIL import Image
 
 from shared.data.audio_io import audio_info
-from shared.data.check import check_manifest
+from shared.data.check import CheckReport, Problem, check_manifest
 from shared.data.schema import Sample, majority_answer, read_manifest
 from shared.features import AudioRef, FeatureCache, pad_frames, valid_frames_encoder
-from stage_a.prompting import BLANK_RGB, build_prompt, model_inputs, no_image_policy
+from stage_a.prompting import BLANK_RGB, build_prompt, model_inputs, no_image_policy, unbatchable_images
 
 log = logging.getLogger(__name__)
 IGNORE = -100
 AUDIO_FAMILIES = ("audio", "audio_visual", "caption")
+LISTED = 10  # excluded sample ids named in the log line (all are in Split.excluded)
 FRAME_RULE = ("frames-only samples show the frame nearest the middle of the audio window (end clipped to the "
               "file; without audio: the middle of the frames' time span), ties to the earlier frame")
 
@@ -72,7 +77,9 @@ def visual_input(sample: Sample, durations: dict[str, float]) -> str | None:
 @dataclass
 class Split:
     """One checked split: samples, their targets, audio features, and the image file each sample is shown
-    (`visuals`: its image, its chosen frame, or None) with those files loaded once (`images`)."""
+    (`visuals`: its image, its chosen frame, or None) with those files loaded once (`images`).
+    `excluded`: the manifest's total, the number excluded, counts per kind and each excluded sample
+    (index in the manifest, id, kinds)."""
 
     name: str
     samples: list[Sample]
@@ -124,16 +131,44 @@ def _borrowed_clip(sample: Sample, pool: list[AudioRef]) -> AudioRef:
     return pool[digest % len(pool)]
 
 
-def load_split(name: str, manifest: str | Path, encoder, cache: FeatureCache, sample_rate: int) -> Split:
-    """Read, check and encode one split; excluded samples are counted and logged, never lost silently."""
+def _shown_images(report: CheckReport, processor, durations: dict[str, float]) -> dict[str, Image.Image]:
+    """The images the report's clean samples are shown, loaded once; samples whose image the processor cannot
+    batch are excluded from the report, each logged with its id."""
+    shown = [visual_input(s, durations) for s in report.clean]
+    images = {}
+    for path in dict.fromkeys(p for p in shown if p is not None):
+        with Image.open(path) as im:  # decoded in full by the check a moment ago
+            images[path] = im.convert("RGB")
+    failed = unbatchable_images(processor, images)
+    problems = []
+    for index, sample, path in zip(report.kept_indices, report.clean, shown):
+        if path in failed:
+            field = "image" if path == sample.image else f"frames[{sample.frames.index(path)}]"
+            problems.append(Problem(index, sample.id, "unprocessable_image", field, path, failed[path]))
+            log.warning("sample %r excluded: %s %s cannot be batched by the processor (%s)", sample.id, field, path,
+                        failed[path])
+    report.exclude(problems)
+    return {path: image for path, image in images.items() if path not in failed}
+
+
+def load_split(name: str, manifest: str | Path, encoder, cache: FeatureCache, sample_rate: int, processor) -> Split:
+    """Read, check and encode one split for the base model's `processor`; excluded samples are counted and logged
+    with their ids, never lost silently (see the module docstring)."""
     samples = read_manifest(manifest)
     if not samples:
         raise ValueError(f"manifest {manifest} holds no samples; expected at least one")
-    report = check_manifest(samples, sample_rate=sample_rate, decode_images=False, progress=False)
-    if report.excluded:
-        log.warning("%s split (%s): %d of %d samples excluded: %s", name, manifest, report.excluded,
-                    report.total, report.counts())
+    report = check_manifest(samples, sample_rate=sample_rate, progress=False)
+    durations: dict[str, float] = {}
+    images = _shown_images(report, processor, durations)
+    listed = [f"{e['id']} ({', '.join(e['kinds'])})" for e in report.excluded_samples()]
+    if listed:
+        more = f" and {len(listed) - LISTED} more" if len(listed) > LISTED else ""
+        log.warning("%s split (%s): %d of %d samples excluded %s: %s%s", name, manifest, report.excluded,
+                    report.total, report.counts(), "; ".join(listed[:LISTED]), more)
     clean = report.clean
+    if not clean:
+        raise ValueError(f"{name} split: all {report.total} samples of {manifest} are excluded ({report.counts()}); "
+                         "expected at least one usable sample (`safe-data check` lists why)")
     pool = sorted({_audio_ref(s) for s in clean if s.family in AUDIO_FAMILIES and s.has_audio},
                   key=lambda r: (r.path, r.start))
     refs = [_audio_ref(s) if s.has_audio else _borrowed_clip(s, pool) for s in clean]
@@ -143,14 +178,9 @@ def load_split(name: str, manifest: str | Path, encoder, cache: FeatureCache, sa
     unique = sorted(set(refs), key=lambda r: (r.path, r.start, r.end or 0.0))
     position = {r: i for i, r in enumerate(unique)}
     features = cache.features(unique, valid_frames_encoder(encoder, sample_rate))
-    durations: dict[str, float] = {}
     visuals = [visual_input(s, durations) for s in clean]
-    images = {}
-    for path in visuals:
-        if path is not None and path not in images:
-            with Image.open(path) as im:
-                images[path] = im.convert("RGB")
-    excluded = {"total": report.total, "excluded": report.excluded, "counts": report.counts()}
+    excluded = {"total": report.total, "excluded": report.excluded, "counts": report.counts(),
+                "samples": report.excluded_samples()}
     split = Split(name, clean, [target_answer(s) for s in clean], features, [position[r] for r in refs], visuals,
                   images, excluded, unique)
     log.info("%s split: %s", name, split.composition())

@@ -5,6 +5,11 @@ marks where images go (a row without one simply has no image, and the model runs
 in a batch mixed with image rows); "blank_image" where the processor inserts image tokens into
 every row itself (BLIP-2, PaliGemma), so every row needs an image: such rows get `blank_image`,
 a constant mid-grey (RGB 128, 128, 128) image at the processor's size.
+
+`unbatchable_images` runs images through the same `model_inputs` a batch takes, each beside
+`blank_image`, so a split never holds an image its processor cannot batch: e.g. the embedded
+world's LLaVA processor neither resizes nor crops (do_resize=False, do_center_crop=False), so it
+keeps every image at its own size and cannot stack a 1x1 (or any non-48x48) image beside a 48x48 one.
 """
 
 from __future__ import annotations
@@ -22,6 +27,9 @@ BLANK_RGB = (128, 128, 128)
 # Processors that put image tokens into every row themselves, with their plain-text prompt.
 _SELF_PLACING = {Blip2Processor: "Question: {question} Answer:", InstructBlipProcessor: "Question: {question} Answer:",
                  PaliGemmaProcessor: "{image}answer en {question}"}
+# What processors raise on images they cannot take (ragged pixel arrays, extreme aspect ratios, ...).
+PROCESSOR_ERRORS = (ValueError, TypeError, RuntimeError, IndexError)
+PROBE_CHUNK = 16  # image sizes per probing call; a failing chunk is probed size by size
 
 
 def _self_placing_template(processor) -> str | None:
@@ -117,3 +125,33 @@ def model_inputs(processor, texts: list[str], images: list[Image.Image | None], 
     inputs.pop("labels", None)
     return dict(inputs)
 
+
+def unbatchable_images(processor, images: dict[str, Image.Image]) -> dict[str, str]:
+    """{path: reason} for the RGB images the processor cannot batch beside an image of its own size (`blank_image`).
+
+    Whether a processor can batch an image depends on its size, not its pixels, so one image per distinct size is
+    probed: PROBE_CHUNK sizes at a time, each chunk beside the reference, and one by one when a chunk fails.
+    """
+    reference, prompt = blank_image(processor), build_prompt(processor, "what is shown?")
+
+    def failure(chunk: list[Image.Image]) -> str | None:
+        try:
+            model_inputs(processor, [prompt] * (len(chunk) + 1), [reference, *chunk], "right")
+        except PROCESSOR_ERRORS as err:
+            return f"{type(err).__name__}: {' '.join(str(err).split())}"
+        return None
+
+    by_size: dict[tuple[int, int], list[str]] = {}
+    for path, image in images.items():
+        by_size.setdefault(image.size, []).append(path)
+    sizes, bad = list(by_size), {}
+    for start in range(0, len(sizes), PROBE_CHUNK):
+        chunk = {size: images[by_size[size][0]] for size in sizes[start: start + PROBE_CHUNK]}
+        if failure(list(chunk.values())) is None:
+            continue
+        for (width, height), image in chunk.items():
+            reason = failure([image])
+            if reason:
+                bad |= {path: f"{width}x{height} px beside the processor's {reference.width}x{reference.height} "
+                              f"image: {reason}" for path in by_size[width, height]}
+    return bad

@@ -105,7 +105,7 @@ def build_setup(cfg: TrainConfig, device: torch.device | str = "cpu", splits: tu
     # model.dtype is (its cost is not paid per training step).
     encoder = build_encoder(cfg.model.audio_encoder, paths["clap"], paths["whisper"], str(device), "float32")
     cache = feature_cache(encoder, cfg.data.feature_cache)
-    loaded = {name: load_split(name, paths[name], encoder, cache, cfg.data.sample_rate) for name in splits}
+    loaded = {name: load_split(name, paths[name], encoder, cache, cfg.data.sample_rate, processor) for name in splits}
     torch.manual_seed(cfg.seed)
     if bridge_dir is not None:
         model = SafeModel.from_bridge(base, bridge_dir, encoder, strict)

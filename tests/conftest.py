@@ -1,8 +1,11 @@
 """Fixtures shared by every test folder: the micro embedded world and config overrides pointing at it."""
 
 from pathlib import Path
+from typing import Callable
 
+import numpy as np
 import pytest
+from PIL import Image
 
 
 @pytest.fixture(scope="session")
@@ -69,3 +72,18 @@ def policy_dir(table_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     out = tmp_path_factory.mktemp("policy") / "alpha0.1"
     train_policy(PolicyConfig(str(table_path), timesteps=512, n_envs=2, eval_every=512), out, tensorboard=False)
     return out
+
+
+def _truncated_png(path: Path, side: int = 48) -> Path:
+    """A PNG of random pixels cut to half its bytes: it opens and reports its size, its pixels do not decode."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    return path
+
+
+@pytest.fixture
+def truncated_png() -> Callable[..., Path]:
+    """Write a truncated PNG (`path`, `side`): a header that promises pixels the file does not hold."""
+    return _truncated_png

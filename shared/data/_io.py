@@ -13,7 +13,7 @@ import string
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from shared.data.schema import ManifestError, Sample
+from shared.data.schema import ManifestError, Sample, typed
 
 
 def require_file(path: str | os.PathLike, what: str) -> Path:
@@ -38,26 +38,13 @@ def load_json(path: str | os.PathLike, what: str) -> Any:
         raise ManifestError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from err
 
 
-def _type_name(kind: type | tuple[type, ...]) -> str:
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    return " or ".join(k.__name__ for k in kinds)
-
-
 def get_field(record: Any, name: str, kind: type | tuple[type, ...], where: str) -> Any:
     """Return `record[name]` checked against `kind` (bool never passes for int or float)."""
     if not isinstance(record, Mapping):
         raise ManifestError(f"{where}: record is {type(record).__name__}; expected a JSON object")
     if name not in record:
         raise ManifestError(f"{where}: missing field {name!r}")
-    value = record[name]
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    if isinstance(value, bool) and bool not in kinds:
-        ok = False
-    else:
-        ok = isinstance(value, kinds)
-    if not ok:
-        raise ManifestError(f"{where}: field {name!r} is {value!r}; expected {_type_name(kind)}")
-    return value
+    return typed(record[name], kind, name, where)
 
 
 def get_text(record: Any, name: str, where: str) -> str:

@@ -66,13 +66,12 @@ def load_audio(
     try:
         with sf.SoundFile(str(path)) as fh:
             file_rate, total = fh.samplerate, fh.frames
-            first = int(round(start * file_rate))
+            first, last = window_frames(start, end, file_rate, total)
             if first >= total:
                 raise AudioError(
                     f"audio file {path}: window start {start}s is at or after the end of the file "
                     f"({total / file_rate:.3f}s); expected start < duration"
                 )
-            last = total if end is None else min(total, int(round(end * file_rate)))
             _seek(fh, first)
             data = fh.read(last - first, dtype="float32", always_2d=True)
     except _READ_ERRORS as err:
@@ -82,6 +81,32 @@ def load_audio(
             f"audio file {path}: window [{start}, {end}) s gave 0 samples; expected at least one"
         )
     return resample(to_mono(data), file_rate, sample_rate)
+
+
+def window_frames(start: float, end: float | None, rate: int, total: int) -> tuple[int, int]:
+    """[first, last) frame numbers of the window [start, end) s in a file of `total` frames (end clipped to it)."""
+    return int(round(start * rate)), total if end is None else min(total, int(round(end * rate)))
+
+
+def declared_frames(path: str | os.PathLike) -> int | None:
+    """The frame count a RIFF/WAVE file's header declares (data chunk size / block align), which libsndfile
+    silently lowers to the frames actually present when the file is truncated; None for other formats and
+    for streamed WAVs whose data size is left open (0xFFFFFFFF)."""
+    with open(path, "rb") as fh:
+        head = fh.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:] != b"WAVE":
+            return None
+        block_align = 0
+        while len(chunk := fh.read(8)) == 8:
+            name, size = chunk[:4], int.from_bytes(chunk[4:], "little")
+            if name == b"data":
+                return size // block_align if block_align and size != 0xFFFFFFFF else None
+            padded = size + (size & 1)  # chunks are padded to an even size
+            if name == b"fmt ":
+                block_align = int.from_bytes(fh.read(padded)[12:14], "little")
+            else:
+                fh.seek(padded, os.SEEK_CUR)
+    return None
 
 
 def to_mono(data: np.ndarray) -> np.ndarray:

@@ -4,6 +4,17 @@
 `Problem` per (sample, kind) found. Warning kinds are reported but do not exclude.
 Media files are checked once per path (many questions share an image, a video or a clip),
 and only the sample's audio window is decoded.
+
+Defaults say what a usable sample is, not only what can be opened:
+- images are decoded in full (a truncated PNG opens and reports its size, then fails on its pixels)
+  and need both sides >= MIN_IMAGE_SIDE = 8 px. A smaller image is degenerate (a 1x1 placeholder or
+  tracking pixel, a broken thumbnail): it shows nothing a question can be about, vision towers cut
+  14-16 px patches, and processors that do not resize cannot batch it (Stage A adds its own
+  processor's requirement, `stage_a.data`);
+- an audio window must cover >= MIN_DURATION = 0.1 s: shorter is a cutting or annotation error (the
+  datasets' clips last 10-60 s; 0.1 s is a few STFT windows of the encoders' front ends);
+- a WAV whose header declares more frames than the file holds is truncated (libsndfile silently
+  reads the shorter file), as is any file that decodes fewer frames than its header lists.
 """
 
 from __future__ import annotations
@@ -17,7 +28,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from shared.data.audio_io import AudioError, AudioInfo, audio_info, load_audio
+from shared.data.audio_io import AudioError, AudioInfo, audio_info, declared_frames, load_audio, window_frames
 from shared.data.schema import Sample
 
 log = logging.getLogger(__name__)
@@ -28,8 +39,11 @@ KINDS: dict[str, str] = {
     "missing_audio": "family needs audio but the sample has none",
     "missing_file": "a referenced image, frame or audio file does not exist",
     "unreadable_image": "image or frame file cannot be decoded",
+    "small_image": "image or frame has a side below the minimum image side",
+    "unprocessable_image": "the model's processor cannot batch the image (found by a consumer such as Stage A)",
     "unreadable_audio": "audio file cannot be decoded",
     "empty_audio": "audio file holds no samples",
+    "truncated_audio": "audio file holds fewer frames than its header declares",
     "window_outside": "audio window starts at or after the end of the file",
     "window_past_end": "audio window ends past the end of the file by more than the tolerance",
     "too_short": "audio window is shorter than the minimum duration",
@@ -38,6 +52,8 @@ KINDS: dict[str, str] = {
     "misaligned": "audio window does not overlap the frames' time span",
     "sample_rate": "audio file sample rate differs from the expected rate (warning unless strict)",
 }
+MIN_IMAGE_SIDE = 8  # px; see the module docstring
+MIN_DURATION = 0.1  # s; see the module docstring
 NEEDS_IMAGE = frozenset({"visual", "audio_visual"})
 NEEDS_AUDIO = frozenset({"audio", "audio_visual", "caption"})
 # PIL reports corrupt data as OSError (truncated), SyntaxError (broken PNG chunks) or
@@ -90,6 +106,14 @@ class CheckReport:
             out[problem.kind] += 1
         return {kind: n for kind, n in out.items() if n}
 
+    def exclude(self, problems: Iterable[Problem]) -> None:
+        """Record problems a consumer found after the check (e.g. its processor's); excluding ones drop their samples."""
+        problems = list(problems)
+        gone = {p.index for p in problems if p.excluding}
+        self.problems = sorted([*self.problems, *problems], key=lambda p: p.index)
+        kept = [(i, s) for i, s in zip(self.kept_indices, self.clean) if i not in gone]
+        self.kept_indices, self.clean = [i for i, _ in kept], [s for _, s in kept]
+
     def excluded_samples(self) -> list[dict]:
         """Each excluded sample with the kinds of problem that excluded it."""
         reasons: dict[int, dict] = {}
@@ -117,11 +141,12 @@ class CheckSettings:
     """Thresholds of a check; see `check_manifest`."""
 
     sample_rate: int | None = None
-    min_duration: float = 0.0
+    min_duration: float = MIN_DURATION
     silence_threshold: float = 1e-4
     strict_sample_rate: bool = False
     end_tolerance: float = 0.5
     decode_images: bool = True
+    min_image_side: int = MIN_IMAGE_SIDE
 
 
 @dataclass(frozen=True)
@@ -144,11 +169,12 @@ def check_manifest(
     samples: Iterable[Sample],
     *,
     sample_rate: int | None = None,
-    min_duration: float = 0.0,
+    min_duration: float = MIN_DURATION,
     silence_threshold: float = 1e-4,
     strict_sample_rate: bool = False,
     end_tolerance: float = 0.5,
     decode_images: bool = True,
+    min_image_side: int = MIN_IMAGE_SIDE,
     progress: bool = True,
 ) -> CheckReport:
     """Check every sample; see `KINDS` for what is looked for.
@@ -157,10 +183,11 @@ def check_manifest(
     window in seconds. `end_tolerance`: how far (s) a window may end past the end of its file
     before it is excluded (shorter overshoots are zero-padded when loading).
     `decode_images=False` only reads image headers (faster, misses truncated pixel data).
+    `min_image_side`: smallest usable image width and height in pixels.
     """
     samples = list(samples)
     settings = CheckSettings(sample_rate, min_duration, silence_threshold, strict_sample_rate,
-                             end_tolerance, decode_images)
+                             end_tolerance, decode_images, min_image_side)
     checker = _Checker(settings)
     problems: list[Problem] = []
     clean, kept = [], []
@@ -226,8 +253,12 @@ class _Checker:
             with Image.open(path) as im:
                 if self.settings.decode_images:
                     im.load()
+                width, height = im.size
         except _IMAGE_ERRORS as err:
             return _Found("unreadable_image", where, path, f"{type(err).__name__}: {err}")
+        side = self.settings.min_image_side
+        if min(width, height) < side:
+            return _Found("small_image", where, path, f"image is {width}x{height} px; expected both sides >= {side} px")
         return None
 
     def frames(self, frames: tuple[str, ...]) -> list[_Found]:
@@ -261,6 +292,11 @@ class _Checker:
         if cfg.sample_rate is not None and info.sample_rate != cfg.sample_rate:
             found.append(_Found("sample_rate", "audio", path,
                                 f"file rate is {info.sample_rate} Hz; expected {cfg.sample_rate} Hz"))
+        declared = declared_frames(path)
+        if declared is not None and declared > info.frames:
+            detail = (f"header declares {declared} frames ({declared / info.sample_rate:.3f}s); the file holds "
+                      f"{info.frames} ({info.duration:.3f}s)")
+            return _AudioResult(info, (*found, _Found("truncated_audio", "audio", path, detail)))
         if info.frames == 0:
             return _AudioResult(info, (*found, _Found("empty_audio", "audio", path, "file holds 0 samples")))
         if start >= info.duration:
@@ -283,6 +319,10 @@ class _Checker:
             wave = load_audio(path, info.sample_rate, start, end)
         except AudioError as err:
             return [_Found("unreadable_audio", "audio", path, str(err))]
+        first, last = window_frames(start, end, info.sample_rate, info.frames)
+        if wave.size < last - first:
+            return [_Found("truncated_audio", "audio", path, f"window [{start}, {end}) s decodes to {wave.size} of "
+                           f"the {last - first} frames the header lists; the file ends early")]
         bad = int(np.count_nonzero(~np.isfinite(wave)))
         if bad:
             return [_Found("nonfinite_audio", "audio", path, f"{bad} of {wave.size} samples are NaN or infinite")]

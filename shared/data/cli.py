@@ -30,7 +30,7 @@ from typing import Callable, Sequence
 
 from shared.cli import EXIT_FINDING, EXIT_INPUT, EXIT_OK, console
 from shared.data.audiocaps import CAPTION_PROMPT, CLIP_SECONDS, load_audiocaps
-from shared.data.check import CheckReport, check_manifest
+from shared.data.check import MIN_DURATION, MIN_IMAGE_SIDE, CheckReport, check_manifest
 from shared.data.clotho_aqa import load_clotho_aqa
 from shared.data.gqa import load_gqa
 from shared.data.music_avqa import load_music_avqa
@@ -70,21 +70,25 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_check(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
         "check", help="check a manifest's media and write a clean manifest and a report",
-        description="Check every sample of MANIFEST (missing/unreadable/silent/NaN/short audio, "
-        "missing/unreadable images, duplicate ids, audio-visual misalignment). Writes "
+        description="Check every sample of MANIFEST (missing/unreadable/truncated/silent/NaN/short audio, "
+        "missing/unreadable/too small images, duplicate ids, audio-visual misalignment). Writes "
         "DIR/<stem>.clean.jsonl (samples with no excluding problem) and DIR/<stem>.report.json. "
         "Exit code 0 if nothing was excluded, 1 if some samples were, 2 on bad input.",
     )
     p.add_argument("manifest", type=Path, help="JSONL manifest to check")
     p.add_argument("--out", type=Path, help="output folder (default: the manifest's folder)")
     p.add_argument("--sample-rate", type=int, help="expected audio file rate in Hz (mismatch is a warning)")
-    p.add_argument("--min-duration", type=float, default=0.0, help="shortest usable audio window, s (default 0)")
+    p.add_argument("--min-duration", type=float, default=MIN_DURATION,
+                   help="shortest usable audio window, s (default %(default)s: shorter is a cutting error)")
     p.add_argument("--strict-sample-rate", action="store_true", help="exclude samples whose audio rate differs")
     p.add_argument("--silence-threshold", type=float, default=1e-4,
                    help="a window whose peak is below this is silent (default 1e-4)")
     p.add_argument("--end-tolerance", type=float, default=0.5,
                    help="seconds a window may end past its file's end before exclusion (default 0.5)")
-    p.add_argument("--quick-images", action="store_true", help="read image headers only, do not decode pixels")
+    p.add_argument("--min-image-side", type=int, default=MIN_IMAGE_SIDE,
+                   help="smallest usable image width and height, px (default %(default)s: smaller is degenerate)")
+    p.add_argument("--quick-images", action="store_true",
+                   help="read image headers only, do not decode pixels (faster; misses truncated image data)")
     p.add_argument("--json", action="store_true", help="print the full JSON report instead of a table")
     p.set_defaults(run=_run_check)
 
@@ -219,7 +223,8 @@ def _run_check(args: argparse.Namespace) -> int:
     report = check_manifest(
         samples, sample_rate=args.sample_rate, min_duration=args.min_duration,
         silence_threshold=args.silence_threshold, strict_sample_rate=args.strict_sample_rate,
-        end_tolerance=args.end_tolerance, decode_images=not args.quick_images, progress=sys.stderr.isatty(),
+        end_tolerance=args.end_tolerance, decode_images=not args.quick_images, min_image_side=args.min_image_side,
+        progress=sys.stderr.isatty(),
     )
     src, out_dir = _absolute(manifest.parent), _absolute(args.out or manifest.parent)
     clean = [raw[i] for i in report.kept_indices]

@@ -14,11 +14,12 @@ resolved against the manifest's own folder, so a dataset folder can be moved as 
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 FAMILIES = ("visual", "audio", "audio_visual", "caption")
 SOURCES = ("vqav2", "gqa", "audiocaps", "clotho_aqa", "music_avqa", "world")
@@ -26,6 +27,60 @@ SOURCES = ("vqav2", "gqa", "audiocaps", "clotho_aqa", "music_avqa", "world")
 
 class ManifestError(ValueError):
     """A manifest line that does not fit the sample schema."""
+
+
+def _type_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
+
+
+def typed(value: Any, kind: type | tuple[type, ...], name: str, where: str) -> Any:
+    """`value` if it is a `kind` (bool never passes for int or float), else a ManifestError naming field `name`."""
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        raise ManifestError(f"{where}: field {name!r} is {value!r}; expected {_type_name(kind)}")
+    return value
+
+
+_TEXT_FIELDS = ("id", "question", "family", "qtype", "source")
+_NUMBER = (int, float)
+
+
+def _list_of(obj: dict, name: str, kind: type | tuple[type, ...], where: str) -> list:
+    value = obj.get(name, [])
+    if not isinstance(value, list) or not all(isinstance(v, kind) and not isinstance(v, bool) for v in value):
+        raise ManifestError(f"{where}: field {name!r} is {value!r}; expected a list of {_type_name(kind)}")
+    return value
+
+
+def _seconds(obj: dict, name: str, where: str, optional: bool) -> None:
+    """A time field: a finite number of seconds >= 0 (or null when `optional`)."""
+    value = obj.get(name)
+    if value is None and optional:
+        return
+    if not isinstance(value, _NUMBER) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
+        raise ManifestError(f"{where}: field {name!r} is {value!r}; expected a finite number of seconds >= 0"
+                            + (" or null" if optional else ""))
+
+
+def _check_types(obj: Any, where: str) -> None:
+    """Every field of a manifest line has its schema type (a line that is not an object is named as such)."""
+    if not isinstance(obj, dict):
+        raise ManifestError(f"{where}: line is {json.dumps(obj)}; expected a JSON object with one sample's fields")
+    for name in _TEXT_FIELDS:
+        if name in obj:
+            typed(obj[name], str, name, where)
+    for name in ("image", "audio"):
+        typed(obj.get(name), (str, type(None)), name, where)
+    _list_of(obj, "answers", str, where)
+    _list_of(obj, "frames", str, where)
+    for t in _list_of(obj, "frame_times", _NUMBER, where):
+        if not math.isfinite(t):
+            raise ManifestError(f"{where}: field 'frame_times' holds {t!r}; expected finite numbers of seconds")
+    if "audio_start" in obj:
+        _seconds(obj, "audio_start", where, optional=False)
+    _seconds(obj, "audio_end", where, optional=True)
+    typed(obj.get("meta", {}), dict, "meta", where)
 
 
 @dataclass(frozen=True)
@@ -85,7 +140,9 @@ class Sample:
         return out
 
     @classmethod
-    def from_json(cls, obj: dict, where: str = "<dict>") -> "Sample":
+    def from_json(cls, obj: Any, where: str = "<dict>") -> "Sample":
+        """A sample from one manifest line's JSON value; any misfit is a ManifestError naming `where` and the field."""
+        _check_types(obj, where)
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(obj) - known)
         if unknown:
@@ -93,8 +150,6 @@ class Sample:
         missing = [n for n in ("id", "question", "answers", "family", "qtype", "source") if n not in obj]
         if missing:
             raise ManifestError(f"{where}: missing field(s) {missing}")
-        if not isinstance(obj["answers"], list) or not all(isinstance(a, str) for a in obj["answers"]):
-            raise ManifestError(f"{where}: field 'answers' is {obj['answers']!r}; expected a list of strings")
         data = dict(obj)
         data["answers"] = tuple(obj["answers"])
         data["frames"] = tuple(obj.get("frames", ()))

@@ -2,10 +2,12 @@
 
 import json
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from transformers import AutoProcessor
 
 from shared.encoders import build_encoder
@@ -22,7 +24,7 @@ def parts(micro_world: Path, tmp_path_factory: pytest.TempPathFactory):
 
 def test_labels_hold_only_the_answer_and_eos(micro_world: Path, parts) -> None:
     encoder, cache, processor = parts
-    split = load_split("val", micro_world / "data" / "val.jsonl", encoder, cache, 16000)
+    split = load_split("val", micro_world / "data" / "val.jsonl", encoder, cache, 16000, processor)
     batch = Collator(processor).train_batch(split, [0, 1, 2])
     tok = processor.tokenizer
     for row, i in enumerate([0, 1, 2]):
@@ -33,12 +35,12 @@ def test_labels_hold_only_the_answer_and_eos(micro_world: Path, parts) -> None:
 
 
 def test_corrupt_audio_is_counted_and_excluded_never_turned_into_vl(micro_world: Path, parts, tmp_path: Path) -> None:
-    encoder, cache, _ = parts
+    encoder, cache, processor = parts
     data = tmp_path / "data"
     shutil.copytree(micro_world / "data", data)
     wav = data / "audio" / "val" / "00003.wav"
     wav.write_bytes(b"\0" * 64 + wav.read_bytes()[64:])
-    split = load_split("val", data / "val.jsonl", encoder, cache, 16000)
+    split = load_split("val", data / "val.jsonl", encoder, cache, 16000, processor)
     scene_questions = sum(json.loads(line)["meta"]["scene"] == "val/00003"
                           for line in (data / "val.jsonl").read_text().splitlines())
     assert split.excluded["excluded"] == scene_questions > 0
@@ -47,13 +49,103 @@ def test_corrupt_audio_is_counted_and_excluded_never_turned_into_vl(micro_world:
 
 
 def test_missing_image_is_named(micro_world: Path, parts, tmp_path: Path) -> None:
-    encoder, cache, _ = parts
+    encoder, cache, processor = parts
     data = tmp_path / "data"
     shutil.copytree(micro_world / "data", data)
     (data / "images" / "val" / "00002.png").unlink()
-    split = load_split("val", data / "val.jsonl", encoder, cache, 16000)
+    split = load_split("val", data / "val.jsonl", encoder, cache, 16000, processor)
     assert split.excluded["counts"].get("missing_file", 0) > 0
     assert not any(s.image and s.image.endswith("val/00002.png") for s in split.samples)
+
+
+BAD_IMAGES = {"bad/truncated": "unreadable_image", "bad/one_pixel": "small_image", "bad/32px": "unprocessable_image",
+              "bad/32px_twin": "unprocessable_image", "bad/32px_frame": "unprocessable_image"}
+
+
+def _with_bad_images(world: Path, split: str, out: Path, truncated_png, scenes: int = 0) -> Path:
+    """The world's split (its first `scenes` scenes; 0: all) plus a VL question per image that used to crash a batch
+    (BAD_IMAGES: id -> kind): a truncated PNG, a 1x1 PNG, two 32x32 PNGs (above the size floor, but the world's
+    processor neither resizes nor crops, so it batches only 48x48 images; one size is probed for both) and a
+    frames-only question whose chosen (middle) frame is the first 32x32 PNG."""
+    data = world / "data"
+    rows = [json.loads(line) for line in (data / f"{split}.jsonl").read_text().splitlines()]
+    kept = sorted({r["meta"]["scene"] for r in rows})[:scenes or None]
+    rows = [{**r, "image": str(data / r["image"]), "audio": str(data / r["audio"])} for r in rows
+            if r["meta"]["scene"] in kept]
+    truncated_png(out / "truncated.png")
+    Image.new("RGB", (1, 1), (200, 30, 30)).save(out / "one_pixel.png")
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(out / "32px.png")
+    Image.new("RGB", (32, 32), (30, 30, 200)).save(out / "32px_twin.png")
+    template = next(r for r in rows if r["family"] == "visual")
+    bad = [{**template, "id": sid, "image": str(out / f"{sid.split('/')[1]}.png")} for sid in list(BAD_IMAGES)[:4]]
+    av = next(r for r in rows if r["family"] == "audio_visual")
+    bad.append({**av, "id": "bad/32px_frame", "image": None, "frames": [av["image"], str(out / "32px.png"), av["image"]],
+                "frame_times": [0.0, 2.0, 4.0], "audio_start": 0.0, "audio_end": 4.0})
+    rows[1:1] = bad
+    path = out / f"{split}_bad_images.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_images_that_break_a_batch_are_excluded_with_their_ids(micro_world: Path, parts, tmp_path: Path,
+                                                                truncated_png) -> None:
+    encoder, cache, processor = parts
+    manifest = _with_bad_images(micro_world, "val", tmp_path, truncated_png, scenes=2)
+    split = load_split("val", manifest, encoder, cache, 16000, processor)
+    assert {e["id"]: e["kinds"] for e in split.excluded["samples"]} == {sid: [k] for sid, k in BAD_IMAGES.items()}
+    assert [e["index"] for e in split.excluded["samples"]] == [1, 2, 3, 4, 5]  # their lines in the manifest, 0-based
+    assert split.excluded["counts"] == dict(Counter(BAD_IMAGES.values()))
+    assert (split.excluded["total"], split.excluded["excluded"]) == (len(split) + 5, 5)
+    assert not set(BAD_IMAGES) & {s.id for s in split.samples}
+    collator = Collator(processor)
+    for start in range(0, len(split), 32):  # every remaining row batches, for training and for generation
+        rows = list(range(start, min(start + 32, len(split))))
+        assert collator.train_batch(split, rows).inputs["pixel_values"].shape[1:] == (3, 48, 48)
+        collator.prompt_batch(split, rows)
+
+
+def test_the_processor_decides_what_it_can_batch(micro_world: Path, parts, blip2_dir: Path, tmp_path: Path,
+                                                 truncated_png) -> None:
+    """BLIP-2's processor resizes every image, so the 32x32 image stays; the broken and degenerate ones do not."""
+    encoder, cache, _ = parts
+    manifest = _with_bad_images(micro_world, "val", tmp_path, truncated_png, scenes=2)
+    split = load_split("val", manifest, encoder, cache, 16000, AutoProcessor.from_pretrained(blip2_dir))
+    assert split.excluded["counts"] == {"unreadable_image": 1, "small_image": 1}
+    assert {"bad/32px", "bad/32px_twin", "bad/32px_frame"} <= {s.id for s in split.samples}
+
+
+def test_a_split_with_nothing_usable_is_an_error(micro_world: Path, parts, tmp_path: Path, truncated_png) -> None:
+    encoder, cache, processor = parts
+    rows = [json.loads(line) for line in _with_bad_images(micro_world, "val", tmp_path, truncated_png, scenes=1)
+            .read_text().splitlines() if json.loads(line)["id"] in BAD_IMAGES]
+    manifest = tmp_path / "only_bad.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ValueError, match=f"val split: all 5 samples of {manifest} are excluded"):
+        load_split("val", manifest, encoder, cache, 16000, processor)
+
+
+def test_training_and_evaluation_run_on_the_rest(micro_world: Path, micro_paths: dict, tmp_path: Path,
+                                                 truncated_png, capsys) -> None:
+    """stage_a-train and stage_a-eval on a tiny manifest (two scenes) holding the bad images: no crash, the ids in the
+    reports."""
+    from stage_a.eval_command import main as eval_main
+    from stage_a.train import main as train_main
+
+    manifest = str(_with_bad_images(micro_world, "train", tmp_path, truncated_png, scenes=2))
+    data = {f"--data.{s}": manifest for s in ("train", "val", "test")}
+    args = [x for k, v in {**{f"--{k}": v for k, v in micro_paths.items()}, **data}.items() for x in (k, v)]
+    assert train_main(["--preset", "stage_a_micro", "--out_dir", str(tmp_path), *args, "--steps", "2",
+                       "--eval_every", "2"]) == 0
+    summary = json.loads((tmp_path / "stage_a_micro" / "summary.json").read_text())
+    for split in ("train", "val", "test"):
+        assert {e["id"]: e["kinds"] for e in summary["excluded"][split]["samples"]} == {
+            sid: [kind] for sid, kind in BAD_IMAGES.items()}, split
+    assert summary["steps"] == 2
+    out = tmp_path / "eval"
+    assert eval_main(["--preset", "stage_a_micro", *args, "--out", str(out), "--json"]) == 0
+    predicted = {json.loads(line)["id"] for line in (out / "predictions.jsonl").read_text().splitlines()}
+    assert len(predicted) == summary["excluded"]["test"]["total"] - len(BAD_IMAGES)
+    assert not predicted & set(BAD_IMAGES)
 
 
 def test_target_answer_is_the_most_frequent() -> None:
@@ -117,7 +209,7 @@ def test_mixed_manifest_loads_and_batches_every_modality_mix(micro_world: Path, 
     encoder, cache, processor = parts
     manifest = _mixed_manifest(micro_world, "val", tmp_path)
     written = [json.loads(line) for line in manifest.read_text().splitlines()]
-    split = load_split("val", manifest, encoder, cache, 16000)
+    split = load_split("val", manifest, encoder, cache, 16000, processor)
     assert len(split) == len(written) and split.excluded["excluded"] == 0  # nothing lost, nothing converted
     kinds = {"image": sum(r["image"] is not None for r in written), "frame": sum(bool(r["frames"]) for r in written)}
     composition = split.composition()
@@ -153,8 +245,8 @@ def test_mixed_manifest_loads_and_batches_every_modality_mix(micro_world: Path, 
 
 def test_blank_image_policy_for_processors_that_always_take_an_image(micro_world: Path, parts, blip2_dir: Path,
                                                                      tmp_path: Path) -> None:
-    encoder, cache, _ = parts
-    split = load_split("val", _mixed_manifest(micro_world, "val", tmp_path), encoder, cache, 16000)
+    encoder, cache, world_processor = parts
+    split = load_split("val", _mixed_manifest(micro_world, "val", tmp_path), encoder, cache, 16000, world_processor)
     collator = Collator(AutoProcessor.from_pretrained(blip2_dir))
     assert collator.provenance()["no_image_policy"] == "blank_image"
     assert "(128, 128, 128)" in collator.provenance()["blank_image"]

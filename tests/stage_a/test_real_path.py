@@ -164,8 +164,8 @@ def test_the_bridge_gets_the_native_inputs_from_converted_samples(real_path: dic
     # Clotho-AQA holds no image: its questions are the world's audio questions without their image.
     imageless = write_manifest([dataclasses.replace(s, image=None) for s in world if s.family == "audio"],
                                tmp_path / "world_audio_only.jsonl")
-    native = {"with_media": load_split("with_media", real_path["native_test"], setup.encoder, cache, cfg.data.sample_rate),
-              "imageless": load_split("imageless", imageless, setup.encoder, cache, cfg.data.sample_rate)}
+    native = {name: load_split(name, manifest, setup.encoder, cache, cfg.data.sample_rate, setup.processor)
+              for name, manifest in (("with_media", real_path["native_test"]), ("imageless", imageless))}
     row = {split.name: {s.id: i for i, s in enumerate(split.samples)} for split in (setup.test, *native.values())}
     for name, kind, audio in (("vqav2", "with_media", False), ("gqa", "with_media", False),
                               ("music_avqa", "with_media", True), ("clotho_aqa", "imageless", True)):

@@ -14,7 +14,7 @@ from PIL import Image
 
 def _image(path: Path, color: tuple[int, int, int] = (200, 30, 30)) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (8, 6), color).save(path)
+    Image.new("RGB", (16, 12), color).save(path)
     return path
 
 
@@ -51,6 +51,19 @@ def make_wav() -> Callable[..., Path]:
 def tone() -> Callable[..., np.ndarray]:
     """A sine wave of the given length, rate, frequency and amplitude."""
     return _tone
+
+
+def _truncated_wav(path: Path, seconds: float = 2.0, keep: int = 10652, rate: int = 16000) -> Path:
+    """A 16-bit mono WAV whose header declares `seconds` of audio, cut after its first `keep` frames."""
+    _wav(path, _tone(seconds, rate), rate)
+    path.write_bytes(path.read_bytes()[: 44 + 2 * keep])  # 44-byte canonical header, 2 bytes per frame
+    return path
+
+
+@pytest.fixture
+def truncated_wav() -> Callable[..., Path]:
+    """Write a truncated WAV (`path`, `seconds` declared, `keep` frames present)."""
+    return _truncated_wav
 
 
 @pytest.fixture

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from shared.data.audio_io import AudioError, audio_info, load_audio, pad_or_trim, resample, write_audio
+from shared.data.audio_io import (AudioError, audio_info, declared_frames, load_audio, pad_or_trim, resample,
+                                  write_audio)
 
 
 def _steps(rate: int, seconds: int) -> np.ndarray:
@@ -21,6 +22,20 @@ def test_audio_info_reads_the_header(tmp_path: Path, make_wav) -> None:
     info = audio_info(path)
     assert (info.sample_rate, info.channels, info.frames) == (8000, 2, 24000)
     assert info.duration == pytest.approx(3.0)
+
+
+def test_declared_frames_read_the_wav_header_that_libsndfile_corrects(tmp_path: Path, make_wav, tone,
+                                                                      truncated_wav) -> None:
+    stereo = make_wav(tmp_path / "stereo.wav", np.zeros((300, 2)), subtype="FLOAT")
+    assert declared_frames(stereo) == 300
+    cut = truncated_wav(tmp_path / "cut.wav", seconds=2.0, keep=10652)
+    assert (declared_frames(cut), audio_info(cut).frames) == (32000, 10652)  # soundfile reports what is present
+    streamed = bytearray(make_wav(tmp_path / "streamed.wav", tone(0.5)).read_bytes())
+    streamed[40:44] = b"\xff" * 4  # a data size left open by a streaming writer
+    (tmp_path / "streamed.wav").write_bytes(bytes(streamed))
+    assert declared_frames(tmp_path / "streamed.wav") is None
+    sf.write(str(tmp_path / "a.flac"), tone(0.5), 16000, format="FLAC")
+    assert declared_frames(tmp_path / "a.flac") is None
 
 
 def test_window_reads_only_the_requested_seconds(tmp_path: Path, make_wav) -> None:

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
+from PIL import Image
 
-from shared.data.check import KINDS, check_manifest
+from shared.data.check import KINDS, MIN_DURATION, MIN_IMAGE_SIDE, Problem, check_manifest
 from shared.data.schema import Sample
 
 RATE = 16000
@@ -30,9 +32,14 @@ def _kinds(report, sid: str) -> set[str]:
 
 
 @pytest.fixture
-def media(tmp_path: Path, make_wav, make_image, tone) -> dict[str, str]:
+def media(tmp_path: Path, make_wav, make_image, tone, truncated_png, truncated_wav) -> dict[str, str]:
     """One file per situation; names say what is wrong with them."""
+    Image.new("RGB", (1, 1), (9, 9, 9)).save(tmp_path / "tiny.png")
     files = {
+        "truncated_png": truncated_png(tmp_path / "cut.png"),
+        "tiny_png": tmp_path / "tiny.png",
+        "cut_wav": truncated_wav(tmp_path / "cut.wav", seconds=2.0, keep=10652),
+        "click": make_wav(tmp_path / "click.wav", tone(0.01)),
         "good": make_wav(tmp_path / "good.wav", tone(3.0)),
         "good44": make_wav(tmp_path / "good44.wav", tone(1.0, rate=44100), rate=44100),
         "tampered": _tamper(make_wav(tmp_path / "tampered.wav", tone(1.0))),
@@ -102,6 +109,46 @@ def test_each_problem_is_detected_and_excludes(media, sample: Sample, kind: str,
     assert _kinds(report, sample.id) == {kind} and _kinds(report, "good") == set()
 
 
+def test_defaults_exclude_what_training_cannot_use(media: dict[str, str]) -> None:
+    """No option given: a truncated PNG, a 1x1 PNG, a WAV cut short of its header and a 10 ms clip are excluded."""
+    samples = [_s("ok", family="audio_visual", image=media["image"], audio=media["good"]),
+               _s("png_cut", family="visual", image=media["truncated_png"]),
+               _s("png_1x1", family="visual", image=media["tiny_png"]),
+               _s("wav_cut", audio=media["cut_wav"]),
+               _s("click", audio=media["click"])]
+    report = check_manifest(samples, progress=False)
+    assert [s.id for s in report.clean] == ["ok"]
+    assert {e["id"]: e["kinds"] for e in report.excluded_samples()} == {
+        "png_cut": ["unreadable_image"], "png_1x1": ["small_image"], "wav_cut": ["truncated_audio"],
+        "click": ["too_short"]}
+    detail = {p.id: p.detail for p in report.problems}
+    assert "image file is truncated" in detail["png_cut"]
+    assert detail["png_1x1"] == f"image is 1x1 px; expected both sides >= {MIN_IMAGE_SIDE} px"
+    assert detail["wav_cut"] == "header declares 32000 frames (2.000s); the file holds 10652 (0.666s)"
+    assert f"covers 0.010s of audio; expected >= {MIN_DURATION}s" in detail["click"]
+
+
+def test_quick_images_and_lower_floors_are_opt_in(media: dict[str, str]) -> None:
+    samples = [_s("png_cut", family="visual", image=media["truncated_png"]),
+               _s("png_1x1", family="visual", image=media["tiny_png"]), _s("click", audio=media["click"])]
+    quick = check_manifest(samples, decode_images=False, progress=False)
+    assert [s.id for s in quick.clean] == ["png_cut"]  # headers only: the truncated pixels go unseen
+    assert _kinds(quick, "png_1x1") == {"small_image"}  # the size is in the header
+    lenient = check_manifest(samples, min_image_side=1, min_duration=0.0, progress=False)
+    assert [s.id for s in lenient.clean] == ["png_1x1", "click"]
+
+
+@pytest.mark.skipif("MP3" not in sf.available_formats(), reason="this libsndfile cannot write MP3")
+def test_a_compressed_file_that_decodes_short_of_its_header_is_truncated(tmp_path: Path, tone) -> None:
+    path = tmp_path / "cut.mp3"
+    sf.write(str(path), tone(2.0), RATE, format="MP3")
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+    assert sf.info(str(path)).frames == 2 * RATE  # the header still lists 2 s
+    report = check_manifest([_s("mp3_cut", audio=str(path))], progress=False)
+    (problem,) = report.problems
+    assert problem.kind == "truncated_audio" and "the file ends early" in problem.detail
+
+
 def _with_media(sample: Sample, media: dict[str, str]) -> Sample:
     data = sample.to_json()
     for key in ("image", "audio"):
@@ -141,6 +188,15 @@ def test_aligned_window_and_small_overshoot_pass(media: dict[str, str]) -> None:
     ]
     report = check_manifest(samples, min_duration=1.0, progress=False)
     assert report.problems == [] and len(report.clean) == 2
+
+
+def test_problems_found_after_the_check_exclude_like_the_checks_own(media: dict[str, str]) -> None:
+    report = check_manifest([_s(f"ok{i}", audio=media["good"]) for i in range(3)], progress=False)
+    report.exclude([Problem(1, "ok1", "unprocessable_image", "image", "x.png", "processor said no"),
+                    Problem(2, "ok2", "sample_rate", "audio", media["good"], "a warning", excluding=False)])
+    assert ([s.id for s in report.clean], report.kept_indices, report.excluded) == (["ok0", "ok2"], [0, 2], 1)
+    assert report.counts() == {"unprocessable_image": 1, "sample_rate": 1}
+    assert report.excluded_samples() == [{"index": 1, "id": "ok1", "kinds": ["unprocessable_image"]}]
 
 
 def test_report_is_json_and_accounts_for_every_sample(media: dict[str, str]) -> None:

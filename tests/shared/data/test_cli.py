@@ -68,6 +68,50 @@ def test_check_input_errors_exit_2_with_one_line(tmp_path: Path, capsys, content
     assert len(err.splitlines()) == 1 and str(path) in err and message in err
 
 
+def test_check_excludes_broken_media_by_default(tmp_path: Path, make_image, make_wav, tone, truncated_png,
+                                                 truncated_wav, capsys) -> None:
+    """A truncated PNG, a 1x1 PNG, a WAV cut short of its header and a 10 ms clip: exit 1, each with its kind."""
+    from PIL import Image
+
+    make_image(tmp_path / "ok.png")
+    truncated_png(tmp_path / "cut.png")
+    Image.new("RGB", (1, 1)).save(tmp_path / "dot.png")
+    make_wav(tmp_path / "ok.wav", tone(1.0))
+    truncated_wav(tmp_path / "cut.wav")
+    make_wav(tmp_path / "click.wav", tone(0.01))
+    visual = dict(question="q?", answers=("a",), family="visual", qtype="t", source="test")
+    samples = [Sample(id="img_ok", image="ok.png", **visual), Sample(id="img_cut", image="cut.png", **visual),
+               Sample(id="img_dot", image="dot.png", **visual), _s("wav_ok", "ok.wav"), _s("wav_cut", "cut.wav"),
+               _s("wav_click", "click.wav")]
+    manifest = write_manifest(samples, tmp_path / "m.jsonl")
+    assert main(["check", str(manifest)]) == 1
+    report = json.loads((tmp_path / "m.report.json").read_text())
+    assert {e["id"]: e["kinds"] for e in report["excluded_samples"]} == {
+        "img_cut": ["unreadable_image"], "img_dot": ["small_image"], "wav_cut": ["truncated_audio"],
+        "wav_click": ["too_short"]}
+    assert [s.id for s in read_manifest(tmp_path / "m.clean.jsonl")] == ["img_ok", "wav_ok"]
+    assert "6 samples, 2 kept, 4 excluded" in capsys.readouterr().out
+    assert main(["check", str(manifest), "--quick-images", "--min-image-side", "1", "--min-duration", "0"]) == 1
+    report = json.loads((tmp_path / "m.report.json").read_text())
+    assert report["counts"] == {"truncated_audio": 1}  # only the truncated WAV is left without the defaults
+
+
+@pytest.mark.parametrize(("line", "expected"), [
+    ("5", ":2: line is 5; expected a JSON object"),
+    ("null", ":2: line is null; expected a JSON object"),
+    ('{"audio_start": "abc"}', ":2: field 'audio_start' is 'abc'; expected a finite number of seconds"),
+])
+def test_check_malformed_line_exits_2_naming_file_line_and_field(tmp_path: Path, capsys, line: str,
+                                                                 expected: str) -> None:
+    good = _s("a", "a.wav").to_json()
+    path = tmp_path / "m.jsonl"
+    bad = json.dumps({**good, **json.loads(line)}) if line.startswith("{") else line
+    path.write_text(json.dumps(good) + "\n" + bad + "\n")
+    assert main(["check", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{path}{expected}" in err, err
+
+
 def test_usage_errors_exit_2() -> None:
     with pytest.raises(SystemExit) as exc:
         main(["check"])

@@ -81,6 +81,33 @@ def test_bad_values_name_sample_and_field(tmp_path: Path, change: dict, message:
         read_manifest(_bad_manifest(tmp_path, change))
 
 
+@pytest.mark.parametrize(("change", "message"), [
+    ({"audio_start": "abc"}, "field 'audio_start' is 'abc'; expected a finite number of seconds >= 0"),
+    ({"audio_start": -1.0}, "field 'audio_start' is -1.0; expected a finite number of seconds >= 0"),
+    ({"audio_start": True}, "field 'audio_start' is True"),
+    ({"audio_end": "4"}, "field 'audio_end' is '4'; expected a finite number of seconds >= 0 or null"),
+    ({"frame_times": ["0", 1.0]}, "field 'frame_times' is ['0', 1.0]; expected a list of int or float"),
+    ({"frame_times": [float("nan"), 1.0]}, "field 'frame_times' holds nan; expected finite numbers of seconds"),
+    ({"audio_end": float("inf")}, "field 'audio_end' is inf; expected a finite number of seconds >= 0 or null"),
+    ({"frames": "f/1.jpg"}, "field 'frames' is 'f/1.jpg'; expected a list of str"),
+    ({"id": 5}, "field 'id' is 5; expected str"),
+    ({"image": 3}, "field 'image' is 3; expected str or null"),
+    ({"meta": []}, "field 'meta' is []; expected dict"),
+])
+def test_wrong_types_name_file_line_field_and_expectation(tmp_path: Path, change: dict, message: str) -> None:
+    path = _bad_manifest(tmp_path, change)
+    with pytest.raises(ManifestError, match=re.escape(f"{path}:2: {message}")):
+        read_manifest(path)
+
+
+@pytest.mark.parametrize("line", ["5", "null", '["a"]', '"s1"'])
+def test_a_line_that_is_not_an_object_is_named(tmp_path: Path, line: str) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps(_sample().to_json()) + "\n" + line + "\n", encoding="utf-8")
+    with pytest.raises(ManifestError, match=re.escape(f"{path}:2: line is {line}; expected a JSON object")):
+        read_manifest(path)
+
+
 def test_bad_values_name_file_and_line(tmp_path: Path) -> None:
     path = _bad_manifest(tmp_path, {"family": "smell"})
     with pytest.raises(ManifestError, match=re.escape(f"{path}:2")):
