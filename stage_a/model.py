@@ -32,10 +32,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from shared.checkpoint import atomic_directory
+from shared.loading import load_json, load_safetensors
 from stage_a.fusion import (FusionAdapter, FusionConfig, active_samples, check_gate, decoder_layers_path,
                              gate_vector)
 from stage_a.lora import AudioOnlyLora, LoraSettings
@@ -46,6 +47,7 @@ from stage_a.provenance import base_fingerprint, encoder_fingerprint, prompt_rec
 MASTER_DTYPE = torch.float32  # the bridge's weights and compute dtype, whatever the base's dtype
 WEIGHTS_FILE = "adapter.safetensors"
 CONFIG_FILE = "safe_config.json"
+BRIDGE_FILE = "a file of a bridge folder written by stage_a-train"
 
 
 @dataclass
@@ -191,9 +193,9 @@ class SafeModel(nn.Module):
         for path in (config_path, weights_path):
             if not path.is_file():
                 raise FileNotFoundError(f"SAFE bridge file {path} does not exist; expected {CONFIG_FILE} and {WEIGHTS_FILE}")
-        data = json.loads(config_path.read_text(encoding="utf-8"))
+        data = load_json(config_path, BRIDGE_FILE)
         verify_record(data.pop("record", None), base, encoder, str(bridge_dir), strict)
         bridge = BridgeConfig.from_json(data, str(config_path))
         model = cls(base, bridge)
-        model.load_trainable_state(load_file(str(weights_path)), str(weights_path))
+        model.load_trainable_state(load_safetensors(weights_path, BRIDGE_FILE), str(weights_path))
         return model

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from shared.checkpoint import atomic_write_text
+from shared.loading import load_json
 from stage_a.model import CONFIG_FILE as BRIDGE_CONFIG_FILE
 from stage_a.monitor import CONFIG_FILE as RUN_CONFIG_FILE
 
@@ -20,7 +21,7 @@ SUMMARY_FILE = "summary.json"
 def _read_json(path: Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing; a model card needs the run's config, summary and best bridge")
-    return json.loads(path.read_text(encoding="utf-8"))
+    return load_json(path, "a file of a stage_a-train run folder")
 
 
 def _num(value: float | int | None) -> str:

@@ -35,12 +35,13 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from tqdm import tqdm
 
 from shared.checkpoint import atomic_directory, atomic_write_text
 from shared.cli import console
 from shared.config import load_config, parse_overrides, to_dict
+from shared.loading import load_safetensors
 from shared.logs import setup_logging
 from stage_a.checkpointing import (BASE_LM_FILE, STATE_FILE, BestEval, TrainState, load_checkpoint, save_checkpoint,
                                    trained_base_params)
@@ -48,7 +49,7 @@ from stage_a.config import TrainConfig, gate_value, lr_factor
 from stage_a.data import Batch
 from stage_a.losses import answer_loss, answer_positions
 from stage_a.evaluate import EvalSettings, Evaluator, eval_rows, generate_answers, shuffled_audio
-from stage_a.model import WEIGHTS_FILE, SafeModel
+from stage_a.model import BRIDGE_FILE, WEIGHTS_FILE, SafeModel
 from stage_a.model_card import write_model_card
 from stage_a.monitor import GradientMonitor, RunLogger
 from stage_a.prefix import media_token_ids, select_rows
@@ -292,9 +293,9 @@ class StageATrainer:
 
     def _load_best(self) -> None:
         best = self.run_dir / "best"
-        self.model.load_trainable_state(load_file(str(best / WEIGHTS_FILE)), str(best))
+        self.model.load_trainable_state(load_safetensors(best / WEIGHTS_FILE, BRIDGE_FILE), str(best))
         if (best / BASE_LM_FILE).is_file():
-            self.model.base.load_state_dict(load_file(str(best / BASE_LM_FILE)), strict=False)
+            self.model.base.load_state_dict(load_safetensors(best / BASE_LM_FILE, BRIDGE_FILE), strict=False)
 
     def checkpoint(self) -> None:
         if not self.acc.is_main_process:

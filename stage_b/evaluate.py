@@ -25,13 +25,15 @@ from stable_baselines3.common.policies import BasePolicy
 
 from envs.audio_budget import AudioBudgetEnv, FeatureScaler, Outcome
 from envs.outcome_table import OutcomeTable
-from shared.cli import console
+from shared.cli import InputError, console
+from shared.loading import load_json, load_sb3
 from shared.logs import setup_logging
 from shared.stats import mean_ci
 from stage_b.actor import ACTOR_FILE, load_actor
 from stage_b.train import PolicyConfig
 
 log = logging.getLogger(__name__)
+POLICY_FILE = "a file of a policy folder written by stage_b-train"
 
 
 class PickleRefused(ValueError):
@@ -56,7 +58,7 @@ class SavedPolicy:
         record_path = folder / "policy.json"
         if not record_path.is_file():
             raise FileNotFoundError(f"{record_path} does not exist; expected a folder written by stage_b-train")
-        record = json.loads(record_path.read_text(encoding="utf-8"))
+        record = load_json(record_path, POLICY_FILE, keys=("config", "scaler", "test_rows"))
         if "actor" in record:
             model = load_actor(folder, record["actor"])
         elif not (folder / "policy.zip").is_file():
@@ -65,11 +67,15 @@ class SavedPolicy:
         elif trust_pickle:
             log.warning("loading pickled %s (--trust-pickle): it can run code; retrain to get %s",
                         folder / "policy.zip", ACTOR_FILE)
-            model = PPO.load(folder / "policy.zip", device="cpu").policy
+            model = load_sb3(PPO, folder / "policy.zip", POLICY_FILE, device="cpu").policy
         else:
             raise PickleRefused(f"{folder / 'policy.zip'} is a pickled SB3 policy (loading it can run code) and the "
                                 f"folder has no {ACTOR_FILE}; pass --trust-pickle to load it, or retrain")
-        return cls(folder, model, record, FeatureScaler.from_json(record["scaler"]), PolicyConfig(**record["config"]))
+        try:
+            config = PolicyConfig(**record["config"])
+        except TypeError as err:
+            raise InputError(f"{record_path}: 'config' does not fit ({err}); expected {POLICY_FILE}") from err
+        return cls(folder, model, record, FeatureScaler.from_json(record["scaler"]), config)
 
     @property
     def confidence(self) -> bool:

@@ -43,6 +43,7 @@ from envs.outcome_table import DEFAULT_TABLE, OutcomeTable
 from shared.benchmark import machine_info
 from shared.checkpoint import atomic_write_text
 from shared.cli import console
+from shared.loading import load_json
 from shared.logs import setup_logging
 from stage_b.evaluate import SavedPolicy, summarize
 from stage_b.frontier import oracle_frontier, summarize_sweep
@@ -114,7 +115,7 @@ def _needs_training(folder: Path, config: PolicyConfig) -> bool:
     record_path = folder / "policy.json"
     if not record_path.is_file():
         return True
-    saved = json.loads(record_path.read_text(encoding="utf-8"))["config"]
+    saved = load_json(record_path, "a policy record written by stage_b-train", keys=("config",))["config"]
     if saved != asdict(config):
         raise ValueError(f"{folder} holds a policy trained with {saved}, not {asdict(config)}; "
                          "delete it or choose another --out")

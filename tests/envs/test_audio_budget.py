@@ -220,12 +220,23 @@ def test_bad_arguments(table_path: Path, kwargs: dict, match: str) -> None:
         AudioBudgetEnv(table_path, **kwargs)
 
 
+@pytest.mark.parametrize("damage", ["truncated", "empty", "text"])
+def test_a_damaged_table_file_is_named(table_path: Path, damage: str) -> None:
+    content = table_path.read_bytes()
+    table_path.write_bytes({"truncated": content[: len(content) // 2], "empty": b"", "text": b"id,score\nq0,1\n"}[damage])
+    with pytest.raises(ValueError) as err:
+        OutcomeTable.load(table_path)
+    message = str(err.value)
+    assert message.startswith(f"{table_path}: not a readable .npz file (") and "expected an outcome table" in message
+    assert {"truncated": "truncated or corrupt", "empty": "empty file (0 bytes)",
+            "text": "not a zip archive"}[damage] in message and "pickle" not in message
+
+
 def test_bad_action(table_path: Path) -> None:
     env = AudioBudgetEnv(table_path)
     env.reset(seed=0)
     with pytest.raises(ValueError, match="action = 4"):
         env.step(4)
-
 
 @pytest.fixture(scope="module")
 def dominant_ppo(tmp_path_factory: pytest.TempPathFactory) -> tuple[PPO, AudioBudgetEnv, np.ndarray]:

@@ -7,8 +7,9 @@ import pytest
 import torch
 from transformers import LlavaForConditionalGeneration
 
+from shared.cli import InputError
 from stage_a.fusion import FusionConfig
-from stage_a.model import WEIGHTS_FILE, BridgeConfig, SafeModel
+from stage_a.model import CONFIG_FILE, WEIGHTS_FILE, BridgeConfig, SafeModel
 from stage_a.projector import ProjectorConfig
 
 
@@ -77,3 +78,12 @@ def test_reload_errors_name_the_file(llava_dir: Path, tmp_path: Path) -> None:
     bad = BridgeConfig(ProjectorConfig(audio_dim=24, hidden_size=64), FusionConfig())
     with pytest.raises(ValueError, match="hidden_size is 64; expected the LM hidden size 32"):
         SafeModel(base, bad)
+
+
+@pytest.mark.parametrize("name, kind", [(WEIGHTS_FILE, "safetensors"), (CONFIG_FILE, "JSON")])
+def test_a_truncated_bridge_file_is_named(llava_dir: Path, tmp_path: Path, name: str, kind: str) -> None:
+    folder = _safe(llava_dir).save_bridge(tmp_path / "bridge")
+    (folder / name).write_bytes((folder / name).read_bytes()[: (folder / name).stat().st_size // 2])
+    with pytest.raises(InputError, match=rf"^{folder / name}: not a readable {kind} file \(truncated or corrupt: "):
+        SafeModel.from_bridge(LlavaForConditionalGeneration.from_pretrained(llava_dir), folder)
+

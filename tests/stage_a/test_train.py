@@ -3,6 +3,7 @@
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -213,6 +214,29 @@ def test_baselines_are_configs_of_the_same_trainer(paths: dict, tmp_path: Path, 
         assert trainer.model.bridge_config.fusion.mode == "prefix" and trainer.model.lora is not None
     if name == "random_audio":
         assert trainer.eval_settings.shuffle_audio and summary["steps"] == 2
+
+
+@pytest.fixture(scope="module")
+def stopped(paths: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The out_dir of a micro run stopped (and checkpointed) after 2 steps."""
+    out = tmp_path_factory.mktemp("stopped")
+    assert main(_args(paths, out, "--stop-after", "2")) == 0
+    return out
+
+
+def _err_lines(capsys: pytest.CaptureFixture) -> list[str]:
+    return [line for line in capsys.readouterr().err.splitlines() if line.startswith("stage_a-train:")]
+
+
+@pytest.mark.parametrize("name", ["adapter.safetensors", "optimizer.pt", "state.json"])
+def test_resuming_a_truncated_checkpoint_exits_2_naming_the_file(paths: dict, stopped: Path, tmp_path: Path, name: str,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    out = shutil.copytree(stopped, tmp_path / "out")
+    damaged = out / "stage_a_micro" / "checkpoint" / name
+    damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])
+    assert main(_args(paths, out, "--resume")) == 2
+    lines = _err_lines(capsys)
+    assert len(lines) == 1 and lines[0].startswith(f"stage_a-train: {damaged}: not a readable "), lines
 
 
 def test_bad_config_exits_2_naming_the_key(capsys: pytest.CaptureFixture) -> None:

@@ -89,6 +89,17 @@ def test_missing_table_says_how_to_build_one(tmp_path: Path, capsys: pytest.Capt
     assert not (tmp_path / "p").exists()
 
 
+@pytest.mark.parametrize("damage", ["truncated", "empty", "text"])
+def test_a_damaged_table_exits_2_naming_it(dominant_table: Path, tmp_path: Path, damage: str,
+                                           capsys: pytest.CaptureFixture) -> None:
+    content = dominant_table.read_bytes()
+    dominant_table.write_bytes({"truncated": content[: len(content) // 2], "empty": b"", "text": b"a,b\n1,2\n"}[damage])
+    assert main(["--table", str(dominant_table), "--timesteps", "10", "--out", str(tmp_path / "p")]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("stage_b-train:")]
+    assert len(lines) == 1 and lines[0].startswith(f"stage_b-train: {dominant_table}: not a readable .npz file ("), lines
+    assert "expected an outcome table" in lines[0] and not (tmp_path / "p").exists()
+
+
 def test_tensorboard_and_offline_wandb_logging(dominant_table: Path, tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """--wandb goes through SB3's integration; offline without a key, so the run is written locally."""
