@@ -1,6 +1,7 @@
-"""`stage_b-eval` names a policy folder's broken files."""
+"""`stage_b-eval` and `stage_b-live` compare the outcome table's provenance with the policy's, and name broken files."""
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 from envs.outcome_table import OutcomeTable
 from stage_b.actor import ACTOR_FILE
 from stage_b.evaluate import main as eval_main
+from stage_b.live import main as live_main
 from stage_b.train import PolicyConfig, train_policy
 
 
@@ -46,6 +48,44 @@ def _err_line(capsys: pytest.CaptureFixture, prog: str) -> str:
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith(f"{prog}:")]
     assert len(lines) == 1, lines
     return lines[0]
+
+
+def test_the_training_table_replaced_by_another_checkpoints_is_refused(root: Path, capsys: pytest.CaptureFixture,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    policy, table = root / "policy", root / "toy" / "outcomes_toy.npz"
+    assert eval_main(["--policy", str(policy), "--json"]) == 0
+    same = json.loads(capsys.readouterr().out)
+    toy_table("bbbb", seed=1).save(table)  # same shapes and ids, outcomes of another Stage A checkpoint
+    assert eval_main(["--policy", str(policy)]) == 2
+    line = _err_line(capsys, "stage_b-eval")
+    assert line.startswith(f"stage_b-eval: {table} holds outcomes of Stage A checkpoint bbbb, but policy {policy} was "
+                           "trained on outcomes of checkpoint aaaa;") and "--allow-other-table" in line
+    with caplog.at_level(logging.WARNING, logger="stage_b.evaluate"):
+        assert eval_main(["--policy", str(policy), "--json", "--allow-other-table"]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] != same["accuracy"]
+    assert any("checkpoint bbbb" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
+
+
+def test_another_split_of_another_checkpoint_is_refused(root: Path, capsys: pytest.CaptureFixture) -> None:
+    policy, other = root / "policy", root / "toy" / "outcomes_val.npz"
+    table = toy_table("bbbb", seed=1)
+    table.provenance["split"] = "val"
+    table.save(other)
+    assert eval_main(["--policy", str(policy), "--split", "val"]) == 2
+    assert _err_line(capsys, "stage_b-eval").startswith(f"stage_b-eval: {other} holds outcomes of Stage A checkpoint "
+                                                        "bbbb")
+    assert eval_main(["--policy", str(policy), "--split", "val", "--allow-other-table"]) == 0
+    table.provenance["checkpoint_hash"] = "aaaa"
+    table.save(other)
+    assert eval_main(["--policy", str(policy), "--split", "val"]) == 0
+
+
+def test_live_mode_refuses_another_checkpoints_table_before_loading_safe(root: Path,
+                                                                        capsys: pytest.CaptureFixture) -> None:
+    """The toy table records no preset or checkpoint folder: had SAFE been built first, this would be exit 3."""
+    toy_table("bbbb").save(root / "toy" / "outcomes_toy.npz")
+    assert live_main(["--policy", str(root / "policy")]) == 2
+    assert "holds outcomes of Stage A checkpoint bbbb" in _err_line(capsys, "stage_b-live")
 
 
 @pytest.mark.parametrize("damage", ["truncated", "empty"])

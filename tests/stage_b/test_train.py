@@ -1,5 +1,6 @@
 """`stage_b-train` on toy outcome tables: PPO finds the dominant action, saves and reloads, rejects bad input."""
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -32,6 +33,7 @@ def test_ppo_learns_the_dominant_action_and_reloads_identically(dominant_table: 
     assert (tmp_path / "policy" / "policy.zip").is_file() and (tmp_path / "policy" / "best" / "best_model.zip").is_file()
     saved = json.loads((tmp_path / "policy" / "policy.json").read_text())
     assert saved["config"]["alpha"] == 0.1 and saved["table_provenance"] == {"split": "toy"}
+    assert saved["table_sha256"] == hashlib.sha256(dominant_table.read_bytes()).hexdigest()
     assert record["train_rows"] == 42 and len(record["test_rows"]) == 18  # 30% held out
     table, rows = OutcomeTable.load(dominant_table), np.arange(60)
     steps = SavedPolicy.load(tmp_path / "policy").play(table, rows)
