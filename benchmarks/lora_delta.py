@@ -9,7 +9,6 @@ gate-0 rows, use W alone). The base is the one the bridge records (safe_config.j
 from __future__ import annotations
 
 import argparse
-import json
 from collections import defaultdict
 from pathlib import Path
 
@@ -17,9 +16,10 @@ import torch
 from transformers import AutoModelForImageTextToText
 
 from shared.benchmark import save_result
+from shared.loading import load_json
 from shared.logs import setup_logging
 from stage_a.lora import ADAPTER
-from stage_a.model import SafeModel
+from stage_a.model import BRIDGE_FILE, CONFIG_FILE, SafeModel
 
 
 def relative_deltas(model: SafeModel) -> dict[str, float]:
@@ -38,8 +38,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "lora_delta.json")
     args = parser.parse_args()
     setup_logging()
-    folder = args.bridge / "best" if (args.bridge / "best" / "safe_config.json").is_file() else args.bridge
-    record = json.loads((folder / "safe_config.json").read_text(encoding="utf-8"))
+    folder = args.bridge / "best" if (args.bridge / "best" / CONFIG_FILE).is_file() else args.bridge
+    record = load_json(folder / CONFIG_FILE, BRIDGE_FILE)
     base = AutoModelForImageTextToText.from_pretrained(record["record"]["base"]["id"]).eval()
     with torch.no_grad():
         deltas = relative_deltas(SafeModel.from_bridge(base, folder))

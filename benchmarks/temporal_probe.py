@@ -39,12 +39,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from shared.benchmark import save_result
 from shared.encoders import ClapEncoder, EncoderSettings
 from shared.features import AudioRef, valid_frames_encoder
+from shared.loading import load_json, load_safetensors
 from shared.logs import setup_logging
 from shared.stats import mean_ci
 from shared.world.build import default_world_dir
@@ -52,6 +52,7 @@ from shared.world.scenes import Scene, SceneObject, SoundEvent
 from shared.world.sounds import synthesize
 from shared.world.spec import SOUND_OF_SHAPE, WorldSpec
 from stage_a.fusion import FusionBlock, FusionConfig
+from stage_a.model import BRIDGE_FILE, CONFIG_FILE, WEIGHTS_FILE
 from stage_a.projector import AudioProjector, ProjectorConfig, segment_weights, time_code
 from stage_a.setup import feature_cache
 
@@ -223,8 +224,8 @@ def frame_probes(clips: dict[str, list[OrderClip]], frame_seconds: float, ks: li
 
 def load_bridge(bridge: Path) -> tuple[AudioProjector, list[FusionBlock], list[int]]:
     """A saved bridge's projector, fusion blocks (safetensors weights, eval mode) and their decoder layers."""
-    config = json.loads((bridge / "safe_config.json").read_text(encoding="utf-8"))
-    state = load_file(str(bridge / "adapter.safetensors"))
+    config = load_json(bridge / CONFIG_FILE, BRIDGE_FILE)
+    state = load_safetensors(bridge / WEIGHTS_FILE, BRIDGE_FILE)
     projector = AudioProjector(ProjectorConfig(**config["projector"]))
     projector.load_state_dict({k.removeprefix("projector."): v for k, v in state.items()
                                if k.startswith("projector.")})

@@ -190,14 +190,21 @@ class AudioBudgetEnv(gym.Env):
                              f"[0, {self.table.n_rows})")
         return rows.astype(np.int64).tolist()
 
+    def _checked_action(self, action: Any) -> int:
+        """An action index: a Python or numpy integer, or a 0-d integer array (as SB3 passes it), in range; anything
+        else (a float such as 1.7, a string, a bool) is a ValueError naming it."""
+        value = action.item() if isinstance(action, np.ndarray) and action.ndim == 0 else action
+        is_integer = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+        if not is_integer or not 0 <= value < self._n_actions:
+            raise ValueError(f"action is {action!r}; expected an integer in [0, {self._n_actions})")
+        return int(value)
+
     def step(self, action: int | np.integer | np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         if not self._order:
             raise RuntimeError("AudioBudgetEnv.step called before reset()")
         if self._t >= self._length:
             raise RuntimeError("AudioBudgetEnv.step called after the episode terminated; call reset()")
-        a = int(action)
-        if not 0 <= a < self._n_actions:
-            raise ValueError(f"action = {action!r}, expected an index in [0, {self._n_actions})")
+        a = self._checked_action(action)
         row = self._order[self._t]
         cost = self._gflops[row]
         forced = a != 0 and cost[a] > self._remaining

@@ -4,8 +4,9 @@ Stage B learns *when audio is worth its cost*. Running SAFE inside the RL loop w
 environment step a forward pass, so `stage_b-outcomes` measures each (question, action) pair once
 and stores it in an `.npz` file; the environment then replays the table at millions of steps per
 minute. This module owns the file format and its validation, so a table written by one commit is
-checked field by field before any policy trains on it. It depends on numpy and shared's atomic
-writer and correctness threshold only: the `envs` package never imports training code.
+checked field by field before any policy trains on it (a missing, empty, truncated or non-.npz file is
+named by shared.loading). It depends on numpy and shared's atomic writer, checked loader and correctness
+threshold only: the `envs` package never imports training code.
 
 Arrays (N questions, A actions, D features):
 - `ids`, `family` ("visual" | "audio" | "audio_visual"), `qtype`: (N,) unicode strings;
@@ -26,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from shared.checkpoint import atomic_write_npz
+from shared.loading import load_npz
 from shared.metrics import CORRECT
 
 FAMILIES = ("visual", "audio", "audio_visual")
@@ -128,12 +130,11 @@ class OutcomeTable:
         path = Path(path)
         if not path.is_file():
             raise ValueError(f"outcome table {path} does not exist; {BUILD_HINT}")
-        with np.load(path, allow_pickle=False) as data:
-            missing = [key for key in KEYS if key not in data.files]
-            if missing:
-                raise ValueError(f"outcome table {path}: missing key '{missing[0]}' (all missing: {missing}); "
-                                 f"{BUILD_HINT}")
-            arrays = {key: data[key] for key in KEYS + OPTIONAL_KEYS if key in data.files}
+        data = load_npz(path, f"an outcome table; {BUILD_HINT}")
+        missing = [key for key in KEYS if key not in data]
+        if missing:
+            raise ValueError(f"outcome table {path}: missing key '{missing[0]}' (all missing: {missing}); {BUILD_HINT}")
+        arrays = {key: data[key] for key in KEYS + OPTIONAL_KEYS if key in data}
         raw = arrays.pop("provenance")
         if raw.ndim != 0 or raw.dtype.kind != "U":
             raise ValueError(f"outcome table {path}: 'provenance' has shape {raw.shape} dtype {raw.dtype}, "

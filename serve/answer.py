@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from shared.cli import console
+from shared.loading import load_jsonl
 from shared.logs import setup_logging
 from stage_a.pipeline import SafePipeline
 from stage_b.actor import ACTOR_FILE
@@ -34,13 +35,7 @@ def parse_k(value: str) -> int | str:
 def read_jsonl(path: Path) -> list[dict]:
     """The questions of a JSONL file; a bad line is an error naming the file, line and problem."""
     rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path} line {n}: not JSON ({err.msg}); expected one object per line") from err
+    for n, row in load_jsonl(path, "questions, one JSON object per line"):
         if not isinstance(row, dict) or set(row) - set(KEYS):
             found = sorted(set(row) - set(KEYS)) if isinstance(row, dict) else type(row).__name__
             raise ValueError(f"{path} line {n}: unexpected {found}; expected an object with keys {', '.join(KEYS)}")

@@ -23,7 +23,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from serve.batcher import Batcher, BatchFailed
 from serve.codec import FIELDS, BadRequest, decode_audio, decode_image, form_k, from_base64, from_value_error
 from serve.metrics import CONTENT_TYPE, Metrics
-from stage_a.model import CONFIG_FILE
+from shared.loading import load_json
+from stage_a.model import BRIDGE_FILE, CONFIG_FILE
 from stage_a.pipeline import Request as Prepared, SafePipeline
 
 ANSWER_PATH = "/v1/answer"
@@ -150,7 +151,7 @@ def recorded_base(pipe: SafePipeline) -> str | None:
     """The base model id the bridge's record names."""
     if pipe.bridge_dir is None:
         return None
-    config = json.loads((pipe.bridge_dir / CONFIG_FILE).read_text(encoding="utf-8"))
+    config = load_json(pipe.bridge_dir / CONFIG_FILE, BRIDGE_FILE)
     return ((config.get("record") or {}).get("base") or {}).get("id")
 
 

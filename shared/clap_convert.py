@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import pickle
 import re
 import sys
 from pathlib import Path
@@ -41,6 +40,7 @@ import torch
 from transformers import AutoTokenizer, ClapAudioConfig, ClapConfig, ClapFeatureExtractor, ClapModel, ClapTextConfig
 
 from shared.cli import console
+from shared.loading import load_torch
 
 log = logging.getLogger(__name__)
 DROPPED = re.compile(r"(spectrogram_extractor|logmel_extractor|tscam_conv|\.head\.|_transform\.|position_ids)")
@@ -140,17 +140,7 @@ def convert_state_dict(laion: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
 
 def load_laion_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """The state dict of a laion-clap .pt file (bare, or under 'state_dict'), loaded without pickle code."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: no such file; expected a laion-clap .pt checkpoint")
-    if path.stat().st_size == 0:
-        raise ValueError(f"{path}: file is empty; expected a laion-clap .pt checkpoint")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, EOFError, RuntimeError, KeyError, pickle.UnpicklingError) as err:
-        reason = str(err).splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"{path}: cannot be read as a torch checkpoint ({reason}); "
-                         "expected a laion-clap .pt file saved with torch.save") from err
+    checkpoint = load_torch(path, "a laion-clap .pt checkpoint saved with torch.save")
     state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path}: holds {type(checkpoint).__name__} without a tensor state dict; "

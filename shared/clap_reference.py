@@ -8,7 +8,6 @@ and `reference.npz` (see benchmarks/laion_reference.py for every array).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +16,10 @@ from transformers import ClapConfig, ClapFeatureExtractor, ClapModel, ClapTextCo
 
 from shared.clap_convert import htsat_config, main as convert_main
 from shared.clap_features import clap_audio_embeddings
+from shared.loading import load_json, load_npz, load_torch
 
 LAION_SR = 48000
+REFERENCE_FILE = "a file of a laion-clap reference folder written by benchmarks/laion_reference.py"
 
 
 def reference_config(record: dict) -> ClapConfig:
@@ -34,14 +35,13 @@ def prepare(folder: Path, work: Path) -> tuple[Path, Path, dict, dict[str, np.nd
     """The reference's checkpoint (omitted keys restored, same shapes) and config folder under work,
     its record and its arrays."""
     folder, work = Path(folder), Path(work)
-    record = json.loads((folder / "laion_config.json").read_text(encoding="utf-8"))
-    checkpoint = torch.load(folder / "laion_clap.pt", map_location="cpu", weights_only=True)
+    record = load_json(folder / "laion_config.json", REFERENCE_FILE)
+    checkpoint = load_torch(folder / "laion_clap.pt", REFERENCE_FILE)
     checkpoint["state_dict"].update({k: torch.zeros(shape) for k, shape in record["omitted"].items()})
     work.mkdir(parents=True, exist_ok=True)
     torch.save(checkpoint, work / "laion_clap.pt")
     reference_config(record).save_pretrained(work / "config")
-    with np.load(folder / "reference.npz", allow_pickle=False) as arrays:
-        return work / "laion_clap.pt", work / "config", record, dict(arrays)
+    return work / "laion_clap.pt", work / "config", record, load_npz(folder / "reference.npz", REFERENCE_FILE)
 
 
 def fusion_channels(mel: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,8 @@ into k temporal tokens. An entry's key hashes
     the encoder's weights (a hash of its parameters),
     the audio file's content (so an edited file is a miss), and
     the audio window (start, end).
-Changing any of them misses the old entry. Entries are safetensors files written atomically.
+Changing any of them misses the old entry. Entries are safetensors files written atomically; an entry that
+cannot be read back (truncated or corrupt, e.g. by a disk filling up) is logged, counted as a miss and rewritten.
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from tqdm import tqdm
 
+from shared.cli import InputError, one_line
 from shared.data.audio_io import load_audio
+from shared.loading import load_safetensors
 
 log = logging.getLogger(__name__)
 
@@ -74,10 +77,15 @@ class FeatureCache:
         return self.dir / key[:2] / f"{key}.safetensors"
 
     def get(self, ref: AudioRef) -> torch.Tensor | None:
+        """The cached features of `ref`, or None when there is no readable entry."""
         path = self.entry_path(ref)
         if not path.is_file():
             return None
-        return load_file(str(path))["features"]
+        try:
+            return load_safetensors(path, "a feature-cache entry")["features"]
+        except (InputError, KeyError) as err:  # KeyError: a safetensors file without 'features'
+            log.warning("feature cache entry %s is unreadable (%s); encoding the clip again", path, one_line(err))
+            return None
 
     def put(self, ref: AudioRef, features: torch.Tensor) -> None:
         path = self.entry_path(ref)

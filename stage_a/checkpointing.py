@@ -1,11 +1,12 @@
 """Training checkpoints: everything needed to resume a Stage A run exactly, written atomically.
 
-A checkpoint folder holds the bridge (adapter.safetensors + safe_config.json), the optimizer
+A checkpoint folder holds the bridge (adapter.safetensors + safe_config.json with the bridge's record), the optimizer
 and scheduler state (torch.save, read back with weights_only=True), tensors of the retention
 state and data bookkeeping (safetensors), the base LM's weights when it is trained (the
 full fine-tuning baseline), and a JSON state: the trainer's `TrainState` (step, best result, history,
 data counts, ...) with the sampler, gradient-monitor and loss-scaler states beside it. The folder is
-written under a temporary name and renamed into place.
+written under a temporary name and renamed into place. Reading one back goes through shared.loading, so a
+truncated or corrupt file is named (exit 2) rather than raised from inside safetensors, torch or json.
 """
 
 from __future__ import annotations
@@ -16,15 +17,18 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from shared.checkpoint import atomic_directory
-from stage_a.model import WEIGHTS_FILE, SafeModel
+from shared.cli import InputError
+from shared.loading import load_json, load_safetensors, load_torch
+from stage_a.model import CONFIG_FILE, WEIGHTS_FILE, SafeModel
 
 OPTIMIZER_FILE = "optimizer.pt"
 TENSORS_FILE = "state.safetensors"
 BASE_LM_FILE = "base_lm.safetensors"
 STATE_FILE = "state.json"
+CHECKPOINT_PART = "this part of a checkpoint folder written by stage_a-train"
 
 
 def trained_base_params(model: SafeModel) -> dict[str, torch.Tensor]:
@@ -56,6 +60,7 @@ class Checkpoint:
     tensors: dict[str, torch.Tensor]
     base_lm: dict[str, torch.Tensor]
     state: dict
+    bridge_config: dict = field(default_factory=dict)  # safe_config.json: the bridge's config and record
 
 
 @dataclass
@@ -131,9 +136,13 @@ def load_checkpoint(folder: Path) -> Checkpoint:
     missing = [str(p) for p in needed if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"checkpoint {folder} is incomplete: missing {missing}")
-    opt = torch.load(folder / OPTIMIZER_FILE, weights_only=True)
-    base_file = folder / BASE_LM_FILE
-    return Checkpoint(load_file(str(folder / WEIGHTS_FILE)), opt["optimizer"], opt["scheduler"],
-                      load_file(str(folder / TENSORS_FILE)),
-                      load_file(str(base_file)) if base_file.is_file() else {},
-                      json.loads((folder / STATE_FILE).read_text(encoding="utf-8")))
+    opt = load_torch(folder / OPTIMIZER_FILE, CHECKPOINT_PART)
+    if not isinstance(opt, dict) or not {"optimizer", "scheduler"} <= opt.keys():
+        raise InputError(f"{folder / OPTIMIZER_FILE}: holds no 'optimizer' and 'scheduler' states; "
+                         f"expected {CHECKPOINT_PART}")
+    base_file, config_file = folder / BASE_LM_FILE, folder / CONFIG_FILE
+    return Checkpoint(load_safetensors(folder / WEIGHTS_FILE, CHECKPOINT_PART), opt["optimizer"], opt["scheduler"],
+                      load_safetensors(folder / TENSORS_FILE, CHECKPOINT_PART),
+                      load_safetensors(base_file, CHECKPOINT_PART) if base_file.is_file() else {},
+                      load_json(folder / STATE_FILE, CHECKPOINT_PART),
+                      load_json(config_file, CHECKPOINT_PART) if config_file.is_file() else {})

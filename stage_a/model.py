@@ -32,20 +32,23 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from shared.checkpoint import atomic_directory
+from shared.loading import load_json, load_safetensors
 from stage_a.fusion import (FusionAdapter, FusionConfig, active_samples, check_gate, decoder_layers_path,
                              gate_vector)
 from stage_a.lora import AudioOnlyLora, LoraSettings
 from stage_a.prefix import PrefixSplicer
 from stage_a.projector import AudioProjector, ProjectorConfig
-from stage_a.provenance import base_fingerprint, encoder_fingerprint, prompt_record, safe_version, verify_record
+from stage_a.provenance import (BridgeMismatch, base_fingerprint, encoder_fingerprint, prompt_record, safe_version,
+                                 verify_record)
 
 MASTER_DTYPE = torch.float32  # the bridge's weights and compute dtype, whatever the base's dtype
 WEIGHTS_FILE = "adapter.safetensors"
 CONFIG_FILE = "safe_config.json"
+BRIDGE_FILE = "a file of a bridge folder written by stage_a-train"
 
 
 @dataclass
@@ -168,11 +171,19 @@ class SafeModel(nn.Module):
         return Path(out_dir)
 
     def load_trainable_state(self, state: dict[str, torch.Tensor], where: str) -> None:
-        """Load bridge weights saved by `write_bridge`; missing or unexpected keys are named."""
-        expected = set(self.trainable_state())
-        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+        """Load bridge weights saved by `write_bridge` (from the bridge folder `where`); a missing, unexpected or
+        differently shaped parameter (a bridge trained on another base) raises BridgeMismatch naming it."""
+        shapes = {name: tuple(tensor.shape) for name, tensor in self.trainable_state().items()}
+        missing, unexpected = sorted(shapes.keys() - state.keys()), sorted(state.keys() - shapes.keys())
         if missing or unexpected:
-            raise ValueError(f"{where}: missing keys {missing}, unexpected keys {unexpected}")
+            raise BridgeMismatch(f"{where}: missing keys {missing}, unexpected keys {unexpected}; expected the "
+                                 "parameters of a bridge built on this base")
+        wrong = [name for name in sorted(shapes) if tuple(state[name].shape) != shapes[name]]
+        if wrong:
+            first = wrong[0]
+            raise BridgeMismatch(f"{where}: bridge parameter {first!r} has shape {tuple(state[first].shape)}, the "
+                                 f"bridge built on this base has {shapes[first]} ({len(wrong)} of {len(shapes)} "
+                                 "parameters differ in shape); the bridge was trained on another base")
         self.projector.load_state_dict({k[len("projector."):]: v for k, v in state.items() if k.startswith("projector.")})
         self.fusion.load_state_dict({k[len("fusion."):]: v for k, v in state.items() if k.startswith("fusion.")})
         lora = {k[len("lora."):]: v for k, v in state.items() if k.startswith("lora.")}
@@ -191,9 +202,12 @@ class SafeModel(nn.Module):
         for path in (config_path, weights_path):
             if not path.is_file():
                 raise FileNotFoundError(f"SAFE bridge file {path} does not exist; expected {CONFIG_FILE} and {WEIGHTS_FILE}")
-        data = json.loads(config_path.read_text(encoding="utf-8"))
+        data = load_json(config_path, BRIDGE_FILE)
         verify_record(data.pop("record", None), base, encoder, str(bridge_dir), strict)
         bridge = BridgeConfig.from_json(data, str(config_path))
-        model = cls(base, bridge)
-        model.load_trainable_state(load_file(str(weights_path)), str(weights_path))
+        try:
+            model = cls(base, bridge)
+        except ValueError as err:  # the bridge's sizes or layer path are not this base's
+            raise BridgeMismatch(f"{bridge_dir}: the bridge does not fit this base ({err})") from err
+        model.load_trainable_state(load_safetensors(weights_path, BRIDGE_FILE), str(bridge_dir))
         return model

@@ -10,8 +10,10 @@ import json
 from pathlib import Path
 
 from shared.checkpoint import atomic_write_text
+from shared.loading import load_json
 from stage_a.model import CONFIG_FILE as BRIDGE_CONFIG_FILE
 from stage_a.monitor import CONFIG_FILE as RUN_CONFIG_FILE
+from stage_a.provenance import digest_key
 
 CARD_FILE = "README.md"
 SUMMARY_FILE = "summary.json"
@@ -20,7 +22,7 @@ SUMMARY_FILE = "summary.json"
 def _read_json(path: Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing; a model card needs the run's config, summary and best bridge")
-    return json.loads(path.read_text(encoding="utf-8"))
+    return load_json(path, "a file of a stage_a-train run folder")
 
 
 def _num(value: float | int | None) -> str:
@@ -71,12 +73,13 @@ def _figures(summary: dict) -> list[str]:
 def render_model_card(config: dict, summary: dict, record: dict, bridge_dir: Path) -> str:
     """The card's markdown text."""
     base, encoder, bridge = record["base"], record.get("encoder"), record["bridge"]
+    base_digest = digest_key(base)
     encoder_line = (f"{json.dumps(encoder['identity'])}, weights sha256 {_short(encoder['weights_sha256'])}"
                     if encoder else "not recorded")
     lines = [f"# SAFE bridge `{config['name']}`", "",
              "Audio bridge for a frozen vision-language model, trained by `stage_a-train`.", "",
              "## Base and encoder", "",
-             f"- base: `{base['id']}`, weights sha256 {_short(base['weights_sha256'])}",
+             f"- base: `{base['id']}`, {base_digest.replace('_', ' ')} {_short(base.get(base_digest))}",
              f"- audio encoder: {encoder_line}",
              f"- SAFE version: {record.get('safe_version') or 'not installed as a package'}", "",
              "## Bridge", "",

@@ -14,7 +14,6 @@ stage_b.chooser) picks no audio or k per request from the request's own pre-deci
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -28,12 +27,13 @@ from PIL import Image
 from shared.data.audio_io import AudioError, load_audio, resample
 from shared.encoders import build_encoder
 from shared.features import pad_frames
+from shared.loading import load_json
 from stage_a.checkpointing import BASE_LM_FILE, bridge_folder
 from stage_a.config import DataSettings
 from stage_a.data import Collator
 from stage_a.flops import safe_flops
 from stage_a.fusion import check_gate
-from stage_a.model import CONFIG_FILE, SafeModel
+from stage_a.model import BRIDGE_FILE, CONFIG_FILE, SafeModel
 from stage_a.prefix import PrefixSplicer
 from stage_a.prompting import build_prompt, model_inputs
 from stage_a.setup import load_base
@@ -61,7 +61,7 @@ def run_k_eval(bridge_dir: Path) -> int:
     """The k the bridge's run evaluated at (k_eval of the run folder's summary.json), else DEFAULT_K."""
     for summary in (bridge_dir / "summary.json", bridge_dir.parent / "summary.json"):
         if summary.is_file():
-            return int(json.loads(summary.read_text(encoding="utf-8"))["k_eval"])
+            return int(load_json(summary, "a stage_a-train run summary", keys=("k_eval",))["k_eval"])
     log.info("%s: no run summary.json beside the bridge; default k is %d", bridge_dir, DEFAULT_K)
     return DEFAULT_K
 
@@ -117,7 +117,7 @@ class SafePipeline:
         if (folder / BASE_LM_FILE).is_file():
             raise ValueError(f"{folder / BASE_LM_FILE}: this run fine-tuned the base LM (full fine-tuning baseline); "
                              "SafePipeline serves bridges over a frozen base only")
-        record = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8")).get("record") or {}
+        record = load_json(folder / CONFIG_FILE, BRIDGE_FILE).get("record") or {}
         base_id = base or (record.get("base") or {}).get("id")
         identity = (record.get("encoder") or {}).get("identity")
         if not base_id or (identity is None and not (clap or whisper)):

@@ -9,15 +9,16 @@ by question. McNemar is reported only when a comparison has a single paired run.
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
+from shared.loading import load_json, load_jsonl
 from shared.stats import hierarchical_bootstrap, mcnemar, mean_std, paired_hierarchical_bootstrap, welch_t
 from stage_a.data import AUDIO_FAMILIES
 
+RUN_FILE = "a file of a finished stage_a-sweep cell (a stage_a-train run folder)"
 # Success criteria: the seed's (gain over the original VL model, 3 seeds) and issue 13's targets for the default.
 SUCCESS_AUDIO_GAIN_PTS = 3.0
 SUCCESS_VL_TOLERANCE_PTS = 0.5
@@ -44,10 +45,10 @@ def _load(cells, cells_dir: Path) -> tuple[dict[str, list[dict]], list[str], lis
         elif not (run_dir / "summary.json").is_file():
             missing.append(cell.name)
         else:
-            summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
-            records = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
+            summary = load_json(run_dir / "summary.json", RUN_FILE)
+            records = load_jsonl(run_dir / "predictions.jsonl", RUN_FILE)
             runs[cell.label].append({"run": (cell.world, cell.seed), "summary": summary,
-                                     "records": {r["id"]: r for r in records}})
+                                     "records": {r["id"]: r for _, r in records}})
     return runs, failed, missing
 
 

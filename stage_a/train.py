@@ -35,23 +35,25 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from tqdm import tqdm
 
 from shared.checkpoint import atomic_directory, atomic_write_text
 from shared.cli import console
 from shared.config import load_config, parse_overrides, to_dict
+from shared.loading import load_safetensors
 from shared.logs import setup_logging
-from stage_a.checkpointing import (BASE_LM_FILE, STATE_FILE, BestEval, TrainState, load_checkpoint, save_checkpoint,
-                                   trained_base_params)
+from stage_a.checkpointing import (BASE_LM_FILE, STATE_FILE, BestEval, Checkpoint, TrainState, load_checkpoint,
+                                   save_checkpoint, trained_base_params)
 from stage_a.config import TrainConfig, gate_value, lr_factor
 from stage_a.data import Batch
 from stage_a.losses import answer_loss, answer_positions
 from stage_a.evaluate import EvalSettings, Evaluator, eval_rows, generate_answers, shuffled_audio
-from stage_a.model import WEIGHTS_FILE, SafeModel
+from stage_a.model import BRIDGE_FILE, WEIGHTS_FILE, SafeModel
 from stage_a.model_card import write_model_card
 from stage_a.monitor import GradientMonitor, RunLogger
 from stage_a.prefix import media_token_ids, select_rows
+from stage_a.provenance import verify_record
 from stage_a.retention import NullSpaceProjector, OnlineFisher, RetentionConfig, distill_loss, retention_variant
 from stage_a.sampler import MixSampler
 from stage_a.setup import build_setup
@@ -94,7 +96,8 @@ def frozen_base(model: SafeModel, trained_base: set[str]) -> list[tuple[str, tor
 class StageATrainer:
     """Holds one run's model, optimizer, retention state and bookkeeping; `run()` trains and summarises."""
 
-    def __init__(self, cfg: TrainConfig, resume: bool = False) -> None:
+    def __init__(self, cfg: TrainConfig, resume: bool = False, strict: bool = True) -> None:
+        """`resume` continues the run's checkpoint, which must record this base and encoder unless not `strict`."""
         self.cfg, self.acc = cfg, Accelerator()
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
@@ -108,6 +111,7 @@ class StageATrainer:
         with self.acc.main_process_first():
             self.setup = build_setup(cfg, self.acc.device)
         self.model = self.setup.model
+        checkpoint = self._read_checkpoint(strict) if resume else None  # a bad one fails before any evaluation
         self.media_ids = media_token_ids(self.model.base)
         self.retention = retention_settings(cfg)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
@@ -147,8 +151,8 @@ class StageATrainer:
                                         eval_rows(test, cfg.data.test_size, cfg.seed), self.eval_settings, self.acc.device)
         self.state = TrainState()
         self.seen = torch.zeros(len(train), dtype=torch.bool)
-        if resume:
-            self._restore()
+        if checkpoint is not None:
+            self._restore(checkpoint)
         self.logger = RunLogger(self.run_dir, to_dict(cfg), tensorboard=cfg.tensorboard, wandb=cfg.wandb,
                                 run_name=cfg.name, main_process=self.acc.is_main_process,
                                 resume_step=self.state.step if resume else None)
@@ -292,9 +296,9 @@ class StageATrainer:
 
     def _load_best(self) -> None:
         best = self.run_dir / "best"
-        self.model.load_trainable_state(load_file(str(best / WEIGHTS_FILE)), str(best))
+        self.model.load_trainable_state(load_safetensors(best / WEIGHTS_FILE, BRIDGE_FILE), str(best))
         if (best / BASE_LM_FILE).is_file():
-            self.model.base.load_state_dict(load_file(str(best / BASE_LM_FILE)), strict=False)
+            self.model.base.load_state_dict(load_safetensors(best / BASE_LM_FILE, BRIDGE_FILE), strict=False)
 
     def checkpoint(self) -> None:
         if not self.acc.is_main_process:
@@ -308,8 +312,13 @@ class StageATrainer:
                                     "scaler": self.scaler.state_dict()})
         save_checkpoint(self.ckpt_dir, self.model, self.optimizer, self.scheduler, tensors, state)
 
-    def _restore(self) -> None:
+    def _read_checkpoint(self, strict: bool) -> Checkpoint:
+        """The run's checkpoint, whose bridge record must name this base and encoder (a warning if not `strict`)."""
         ckpt = load_checkpoint(self.ckpt_dir)
+        verify_record(ckpt.bridge_config.get("record"), self.model.base, self.setup.encoder, str(self.ckpt_dir), strict)
+        return ckpt
+
+    def _restore(self, ckpt: Checkpoint) -> None:
         self.model.load_trainable_state(ckpt.bridge, str(self.ckpt_dir))
         if ckpt.base_lm:
             self.model.base.load_state_dict(ckpt.base_lm, strict=False)
@@ -404,6 +413,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", default="stage_a", help="preset name in configs/ or a YAML path (default: %(default)s)")
     parser.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
     parser.add_argument("--stop-after", type=int, default=0, help="end this session after N steps (checkpointed)")
+    parser.add_argument("--no-strict", action="store_true",
+                        help="with --resume: continue a checkpoint trained on another base or encoder (a warning)")
     parser.add_argument("--wandb", action="store_true", help="log to wandb (offline without an API key)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args, rest = parser.parse_known_args(argv)
@@ -412,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.wandb:
         overrides["wandb"] = "true"
     cfg = load_config(TrainConfig, args.preset, overrides)
-    summary = StageATrainer(cfg, resume=args.resume).run(stop_after=args.stop_after)
+    summary = StageATrainer(cfg, resume=args.resume, strict=not args.no_strict).run(stop_after=args.stop_after)
     if summary is not None and Accelerator().is_main_process:
         print(format_summary(summary))
     return 0

@@ -12,16 +12,16 @@ stage_b-train builds is supported; anything else is refused by name.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
 import torch
 from gymnasium import spaces
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.torch_layers import FlattenExtractor
+
+from shared.loading import file_sha256, load_safetensors
 
 ACTOR_FILE = "policy.safetensors"
 FORMAT = "sb3-actor-v1"
@@ -33,10 +33,6 @@ ACTIVATIONS = {cls.__name__: cls for cls in (torch.nn.Tanh, torch.nn.ReLU, torch
 def _actor_state(policy: ActorCriticPolicy) -> dict[str, torch.Tensor]:
     """The tensors of `policy` that choose actions (no value head), by state-dict name."""
     return {name: tensor for name, tensor in policy.state_dict().items() if name.startswith(ACTOR_PREFIXES)}
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _strict_json(bounds: np.ndarray) -> list[float | str]:
@@ -57,7 +53,7 @@ def save_actor(policy: ActorCriticPolicy, folder: Path) -> dict:
     path = Path(folder) / ACTOR_FILE
     save_file({name: tensor.detach().cpu().contiguous() for name, tensor in _actor_state(policy).items()}, str(path),
               metadata={"format": FORMAT})
-    return {"format": FORMAT, "file": ACTOR_FILE, "sha256": _sha256(path),
+    return {"format": FORMAT, "file": ACTOR_FILE, "sha256": file_sha256(path),
             "observation_space": {"shape": list(obs.shape), "dtype": str(obs.dtype),
                                   "low": _strict_json(obs.low), "high": _strict_json(obs.high)},
             "action_space": {"n": int(act.n), "start": int(act.start)},
@@ -91,15 +87,12 @@ def load_actor(folder: Path, arch: dict) -> ActorCriticPolicy:
     path = Path(folder) / arch.get("file", ACTOR_FILE)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; expected the actor weights written by stage_b-train")
-    digest = _sha256(path)
+    digest = file_sha256(path)
     if digest != arch["sha256"]:
         raise ValueError(f"{path}: SHA-256 {digest[:16]}… differs from {arch['sha256'][:16]}… recorded in "
                          "policy.json; the weights were changed or belong to another policy")
     policy = build_policy(arch)
-    try:
-        tensors = load_file(str(path))
-    except SafetensorError as err:
-        raise ValueError(f"{path} is not a readable safetensors file ({err})") from err
+    tensors = load_safetensors(path, "the actor weights written by stage_b-train")
     expected = {name: tuple(t.shape) for name, t in _actor_state(policy).items()}
     found = {name: tuple(t.shape) for name, t in tensors.items()}
     for name in sorted(set(expected) | set(found)):

@@ -4,9 +4,12 @@ Reports accuracy with a 95% bootstrap CI, mean GFLOPs and latency per question, 
 rate, and the action histogram per question family and type, as JSON or a table. The policy plays
 each question once through the env it trained in (its budget, if any, included). The held-out
 rows are those recorded in policy.json at training time, so evaluation never sees training rows;
-`--split S` evaluates on every question of another split's outcome table instead. Policies load
-without pickle (policy.safetensors, stage_b.actor); an old folder with only SB3's policy.zip loads
-only with `--trust-pickle`.
+`--split S` evaluates on every question of another split's outcome table instead. Either table must
+come from the Stage A checkpoint the policy's training table came from (the `checkpoint_hash` in the
+table's provenance, recorded in policy.json): a table of another checkpoint, even of the same shapes,
+is refused unless `--allow-other-table` (then a warning). Policies load without pickle
+(policy.safetensors, stage_b.actor); an old folder with only SB3's policy.zip loads only with
+`--trust-pickle`.
 """
 
 from __future__ import annotations
@@ -25,13 +28,15 @@ from stable_baselines3.common.policies import BasePolicy
 
 from envs.audio_budget import AudioBudgetEnv, FeatureScaler, Outcome
 from envs.outcome_table import OutcomeTable
-from shared.cli import console
+from shared.cli import InputError, console
+from shared.loading import load_json, load_sb3
 from shared.logs import setup_logging
 from shared.stats import mean_ci
 from stage_b.actor import ACTOR_FILE, load_actor
 from stage_b.train import PolicyConfig
 
 log = logging.getLogger(__name__)
+POLICY_FILE = "a file of a policy folder written by stage_b-train"
 
 
 class PickleRefused(ValueError):
@@ -56,7 +61,7 @@ class SavedPolicy:
         record_path = folder / "policy.json"
         if not record_path.is_file():
             raise FileNotFoundError(f"{record_path} does not exist; expected a folder written by stage_b-train")
-        record = json.loads(record_path.read_text(encoding="utf-8"))
+        record = load_json(record_path, POLICY_FILE, keys=("config", "scaler", "test_rows"))
         if "actor" in record:
             model = load_actor(folder, record["actor"])
         elif not (folder / "policy.zip").is_file():
@@ -65,11 +70,15 @@ class SavedPolicy:
         elif trust_pickle:
             log.warning("loading pickled %s (--trust-pickle): it can run code; retrain to get %s",
                         folder / "policy.zip", ACTOR_FILE)
-            model = PPO.load(folder / "policy.zip", device="cpu").policy
+            model = load_sb3(PPO, folder / "policy.zip", POLICY_FILE, device="cpu").policy
         else:
             raise PickleRefused(f"{folder / 'policy.zip'} is a pickled SB3 policy (loading it can run code) and the "
                                 f"folder has no {ACTOR_FILE}; pass --trust-pickle to load it, or retrain")
-        return cls(folder, model, record, FeatureScaler.from_json(record["scaler"]), PolicyConfig(**record["config"]))
+        try:
+            config = PolicyConfig(**record["config"])
+        except TypeError as err:
+            raise InputError(f"{record_path}: 'config' does not fit ({err}); expected {POLICY_FILE}") from err
+        return cls(folder, model, record, FeatureScaler.from_json(record["scaler"]), config)
 
     @property
     def confidence(self) -> bool:
@@ -84,11 +93,28 @@ class SavedPolicy:
         """Every question of `rows` once, through this policy's env (see `play`)."""
         return play(self.model, self.env(table, rows, outcome), rows, seed)
 
-    def evaluation_rows(self, split: str | None = None) -> tuple[OutcomeTable, np.ndarray]:
-        """The table and rows to evaluate on: the held-out rows of the training table, or all of another split's."""
+    def _check_table(self, table: OutcomeTable, path: Path, allow_other_table: bool = False) -> None:
+        """Refuse a table built from another Stage A checkpoint than the policy's training table (whatever its
+        shapes), or with `allow_other_table` log a warning."""
+        trained_on = (self.record.get("table_provenance") or {}).get("checkpoint_hash")
+        found = table.provenance.get("checkpoint_hash")
+        if found == trained_on:
+            return
+        message = (f"{path} holds outcomes of Stage A checkpoint {found}, but policy {self.folder} was trained on "
+                   f"outcomes of checkpoint {trained_on}; expected a table of that checkpoint (rebuild it with "
+                   "stage_b-outcomes, or pass --allow-other-table to evaluate on it anyway)")
+        if not allow_other_table:
+            raise InputError(message)
+        log.warning("%s", message)
+
+    def evaluation_rows(self, split: str | None = None,
+                        allow_other_table: bool = False) -> tuple[OutcomeTable, np.ndarray]:
+        """The table and rows to evaluate on: the held-out rows of the training table, or all of another split's;
+        either table must come from the policy's Stage A checkpoint (`_check_table`)."""
         train_path = Path(self.config.table)
         train_table = OutcomeTable.load(train_path)
         if split is None or split == train_table.provenance.get("split"):
+            self._check_table(train_table, train_path, allow_other_table)
             return train_table, np.asarray(self.record["test_rows"], dtype=np.int64)
         path = train_path.parent / f"outcomes_{split}.npz"
         if not path.is_file():
@@ -98,9 +124,7 @@ class SavedPolicy:
         if not np.array_equal(table.actions, train_table.actions):
             raise ValueError(f"{path}: actions {table.actions.tolist()} differ from the policy's "
                              f"{train_table.actions.tolist()}")
-        if table.provenance.get("checkpoint_hash") != train_table.provenance.get("checkpoint_hash"):
-            log.warning("%s comes from Stage A checkpoint %s, the policy trained on outcomes of %s", path,
-                        table.provenance.get("checkpoint_hash"), train_table.provenance.get("checkpoint_hash"))
+        self._check_table(table, path, allow_other_table)
         return table, np.arange(table.n_rows)
 
 
@@ -143,10 +167,11 @@ def summarize(table: OutcomeTable, rows: np.ndarray, actions: np.ndarray, confid
             "actions": {name: dict(sorted(c.items())) for name, c in sorted(histogram.items())}}
 
 
-def evaluate_policy(policy_dir: Path, split: str | None = None, trust_pickle: bool = False) -> dict:
+def evaluate_policy(policy_dir: Path, split: str | None = None, trust_pickle: bool = False,
+                    allow_other_table: bool = False) -> dict:
     """Summarise a saved policy's choices on its held-out rows, or on every question of another split's table."""
     policy = SavedPolicy.load(policy_dir, trust_pickle)
-    table, rows = policy.evaluation_rows(split)
+    table, rows = policy.evaluation_rows(split, allow_other_table)
     steps = policy.play(table, rows)
     return {"policy": str(policy_dir), "alpha": policy.config.alpha, "gamma": policy.config.gamma,
             "split": table.provenance.get("split"), "rows": "held-out" if split is None else "all",
@@ -158,6 +183,13 @@ def add_trust_pickle(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trust-pickle", action="store_true",
                         help=f"load an old policy folder that has only SB3's pickled policy.zip (no {ACTOR_FILE}); "
                              "unpickling can run code, so only for folders you made yourself")
+
+
+def add_allow_other_table(parser: argparse.ArgumentParser) -> None:
+    """The --allow-other-table flag of the commands that evaluate a policy on an outcome table."""
+    parser.add_argument("--allow-other-table", action="store_true",
+                        help="evaluate on an outcome table built from another Stage A checkpoint than the policy's "
+                             "training table (a warning instead of exit 2)")
 
 
 def format_table(result: dict) -> str:
@@ -181,9 +213,10 @@ def main(argv: list[str] | None = None) -> int:
                              "(default: the training table's held-out rows)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     add_trust_pickle(parser)
+    add_allow_other_table(parser)
     args = parser.parse_args(argv)
     setup_logging()
-    result = evaluate_policy(args.policy, args.split, args.trust_pickle)
+    result = evaluate_policy(args.policy, args.split, args.trust_pickle, args.allow_other_table)
     print(json.dumps(result, indent=2) if args.json else format_table(result))
     return 0
 

@@ -6,7 +6,9 @@ its GFLOPs with the same analytic formula as the table, and measures the wall ti
 plays n held-out questions with the same policy in the same episodes, once in live mode and once
 in table mode, and reports whether the two agree: the check that table mode is faithful.
 `stage_b-live --policy DIR` runs it (exit 1 if live accuracy falls outside table mode's 95% CI),
-rebuilding the model from the preset and overrides recorded in the table's provenance.
+rebuilding the model from the preset and overrides recorded in the table's provenance; like
+`stage_b-eval`, it refuses a table of another Stage A checkpoint than the policy's unless
+`--allow-other-table`, before any model is loaded.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from shared.config import load_config
 from shared.logs import setup_logging
 from shared.stats import mean_ci
 from stage_a.config import TrainConfig
-from stage_b.evaluate import SavedPolicy, add_trust_pickle
+from stage_b.evaluate import SavedPolicy, add_allow_other_table, add_trust_pickle
 from stage_b.runner import SafeRunner
 
 
@@ -50,10 +52,11 @@ class LiveOutcome:
         return self.runner.scores([i], answers)[0], self.runner.gflops(batch, k)[0], latency_ms
 
 
-def compare_live(policy: SavedPolicy, runner: SafeRunner, n: int = 200, seed: int = 0) -> dict:
+def compare_live(policy: SavedPolicy, runner: SafeRunner, n: int = 200, seed: int = 0,
+                 evaluation: tuple[OutcomeTable, np.ndarray] | None = None) -> dict:
     """Live vs table mode on n held-out questions (a sample drawn with `seed`), played in the same episodes:
-    accuracy with CIs, agreement, costs."""
-    table, rows = policy.evaluation_rows(None)
+    accuracy with CIs, agreement, costs. `evaluation` is `policy.evaluation_rows(None)` when already made."""
+    table, rows = evaluation or policy.evaluation_rows(None)
     if policy.confidence:
         raise ValueError(f"policy {policy.folder} observes the no-audio confidence; live mode does not support it yet")
     rows = np.sort(np.random.default_rng(seed).choice(rows, size=min(n, len(rows)), replace=False))
@@ -78,13 +81,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--questions", type=int, default=200, help="held-out questions to run live")
     parser.add_argument("--seed", type=int, default=0, help="episode seed (the question order)")
     add_trust_pickle(parser)
+    add_allow_other_table(parser)
     args = parser.parse_args(argv)
     setup_logging()
     policy = SavedPolicy.load(args.policy, args.trust_pickle)
-    provenance = OutcomeTable.load(policy.config.table).provenance
+    evaluation = policy.evaluation_rows(None, args.allow_other_table)  # checked before SAFE is loaded
+    provenance = evaluation[0].provenance
     cfg = load_config(TrainConfig, provenance["preset"], provenance.get("overrides", {}))
     runner = SafeRunner(cfg, Path(provenance["checkpoint"]), provenance["split"])
-    result = compare_live(policy, runner, args.questions, args.seed)
+    result = compare_live(policy, runner, args.questions, args.seed, evaluation)
     print(json.dumps(result, indent=2))
     return 0 if result["live_within_table_ci"] else 1
 

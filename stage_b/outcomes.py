@@ -33,6 +33,7 @@ from envs.outcome_table import OutcomeTable
 from shared.checkpoint import atomic_write_npz
 from shared.cli import console
 from shared.config import load_config, parse_overrides
+from shared.loading import load_npz
 from shared.logs import setup_logging
 from stage_a.checkpointing import bridge_folder, bridge_hash
 from stage_a.config import TrainConfig
@@ -75,11 +76,10 @@ def _resume(partial: Path, key: dict) -> dict[str, np.ndarray] | None:
     """The arrays of an interrupted build of the same table, or None; a partial file of another table is an error."""
     if not partial.is_file():
         return None
-    with np.load(partial, allow_pickle=False) as data:
-        saved = json.loads(data["key"].item())
-        if saved != key:
-            raise ValueError(f"{partial} holds a partial table for {saved}, not {key}; delete it to start over")
-        state = {name: data[name] for name in data.files if name != "key"}
+    state = load_npz(partial, "a partial table written by stage_b-outcomes (delete it to start over)")
+    saved = json.loads(state.pop("key").item()) if "key" in state else None
+    if saved != key:
+        raise ValueError(f"{partial} holds a partial table for {saved}, not {key}; delete it to start over")
     log.info("resuming %s: %d of %d questions already done", partial, int(state["done"]), key["rows"])
     return state
 

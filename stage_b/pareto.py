@@ -3,7 +3,9 @@
 For each reward component (`alpha`: compute, alpha = w, gamma = 0; `gamma`: latency, alpha = 0,
 gamma = w; `both`: alpha = gamma = w), weight w and seed, one policy trains with `train_policy` in
 a pool of spawned processes, in OUT/policies/<component>-w<w>-seed<s>/. A folder whose policy.json
-exists is reused (its config must match), so an interrupted sweep resumes where it stopped.
+exists is reused (its config must match) when the SHA-256 of the table it trained on (`table_sha256`
+in policy.json) is that of the table now at `--table`, so an interrupted sweep resumes where it
+stopped; a policy of a table since replaced (or of one not recorded) is retrained, and the log says why.
 
 Every policy acts on the same questions (`SavedPolicy.evaluation_rows`: the training table's
 held-out rows, or all of `outcomes_<split>.npz`), and so do the baselines: `never` (no audio),
@@ -43,6 +45,7 @@ from envs.outcome_table import DEFAULT_TABLE, OutcomeTable
 from shared.benchmark import machine_info
 from shared.checkpoint import atomic_write_text
 from shared.cli import console
+from shared.loading import file_sha256, load_json
 from shared.logs import setup_logging
 from stage_b.evaluate import SavedPolicy, summarize
 from stage_b.frontier import oracle_frontier, summarize_sweep
@@ -109,16 +112,23 @@ def _train_and_play(config: PolicyConfig, folder: Path, train: bool, split: str 
     return {"rows": steps["row"], "actions": steps["action"], "train_seconds": policy.record["train_seconds"]}
 
 
-def _needs_training(folder: Path, config: PolicyConfig) -> bool:
-    """False when `folder` holds a finished policy with this config; a different config is an error."""
+def _needs_training(folder: Path, config: PolicyConfig, table_sha256: str) -> bool:
+    """False when `folder` holds a finished policy with this config, trained on the table whose file has
+    `table_sha256`; a different config is an error."""
     record_path = folder / "policy.json"
     if not record_path.is_file():
         return True
-    saved = json.loads(record_path.read_text(encoding="utf-8"))["config"]
+    record = load_json(record_path, "a policy record written by stage_b-train", keys=("config",))
+    saved = record["config"]
     if saved != asdict(config):
         raise ValueError(f"{folder} holds a policy trained with {saved}, not {asdict(config)}; "
                          "delete it or choose another --out")
-    log.info("reusing %s (policy.json exists)", folder)
+    trained_on = record.get("table_sha256")
+    if trained_on != table_sha256:
+        log.info("retraining %s: it was trained on a table with sha256 %s, %s now has %s", folder,
+                 trained_on[:12] if trained_on else "(not recorded)", config.table, table_sha256[:12])
+        return True
+    log.info("reusing %s (policy.json exists, same table)", folder)
     return False
 
 
@@ -126,7 +136,8 @@ def run_policies(sweep: ParetoConfig) -> dict[str, dict]:
     """Train (or reuse) every policy of the sweep in a process pool; name -> {rows, actions, train_seconds, reused}."""
     configs = sweep.policies()
     folders = {name: sweep.out / "policies" / name for name in configs}
-    train = {name: _needs_training(folders[name], config) for name, config in configs.items()}
+    table_sha256 = file_sha256(sweep.table)
+    train = {name: _needs_training(folders[name], config, table_sha256) for name, config in configs.items()}
     log.info("%d policies: %d to train, %d reused; %d workers", len(train), sum(train.values()),
              len(train) - sum(train.values()), sweep.workers)
     results = {}

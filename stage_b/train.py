@@ -6,7 +6,8 @@ The policy trains on the table-mode `SAFE/AudioBudget-v0` env over the outcome t
 evaluation callback on held-out rows that keeps the best model, and TensorBoard logging (wandb
 with --wandb through SB3's integration). It saves the final policy's actor without pickle as
 `policy.safetensors` (stage_b.actor), `policy.json`: the config, the held-out rows, the feature scaler,
-the actor's architecture and hash and the table's provenance, and SB3's own pickled `policy.zip` and
+the actor's architecture and hash, the table's provenance and the SHA-256 of the table file (`table_sha256`,
+what `stage_b-pareto` compares before reusing a policy), and SB3's own pickled `policy.zip` and
 `best/best_model.zip` (for resuming training in SB3; loading them needs --trust-pickle).
 """
 
@@ -28,6 +29,7 @@ from envs.audio_budget import AudioBudgetEnv, FeatureScaler, observed_columns
 from envs.outcome_table import DEFAULT_TABLE, OutcomeTable
 from shared.checkpoint import atomic_write_text
 from shared.cli import console
+from shared.loading import file_sha256
 from shared.logs import setup_logging, wandb_mode
 from stage_b.actor import save_actor
 
@@ -98,7 +100,8 @@ def train_policy(config: PolicyConfig, out_dir: Path, tensorboard: bool = True, 
     model.save(out_dir / "policy.zip")
     record = {"config": asdict(config), "train_seconds": round(seconds, 2), "timesteps": config.timesteps,
               "train_rows": len(train_rows), "test_rows": test_rows.tolist(), "scaler": scaler.to_json(),
-              "actor": save_actor(model.policy, out_dir), "table_provenance": table.provenance}
+              "actor": save_actor(model.policy, out_dir), "table_provenance": table.provenance,
+              "table_sha256": file_sha256(config.table) if Path(config.table).is_file() else None}
     atomic_write_text(out_dir / "policy.json", json.dumps(record, indent=1, allow_nan=False))  # strict JSON
     if run is not None:
         run.finish()

@@ -31,6 +31,7 @@ from pathlib import Path
 import platformdirs
 import torch
 
+from shared.loading import load_json
 from shared.world.clap_train import ClapTrainConfig, train_clap
 from shared.world.generate import generate_split
 from shared.world.spec import SPLITS, WorldSpec, stable_hash
@@ -81,7 +82,7 @@ def read_record(world_dir: Path) -> dict:
     path = Path(world_dir) / RECORD
     if not path.is_file():
         return {}
-    return json.loads(path.read_text(encoding="utf-8"))
+    return load_json(path, "the build record written by `safe-world build`")
 
 
 def _write_record(world_dir: Path, record: dict) -> None:

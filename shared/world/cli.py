@@ -10,12 +10,12 @@ from collections import Counter
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-from shared.cli import console
+from shared.cli import InputError, console
 from shared.config import load_config, parse_overrides
 from shared.data.schema import read_manifest
+from shared.loading import load_safetensors
 from shared.logs import setup_logging
 from shared.world.build import WorldConfig, build_world, default_world_dir, read_record
 from shared.world.export import export_world, format_summary
@@ -93,11 +93,13 @@ def verify_base_vl(world_dir: Path) -> dict:
     probe = model_dir / PROBE_FILE
     if not probe.is_file():
         raise FileNotFoundError(f"no recorded logits at {probe}; run `safe-world build` first")
+    recorded = load_safetensors(probe, "the probe logits written by `safe-world build`").get("logits")
+    if recorded is None:
+        raise InputError(f"{probe}: holds no tensor 'logits'; expected the probe logits written by `safe-world build`")
     # The logits were recorded single-threaded; CPU kernels reduce in a thread-count-dependent order.
     torch.set_num_threads(1)
     model = LlavaForConditionalGeneration.from_pretrained(model_dir)
     processor = AutoProcessor.from_pretrained(model_dir)
-    recorded = load_file(str(probe))["logits"]
     fresh = probe_logits(model, processor, world_dir / "data", n=recorded.shape[0])
     same_shape = fresh.shape == recorded.shape
     return {"model_dir": str(model_dir), "shape": list(recorded.shape), "identical": same_shape and torch.equal(fresh, recorded),

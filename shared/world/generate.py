@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from shared.data.audio_io import write_audio
 from shared.data.schema import Sample, write_manifest
+from shared.loading import load_jsonl
 from shared.world.scenes import Scene, render_image, sample_scene, scene_rng
 from shared.world.sounds import caption, synthesize
 from shared.world.questions import annotate, scene_questions
@@ -81,7 +82,7 @@ def read_scenes(data_dir: Path, split: str) -> list[dict]:
     path = Path(data_dir) / f"{split}.scenes.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"scene file {path} does not exist; run `safe-world build` first")
-    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    records = [record for _, record in load_jsonl(path, "scene records written by `safe-world build`")]
     for r in records:
         r["image"] = str(Path(data_dir) / r["image"])
         r["audio"] = str(Path(data_dir) / r["audio"])

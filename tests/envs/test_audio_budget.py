@@ -4,6 +4,7 @@ Every table here is tiny and hand-made, written with `OutcomeTable.save` and loa
 file format is exercised on each test as well as the environment.
 """
 
+import re
 from pathlib import Path
 
 import gymnasium as gym
@@ -220,11 +221,31 @@ def test_bad_arguments(table_path: Path, kwargs: dict, match: str) -> None:
         AudioBudgetEnv(table_path, **kwargs)
 
 
-def test_bad_action(table_path: Path) -> None:
+@pytest.mark.parametrize("damage", ["truncated", "empty", "text"])
+def test_a_damaged_table_file_is_named(table_path: Path, damage: str) -> None:
+    content = table_path.read_bytes()
+    table_path.write_bytes({"truncated": content[: len(content) // 2], "empty": b"", "text": b"id,score\nq0,1\n"}[damage])
+    with pytest.raises(ValueError) as err:
+        OutcomeTable.load(table_path)
+    message = str(err.value)
+    assert message.startswith(f"{table_path}: not a readable .npz file (") and "expected an outcome table" in message
+    assert {"truncated": "truncated or corrupt", "empty": "empty file (0 bytes)",
+            "text": "not a zip archive"}[damage] in message and "pickle" not in message
+
+
+@pytest.mark.parametrize("action", [4, -1, 1.7, 1.0, "1", True, np.float64(1.0), np.array(1.0), np.array([1]), None])
+def test_bad_action(table_path: Path, action: object) -> None:
     env = AudioBudgetEnv(table_path)
     env.reset(seed=0)
-    with pytest.raises(ValueError, match="action = 4"):
-        env.step(4)
+    with pytest.raises(ValueError, match=rf"^action is {re.escape(repr(action))}; expected an integer in \[0, 4\)$"):
+        env.step(action)
+
+
+@pytest.mark.parametrize("action", [2, np.int64(2), np.int32(2), np.array(2), np.array(2, dtype=np.uint8)])
+def test_integer_actions_as_python_numpy_or_sb3_pass_them(table_path: Path, action: object) -> None:
+    env = AudioBudgetEnv(table_path)
+    env.reset(seed=0)
+    assert env.step(action)[4]["action_taken"] == 2
 
 
 @pytest.fixture(scope="module")

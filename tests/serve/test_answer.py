@@ -77,3 +77,8 @@ def test_a_bad_jsonl_line_is_named(run_dir: Path, tmp_path: Path, capsys: pytest
     assert answer_main(["--bridge", str(run_dir), "--jsonl", str(rows)]) == 2
     assert _stderr_lines(capsys) == [f"safe-answer: {rows} line 2: unexpected ['kk']; expected an object with keys "
                                      "image, audio, question, k"]
+    rows.write_text('{"question": "a?"}\n\n{"question": "b?\n')
+    assert answer_main(["--bridge", str(run_dir), "--jsonl", str(rows)]) == 2
+    assert _stderr_lines(capsys) == [f"safe-answer: {rows}: not a readable JSON lines file (truncated or corrupt: "
+                                     "Unterminated string starting at (line 3, column 14)); expected questions, one "
+                                     "JSON object per line"]

@@ -187,4 +187,6 @@ def test_bad_files_give_one_line_and_exit_2(content: str, tmp_path: Path, capsys
     assert main([str(path), str(preset_dir), str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"safe-convert-clap: {path}") and err.count("\n") == 1, err
+    assert {"empty": "empty file (0 bytes)", "text": "not a torch.save file", "truncated": "truncated or corrupt",
+            "directory": "a folder; expected", "not a state dict": "without a tensor state dict"}[content] in err, err
     assert not (tmp_path / "out").exists()

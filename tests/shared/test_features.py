@@ -1,8 +1,10 @@
 """Frozen-feature cache: hits, misses and invalidation by encoder, weights, file content and window."""
 
+import logging
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from shared.data.audio_io import load_audio, write_audio
@@ -63,3 +65,18 @@ def test_weights_hash_tracks_parameters() -> None:
     with torch.no_grad():
         layer.weight[0, 0] += 1e-3
     assert weights_hash(layer) != before
+
+
+def test_an_unreadable_entry_is_encoded_again_and_rewritten(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A truncated entry (e.g. a full disk before atomic writes) is logged, counted as a miss and replaced."""
+    refs = [AudioRef(_clip(tmp_path / f"{i}.wav", i)) for i in range(2)]
+    enc = Counting()
+    first = FeatureCache(tmp_path / "cache", "toy", "w0").features(refs, enc)
+    cache = FeatureCache(tmp_path / "cache", "toy", "w0")
+    entry = cache.entry_path(refs[1])
+    entry.write_bytes(entry.read_bytes()[: entry.stat().st_size // 2])
+    with caplog.at_level(logging.WARNING, logger="shared.features"):
+        again = cache.features(refs, enc)
+    assert (cache.hits, cache.misses, enc.calls) == (1, 1, 3) and torch.equal(again[1], first[1])
+    assert f"feature cache entry {entry} is unreadable" in caplog.text and "truncated or corrupt" in caplog.text
+    assert torch.equal(FeatureCache(tmp_path / "cache", "toy", "w0").get(refs[1]), first[1])  # rewritten

@@ -1,12 +1,20 @@
-"""Training state and bridge folders of stage_a.checkpointing: JSON round trip, checkpoints of the dict era, errors."""
+"""Training state and bridge folders of stage_a.checkpointing: JSON round trip, checkpoints of the dict era, errors,
+and a real checkpoint folder read back, or its damaged files named."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
+import torch
+from transformers import LlavaForConditionalGeneration
 
-from stage_a.checkpointing import BestEval, TrainState, bridge_folder
-from stage_a.model import WEIGHTS_FILE
+from shared.cli import InputError
+from stage_a.checkpointing import (OPTIMIZER_FILE, STATE_FILE, BestEval, TrainState, bridge_folder, load_checkpoint,
+                                   save_checkpoint)
+from stage_a.fusion import FusionConfig
+from stage_a.model import CONFIG_FILE, WEIGHTS_FILE, BridgeConfig, SafeModel
+from stage_a.projector import ProjectorConfig
 
 PARTS = {"sampler": {"position": 7}, "monitor": {"below/projector": 0, "base_grad_steps": 0}, "scaler": {}}
 
@@ -68,3 +76,49 @@ def test_bridge_folder_finds_the_bridge_or_the_runs_best(tmp_path: Path) -> None
     assert bridge_folder(tmp_path / "run" / "best") == tmp_path / "run" / "best"
     with pytest.raises(FileNotFoundError, match=f"{tmp_path}: no {WEIGHTS_FILE} there or in"):
         bridge_folder(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(llava_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A checkpoint folder written by save_checkpoint for a SAFE bridge on the tiny LLaVA, after one AdamW step."""
+    torch.manual_seed(0)
+    model = SafeModel(LlavaForConditionalGeneration.from_pretrained(llava_dir),
+                      BridgeConfig(ProjectorConfig(audio_dim=24, hidden_size=32, k_max=16), FusionConfig(rank=8)))
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-3)
+    sum(p.sum() for p in params).backward()
+    optimizer.step()
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    folder = tmp_path_factory.mktemp("run") / "checkpoint"
+    save_checkpoint(folder, model, optimizer, scheduler, {"seen": torch.zeros(10, dtype=torch.bool)},
+                    TrainState(step=1).to_json(PARTS))
+    return folder
+
+
+def test_a_checkpoint_reads_back_with_its_bridge_record(checkpoint: Path) -> None:
+    loaded = load_checkpoint(checkpoint)
+    assert loaded.state["step"] == 1 and loaded.tensors["seen"].shape == (10,) and loaded.optimizer["state"]
+    assert loaded.bridge_config["record"]["base"]["id"] and loaded.bridge.keys() and loaded.base_lm == {}
+
+
+@pytest.mark.parametrize("name, kind", [(WEIGHTS_FILE, "safetensors"), (OPTIMIZER_FILE, "torch.save"),
+                                        (STATE_FILE, "JSON"), (CONFIG_FILE, "JSON")])
+@pytest.mark.parametrize("damage", ["truncated", "empty"])
+def test_a_damaged_checkpoint_file_is_named(checkpoint: Path, tmp_path: Path, name: str, kind: str,
+                                            damage: str) -> None:
+    folder = shutil.copytree(checkpoint, tmp_path / "checkpoint")
+    content = (folder / name).read_bytes()
+    (folder / name).write_bytes(content[: len(content) // 2] if damage == "truncated" else b"")
+    with pytest.raises(InputError) as err:
+        load_checkpoint(folder)
+    message = str(err.value)
+    assert message.startswith(f"{folder / name}: not a readable {kind} file (") and "\n" not in message
+    assert ("truncated or corrupt" if damage == "truncated" else "empty file (0 bytes)") in message
+    assert message.endswith("expected this part of a checkpoint folder written by stage_a-train")
+
+
+def test_an_optimizer_file_without_its_states_is_named(checkpoint: Path, tmp_path: Path) -> None:
+    folder = shutil.copytree(checkpoint, tmp_path / "checkpoint")
+    torch.save({"epoch": 3}, folder / OPTIMIZER_FILE)
+    with pytest.raises(InputError, match=f"{OPTIMIZER_FILE}: holds no 'optimizer' and 'scheduler' states"):
+        load_checkpoint(folder)

@@ -5,11 +5,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 from transformers import LlavaForConditionalGeneration
 
+from shared.cli import InputError
+from shared.world.spec import WorldSpec
+from shared.world.vl_model import VLModelConfig, build_base_vl
 from stage_a.fusion import FusionConfig
-from stage_a.model import WEIGHTS_FILE, BridgeConfig, SafeModel
+from stage_a.lora import LoraSettings
+from stage_a.model import CONFIG_FILE, WEIGHTS_FILE, BridgeConfig, SafeModel
 from stage_a.projector import ProjectorConfig
+from stage_a.provenance import BridgeMismatch
 
 
 def _safe(llava_dir: Path) -> SafeModel:
@@ -77,3 +83,50 @@ def test_reload_errors_name_the_file(llava_dir: Path, tmp_path: Path) -> None:
     bad = BridgeConfig(ProjectorConfig(audio_dim=24, hidden_size=64), FusionConfig())
     with pytest.raises(ValueError, match="hidden_size is 64; expected the LM hidden size 32"):
         SafeModel(base, bad)
+
+
+@pytest.mark.parametrize("name, kind", [(WEIGHTS_FILE, "safetensors"), (CONFIG_FILE, "JSON")])
+def test_a_truncated_bridge_file_is_named(llava_dir: Path, tmp_path: Path, name: str, kind: str) -> None:
+    folder = _safe(llava_dir).save_bridge(tmp_path / "bridge")
+    (folder / name).write_bytes((folder / name).read_bytes()[: (folder / name).stat().st_size // 2])
+    with pytest.raises(InputError, match=rf"^{folder / name}: not a readable {kind} file \(truncated or corrupt: "):
+        SafeModel.from_bridge(LlavaForConditionalGeneration.from_pretrained(llava_dir), folder)
+
+
+def test_a_bridge_parameter_of_another_shape_is_named_with_both_shapes(llava_dir: Path, tmp_path: Path) -> None:
+    folder = _safe(llava_dir).save_bridge(tmp_path / "bridge")
+    state = load_file(str(folder / WEIGHTS_FILE))
+    state["fusion.blocks.1.out.weight"] = torch.zeros(32, 16)
+    save_file(state, str(folder / WEIGHTS_FILE))
+    with pytest.raises(BridgeMismatch) as err:
+        SafeModel.from_bridge(LlavaForConditionalGeneration.from_pretrained(llava_dir), folder)
+    assert str(err.value) == (f"{folder}: bridge parameter 'fusion.blocks.1.out.weight' has shape (32, 16), the bridge "
+                              "built on this base has (32, 8) (1 of 12 parameters differ in shape); the bridge was trained on another "
+                              "base")
+
+
+def _other_base(folder: Path, **sizes: int) -> Path:
+    """A tiny LLaVA like llava_dir's but for `sizes`, saved to folder."""
+    torch.manual_seed(0)
+    config = VLModelConfig(**{"vision_dim": 32, "text_dim": 32, "vision_layers": 1, "text_layers": 3, **sizes})
+    build_base_vl(WorldSpec(size="micro"), config).save_pretrained(folder)
+    return folder
+
+
+def test_a_bridge_from_a_base_of_other_sizes_is_refused_by_name(llava_dir: Path, tmp_path: Path) -> None:
+    """The same hidden size, a wider MLP: LoRA on up_proj no longer fits. The record refuses the other base first;
+    strict=False gets past it to the weights, whose first misfit is named with both shapes. Another hidden size
+    does not fit the projector at all."""
+    _other_base(tmp_path / "wide", mlp_ratio=4)
+    bridge = BridgeConfig(ProjectorConfig(audio_dim=24, hidden_size=32, k_max=16), FusionConfig(rank=8, layers=(1,)),
+                          LoraSettings(rank=2, targets=("up_proj",)))
+    folder = SafeModel(LlavaForConditionalGeneration.from_pretrained(llava_dir), bridge).save_bridge(tmp_path / "b")
+    with pytest.raises(BridgeMismatch, match=f"{folder}: bridge was trained on base"):
+        SafeModel.from_bridge(LlavaForConditionalGeneration.from_pretrained(tmp_path / "wide"), folder)
+    with pytest.raises(BridgeMismatch, match=rf"^{folder}: bridge parameter 'lora\..*up_proj\.lora_B.*' has shape "
+                                             r"\(64, 2\), the bridge built on this base has \(128, 2\)"):
+        SafeModel.from_bridge(LlavaForConditionalGeneration.from_pretrained(tmp_path / "wide"), folder, strict=False)
+    _other_base(tmp_path / "wider", text_dim=48)
+    with pytest.raises(BridgeMismatch, match=rf"^{folder}: the bridge does not fit this base \(projector hidden_size is "
+                                             r"32; expected the LM hidden size 48\)$"):
+        SafeModel.from_bridge(LlavaForConditionalGeneration.from_pretrained(tmp_path / "wider"), folder, strict=False)

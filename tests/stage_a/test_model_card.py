@@ -38,6 +38,7 @@ def test_card_states_the_summary_figures(run_dir: Path) -> None:
     for source, entry in summary["per_dataset"].items():
         assert _number(card, f"| {source} | {entry['metric']} |") == entry["value"]["mean"]
     assert f"retention variant: {summary['retention_variant']}" in card
+    assert f"- base: `{record['base']['id']}`, weights fingerprint {record['base']['weights_fingerprint'][:12]}" in card
     assert f"k_max: {record['bridge']['k_max']}, fusion mode: {record['bridge']['fusion_mode']}" in card
     for source, n in summary["inputs"]["train"]["sources"].items():
         assert f"{source} {n}" in card

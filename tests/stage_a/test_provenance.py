@@ -9,11 +9,13 @@ import pytest
 import torch
 from transformers import ClapModel, LlavaForConditionalGeneration
 
+from shared.config import load_config
 from shared.encoders import build_encoder
+from shared.world.build import WorldConfig, build_world
 from stage_a.check import main as check_main
 from stage_a.eval_command import main as eval_main
 from stage_a.model import CONFIG_FILE, SafeModel
-from stage_a.provenance import PROMPT_PROBE, BridgeMismatch
+from stage_a.provenance import PROMPT_PROBE, SAMPLE_BYTES, BridgeMismatch, files_weights_hash, weights_fingerprint
 from stage_a.train import main as train_main
 
 
@@ -52,7 +54,8 @@ def _encoder(micro_world: Path):
 
 def test_bridge_records_base_encoder_bridge_prompt_and_version(bridge: Path, micro_world: Path) -> None:
     record = json.loads((bridge / CONFIG_FILE).read_text())["record"]
-    assert record["base"]["id"] == str(_vl(micro_world)) and len(record["base"]["weights_sha256"]) == 64
+    assert record["base"] == {"id": str(_vl(micro_world)), "weights_fingerprint": weights_fingerprint(_vl(micro_world))}
+    assert len(record["base"]["weights_fingerprint"]) == 64
     assert record["encoder"]["identity"].startswith(f"clap:{micro_world / 'models' / 'clap'}:sr")
     assert record["encoder"]["weights_sha256"]
     assert record["bridge"] == {"k_max": 16, "fusion_mode": "cross_attention", "layers": record["bridge"]["layers"],
@@ -119,3 +122,49 @@ def test_eval_and_check_refuse_another_base_with_exit_2(bridge: Path, other_base
     assert check_main(["--base-vl", str(other_base), "--clap", clap, "--bridge", str(bridge)]) == 2
     assert repr(str(other_base)) in capsys.readouterr().err
     assert check_main(["--base-vl", str(other_base), "--clap", clap, "--bridge", str(bridge), "--no-strict"]) in (0, 1)
+
+
+@pytest.fixture(scope="module")
+def other_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A second micro world (world seed 1): a base VL model of the same shapes, trained on other scenes."""
+    return build_world(load_config(WorldConfig, "world_micro", {"world.seed": "1"}),
+                       world_dir=tmp_path_factory.mktemp("other_world"))
+
+
+def test_another_worlds_base_of_the_same_shapes_is_refused(bridge: Path, micro_world: Path, other_world: Path) -> None:
+    other = LlavaForConditionalGeneration.from_pretrained(_vl(other_world))
+    assert {n: p.shape for n, p in other.named_parameters()} == {
+        n: p.shape for n, p in LlavaForConditionalGeneration.from_pretrained(_vl(micro_world)).named_parameters()}
+    with pytest.raises(BridgeMismatch, match=f"base {str(_vl(micro_world))!r} .* loaded onto {str(_vl(other_world))!r}"):
+        SafeModel.from_bridge(other, bridge, _encoder(micro_world))
+
+
+def test_the_fingerprint_samples_every_tensor_of_the_weight_files(micro_world: Path, tmp_path: Path) -> None:
+    """Equal for a copy; changed by one value at the start or the end of any tensor; blind to the middle of a large
+    one (the price of reading ~2 * SAMPLE_BYTES per tensor instead of every byte)."""
+    copy = shutil.copytree(_vl(micro_world), tmp_path / "vl")
+    fingerprint = weights_fingerprint(copy)
+    assert fingerprint == weights_fingerprint(_vl(micro_world))
+    model = LlavaForConditionalGeneration.from_pretrained(copy)
+    largest = max(model.parameters(), key=lambda p: p.numel())
+    assert largest.numel() * largest.element_size() > 4 * SAMPLE_BYTES
+    original = largest.detach().clone()
+    for index, changed in ((0, True), (-1, True), (largest.numel() // 2, False)):
+        with torch.no_grad():
+            largest.copy_(original)
+            largest.view(-1)[index] += 1.0
+        model.save_pretrained(copy)
+        assert (weights_fingerprint(copy) != fingerprint) is changed, index
+
+
+def test_a_record_older_than_the_fingerprint_is_checked_with_its_full_hash(
+        bridge: Path, other_base: Path, micro_world: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    old = shutil.copytree(bridge, tmp_path / "old")
+    config = json.loads((old / CONFIG_FILE).read_text())
+    config["record"]["base"] = {"id": str(_vl(micro_world)), "weights_sha256": files_weights_hash(_vl(micro_world))}
+    (old / CONFIG_FILE).write_text(json.dumps(config))
+    with caplog.at_level(logging.WARNING):
+        SafeModel.from_bridge(LlavaForConditionalGeneration.from_pretrained(_vl(micro_world)), old, _encoder(micro_world))
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    with pytest.raises(BridgeMismatch, match=r"\(weights sha256 [0-9a-f]{12}\) but is being loaded onto"):
+        SafeModel.from_bridge(LlavaForConditionalGeneration.from_pretrained(other_base), old, _encoder(micro_world))

@@ -165,3 +165,15 @@ def test_the_one_line_finding_gives_each_cell_its_paired_delta_and_marks_those_w
     assert f"`wobbly` {wobbly['audio_vs_default_pts']:+.1f} [" in line
     assert f"In one line (Δ audio vs default, pts [95% CI], * CI excludes 0; VL degradation, pts): {line}" \
         in render_markdown(sweep, table)
+
+
+@pytest.mark.parametrize("name", ["summary.json", "predictions.jsonl"])
+def test_a_cell_file_cut_off_mid_write_is_named(tmp_path: Path, name: str) -> None:
+    sweep = SweepConfig(name="synthetic", seeds=(0,), cells={"ref": {}, "other": {}}, default="ref")
+    rng = np.random.default_rng(0)
+    for cell in cells_of(sweep):
+        _write_cell(tmp_path / cell.name, 0.5, rng)
+    damaged = tmp_path / cells_of(sweep)[1].name / name
+    damaged.write_text(damaged.read_text()[:-30])
+    with pytest.raises(ValueError, match=rf"^{damaged}: not a readable JSON (lines )?file \(truncated or corrupt: "):
+        merge_cells(sweep, cells_of(sweep), tmp_path)

@@ -3,6 +3,7 @@
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from transformers import LlavaForConditionalGeneration
 
 import stage_a.train
 from shared.config import load_config
@@ -213,6 +215,46 @@ def test_baselines_are_configs_of_the_same_trainer(paths: dict, tmp_path: Path, 
         assert trainer.model.bridge_config.fusion.mode == "prefix" and trainer.model.lora is not None
     if name == "random_audio":
         assert trainer.eval_settings.shuffle_audio and summary["steps"] == 2
+
+
+@pytest.fixture(scope="module")
+def stopped(paths: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The out_dir of a micro run stopped (and checkpointed) after 2 steps."""
+    out = tmp_path_factory.mktemp("stopped")
+    assert main(_args(paths, out, "--stop-after", "2")) == 0
+    return out
+
+
+def _err_lines(capsys: pytest.CaptureFixture) -> list[str]:
+    return [line for line in capsys.readouterr().err.splitlines() if line.startswith("stage_a-train:")]
+
+
+@pytest.mark.parametrize("name", ["adapter.safetensors", "optimizer.pt", "state.json"])
+def test_resuming_a_truncated_checkpoint_exits_2_naming_the_file(paths: dict, stopped: Path, tmp_path: Path, name: str,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    out = shutil.copytree(stopped, tmp_path / "out")
+    damaged = out / "stage_a_micro" / "checkpoint" / name
+    damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])
+    assert main(_args(paths, out, "--resume")) == 2
+    lines = _err_lines(capsys)
+    assert len(lines) == 1 and lines[0].startswith(f"stage_a-train: {damaged}: not a readable "), lines
+
+
+def test_resuming_onto_another_base_exits_2_unless_no_strict(paths: dict, stopped: Path, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture) -> None:
+    """A base of the same shapes with other weights: the checkpoint's record refuses it, as loading a bridge does."""
+    other = shutil.copytree(paths["model.base_vl"], tmp_path / "other_vl")
+    model = LlavaForConditionalGeneration.from_pretrained(other)
+    with torch.no_grad():
+        next(model.parameters()).view(-1)[0] += 1.0
+    model.save_pretrained(other)
+    out = shutil.copytree(stopped, tmp_path / "out")
+    args = _args({**paths, "model.base_vl": str(other)}, out, "--resume", "--stop-after", "1")
+    assert main(args) == 2
+    lines = _err_lines(capsys)
+    assert len(lines) == 1 and repr(str(other)) in lines[0] and repr(paths["model.base_vl"]) in lines[0], lines
+    assert main([*args, "--no-strict"]) == 0
+    assert json.loads((out / "stage_a_micro/checkpoint/state.json").read_text())["step"] == 3
 
 
 def test_bad_config_exits_2_naming_the_key(capsys: pytest.CaptureFixture) -> None:

@@ -113,7 +113,7 @@ def test_tampered_or_mismatched_weights_are_refused(trained: tuple[Path, Path], 
     with pytest.raises(ValueError, match=r"'action_net.weight' has shape \(5, 64\).* expects \(4, 64\)"):
         SavedPolicy.load(folder)
     rewrite(b"not a safetensors file")
-    with pytest.raises(ValueError, match="policy.safetensors is not a readable safetensors file"):
+    with pytest.raises(ValueError, match="policy.safetensors: not a readable safetensors file"):
         SavedPolicy.load(folder)
     weights.unlink()
     with pytest.raises(FileNotFoundError, match="policy.safetensors does not exist"):

@@ -80,6 +80,10 @@ def test_an_interrupted_build_resumes_to_the_same_table(table: OutcomeTable, mic
         np.testing.assert_array_equal(getattr(resumed, key), getattr(whole, key), err_msg=key)
     with pytest.raises(ValueError, match="delete it to start over"):
         build_table(cfg, checkpoint, "test", [4, 16], batch_size=8, repeats=1, partial=partial, save_every=1)
+    partial.write_bytes(partial.read_bytes()[: partial.stat().st_size // 2])  # e.g. a full disk before atomic writes
+    with pytest.raises(ValueError, match=rf"^{partial}: not a readable .npz file \(truncated or corrupt: .*; expected "
+                                         r"a partial table written by stage_b-outcomes \(delete it to start over\)$"):
+        build_table(cfg, checkpoint, "test", [4, 8], batch_size=8, repeats=1, partial=partial, save_every=1)
 
 
 def test_a_folder_without_a_bridge_exits_2_naming_it(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -10,6 +10,7 @@ import pytest
 from matplotlib.image import imread
 
 from envs.outcome_table import OutcomeTable
+from shared.loading import file_sha256
 from stage_b.evaluate import SavedPolicy, summarize
 from stage_b.pareto import COLUMNS, ParetoConfig, main, read_csv, run_sweep
 
@@ -91,6 +92,26 @@ def test_resume_reuses_finished_policies(sweep_out: Path, table_path: Path, tmp_
     assert (out / "policies" / "alpha-w0.5-seed1" / "policy.json").is_file()
     with pytest.raises(ValueError, match="trained with"):  # same folder, other config: refuse to mix
         run_sweep(ParetoConfig(table_path, out, weights=(0.5,), seeds=(0,), components=("alpha",), timesteps=1024))
+
+
+def test_policies_of_a_replaced_table_are_retrained(table_path: Path, tmp_path: Path,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """The same --table path, since overwritten with other outcomes of the same shapes: reusing would mix tables."""
+    table = Path(shutil.copy(table_path, tmp_path / "outcomes_toy.npz"))
+    sweep = ParetoConfig(table, tmp_path / "sweep", weights=(0.5,), seeds=(0,), components=("alpha",), timesteps=512,
+                         n_envs=2, workers=1)
+    run_sweep(sweep)
+    record_path = sweep.out / "policies" / "alpha-w0.5-seed0" / "policy.json"
+    first = json.loads(record_path.read_text())["table_sha256"]
+    assert first == file_sha256(table)
+    replaced = OutcomeTable.load(table)
+    replaced.score = 1.0 - replaced.score
+    replaced.save(table)
+    with caplog.at_level(logging.INFO, logger="stage_b.pareto"):
+        report = run_sweep(sweep)
+    assert report["train_seconds"]["trained"] == 1 and "reusing" not in caplog.text
+    assert f"retraining {record_path.parent}: it was trained on a table with sha256 {first[:12]}" in caplog.text
+    assert json.loads(record_path.read_text())["table_sha256"] == file_sha256(table) != first
 
 
 def test_a_failing_worker_raises(sweep_out: Path, table_path: Path, tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
 """`stage_b-train` on toy outcome tables: PPO finds the dominant action, saves and reloads, rejects bad input."""
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -32,6 +33,7 @@ def test_ppo_learns_the_dominant_action_and_reloads_identically(dominant_table: 
     assert (tmp_path / "policy" / "policy.zip").is_file() and (tmp_path / "policy" / "best" / "best_model.zip").is_file()
     saved = json.loads((tmp_path / "policy" / "policy.json").read_text())
     assert saved["config"]["alpha"] == 0.1 and saved["table_provenance"] == {"split": "toy"}
+    assert saved["table_sha256"] == hashlib.sha256(dominant_table.read_bytes()).hexdigest()
     assert record["train_rows"] == 42 and len(record["test_rows"]) == 18  # 30% held out
     table, rows = OutcomeTable.load(dominant_table), np.arange(60)
     steps = SavedPolicy.load(tmp_path / "policy").play(table, rows)
@@ -87,6 +89,17 @@ def test_missing_table_says_how_to_build_one(tmp_path: Path, capsys: pytest.Capt
     err = capsys.readouterr().err
     assert "none.npz does not exist" in err and "stage_b-outcomes --checkpoint" in err
     assert not (tmp_path / "p").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "text"])
+def test_a_damaged_table_exits_2_naming_it(dominant_table: Path, tmp_path: Path, damage: str,
+                                           capsys: pytest.CaptureFixture) -> None:
+    content = dominant_table.read_bytes()
+    dominant_table.write_bytes({"truncated": content[: len(content) // 2], "empty": b"", "text": b"a,b\n1,2\n"}[damage])
+    assert main(["--table", str(dominant_table), "--timesteps", "10", "--out", str(tmp_path / "p")]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("stage_b-train:")]
+    assert len(lines) == 1 and lines[0].startswith(f"stage_b-train: {dominant_table}: not a readable .npz file ("), lines
+    assert "expected an outcome table" in lines[0] and not (tmp_path / "p").exists()
 
 
 def test_tensorboard_and_offline_wandb_logging(dominant_table: Path, tmp_path: Path,

@@ -1,6 +1,7 @@
 """`safe-world build / info / verify` on a micro world: build, reuse, partial rebuild, reload, errors."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,17 @@ def test_verify_reloads_base_model_with_identical_logits(world: Path, capsys: py
     assert main(["verify", "--preset", "world_micro", "--dir", str(world)]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["identical"] is True and result["max_abs_diff"] == 0.0
+
+
+@pytest.mark.parametrize("command, name", [("info", "build.json"), ("verify", "models/vl/probe_logits.safetensors")])
+def test_a_truncated_record_or_probe_exits_2_naming_it(world: Path, tmp_path: Path, command: str, name: str,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    copy = shutil.copytree(world, tmp_path / "world")
+    (copy / name).write_bytes((copy / name).read_bytes()[: (copy / name).stat().st_size // 2])
+    capsys.readouterr()
+    assert main([command, "--preset", "world_micro", "--dir", str(copy)]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("safe-world:")]
+    assert len(lines) == 1 and lines[0].startswith(f"safe-world: {copy / name}: not a readable "), lines
 
 
 def test_unchanged_spec_rebuilds_nothing_and_changed_recipe_rebuilds_one_part(world: Path) -> None:
