@@ -44,7 +44,7 @@ from shared.config import load_config, parse_overrides, to_dict
 from shared.logs import setup_logging
 from stage_a.checkpointing import (BASE_LM_FILE, STATE_FILE, BestEval, TrainState, load_checkpoint, save_checkpoint,
                                    trained_base_params)
-from stage_a.config import TrainConfig, gate_value, lr_factor
+from stage_a.config import TrainConfig, gate_value, lr_factor, retention_settings
 from stage_a.data import Batch
 from stage_a.losses import answer_loss, answer_positions
 from stage_a.evaluate import EvalSettings, Evaluator, eval_rows, generate_answers, shuffled_audio
@@ -52,7 +52,7 @@ from stage_a.model import WEIGHTS_FILE, SafeModel
 from stage_a.model_card import write_model_card
 from stage_a.monitor import GradientMonitor, RunLogger
 from stage_a.prefix import media_token_ids, select_rows
-from stage_a.retention import NullSpaceProjector, OnlineFisher, RetentionConfig, distill_loss, retention_variant
+from stage_a.retention import NullSpaceProjector, OnlineFisher, distill_loss
 from stage_a.sampler import MixSampler
 from stage_a.setup import build_setup
 from stage_a.summary import format_summary
@@ -60,14 +60,6 @@ from stage_a.summary import format_summary
 log = logging.getLogger(__name__)
 MAX_BAD_STEPS = 3
 PREDICTIONS_FILE = "predictions.jsonl"
-
-
-def retention_settings(cfg: TrainConfig) -> RetentionConfig:
-    """The named retention variant with any explicit weight overrides applied."""
-    overrides = {k: v for k, v in (("kl_weight", cfg.kl_weight), ("kl_temperature", cfg.kl_temperature),
-                                   ("fisher_weight", cfg.fisher_weight), ("nullspace_energy", cfg.nullspace_energy))
-                 if v is not None}
-    return dataclasses.replace(retention_variant(cfg.retention), **overrides)
 
 
 def protected_projections(model: SafeModel) -> dict[str, torch.nn.Linear]:
