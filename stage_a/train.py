@@ -39,11 +39,11 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from shared.checkpoint import atomic_directory, atomic_write_text
-from shared.cli import console
+from shared.cli import InputError, console
 from shared.config import load_config, parse_overrides, to_dict
 from shared.logs import setup_logging
-from stage_a.checkpointing import (BASE_LM_FILE, STATE_FILE, BestEval, TrainState, load_checkpoint, save_checkpoint,
-                                   trained_base_params)
+from stage_a.checkpointing import (BASE_LM_FILE, STATE_FILE, BestEval, TrainState, load_checkpoint, missing_files,
+                                   save_checkpoint, trained_base_params)
 from stage_a.config import TrainConfig, gate_value, lr_factor, retention_settings
 from stage_a.data import Batch
 from stage_a.losses import answer_loss, answer_positions
@@ -87,16 +87,19 @@ class StageATrainer:
     """Holds one run's model, optimizer, retention state and bookkeeping; `run()` trains and summarises."""
 
     def __init__(self, cfg: TrainConfig, resume: bool = False) -> None:
-        self.cfg, self.acc = cfg, Accelerator()
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
         self.run_dir = Path(cfg.out_dir) / cfg.name
         self.ckpt_dir = self.run_dir / "checkpoint"
         if self.ckpt_dir.exists() and not resume:
             raise FileExistsError(f"run {self.run_dir} already has a checkpoint; pass --resume to continue it "
                                   "or choose another --name")
-        if resume and not self.ckpt_dir.exists():
-            raise FileNotFoundError(f"--resume: no checkpoint at {self.ckpt_dir}")
+        missing = missing_files(self.ckpt_dir) if resume else []
+        if missing:  # checked before anything loads
+            lack = f"lacks {', '.join(missing)}" if self.ckpt_dir.is_dir() else "does not exist"
+            raise InputError(f"--resume: run folder {self.run_dir} has no checkpoint to resume ({self.ckpt_dir} {lack}); "
+                             "expected a run that stage_a-train checkpointed with this --out_dir and --name")
+        self.cfg, self.acc = cfg, Accelerator()
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
         with self.acc.main_process_first():
             self.setup = build_setup(cfg, self.acc.device)
         self.model = self.setup.model
