@@ -12,7 +12,8 @@ and an `OSError` that names a file) becomes one line on stderr and exit 2; anyth
 error, exit 3. argparse's own usage errors already exit 2.
 
 `check_number` (one number) and `number_list` (a comma-separated list) validate numeric input before any work
-starts: configs' `__post_init__` and the commands' flags use them, so every range error reads the same way.
+starts: configs' `__post_init__` and the commands' flags use them, so every range error reads the same way;
+`check_keys` names the keys a record (e.g. a table's provenance) lacks.
 """
 
 from __future__ import annotations
@@ -78,6 +79,14 @@ def number_list(flag: str, text: str, kind: type = int, **bounds: float) -> tupl
     if not values:
         raise InputError(f"{flag} is {text!r}; expected comma-separated values, each {expected}")
     return tuple(values)
+
+
+def check_keys(where: str, mapping: dict, keys: Sequence[str]) -> dict:
+    """`mapping` if it has every key, else an InputError naming `where` and the missing keys."""
+    missing = [key for key in keys if key not in mapping]
+    if missing:
+        raise InputError(f"{where} lacks {', '.join(map(repr, missing))}; expected the keys {list(keys)}")
+    return mapping
 
 
 def one_line(err: BaseException) -> str:

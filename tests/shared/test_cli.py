@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.cli import (EXIT_FINDING, EXIT_INPUT, EXIT_INTERNAL, EXIT_OK, InputError, check_number, console,
-                        is_input_error, number_list)
+from shared.cli import (EXIT_FINDING, EXIT_INPUT, EXIT_INTERNAL, EXIT_OK, InputError, check_keys, check_number,
+                        console, is_input_error, number_list)
 from shared.config import ConfigError
 
 
@@ -111,3 +111,11 @@ def test_number_list_parses_and_names_the_flag_and_the_bad_item() -> None:
         number_list("--alphas", "0,nan", float, ge=0)
     with pytest.raises(InputError, match="^--seeds is ' , '; expected comma-separated values, each an integer$"):
         number_list("--seeds", " , ")
+
+
+def test_check_keys_names_where_and_what_is_missing() -> None:
+    record = {"split": "test", "preset": "stage_a"}
+    assert check_keys("table t.npz provenance", record, ("split", "preset")) is record
+    with pytest.raises(InputError, match=r"^table t\.npz provenance lacks 'checkpoint', 'actions'; expected the keys "
+                                         r"\['split', 'checkpoint', 'actions'\]$"):
+        check_keys("table t.npz provenance", record, ("split", "checkpoint", "actions"))
