@@ -106,7 +106,7 @@ def test_a_missing_or_malformed_data_file_is_named_before_anything_loads(content
         data.write_text(content)
     assert eval_main([*NO_WORLD, "--data", str(data), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith(f"stage_a-eval: ") and str(data) in err and named in err
+    assert err.count("\n") == 1 and err.startswith("stage_a-eval: ") and str(data) in err and named in err
 
 
 def _relabelled(sample: Sample, i: int, base_answer: str) -> Sample:
