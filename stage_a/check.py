@@ -31,7 +31,7 @@ from shared.config import load_config
 from shared.encoders import build_encoder
 from shared.logs import setup_logging
 from shared.world.build import WorldConfig, build_world
-from stage_a.config import TrainConfig
+from stage_a.config import DTYPES, TrainConfig
 from stage_a.exactness import (PARTNER_GATE, fill_zero_init, max_abs_diff, reference_inputs, reference_rows, twin_gates,
                                twin_rows)
 from stage_a.fusion import MODES, PLACEMENTS, FusionConfig
@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="dotted path of the LM's decoder-layer list where it is not found (e.g. model.text_model.layers)")
     parser.add_argument("--max-new-tokens", type=int, default=4)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    parser.add_argument("--dtype", default="float32", choices=DTYPES)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
     for flag, value in (("--base-vl", args.base_vl), ("--clap", args.clap), ("--whisper", args.whisper)):

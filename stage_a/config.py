@@ -19,6 +19,7 @@ from stage_a.retention import RetentionConfig, retention_variant
 from stage_a.sampler import MixConfig
 
 GATE_SCHEDULES = ("none", "linear", "cosine", "step")
+DTYPES = ("float32", "bfloat16", "float16")  # the base model's dtypes (the bridge keeps float32 master weights)
 
 
 @dataclass
@@ -39,7 +40,7 @@ class ModelSettings:
     def __post_init__(self) -> None:
         if self.audio_encoder not in ("clap", "whisper", "both"):
             raise ValueError(f"model.audio_encoder is {self.audio_encoder!r}; expected 'clap', 'whisper' or 'both'")
-        if self.dtype not in ("float32", "bfloat16", "float16"):
+        if self.dtype not in DTYPES:
             raise ValueError(f"model.dtype is {self.dtype!r}; expected float32, bfloat16 or float16")
         if self.train_base_lm and self.dtype != "float32":
             raise ValueError(f"model.train_base_lm is true with model.dtype {self.dtype}; expected float32: the base "
