@@ -39,7 +39,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from shared.checkpoint import atomic_directory, atomic_write_text
-from shared.cli import InputError, console
+from shared.cli import InputError, check_number, console
 from shared.config import load_config, parse_overrides, to_dict
 from shared.logs import setup_logging
 from stage_a.checkpointing import (BASE_LM_FILE, STATE_FILE, BestEval, TrainState, load_checkpoint, missing_files,
@@ -398,10 +398,12 @@ def main(argv: list[str] | None = None) -> int:
                                      epilog="Any config key can be overridden: --steps 500 --mix.audio_fraction 0.5")
     parser.add_argument("--preset", default="stage_a", help="preset name in configs/ or a YAML path (default: %(default)s)")
     parser.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
-    parser.add_argument("--stop-after", type=int, default=0, help="end this session after N steps (checkpointed)")
+    parser.add_argument("--stop-after", type=int, default=0,
+                        help="end this session after N steps (checkpointed; default 0: run to the end)")
     parser.add_argument("--wandb", action="store_true", help="log to wandb (offline without an API key)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args, rest = parser.parse_known_args(argv)
+    check_number("--stop-after", args.stop_after, ge=0, integer=True)
     setup_logging(args.verbose)
     overrides = parse_overrides(rest)
     if args.wandb:

@@ -20,6 +20,9 @@ def test_a_nan_lr_fails_at_once_without_touching_the_world(tmp_path: Path, monke
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "lr is nan; expected a finite number > 0" in err
     assert not world.exists() and not out.exists()
+    assert main(["--preset", "stage_a_micro", "--world", "world_micro", "--out_dir", str(out), "--stop-after", "-1"]) == 2
+    assert capsys.readouterr().err == "stage_a-train: --stop-after is -1; expected an integer >= 0\n"
+    assert not world.exists() and not out.exists()
 
 
 @pytest.mark.parametrize("key, value, message", [
