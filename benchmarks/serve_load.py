@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import base64
 import io
-import json
 import os
 import signal
 import socket

@@ -26,7 +26,6 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from numbers import Real
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +34,13 @@ import numpy as np
 from gymnasium import spaces
 
 from envs.outcome_table import OutcomeTable
+from shared.cli import check_number
 
 log = logging.getLogger(__name__)
 
 
 Outcome = Callable[[int, int], tuple[float, float, float]]
+BUDGET = {"gt": 0.0, "le": 1.0}  # an episode's budget: a fraction of its maximum compute (shared.cli.check_number bounds)
 
 
 @dataclass(frozen=True)
@@ -104,12 +105,9 @@ class AudioBudgetEnv(gym.Env):
         if not isinstance(table, OutcomeTable):
             table = OutcomeTable.load(table)
         for name, value in (("alpha", alpha), ("gamma", gamma)):
-            if not isinstance(value, Real) or not math.isfinite(value) or value < 0:
-                raise ValueError(f"{name} = {value!r}, expected a finite number >= 0")
-        if isinstance(episode_length, bool) or not isinstance(episode_length, (int, np.integer)) or episode_length < 1:
-            raise ValueError(f"episode_length = {episode_length!r}, expected an integer >= 1")
-        if budget is not None and (not isinstance(budget, Real) or not 0.0 < budget <= 1.0):
-            raise ValueError(f"budget = {budget!r}, expected None or a number in (0, 1]")
+            check_number(name, value, ge=0)
+        check_number("episode_length", episode_length, ge=1, integer=True)
+        check_number("budget", budget, optional=True, **BUDGET)
         all_rows = np.arange(table.n_rows)
         rows = all_rows if rows is None else np.asarray(rows)
         if rows.ndim != 1 or rows.size == 0 or rows.dtype.kind not in "iu":

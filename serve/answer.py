@@ -12,10 +12,14 @@ import json
 import sys
 from pathlib import Path
 
-from shared.cli import console
+from shared.cli import check_number, console
 from shared.loading import load_jsonl
 from shared.logs import setup_logging
+from stage_a.checkpointing import bridge_folder
+from stage_a.config import DTYPES
+from stage_a.model import bridge_k_max
 from stage_a.pipeline import SafePipeline
+from stage_a.setup import check_model_path
 from stage_b.actor import ACTOR_FILE
 from stage_b.chooser import PolicyChooser
 
@@ -61,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object per answer")
     parser.add_argument("--no-strict", action="store_true", help="load onto another base or encoder, with a warning")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32", help="base model dtype (float32, bfloat16, float16)")
+    parser.add_argument("--dtype", default="float32", choices=DTYPES, help="base model dtype (default: %(default)s)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
@@ -69,6 +73,13 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError("give exactly one of --question or --jsonl")
     rows = read_jsonl(args.jsonl) if args.jsonl else [
         {"image": args.image, "audio": args.audio, "question": args.question, "k": args.k}]
+    for flag, value in (("--base", args.base), ("--clap", args.clap)):
+        check_model_path(flag, value or "")
+    k_max = bridge_k_max(bridge_folder(args.bridge))  # checked before anything loads
+    for n, row in enumerate(rows, 1):
+        if row.get("k") not in (None, "auto"):
+            check_number(f"{args.jsonl} question {n}: k" if args.jsonl else "--k", row["k"], ge=0, le=k_max,
+                         integer=True)
     policy = PolicyChooser.load(args.policy, args.trust_pickle) if args.policy else None
     pipe = SafePipeline.from_pretrained(args.bridge, base=args.base, clap=args.clap, device=args.device,
                                         dtype=args.dtype, strict=not args.no_strict, policy=policy)

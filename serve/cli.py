@@ -21,8 +21,9 @@ import torch
 import uvicorn
 
 from serve.app import ANSWER_PATH, ServeSettings, create_app
-from shared.cli import InputError, console
+from shared.cli import InputError, check_number, console
 from shared.logs import setup_logging
+from stage_a.config import DTYPES
 from stage_a.pipeline import SafePipeline
 from stage_b.actor import ACTOR_FILE
 from stage_b.chooser import PolicyChooser
@@ -65,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="how long a batch waits for more requests after its first")
     parser.add_argument("--max-body-mb", type=float, default=16.0, help="largest request body, in MiB")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32", help="base model dtype (float32, bfloat16, float16)")
+    parser.add_argument("--dtype", default="float32", choices=DTYPES, help="base model dtype (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("-v", "--verbose", action="store_true", help="DEBUG logs: one line per batch, access log")
     return parser
@@ -75,14 +76,11 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    limits = {"--port": (args.port, 0 <= args.port <= 65535, "0..65535"),
-              "--max-batch": (args.max_batch, args.max_batch >= 1, ">= 1"),
-              "--max-wait-ms": (args.max_wait_ms, args.max_wait_ms >= 0, ">= 0"),
-              "--max-body-mb": (args.max_body_mb, args.max_body_mb > 0, "> 0"),
-              "--threads": (args.threads, args.threads is None or args.threads >= 1, ">= 1")}
-    for flag, (value, ok, expected) in limits.items():
-        if not ok:
-            parser.error(f"{flag} {value}; expected {expected}")
+    check_number("--port", args.port, ge=0, le=65535, integer=True)
+    check_number("--max-batch", args.max_batch, ge=1, integer=True)
+    check_number("--max-wait-ms", args.max_wait_ms, ge=0)
+    check_number("--max-body-mb", args.max_body_mb, gt=0)
+    check_number("--threads", args.threads, ge=1, integer=True, optional=True)
     setup_logging(args.verbose)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -10,19 +10,26 @@
 `console(prog)` wraps a `main(argv) -> int`: bad input (`InputError`, `ConfigError`, any `ValueError`,
 and an `OSError` that names a file) becomes one line on stderr and exit 2; anything else is an internal
 error, exit 3. argparse's own usage errors already exit 2.
+
+`check_number` (one number) and `number_list` (a comma-separated list) validate numeric input before any work
+starts: configs' `__post_init__` and the commands' flags use them, so every range error reads the same way;
+`check_keys` names the keys a record (e.g. a table's provenance) lacks.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import sys
 import tempfile
 import time
 import traceback
 from collections.abc import Callable, Sequence
+from numbers import Integral, Real
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +39,54 @@ DEBUG_FLAG = "--debug"
 
 class InputError(ValueError):
     """Bad input: the message names the file, field, key or value, and what was expected."""
+
+
+def _expected(integer: bool, gt: float | None, ge: float | None, lt: float | None, le: float | None) -> str:
+    """What a number must be, in words: 'a finite number > 0', 'an integer >= 1', 'a finite number > 0 and <= 1'."""
+    kind = "an integer" if integer else "a finite number"
+    bounds = [f"{op} {bound:g}" for op, bound in ((">", gt), (">=", ge), ("<", lt), ("<=", le)) if bound is not None]
+    return " ".join([kind, " and ".join(bounds)]) if bounds else kind
+
+
+def check_number(name: str, value: Any, *, gt: float | None = None, ge: float | None = None, lt: float | None = None,
+                 le: float | None = None, integer: bool = False, optional: bool = False) -> Any:
+    """`value` if it is a finite number (an int with `integer`; None with `optional`) within the bounds, else an
+    InputError naming `name`, the value and the range: "lr is nan; expected a finite number > 0"."""
+    if value is None and optional:
+        return value
+    number = not isinstance(value, bool) and (isinstance(value, Integral) if integer
+                                              else isinstance(value, Real) and math.isfinite(value))
+    inside = number and (gt is None or value > gt) and (ge is None or value >= ge) and (lt is None or value < lt) \
+        and (le is None or value <= le)
+    if not inside:
+        expected = _expected(integer, gt, ge, lt, le)
+        raise InputError(f"{name} is {value!r}; expected {'None or ' if optional else ''}{expected}")
+    return value
+
+
+def number_list(flag: str, text: str, kind: type = int, **bounds: float) -> tuple:
+    """A comma-separated list of `kind` (int or float; blank items skipped), each within `bounds` (see
+    check_number); an empty list or a bad item is an InputError naming the flag and the item."""
+    expected = _expected(kind is int, *(bounds.get(b) for b in ("gt", "ge", "lt", "le")))
+    values = []
+    for item in (x.strip() for x in text.split(",")):
+        if not item:
+            continue
+        try:
+            values.append(check_number(flag, kind(item), integer=kind is int, **bounds))
+        except ValueError:
+            raise InputError(f"{flag} is {text!r}: item {item!r} is not {expected}") from None
+    if not values:
+        raise InputError(f"{flag} is {text!r}; expected comma-separated values, each {expected}")
+    return tuple(values)
+
+
+def check_keys(where: str, mapping: dict, keys: Sequence[str]) -> dict:
+    """`mapping` if it has every key, else an InputError naming `where` and the missing keys."""
+    missing = [key for key in keys if key not in mapping]
+    if missing:
+        raise InputError(f"{where} lacks {', '.join(map(repr, missing))}; expected the keys {list(keys)}")
+    return mapping
 
 
 def one_line(err: BaseException) -> str:

@@ -2,13 +2,16 @@
 
 Nested dataclasses are addressed with dotted keys (`--vl.lr 3e-4`). Values are converted to
 the field's declared type (int, float, bool, str, Literal choices, tuples, dicts, optionals);
-anything that does not fit raises `ConfigError` naming the key, the value and what is allowed.
+anything that does not fit raises `ConfigError` naming the key, the value and what is allowed. NaN and
+infinity are never valid config values: after a section's own `__post_init__` checks (which name the range,
+e.g. "lr is nan; expected a finite number > 0"), any float left that is not finite is refused.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from pathlib import Path
@@ -98,6 +101,17 @@ def _convert(key: str, value: Any, tp: Any) -> Any:
     raise ConfigError(f"config key {key!r}: unsupported field type {tp!r}")
 
 
+def _finite(value: Any) -> bool:
+    """False if `value` is, or holds (in a tuple, list or dict), a NaN or infinite float."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, (tuple, list)):
+        return all(_finite(v) for v in value)
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    return True
+
+
 def _build(cls: type[T], values: dict, prefix: str) -> T:
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
@@ -116,12 +130,17 @@ def _build(cls: type[T], values: dict, prefix: str) -> T:
         else:
             kwargs[name] = _convert(key, value, tp)
     try:
-        return cls(**kwargs)
+        built = cls(**kwargs)
     except (ValueError, TypeError) as err:
         if isinstance(err, ConfigError):
             raise
         section = prefix.rstrip(".") or cls.__name__
         raise ConfigError(f"config section {section!r}: {err}") from err
+    for name, value in kwargs.items():
+        if not _finite(value):
+            expected = "a finite number" if isinstance(value, float) else "finite numbers"
+            raise ConfigError(f"config key {prefix + name!r}: value {value!r} is not valid; expected {expected}")
+    return built
 
 
 def _set_dotted(tree: dict, key: str, value: Any) -> None:

@@ -21,30 +21,31 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from shared.cli import EXIT_FINDING, EXIT_INPUT, EXIT_OK, console
+from shared.cli import EXIT_FINDING, EXIT_INPUT, EXIT_OK, check_number, console
 from shared.config import load_config
 from shared.encoders import build_encoder
 from shared.logs import setup_logging
 from shared.world.build import WorldConfig, build_world
-from stage_a.config import TrainConfig
+from stage_a.config import DTYPES, TrainConfig
 from stage_a.exactness import (PARTNER_GATE, fill_zero_init, max_abs_diff, reference_inputs, reference_rows, twin_gates,
                                twin_rows)
 from stage_a.fusion import MODES, PLACEMENTS, FusionConfig
 from stage_a.lora import AudioOnlyLora, LoraSettings
-from stage_a.model import BridgeConfig, SafeModel, lm_hidden_size
+from stage_a.model import BridgeConfig, SafeModel, bridge_k_max, lm_hidden_size
 from stage_a.prefix import PrefixSplicer, media_token_ids, select_rows
 from stage_a.projector import ProjectorConfig
 from stage_a.prompting import build_prompt, model_inputs, sample_image
+from stage_a.setup import check_model_path
 
 QUESTIONS = ("what color is the circle?", "how many times does the sound repeat?")
 TWINS = twin_rows(list(range(len(QUESTIONS))))  # the mixed batch: each question at gate 0, then at gate 1
 DECISIVE = "mixed_gate0_rows"
+RANDOM_K_MAX = 16  # the random bridge's projector serves k = 1..16
 CHECK_PATHS = {  # which code each check reaches (the table's "path" column and the JSON's check_paths)
     DECISIVE: "bridge, decisive: gate-0 rows beside gate-1 twins run projector, fusion, LoRA scope and torch.where",
     "gate0": "shortcut: a scalar gate 0 calls the base before any bridge code; catches base-weight drift only",
@@ -80,12 +81,17 @@ def _compare(outputs: tuple[torch.Tensor, torch.Tensor], reference: tuple[torch.
             "max_abs_logit_diff": max_abs_diff(logits, ref_logits)}
 
 
+def _bridge_settings(args: argparse.Namespace) -> tuple[FusionConfig, LoraSettings]:
+    """The random bridge's fusion and LoRA settings from the flags (their checks name a bad rank or target)."""
+    return (FusionConfig(mode=args.fusion_mode, rank=args.rank, placement=args.placement, layers_path=args.layers_path),
+            LoraSettings(rank=args.lora_rank, targets=tuple(args.lora_targets)))
+
+
 def _random_bridge(base: torch.nn.Module, audio_dim: int, args: argparse.Namespace) -> SafeModel:
     """A seeded fresh bridge with its zero-initialised outputs filled, so exactness is not a gift of the zero init."""
     torch.manual_seed(0)
-    fusion = FusionConfig(mode=args.fusion_mode, rank=args.rank, placement=args.placement, layers_path=args.layers_path)
-    projector = ProjectorConfig(audio_dim, lm_hidden_size(base), k_max=16)
-    lora = LoraSettings(rank=args.lora_rank, targets=tuple(args.lora_targets))
+    fusion, lora = _bridge_settings(args)
+    projector = ProjectorConfig(audio_dim, lm_hidden_size(base), k_max=RANDOM_K_MAX)
     model = SafeModel(base, BridgeConfig(projector, fusion, lora))
     fill_zero_init(model, seed=0)
     return model
@@ -100,8 +106,6 @@ def run_check(args: argparse.Namespace) -> dict:
         args.base_vl = args.base_vl or str(world / "models" / "vl")
         args.clap = str(world / "models" / "clap") if needs_clap else args.clap
         args.whisper = str(world / "models" / "whisper") if needs_whisper else args.whisper
-    if args.base_vl.startswith((".", "/", "~")) and not Path(args.base_vl).expanduser().is_dir():
-        raise ValueError(f"--base-vl {args.base_vl} is not a folder; pass an existing model folder or a hub id")
     dtype = getattr(torch, args.dtype)
     processor = AutoProcessor.from_pretrained(args.base_vl)
     prompts = [build_prompt(processor, q) for q in QUESTIONS]
@@ -218,9 +222,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="dotted path of the LM's decoder-layer list where it is not found (e.g. model.text_model.layers)")
     parser.add_argument("--max-new-tokens", type=int, default=4)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    parser.add_argument("--dtype", default="float32", choices=DTYPES)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
+    for flag, value in (("--base-vl", args.base_vl), ("--clap", args.clap), ("--whisper", args.whisper)):
+        check_model_path(flag, value or "")  # before the world is built for what is not named
+    check_number("--k", args.k, ge=1, le=bridge_k_max(args.bridge) if args.bridge else RANDOM_K_MAX, integer=True)
+    check_number("--max-new-tokens", args.max_new_tokens, ge=1, integer=True)
+    _bridge_settings(args)
     setup_logging()
     try:
         report = run_check(args)

@@ -29,6 +29,7 @@ TENSORS_FILE = "state.safetensors"
 BASE_LM_FILE = "base_lm.safetensors"
 STATE_FILE = "state.json"
 CHECKPOINT_PART = "this part of a checkpoint folder written by stage_a-train"
+CHECKPOINT_FILES = (WEIGHTS_FILE, OPTIMIZER_FILE, TENSORS_FILE, STATE_FILE)  # besides the base LM's, when trained
 
 
 def trained_base_params(model: SafeModel) -> dict[str, torch.Tensor]:
@@ -130,10 +131,14 @@ def save_checkpoint(folder: Path, model: SafeModel, optimizer: torch.optim.Optim
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=1), encoding="utf-8")
 
 
+def missing_files(folder: Path) -> list[str]:
+    """The files of a complete checkpoint that `folder` lacks (all of them when there is no such folder)."""
+    return [name for name in CHECKPOINT_FILES if not (folder / name).is_file()]
+
+
 def load_checkpoint(folder: Path) -> Checkpoint:
     """Read a checkpoint folder (safetensors and weights-only torch.load; nothing is unpickled)."""
-    needed = [folder / name for name in (WEIGHTS_FILE, OPTIMIZER_FILE, TENSORS_FILE, STATE_FILE)]
-    missing = [str(p) for p in needed if not p.is_file()]
+    missing = missing_files(folder)
     if missing:
         raise FileNotFoundError(f"checkpoint {folder} is incomplete: missing {missing}")
     opt = load_torch(folder / OPTIMIZER_FILE, CHECKPOINT_PART)

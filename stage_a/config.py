@@ -7,14 +7,19 @@ full fine-tuning (`model.train_base_lm: true`) and random audio (`shuffle_audio:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
+from shared.cli import check_number
 from stage_a.fusion import FusionConfig
 from stage_a.lora import LoraSettings
+from stage_a.projector import ProjectorConfig
+from stage_a.retention import RetentionConfig, retention_variant
 from stage_a.sampler import MixConfig
 
 GATE_SCHEDULES = ("none", "linear", "cosine", "step")
+DTYPES = ("float32", "bfloat16", "float16")  # the base model's dtypes (the bridge keeps float32 master weights)
 
 
 @dataclass
@@ -35,11 +40,12 @@ class ModelSettings:
     def __post_init__(self) -> None:
         if self.audio_encoder not in ("clap", "whisper", "both"):
             raise ValueError(f"model.audio_encoder is {self.audio_encoder!r}; expected 'clap', 'whisper' or 'both'")
-        if self.dtype not in ("float32", "bfloat16", "float16"):
+        if self.dtype not in DTYPES:
             raise ValueError(f"model.dtype is {self.dtype!r}; expected float32, bfloat16 or float16")
         if self.train_base_lm and self.dtype != "float32":
             raise ValueError(f"model.train_base_lm is true with model.dtype {self.dtype}; expected float32: the base "
                              "LM's own weights would train without float32 master weights (only the bridge has them)")
+        ProjectorConfig(1, 1, k_max=self.k_max, depth=self.projector_depth)  # its checks now, not at model build
 
 
 @dataclass
@@ -58,6 +64,9 @@ class DataSettings:
     def __post_init__(self) -> None:
         if self.vl_labels not in ("use", "ignore"):
             raise ValueError(f"data.vl_labels is {self.vl_labels!r}; expected 'use' or 'ignore'")
+        check_number("data.sample_rate", self.sample_rate, ge=1, integer=True)
+        for name in ("eval_size", "test_size"):  # 0: every question
+            check_number(f"data.{name}", getattr(self, name), ge=0, integer=True)
 
 
 @dataclass
@@ -103,9 +112,22 @@ class TrainConfig:
             raise ValueError(f"gate_schedule is {self.gate_schedule!r}; expected one of {GATE_SCHEDULES}")
         if not self.k_choices or any(not 1 <= k <= self.model.k_max for k in (*self.k_choices, self.k_eval)):
             raise ValueError(f"k_choices {self.k_choices} / k_eval {self.k_eval}; expected values in 1..{self.model.k_max}")
-        if self.steps < 0 or self.eval_every < 1 or self.log_every < 1 or self.stop_patience < 1:
-            raise ValueError(f"steps={self.steps}, eval_every={self.eval_every}, log_every={self.log_every}, "
-                             f"stop_patience={self.stop_patience}; expected steps >= 0 and positive intervals")
+        for name, bounds in {"lr": {"gt": 0}, "weight_decay": {"ge": 0}, "grad_clip": {"ge": 0},  # grad_clip 0: off
+                             "label_smoothing": {"ge": 0, "le": 1}, "tolerance_pts": {}}.items():
+            check_number(name, getattr(self, name), **bounds)
+        for name in ("seed", "steps", "warmup_steps", "gate_warmup_steps", "threads"):  # threads 0: torch's default
+            check_number(name, getattr(self, name), ge=0, integer=True)
+        for name in ("eval_every", "eval_batch_size", "log_every", "stop_patience", "vanish_patience"):
+            check_number(name, getattr(self, name), ge=1, integer=True)
+        retention_settings(self)  # the variant and its weight overrides, checked before any model loads
+
+
+def retention_settings(cfg: TrainConfig) -> RetentionConfig:
+    """The named retention variant with any explicit weight overrides applied."""
+    overrides = {k: v for k, v in (("kl_weight", cfg.kl_weight), ("kl_temperature", cfg.kl_temperature),
+                                   ("fisher_weight", cfg.fisher_weight), ("nullspace_energy", cfg.nullspace_energy))
+                 if v is not None}
+    return dataclasses.replace(retention_variant(cfg.retention), **overrides)
 
 
 def gate_value(schedule: str, step: int, warmup: int) -> float:

@@ -23,7 +23,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from shared.checkpoint import atomic_write_text
-from shared.cli import console
+from shared.cli import check_number, console, number_list
 from shared.config import load_config, parse_overrides
 from shared.dataset_metrics import METRICS_BY_NAME, format_dataset_summary
 from shared.logs import setup_logging
@@ -31,6 +31,7 @@ from shared.stats import mcnemar, mean_ci, paired_diff_ci
 from stage_a.checkpointing import bridge_folder
 from stage_a.config import TrainConfig
 from stage_a.evaluate import EvalSettings, Evaluator, eval_rows
+from stage_a.model import bridge_k_max
 from stage_a.report import write_report
 from stage_a.setup import build_setup
 
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
                                      epilog="Config keys of the preset can be overridden: --model.base_vl ID ...")
     parser.add_argument("--checkpoint", type=Path, default=None, help="bridge folder or stage_a-train run folder")
     parser.add_argument("--preset", default="stage_a", help="training preset naming the base model and data")
-    parser.add_argument("--data", default=None, help="manifest to evaluate (default: the preset's test split)")
+    parser.add_argument("--data", default=None, help="JSONL manifest to evaluate (default: the preset's test split)")
     parser.add_argument("--gate", type=float, default=1.0)
     parser.add_argument("--k", type=int, default=None, help="audio tokens (default: the preset's k_eval)")
     parser.add_argument("--size", type=int, default=0, help="a stratified subset of N questions (0: all)")
@@ -96,6 +97,12 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as err:
         print(f"stage_a-eval: --checkpoint {err}", file=sys.stderr)
         return 2
+    k_max = bridge_k_max(bridge) if bridge else cfg.model.k_max
+    ks = number_list("--ks", args.ks, int, ge=1, le=k_max)
+    check_number("--k", args.k, ge=1, le=k_max, integer=True, optional=True)
+    check_number("--gate", args.gate, ge=0, le=1)
+    check_number("--size", args.size, ge=0, integer=True)
+    check_number("--caption-tokens", args.caption_tokens, ge=1, integer=True)
     out = args.out or (args.checkpoint / "eval" if args.checkpoint else Path(cfg.out_dir) / "eval_base")
     setup = build_setup(cfg, args.device, splits=("test",), bridge_dir=bridge, strict=not args.no_strict)
     settings = EvalSettings(k=args.k or cfg.k_eval, batch_size=cfg.eval_batch_size, gate=args.gate,
@@ -116,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     if args.report:
         by_k = {}
-        for k in (int(x) for x in args.ks.split(",")):
+        for k in ks:
             evaluator.settings = dataclasses.replace(settings, k=k)
             by_k[k] = evaluator.run(detail=True)["predictions"]
         write_report(predictions, by_k if bridge else None, out)

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from shared.cli import check_number
+
 PLACEMENTS = ("early", "middle", "late", "all")
 MODES = ("cross_attention", "prefix")
 # Where decoder layers live in the supported families, searched in this order (FusionConfig.layers_path overrides).
@@ -62,10 +64,11 @@ class FusionConfig:
             raise ValueError(f"fusion mode is {self.mode!r}; expected one of {MODES}")
         if self.placement not in PLACEMENTS:
             raise ValueError(f"fusion placement is {self.placement!r}; expected one of {PLACEMENTS}")
+        for name in ("heads", "max_blocks"):
+            check_number(f"fusion {name}", getattr(self, name), ge=1, integer=True)
         if self.rank < 1 or self.rank % self.heads:
             raise ValueError(f"fusion rank is {self.rank} with {self.heads} heads; expected a positive multiple of heads")
-        if self.residual_scale <= 0:
-            raise ValueError(f"fusion residual_scale is {self.residual_scale}; expected > 0")
+        check_number("fusion residual_scale", self.residual_scale, gt=0)
 
 
 def _module_at(model: nn.Module, path: str) -> nn.ModuleList | None:

@@ -20,6 +20,7 @@ import torch
 from peft import LoraConfig, inject_adapter_in_model
 from torch import nn
 
+from shared.cli import check_number
 from stage_a.fusion import decoder_layers_path
 
 ADAPTER = "default"
@@ -35,8 +36,8 @@ class LoraSettings:
     targets: tuple[str, ...] = ("q_proj", "v_proj")
 
     def __post_init__(self) -> None:
-        if self.rank < 0:
-            raise ValueError(f"lora rank is {self.rank}; expected 0 (off) or a positive rank")
+        check_number("lora rank (0 = off)", self.rank, ge=0, integer=True)
+        check_number("lora alpha", self.alpha, gt=0)
         if not self.targets or (ALL_LINEAR in self.targets and len(self.targets) > 1):
             raise ValueError(f"lora targets are {list(self.targets)}; expected projection names such as "
                              f"[q_proj, v_proj], or [{ALL_LINEAR}] alone")

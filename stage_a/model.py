@@ -74,6 +74,15 @@ class BridgeConfig:
             raise ValueError(f"{where}: bridge config does not fit (missing or unknown key: {err})") from err
 
 
+def bridge_k_max(bridge_dir: str | Path) -> int:
+    """The largest k a saved bridge serves (its projector's k_max), read from its config without loading anything."""
+    path = Path(bridge_dir) / CONFIG_FILE
+    try:
+        return int(json.loads(path.read_text(encoding="utf-8"))["projector"]["k_max"])
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"{path}: not a bridge config with a projector k_max ({err!r})") from err
+
+
 def lm_hidden_size(base: nn.Module) -> int:
     """Hidden size of the base model's language model."""
     config = base.config

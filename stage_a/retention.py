@@ -40,6 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from configs.retention_variants import VARIANTS
+from shared.cli import check_number
 
 log = logging.getLogger(__name__)
 
@@ -63,20 +64,13 @@ class RetentionConfig:
     nullspace_batches: int = 4
 
     def __post_init__(self) -> None:
-        for name in ("kl_weight", "fisher_weight"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"retention {name} is {getattr(self, name)}; expected >= 0 (0 = off)")
-        if self.kl_temperature <= 0:
-            raise ValueError(f"retention kl_temperature is {self.kl_temperature}; expected > 0")
+        for name, bounds in {"kl_weight": {"ge": 0}, "fisher_weight": {"ge": 0}, "kl_temperature": {"gt": 0},
+                             "fisher_decay": {"ge": 0, "lt": 1}, "nullspace_energy": {"gt": 0, "lt": 1}}.items():
+            check_number(f"retention {name}", getattr(self, name), **bounds)  # weights: 0 = off
         if self.kl_kind not in KL_KINDS:
             raise ValueError(f"retention kl_kind is {self.kl_kind!r}; expected one of {KL_KINDS}")
-        if not 0 <= self.fisher_decay < 1:
-            raise ValueError(f"retention fisher_decay is {self.fisher_decay}; expected 0 <= decay < 1")
-        if not 0 < self.nullspace_energy < 1:
-            raise ValueError(f"retention nullspace_energy is {self.nullspace_energy}; expected 0 < energy < 1")
         for name in ("fisher_every", "fisher_batches", "nullspace_every", "nullspace_batches"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"retention {name} is {getattr(self, name)}; expected an integer >= 1")
+            check_number(f"retention {name}", getattr(self, name), ge=1, integer=True)
 
 
 def retention_variant(name: str) -> RetentionConfig:

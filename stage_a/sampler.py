@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
+from shared.cli import check_number
+
 POOLS = ("audio", "vl")
 BALANCES = ("none", "qtype")
 
@@ -36,11 +38,10 @@ class MixConfig:
         if self.balance not in BALANCES:
             raise ValueError(f"mixing balance is {self.balance!r}; expected one of {BALANCES}")
         for name in ("audio_fraction", "curriculum_start"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"mixing {name} is {getattr(self, name)}; expected a fraction in [0, 1]")
-        if self.batch_size < 1 or self.curriculum_steps < 0:
-            raise ValueError(f"mixing batch_size={self.batch_size}, curriculum_steps={self.curriculum_steps}; "
-                             "expected batch_size >= 1 and curriculum_steps >= 0")
+            check_number(f"mixing {name}", getattr(self, name), ge=0, le=1)
+        check_number("mixing batch_size", self.batch_size, ge=1, integer=True)
+        for name in ("curriculum_steps", "seed"):
+            check_number(f"mixing {name}", getattr(self, name), ge=0, integer=True)
 
 
 class MixSampler:

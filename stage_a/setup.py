@@ -13,8 +13,12 @@ from pathlib import Path
 
 import platformdirs
 import torch
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
+from shared.cli import InputError
+from shared.data.schema import check_manifest_file
 from shared.encoders import FrozenAudioEncoder, build_encoder
 from shared.features import FeatureCache
 from shared.config import load_config
@@ -44,8 +48,32 @@ class Setup:
     trained_base: tuple[str, ...] = ()  # base parameters the config trains (full fine-tuning's LM), LoRA aside
 
 
+def check_model_path(name: str, value: str) -> None:
+    """A model named by a path must be an existing folder; a hub id (`org/name`, `name`) is left to the loader."""
+    if not value or Path(value).expanduser().is_dir():
+        return
+    try:
+        validate_repo_id(value)
+    except HFValidationError:
+        raise InputError(f"{name} is {value!r}: no such folder, and not a hub id; expected a model folder or a hub "
+                         "id such as llava-hf/llava-1.5-7b-hf") from None
+
+
+def check_paths(cfg: TrainConfig, splits: tuple[str, ...]) -> None:
+    """The models and manifests the config names (empty: the embedded world's) exist, before anything is built."""
+    m = cfg.model
+    used = {"base_vl": True, "clap": m.audio_encoder != "whisper", "whisper": m.audio_encoder != "clap"}
+    for key in (k for k, needed in used.items() if needed):
+        check_model_path(f"model.{key}", getattr(m, key))
+    for split in splits:
+        if getattr(cfg.data, split):
+            check_manifest_file(getattr(cfg.data, split))
+
+
 def resolve_paths(cfg: TrainConfig, splits: tuple[str, ...] = ("train", "val", "test")) -> dict[str, str]:
-    """Model and manifest paths, with the embedded world's filling every empty one that `splits` needs."""
+    """Model and manifest paths, with the embedded world's filling every empty one that `splits` needs; the named
+    ones are checked first (`check_paths`)."""
+    check_paths(cfg, splits)
     m, d = cfg.model, cfg.data
     paths = {"base_vl": m.base_vl, "clap": m.clap, "whisper": m.whisper, "train": d.train, "val": d.val, "test": d.test}
     needs_world = [k for k in ("base_vl", *splits) if not paths[k]]

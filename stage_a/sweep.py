@@ -33,9 +33,10 @@ from pathlib import Path
 from typing import Any
 
 from shared.checkpoint import atomic_write_text
-from shared.cli import console
-from shared.config import PRESET_DIR, load_config
+from shared.cli import InputError, check_number, console
+from shared.config import PRESET_DIR, ConfigError, load_config
 from shared.logs import setup_logging
+from stage_a.config import TrainConfig
 from stage_a.sweep_tables import merge_cells, render_markdown
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,10 @@ class SweepConfig:
             raise ValueError(f"sweep {self.name!r} has no cells; expected a mapping of cell name to overrides")
         if self.default not in self.cells:
             raise ValueError(f"sweep default is {self.default!r}; expected one of the cells {sorted(self.cells)}")
+        if not self.seeds:
+            raise ValueError(f"sweep {self.name!r} has no seeds; expected at least one")
+        for seed in self.seeds:
+            check_number("sweep seed", seed, ge=0, integer=True)
 
 
 @dataclass(frozen=True)
@@ -95,6 +100,15 @@ def cells_of(sweep: SweepConfig) -> list[Cell]:
                 out.append(Cell(label, seed, preset, tuple((k, v if isinstance(v, str) else json.dumps(v))
                                                            for k, v in merged.items()), world))
     return out
+
+
+def check_cells(cells: list[Cell]) -> None:
+    """Every cell's training config loads (its preset, overrides and ranges) before any cell process starts."""
+    for cell in cells:
+        try:
+            load_config(TrainConfig, cell.preset, dict(cell.overrides))
+        except ConfigError as err:
+            raise InputError(f"sweep cell {cell.name}: {err}") from err
 
 
 def run_cell(cell: Cell, cells_dir: Path, threads: int) -> dict:
@@ -146,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="override a training key in every cell, e.g. --set steps 500")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
+    for flag, value, low in (("--jobs", args.jobs, 1), ("--threads", args.threads, 0), ("--num-tasks", args.num_tasks, 1)):
+        check_number(flag, value, ge=low, integer=True)  # --threads 0: torch's default
+    check_number("--task-index", args.task_index, ge=0, lt=args.num_tasks, integer=True, optional=True)
     setup_logging(args.verbose)
     short = PRESET_DIR / f"sweep_{args.preset}.yaml"  # `--preset baselines` means configs/sweep_baselines.yaml
     sweep = load_config(SweepConfig, short if short.is_file() else args.preset)
@@ -153,11 +170,10 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = args.out or Path("runs") / "sweeps" / sweep.name
     cells = cells_of(sweep)
     if not args.merge:
+        check_cells(cells)
         if args.task_index is not None:
-            if not 0 <= args.task_index < args.num_tasks:
-                raise SystemExit(f"--task-index {args.task_index} is outside 0..{args.num_tasks - 1}")
             cells = cells[args.task_index::args.num_tasks]
-        with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
             statuses = list(pool.map(lambda c: run_cell(c, out_dir / "cells", args.threads), cells))
         for status in statuses:
             log.info("%s: %s", status["cell"], status["status"])

@@ -39,13 +39,13 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from shared.checkpoint import atomic_directory, atomic_write_text
-from shared.cli import console
+from shared.cli import InputError, check_number, console
 from shared.config import load_config, parse_overrides, to_dict
 from shared.loading import load_safetensors
 from shared.logs import setup_logging
 from stage_a.checkpointing import (BASE_LM_FILE, STATE_FILE, BestEval, Checkpoint, TrainState, load_checkpoint,
-                                   save_checkpoint, trained_base_params)
-from stage_a.config import TrainConfig, gate_value, lr_factor
+                                   missing_files, save_checkpoint, trained_base_params)
+from stage_a.config import TrainConfig, gate_value, lr_factor, retention_settings
 from stage_a.data import Batch
 from stage_a.losses import answer_loss, answer_positions
 from stage_a.evaluate import EvalSettings, Evaluator, eval_rows, generate_answers, shuffled_audio
@@ -54,7 +54,7 @@ from stage_a.model_card import write_model_card
 from stage_a.monitor import GradientMonitor, RunLogger
 from stage_a.prefix import media_token_ids, select_rows
 from stage_a.provenance import verify_record
-from stage_a.retention import NullSpaceProjector, OnlineFisher, RetentionConfig, distill_loss, retention_variant
+from stage_a.retention import NullSpaceProjector, OnlineFisher, distill_loss
 from stage_a.sampler import MixSampler
 from stage_a.setup import build_setup
 from stage_a.summary import format_summary
@@ -62,14 +62,6 @@ from stage_a.summary import format_summary
 log = logging.getLogger(__name__)
 MAX_BAD_STEPS = 3
 PREDICTIONS_FILE = "predictions.jsonl"
-
-
-def retention_settings(cfg: TrainConfig) -> RetentionConfig:
-    """The named retention variant with any explicit weight overrides applied."""
-    overrides = {k: v for k, v in (("kl_weight", cfg.kl_weight), ("kl_temperature", cfg.kl_temperature),
-                                   ("fisher_weight", cfg.fisher_weight), ("nullspace_energy", cfg.nullspace_energy))
-                 if v is not None}
-    return dataclasses.replace(retention_variant(cfg.retention), **overrides)
 
 
 def protected_projections(model: SafeModel) -> dict[str, torch.nn.Linear]:
@@ -98,16 +90,19 @@ class StageATrainer:
 
     def __init__(self, cfg: TrainConfig, resume: bool = False, strict: bool = True) -> None:
         """`resume` continues the run's checkpoint, which must record this base and encoder unless not `strict`."""
-        self.cfg, self.acc = cfg, Accelerator()
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
         self.run_dir = Path(cfg.out_dir) / cfg.name
         self.ckpt_dir = self.run_dir / "checkpoint"
         if self.ckpt_dir.exists() and not resume:
             raise FileExistsError(f"run {self.run_dir} already has a checkpoint; pass --resume to continue it "
                                   "or choose another --name")
-        if resume and not self.ckpt_dir.exists():
-            raise FileNotFoundError(f"--resume: no checkpoint at {self.ckpt_dir}")
+        missing = missing_files(self.ckpt_dir) if resume else []
+        if missing:  # checked before anything loads
+            lack = f"lacks {', '.join(missing)}" if self.ckpt_dir.is_dir() else "does not exist"
+            raise InputError(f"--resume: run folder {self.run_dir} has no checkpoint to resume ({self.ckpt_dir} {lack}); "
+                             "expected a run that stage_a-train checkpointed with this --out_dir and --name")
+        self.cfg, self.acc = cfg, Accelerator()
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
         with self.acc.main_process_first():
             self.setup = build_setup(cfg, self.acc.device)
         self.model = self.setup.model
@@ -412,12 +407,14 @@ def main(argv: list[str] | None = None) -> int:
                                      epilog="Any config key can be overridden: --steps 500 --mix.audio_fraction 0.5")
     parser.add_argument("--preset", default="stage_a", help="preset name in configs/ or a YAML path (default: %(default)s)")
     parser.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
-    parser.add_argument("--stop-after", type=int, default=0, help="end this session after N steps (checkpointed)")
+    parser.add_argument("--stop-after", type=int, default=0,
+                        help="end this session after N steps (checkpointed; default 0: run to the end)")
     parser.add_argument("--no-strict", action="store_true",
                         help="with --resume: continue a checkpoint trained on another base or encoder (a warning)")
     parser.add_argument("--wandb", action="store_true", help="log to wandb (offline without an API key)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args, rest = parser.parse_known_args(argv)
+    check_number("--stop-after", args.stop_after, ge=0, integer=True)
     setup_logging(args.verbose)
     overrides = parse_overrides(rest)
     if args.wandb:

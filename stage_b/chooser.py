@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from shared.cli import check_keys
 from stage_a.checkpointing import bridge_hash
 from stage_a.pipeline import SafePipeline
 from stage_b.evaluate import SavedPolicy
@@ -35,7 +36,8 @@ class PolicyChooser:
         if config.confidence:
             raise ValueError(f"{policy.folder}: observes the no-audio confidence, which serving does not compute yet; "
                              "expected a policy trained without --confidence")
-        provenance = policy.record["table_provenance"]
+        provenance = check_keys(f"{policy.folder / 'policy.json'}: table_provenance",
+                                policy.record["table_provenance"], ("actions", "checkpoint_hash", "features"))
         self.policy = policy
         self.actions = [int(k) for k in provenance["actions"]]
         self.checkpoint_hash = provenance["checkpoint_hash"]

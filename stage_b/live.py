@@ -22,13 +22,17 @@ from pathlib import Path
 import numpy as np
 
 from envs.outcome_table import OutcomeTable
-from shared.cli import console
+from shared.cli import check_keys, check_number, console
 from shared.config import load_config
 from shared.logs import setup_logging
 from shared.stats import mean_ci
+from stage_a.checkpointing import bridge_folder
 from stage_a.config import TrainConfig
 from stage_b.evaluate import SavedPolicy, add_allow_other_table, add_trust_pickle
 from stage_b.runner import SafeRunner
+
+
+PROVENANCE_KEYS = ("preset", "checkpoint", "split")  # what the table's provenance must record to rebuild the model
 
 
 class LiveOutcome:
@@ -83,12 +87,16 @@ def main(argv: list[str] | None = None) -> int:
     add_trust_pickle(parser)
     add_allow_other_table(parser)
     args = parser.parse_args(argv)
+    check_number("--questions", args.questions, ge=1, integer=True)
+    check_number("--seed", args.seed, ge=0, integer=True)
     setup_logging()
     policy = SavedPolicy.load(args.policy, args.trust_pickle)
     evaluation = policy.evaluation_rows(None, args.allow_other_table)  # checked before SAFE is loaded
     provenance = evaluation[0].provenance
+    check_keys(f"the provenance of outcome table {policy.config.table}", provenance, PROVENANCE_KEYS)
     cfg = load_config(TrainConfig, provenance["preset"], provenance.get("overrides", {}))
-    runner = SafeRunner(cfg, Path(provenance["checkpoint"]), provenance["split"])
+    bridge = bridge_folder(Path(provenance["checkpoint"]))  # checked before the model loads
+    runner = SafeRunner(cfg, bridge, provenance["split"])
     result = compare_live(policy, runner, args.questions, args.seed, evaluation)
     print(json.dumps(result, indent=2))
     return 0 if result["live_within_table_ci"] else 1

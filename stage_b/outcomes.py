@@ -31,13 +31,14 @@ from tqdm import tqdm
 
 from envs.outcome_table import OutcomeTable
 from shared.checkpoint import atomic_write_npz
-from shared.cli import console
+from shared.cli import InputError, check_number, console, number_list
 from shared.config import load_config, parse_overrides
 from shared.loading import load_npz
 from shared.logs import setup_logging
 from stage_a.checkpointing import bridge_folder, bridge_hash
 from stage_a.config import TrainConfig
 from stage_a.flops import CPU_SDPA
+from stage_a.model import bridge_k_max
 from stage_b.runner import SafeRunner
 
 log = logging.getLogger(__name__)
@@ -141,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="bridge folder or stage_a-train run folder (default: runs/stage_a, the default run)")
     parser.add_argument("--split", default="test", choices=("train", "val", "test"))
     parser.add_argument("--preset", default="stage_a", help="training preset naming the base model and data")
-    parser.add_argument("--ks", default="4,8,16", help="audio token counts of the audio actions")
+    parser.add_argument("--ks", default="4,8,16", help="audio token counts of the audio actions: distinct, 1..k_max")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats per batch (median)")
     parser.add_argument("--save-every", type=int, default=10, help="batches between saves of the partial table")
@@ -155,10 +156,14 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as err:
         print(f"stage_b-outcomes: --checkpoint {err}", file=sys.stderr)
         return 2
+    ks = number_list("--ks", args.ks, int, ge=1, le=bridge_k_max(bridge))
+    if len(set(ks)) < len(ks):
+        raise InputError(f"--ks is {args.ks!r}: a k is repeated; expected distinct token counts (one action each)")
+    for flag, value in (("--batch-size", args.batch_size), ("--repeats", args.repeats), ("--save-every", args.save_every)):
+        check_number(flag, value, ge=1, integer=True)
     out = args.out or args.checkpoint / f"outcomes_{args.split}.npz"
     partial = out.with_name(f"{out.stem}.partial.npz")
-    table = build_table(cfg, bridge, args.split, [int(k) for k in args.ks.split(",")], args.batch_size, args.repeats,
-                        partial, args.save_every)
+    table = build_table(cfg, bridge, args.split, list(ks), args.batch_size, args.repeats, partial, args.save_every)
     table.provenance.update(preset=args.preset, overrides=overrides)
     table.save(out)
     partial.unlink(missing_ok=True)

@@ -29,7 +29,6 @@ import csv
 import io
 import json
 import logging
-import math
 import multiprocessing
 import statistics
 import sys
@@ -44,7 +43,7 @@ from tqdm import tqdm
 from envs.outcome_table import DEFAULT_TABLE, OutcomeTable
 from shared.benchmark import machine_info
 from shared.checkpoint import atomic_write_text
-from shared.cli import console
+from shared.cli import check_number, console, number_list
 from shared.loading import file_sha256, load_json
 from shared.logs import setup_logging
 from stage_b.evaluate import SavedPolicy, summarize
@@ -75,16 +74,17 @@ class ParetoConfig:
     confidence: bool = False
 
     def __post_init__(self) -> None:
-        bad = [w for w in self.weights if not math.isfinite(w) or w < 0]
-        if not self.weights or bad:
-            raise ValueError(f"--alphas has {bad or 'no values'}; expected finite weights >= 0")
+        if not self.weights or not self.seeds:
+            raise ValueError(f"--alphas is {list(self.weights)} and --seeds {list(self.seeds)}; expected values in both")
+        for weight in self.weights:
+            check_number("--alphas item", weight, ge=0)
+        for seed in self.seeds:
+            check_number("--seeds item", seed, ge=0, integer=True)
         unknown = [c for c in self.components if c not in COMPONENTS]
         if not self.components or unknown:
             raise ValueError(f"--components has {unknown or 'no values'}; expected a subset of {list(COMPONENTS)}")
-        if not self.seeds or min(self.seeds) < 0:
-            raise ValueError(f"--seeds is {list(self.seeds)}; expected integers >= 0")
-        if self.workers < 1:
-            raise ValueError(f"--workers is {self.workers}; expected >= 1")
+        for flag, value in (("--timesteps", self.timesteps), ("--n-envs", self.n_envs), ("--workers", self.workers)):
+            check_number(flag, value, ge=1, integer=True)
         self.table = self.table.resolve()
 
     def policies(self) -> dict[str, PolicyConfig]:
@@ -249,14 +249,6 @@ def headline(report: dict) -> dict:
             "wall_seconds": report["sweep"]["wall_seconds"]}
 
 
-def _numbers(text: str, kind: type, flag: str) -> tuple:
-    """A comma-separated list of numbers, or a ValueError naming the flag."""
-    try:
-        return tuple(kind(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise ValueError(f"{flag} is {text!r}; expected comma-separated {kind.__name__}s") from None
-
-
 @console("stage_b-pareto")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="stage_b-pareto", description=__doc__.splitlines()[0])
@@ -277,8 +269,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="evaluate on all of outcomes_<split>.npz beside the table (default: held-out rows)")
     args = parser.parse_args(argv)
     setup_logging()
-    sweep = ParetoConfig(args.table, args.out, _numbers(args.alphas, float, "--alphas"),
-                        _numbers(args.seeds, int, "--seeds"),
+    sweep = ParetoConfig(args.table, args.out, number_list("--alphas", args.alphas, float),
+                        number_list("--seeds", args.seeds, int),
                         tuple(c.strip() for c in args.components.split(",") if c.strip()), args.timesteps,
                         args.n_envs, args.workers, args.split, args.confidence)
     OutcomeTable.load(sweep.table)

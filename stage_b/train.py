@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -25,10 +24,10 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
 from stable_baselines3.common.env_util import make_vec_env
 
-from envs.audio_budget import AudioBudgetEnv, FeatureScaler, observed_columns
+from envs.audio_budget import BUDGET, AudioBudgetEnv, FeatureScaler, observed_columns
 from envs.outcome_table import DEFAULT_TABLE, OutcomeTable
 from shared.checkpoint import atomic_write_text
-from shared.cli import console
+from shared.cli import check_number, console
 from shared.loading import file_sha256
 from shared.logs import setup_logging, wandb_mode
 from stage_b.actor import save_actor
@@ -57,13 +56,16 @@ class PolicyConfig:
                 "budget": self.budget, "confidence": self.confidence}
 
     def __post_init__(self) -> None:
-        for name in ("alpha", "gamma"):
-            value = getattr(self, name)
-            if not math.isfinite(value) or value < 0:
-                raise ValueError(f"--{name} is {value}; expected a finite number >= 0")
-        if self.timesteps < 1 or self.n_envs < 1 or self.episode_length < 1:
-            raise ValueError(f"timesteps={self.timesteps}, n_envs={self.n_envs}, episode_length={self.episode_length}; "
-                             "expected all >= 1")
+        """Every number checked before a table is read; fields with a flag are named by it."""
+        check_number("--alpha", self.alpha, ge=0)
+        check_number("--gamma", self.gamma, ge=0)
+        check_number("--budget", self.budget, optional=True, **BUDGET)
+        for name, value in (("--episode-length", self.episode_length), ("--timesteps", self.timesteps),
+                            ("--n-envs", self.n_envs), ("eval_every", self.eval_every)):
+            check_number(name, value, ge=1, integer=True)
+        for name, value in (("--seed", self.seed), ("split_seed", self.split_seed)):
+            check_number(name, value, ge=0, integer=True)
+        check_number("test_fraction", self.test_fraction, gt=0, lt=1)
 
 
 def train_policy(config: PolicyConfig, out_dir: Path, tensorboard: bool = True, wandb: bool = False,
@@ -115,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
                                                               f"(default: {DEFAULT_TABLE})")
     parser.add_argument("--alpha", type=float, default=0.1, help="weight of normalised compute in the reward")
     parser.add_argument("--gamma", type=float, default=0.0, help="weight of normalised latency in the reward")
-    parser.add_argument("--budget", type=float, default=None, help="episode compute budget, fraction of the maximum")
+    parser.add_argument("--budget", type=float, default=None,
+                        help="episode compute budget, a fraction of the maximum in (0, 1] (default: none)")
     parser.add_argument("--confidence", action="store_true",
                         help="observe the base model's no-audio confidence; audio actions then also pay that run")
     parser.add_argument("--episode-length", type=int, default=32, help="questions per episode")

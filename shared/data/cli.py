@@ -28,7 +28,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable, Sequence
 
-from shared.cli import EXIT_FINDING, EXIT_INPUT, EXIT_OK, console
+from shared.cli import EXIT_FINDING, EXIT_INPUT, EXIT_OK, check_number, console
 from shared.data.audiocaps import CAPTION_PROMPT, CLIP_SECONDS, load_audiocaps
 from shared.data.check import MIN_DURATION, MIN_IMAGE_SIDE, CheckReport, check_manifest
 from shared.data.clotho_aqa import load_clotho_aqa
@@ -38,6 +38,11 @@ from shared.data.schema import ManifestError, Sample, read_manifest, write_manif
 from shared.data.vqav2 import load_vqav2
 
 MAX_LISTED = 10
+# The numeric flags of the subcommands and their ranges (shared.cli.check_number), checked before any file is read.
+LIMITS = {"sample_rate": ("--sample-rate", {"ge": 1, "integer": True, "optional": True}),
+          "min_duration": ("--min-duration", {"ge": 0}), "silence_threshold": ("--silence-threshold", {"ge": 0}),
+          "end_tolerance": ("--end-tolerance", {"ge": 0}), "clip_seconds": ("--clip-seconds", {"gt": 0}),
+          "num_frames": ("--num-frames", {"ge": 1, "integer": True, "optional": True})}
 
 
 @console("safe-data")
@@ -49,6 +54,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
+        for name, (flag, bounds) in LIMITS.items():
+            if hasattr(args, name):
+                check_number(flag, getattr(args, name), **bounds)
         return args.run(args)
     except (OSError, ValueError) as err:
         # Missing files (OSError) and malformed input (ManifestError, AudioError: ValueError).

@@ -19,7 +19,7 @@ import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 FAMILIES = ("visual", "audio", "audio_visual", "caption")
 SOURCES = ("vqav2", "gqa", "audiocaps", "clotho_aqa", "music_avqa", "world")
@@ -175,26 +175,53 @@ def _resolve(path: str | None, root: Path) -> str | None:
     return str(root / path)
 
 
-def read_manifest(path: str | os.PathLike, resolve_paths: bool = True) -> list[Sample]:
-    """Read a JSONL manifest; media paths are made absolute relative to its folder."""
+def _objects(path: Path) -> Iterator[tuple[str, dict]]:
+    """("file:line", object) for each non-blank line of a JSONL file; a line that is not a JSON object, or bytes
+    that are not UTF-8, are a ManifestError naming the file (and line)."""
+    try:
+        with path.open(encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
+                where = f"{path}:{lineno}"
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise ManifestError(f"{where}: not valid JSON ({err.msg}); expected one JSON object per line") \
+                        from err
+                if not isinstance(obj, dict):
+                    raise ManifestError(f"{where}: a JSON {type(obj).__name__}; expected one JSON object per line")
+                yield where, obj
+    except UnicodeDecodeError as err:
+        raise ManifestError(f"manifest {path} is not UTF-8 text ({err.reason}); expected a JSONL manifest") from None
+
+
+def _existing(path: str | os.PathLike) -> Path:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"manifest {path} does not exist")
+        raise FileNotFoundError(f"manifest {path} {'is not a file' if path.exists() else 'does not exist'}; "
+                                "expected a JSONL manifest")
+    return path
+
+
+def check_manifest_file(path: str | os.PathLike) -> Path:
+    """Fail fast on a file that cannot be a manifest: missing, not JSONL, or empty. Only its first sample is read
+    (read_manifest checks every line), so commands can call it before loading anything."""
+    path = _existing(path)
+    for where, obj in _objects(path):
+        Sample.from_json(obj, where)
+        return path
+    raise ManifestError(f"manifest {path} is empty; expected one JSON object per line")
+
+
+def read_manifest(path: str | os.PathLike, resolve_paths: bool = True) -> list[Sample]:
+    """Read a JSONL manifest; media paths are made absolute relative to its folder."""
+    path = _existing(path)
     root = path.parent
     samples = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ManifestError(f"{where}: not valid JSON ({err.msg})") from err
-            sample = Sample.from_json(obj, where)
-            if resolve_paths:
-                sample = _with_paths(sample, root)
-            samples.append(sample)
+    for where, obj in _objects(path):
+        sample = Sample.from_json(obj, where)
+        samples.append(_with_paths(sample, root) if resolve_paths else sample)
     return samples
 
 

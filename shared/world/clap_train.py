@@ -23,6 +23,7 @@ from tqdm import tqdm
 from transformers import ClapModel, ClapProcessor
 
 from shared.checkpoint import atomic_directory
+from shared.cli import check_number
 from shared.clap_features import clap_text_embeddings, features_from_mels, mel_features
 from shared.data.audio_io import load_audio
 from shared.world.audio_model import all_captions, build_clap, caption_events
@@ -63,11 +64,11 @@ class ClapTrainConfig:
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "audio_dim", "text_dim", "projection_dim"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"ClapTrainConfig.{name} is {getattr(self, name)}; expected a positive int")
+            check_number(f"clap.{name}", getattr(self, name), ge=1, integer=True)
         for name in ("audio_lr", "text_lr"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"ClapTrainConfig.{name} is {getattr(self, name)}; expected a positive float")
+            check_number(f"clap.{name}", getattr(self, name), gt=0)
+        check_number("clap.dropout", self.dropout, ge=0, lt=1)
+        check_number("clap.weight_decay", self.weight_decay, ge=0)
 
 
 def load_mels(

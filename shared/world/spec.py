@@ -6,6 +6,8 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 
+from shared.cli import check_number
+
 SHAPES = ("circle", "square", "triangle")
 COLORS = ("red", "green", "blue", "yellow", "purple")
 # One sound kind per shape: the audio-visual link of the world.
@@ -59,6 +61,13 @@ class WorldSpec:
     def __post_init__(self) -> None:
         if self.size not in SIZES:
             raise ValueError(f"world size {self.size!r} is unknown; expected one of {sorted(SIZES)}")
+        for name, low in (("seed", 0), ("image_size", 1), ("grid", 1), ("sample_rate", 1)):
+            check_number(f"world.{name}", getattr(self, name), ge=low, integer=True)
+        check_number("world.clip_seconds", self.clip_seconds, gt=0)
+        for name in ("offscreen_sound_rate", "two_event_rate", "synonym_rate", "annotator_error_rate"):
+            check_number(f"world.{name}", getattr(self, name), ge=0, le=1)
+        for split, count in self.splits.items():
+            check_number(f"world.splits.{split}", count, ge=0, integer=True)
         if self.image_size % self.grid:
             raise ValueError(
                 f"image_size {self.image_size} is not divisible by grid {self.grid}; expected a multiple"

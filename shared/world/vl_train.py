@@ -28,6 +28,7 @@ from tqdm import tqdm
 from transformers import LlavaForConditionalGeneration, LlavaProcessor
 
 from shared.checkpoint import atomic_directory
+from shared.cli import check_number
 from shared.data.schema import Sample, read_manifest
 from shared.logs import setup_logging
 from shared.metrics import vqa_accuracy
@@ -61,6 +62,14 @@ class VLTrainConfig:
     warmup_steps: int = 50
     eval_batch_size: int = 256
     threads: int = 1
+
+    def __post_init__(self) -> None:
+        for name, low in (("seed", 0), ("batch_size", 1), ("vision_steps", 0), ("vqa_steps", 0), ("warmup_steps", 0),
+                          ("eval_batch_size", 1), ("threads", 1)):
+            check_number(f"vl.{name}", getattr(self, name), ge=low, integer=True)
+        for name in ("vision_lr", "vqa_lr"):
+            check_number(f"vl.{name}", getattr(self, name), gt=0)
+        check_number("vl.weight_decay", self.weight_decay, ge=0)
 
 
 @dataclass

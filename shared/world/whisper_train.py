@@ -25,6 +25,7 @@ from tqdm import tqdm
 from transformers import PreTrainedTokenizerFast, WhisperFeatureExtractor, WhisperForConditionalGeneration
 
 from shared.checkpoint import atomic_directory
+from shared.cli import check_number
 from shared.data.audio_io import load_audio
 from shared.world.audio_model import all_captions
 from shared.world.clap_train import LOAD_CHUNK, retrieval_metrics, run_steps
@@ -60,14 +61,14 @@ class WhisperTrainConfig:
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "d_model", "encoder_layers", "decoder_layers", "heads", "ffn_dim",
                      "num_mel_bins"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"WhisperTrainConfig.{name} is {getattr(self, name)}; expected a positive int")
+            check_number(f"whisper.{name}", getattr(self, name), ge=1, integer=True)
         if self.d_model % self.heads:
             raise ValueError(f"WhisperTrainConfig.d_model {self.d_model} is not divisible by heads {self.heads}; "
                              "expected a multiple")
         for name in ("lr", "hop_seconds"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"WhisperTrainConfig.{name} is {getattr(self, name)}; expected a positive float")
+            check_number(f"whisper.{name}", getattr(self, name), gt=0)
+        check_number("whisper.dropout", self.dropout, ge=0, lt=1)
+        check_number("whisper.weight_decay", self.weight_decay, ge=0)
 
 
 def load_features(extractor: WhisperFeatureExtractor, data_dir: Path, split: str) -> tuple[torch.Tensor, list[dict]]:

@@ -211,9 +211,10 @@ def test_load_errors(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"alpha": -0.1}, "alpha = -0.1"), ({"gamma": float("nan")}, "gamma = nan"),
-    ({"alpha": float("inf")}, "alpha = inf"), ({"episode_length": 0}, "episode_length = 0"),
-    ({"budget": 0.0}, "budget = 0.0"), ({"budget": 1.5}, "budget = 1.5"),
+    ({"alpha": -0.1}, "alpha is -0.1"), ({"gamma": float("nan")}, "gamma is nan"),
+    ({"alpha": float("inf")}, "alpha is inf"), ({"episode_length": 0}, "episode_length is 0"),
+    ({"budget": 0.0}, "budget is 0.0"), ({"budget": 1.5}, r"budget is 1.5; expected None or a finite number > 0 and <= 1"),
+    ({"budget": float("nan")}, "budget is nan"), ({"episode_length": 2.0}, "episode_length is 2.0"),
     ({"rows": np.array([0, 99])}, "rows span"),
 ])
 def test_bad_arguments(table_path: Path, kwargs: dict, match: str) -> None:

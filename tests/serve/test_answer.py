@@ -58,7 +58,7 @@ def test_a_policy_chooses_k_unless_it_is_given(run_dir: Path, split, policy_dir:
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--k", "-1"], "safe-answer: k: -1; expected an int in 0.."),
+    (["--k", "-1"], "safe-answer: --k is -1; expected an integer >= 0 and <= 16"),
     (["--k", "auto"], "safe-answer: k: 'auto' needs a Stage B policy"),
     (["--policy", "/no/such/policy"], "safe-answer: /no/such/policy/policy.json does not exist"),
 ])
@@ -82,3 +82,27 @@ def test_a_bad_jsonl_line_is_named(run_dir: Path, tmp_path: Path, capsys: pytest
     assert _stderr_lines(capsys) == [f"safe-answer: {rows}: not a readable JSON lines file (truncated or corrupt: "
                                      "Unterminated string starting at (line 3, column 14)); expected questions, one "
                                      "JSON object per line"]
+
+
+@pytest.fixture
+def fake_bridge(tmp_path: Path) -> Path:
+    """A folder that passes for a bridge with k_max 8 (never loaded: the checks come first)."""
+    (tmp_path / "adapter.safetensors").write_bytes(b"")
+    (tmp_path / "safe_config.json").write_text(json.dumps({"projector": {"k_max": 8}}))
+    return tmp_path
+
+
+def test_k_and_model_paths_are_checked_before_anything_loads(fake_bridge: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture) -> None:
+    question = ["--bridge", str(fake_bridge), "--question", "what is it?"]
+    assert answer_main([*question, "--k", "9"]) == 2
+    assert capsys.readouterr().err == "safe-answer: --k is 9; expected an integer >= 0 and <= 8\n"
+    assert answer_main([*question, "--base", "./no/such/base"]) == 2
+    assert "safe-answer: --base is './no/such/base': no such folder, and not a hub id" in capsys.readouterr().err
+    rows = tmp_path / "q.jsonl"
+    rows.write_text('{"question": "a?", "k": 4}\n{"question": "b?", "k": 12}\n')
+    assert answer_main(["--bridge", str(fake_bridge), "--jsonl", str(rows)]) == 2
+    assert capsys.readouterr().err == f"safe-answer: {rows} question 2: k is 12; expected an integer >= 0 and <= 8\n"
+    with pytest.raises(SystemExit) as exited:
+        answer_main([*question, "--dtype", "float64"])
+    assert exited.value.code == 2

@@ -385,10 +385,23 @@ def test_sigterm_answers_requests_in_flight_and_exits_0(run_dir: Path, rows: lis
     assert "stopped on SIGTERM" in text and re.search(r"DEBUG serve.batcher: batch of 6 requests", text), text
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--max-batch", "0"], "--max-batch is 0; expected an integer >= 1"),
+    (["--port", "70000"], "--port is 70000; expected an integer >= 0 and <= 65535"),
+    (["--max-wait-ms", "nan"], "--max-wait-ms is nan; expected a finite number >= 0"),
+    (["--max-body-mb", "inf"], "--max-body-mb is inf; expected a finite number > 0"),
+    (["--threads", "0"], "--threads is 0; expected None or an integer >= 1"),
+])
+def test_bad_numbers_exit_2_before_the_bridge_loads(tmp_path: Path, flags: list[str], message: str,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    assert serve_main(["--bridge", str(tmp_path / "none"), *flags]) == 2  # loading first would name the folder
+    assert capsys.readouterr().err == f"safe-serve: {message}\n"
+
+
 def test_bad_arguments_exit_2_naming_them(run_dir: Path, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as exited:
-        serve_main(["--bridge", str(run_dir), "--max-batch", "0"])
-    assert exited.value.code == 2 and "--max-batch 0; expected >= 1" in capsys.readouterr().err
+        serve_main(["--bridge", str(run_dir), "--dtype", "float64"])
+    assert exited.value.code == 2 and "--dtype: invalid choice: 'float64'" in capsys.readouterr().err
     assert serve_main(["--bridge", str(run_dir), "--policy", "/no/such/policy"]) == 2
     assert capsys.readouterr().err.splitlines()[-1].startswith("safe-serve: /no/such/policy")
     with socket.create_server(("127.0.0.1", 0)) as taken:

@@ -1,11 +1,13 @@
-"""The exit-code convention: 0 success, 1 finding, 2 bad input in one line, 3 internal error with its traceback kept."""
+"""The exit-code convention: 0 success, 1 finding, 2 bad input in one line, 3 internal error with its traceback kept;
+the number checks every command validates its input with."""
 
 import json
 from pathlib import Path
 
 import pytest
 
-from shared.cli import EXIT_FINDING, EXIT_INPUT, EXIT_INTERNAL, EXIT_OK, InputError, console, is_input_error
+from shared.cli import (EXIT_FINDING, EXIT_INPUT, EXIT_INTERNAL, EXIT_OK, InputError, check_keys, check_number,
+                        console, is_input_error, number_list)
 from shared.config import ConfigError
 
 
@@ -74,3 +76,46 @@ def test_which_errors_count_as_bad_input() -> None:
     assert not is_input_error(OSError(5, "I/O error"))
     assert not is_input_error(RuntimeError("shape"))
     assert not is_input_error(KeyError("x"))
+
+
+@pytest.mark.parametrize("value, bounds, message", [
+    (float("nan"), {"gt": 0}, "lr is nan; expected a finite number > 0"),
+    (float("inf"), {"ge": 0}, "lr is inf; expected a finite number >= 0"),
+    (1.5, {"gt": 0, "le": 1}, "lr is 1.5; expected a finite number > 0 and <= 1"),
+    (0, {"ge": 1, "integer": True}, "lr is 0; expected an integer >= 1"),
+    (2.0, {"integer": True}, "lr is 2.0; expected an integer"),
+    (True, {}, "lr is True; expected a finite number"),
+    ("3", {}, "lr is '3'; expected a finite number"),
+    (None, {"gt": 0}, "lr is None; expected a finite number > 0"),
+    (-1.0, {"gt": 0, "optional": True}, "lr is -1.0; expected None or a finite number > 0"),
+])
+def test_check_number_names_the_value_and_the_range(value, bounds, message) -> None:
+    with pytest.raises(InputError) as err:
+        check_number("lr", value, **bounds)
+    assert str(err.value) == message
+
+
+def test_check_number_returns_what_is_in_range() -> None:
+    assert check_number("lr", 1e-3, gt=0) == 1e-3 and check_number("k", 16, ge=1, le=16, integer=True) == 16
+    assert check_number("budget", None, gt=0, le=1, optional=True) is None
+    assert check_number("tolerance", -1.0) == -1.0
+
+
+def test_number_list_parses_and_names_the_flag_and_the_bad_item() -> None:
+    assert number_list("--ks", "4, 8,16,") == (4, 8, 16)
+    assert number_list("--alphas", "0,1e-2", float, ge=0) == (0.0, 0.01)
+    for text, item in (("4,x", "'x'"), ("4,0", "'0'"), ("4,2.5", "'2.5'")):
+        with pytest.raises(InputError, match=f"^--ks is '{text}': item {item} is not an integer >= 1$"):
+            number_list("--ks", text, ge=1)
+    with pytest.raises(InputError, match="^--alphas is '0,nan': item 'nan' is not a finite number >= 0$"):
+        number_list("--alphas", "0,nan", float, ge=0)
+    with pytest.raises(InputError, match="^--seeds is ' , '; expected comma-separated values, each an integer$"):
+        number_list("--seeds", " , ")
+
+
+def test_check_keys_names_where_and_what_is_missing() -> None:
+    record = {"split": "test", "preset": "stage_a"}
+    assert check_keys("table t.npz provenance", record, ("split", "preset")) is record
+    with pytest.raises(InputError, match=r"^table t\.npz provenance lacks 'checkpoint', 'actions'; expected the keys "
+                                         r"\['split', 'checkpoint', 'actions'\]$"):
+        check_keys("table t.npz provenance", record, ("split", "checkpoint", "actions"))

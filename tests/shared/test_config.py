@@ -49,6 +49,9 @@ def test_scientific_float_and_bool_from_command_line() -> None:
     (["--snr", "[1, 2, 3]"], r"'snr': value \[1, 2, 3\] has 3 items; expected 2"),
     (["--steps", "-1"], r"config section 'Run': steps is -1; expected > 0"),
     (["--optim", "3"], r"'optim': value '3' is not a mapping"),
+    (["--optim.lr", "nan"], r"config key 'optim.lr': value nan is not valid; expected a finite number$"),
+    (["--optim.lr=-.inf"], r"config key 'optim.lr': value -inf is not valid; expected a finite number$"),
+    (["--snr", "[0, .inf]"], r"config key 'snr': value \(0.0, inf\) is not valid; expected finite numbers$"),
 ])
 def test_errors_name_key_value_and_expectation(overrides, message) -> None:
     with pytest.raises(ConfigError, match=message):

@@ -63,6 +63,26 @@ def test_unusable_model_or_arguments_exit_2_with_one_line(dirs, tmp_path: Path,
     assert bad_argument.value.code == 2
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--k", "0"], "--k is 0; expected an integer >= 1 and <= 16"),
+    (["--k", "17"], "--k is 17; expected an integer >= 1 and <= 16"),
+    (["--max-new-tokens", "0"], "--max-new-tokens is 0; expected an integer >= 1"),
+    (["--rank", "3"], "fusion rank is 3 with 2 heads; expected a positive multiple of heads"),
+    (["--lora-rank", "-1"], "lora rank (0 = off) is -1; expected an integer >= 0"),
+    (["--base-vl", "./no/such/model"], "--base-vl is './no/such/model': no such folder, and not a hub id"),
+])
+def test_bad_arguments_exit_2_before_the_world_is_built(flags: list[str], message: str,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    assert main(["--world", "no_such_world", *flags]) == 2  # building the world would fail on its preset instead
+    assert capsys.readouterr().err.startswith(f"stage_a-check: {message}")
+
+
+def test_k_is_checked_against_a_saved_bridges_k_max(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "safe_config.json").write_text(json.dumps({"projector": {"k_max": 8}}))
+    assert main(["--world", "no_such_world", "--bridge", str(tmp_path), "--k", "12"]) == 2
+    assert "--k is 12; expected an integer >= 1 and <= 8" in capsys.readouterr().err
+
+
 def test_layers_path_override_reaches_the_adapter(dirs, capsys: pytest.CaptureFixture) -> None:
     vl, clap = dirs
     assert main(["--base-vl", str(vl), "--clap", str(clap), "--layers-path", "model.language_model.layers",

@@ -61,6 +61,54 @@ def test_missing_checkpoint_is_named(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert f"stage_a-eval: --checkpoint {tmp_path}: no adapter.safetensors there" in capsys.readouterr().err
 
 
+# Bad arguments are refused before anything loads: the world preset does not exist, so reaching it fails differently.
+NO_WORLD = ["--preset", "stage_a_micro", "--world", "no_such_world"]
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--ks", "4,x"], "--ks is '4,x': item 'x' is not an integer >= 1 and <= 16"),
+    (["--ks", "4,32"], "--ks is '4,32': item '32' is not an integer >= 1 and <= 16"),
+    (["--k", "0"], "--k is 0; expected None or an integer >= 1 and <= 16"),
+    (["--gate", "nan"], "--gate is nan; expected a finite number >= 0 and <= 1"),
+    (["--size", "-5"], "--size is -5; expected an integer >= 0"),
+    (["--caption-tokens", "0"], "--caption-tokens is 0; expected an integer >= 1"),
+])
+def test_bad_numbers_are_named_before_anything_loads(flags: list[str], named: str, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    assert eval_main([*NO_WORLD, "--out", str(tmp_path / "out"), *flags]) == 2
+    assert capsys.readouterr().err == f"stage_a-eval: {named}\n"
+    assert not (tmp_path / "out").exists()
+
+
+def test_ks_are_checked_against_the_bridges_own_k_max(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "adapter.safetensors").write_bytes(b"")  # never loaded: the check reads only safe_config.json
+    (tmp_path / "safe_config.json").write_text(json.dumps({"projector": {"k_max": 8}}))
+    assert eval_main([*NO_WORLD, "--checkpoint", str(tmp_path), "--ks", "4,16"]) == 2
+    assert "--ks is '4,16': item '16' is not an integer >= 1 and <= 8" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content, named", [
+    (None, "does not exist; expected a JSONL manifest"),
+    ("", "is empty; expected one JSON object per line"),
+    ("\n  \n", "is empty; expected one JSON object per line"),
+    ('[{"id": "a"}]\n', ":1: a JSON list; expected one JSON object per line"),
+    ("id,question\n", ":1: not valid JSON"),
+    (b"\x89PNG\r\n\x1a\n\xff\xfe", "is not UTF-8 text"),
+    ('{"id": "a"}\n', ":1: missing field(s)"),
+])
+def test_a_missing_or_malformed_data_file_is_named_before_anything_loads(content: str | bytes | None, named: str,
+                                                                         tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture) -> None:
+    data = tmp_path / "questions.jsonl"
+    if isinstance(content, bytes):
+        data.write_bytes(content)
+    elif content is not None:
+        data.write_text(content)
+    assert eval_main([*NO_WORLD, "--data", str(data), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("stage_a-eval: ") and str(data) in err and named in err
+
+
 def _relabelled(sample: Sample, i: int, base_answer: str) -> Sample:
     """World rows as other datasets: visual rows alternate VQAv2 (its 10 answers), GQA (1) and world; audio rows
     Clotho-AQA (3 annotators), MUSIC-AVQA (1) and AudioCaps captions (2 references, half of them holding the

@@ -39,11 +39,11 @@ def test_task_indices_run_one_cell_each_and_merge_recovers_the_table(preset: Pat
 def test_a_failing_cell_is_reported_and_does_not_stop_the_others(preset: Path, tmp_path: Path) -> None:
     data = yaml.safe_load(preset.read_text())
     data["seeds"] = [0]
-    data["cells"]["broken"] = {"mix.audio_fraction": 7}
+    data["cells"]["broken"] = {"data.test": str(tmp_path / "gone.jsonl")}  # a valid config whose run fails
     preset.write_text(yaml.safe_dump(data))
     out = tmp_path / "sweep"
     assert main(["--preset", str(preset), "--out", str(out), "--jobs", "2"]) == 1
-    assert "audio_fraction" in (out / "cells" / "broken-seed0" / "FAILED.txt").read_text()
+    assert "gone.jsonl does not exist" in (out / "cells" / "broken-seed0" / "FAILED.txt").read_text()
     table = json.loads((out / "results.json").read_text())
     assert table["failed"] == ["broken-seed0"] and [r["cell"] for r in table["rows"]] == ["full", "none"]
 
@@ -53,3 +53,30 @@ def test_short_preset_names_and_unknown_presets(tmp_path: Path, capsys: pytest.C
     assert main(["--preset", "default", "--out", str(tmp_path), "--merge"]) == 2
     assert "stage_a-sweep: no finished cells" in capsys.readouterr().err
     assert main(["--preset", "no_such_sweep", "--out", str(tmp_path), "--merge"]) == 2
+
+
+def test_a_cell_with_a_bad_config_stops_the_sweep_before_any_cell_runs(preset: Path, tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "sweep"
+    assert main(["--preset", str(preset), "--out", str(out), "--set", "lr", "nan"]) == 2
+    assert "sweep cell full-seed0: config section 'TrainConfig': lr is nan" in capsys.readouterr().err
+    data = yaml.safe_load(preset.read_text())
+    data["cells"]["broken"] = {"mix.audio_fraction": 7}
+    preset.write_text(yaml.safe_dump(data))
+    assert main(["--preset", str(preset), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "sweep cell broken-seed0: " in err and "mixing audio_fraction is 7.0" in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--jobs", "0"], "--jobs is 0; expected an integer >= 1"),
+    (["--threads", "-1"], "--threads is -1; expected an integer >= 0"),
+    (["--num-tasks", "0"], "--num-tasks is 0; expected an integer >= 1"),
+    (["--task-index", "4", "--num-tasks", "4"], "--task-index is 4; expected None or an integer >= 0 and < 4"),
+])
+def test_bad_numbers_exit_2(preset: Path, tmp_path: Path, flags: list[str], message: str,
+                            capsys: pytest.CaptureFixture) -> None:
+    assert main(["--preset", str(preset), "--out", str(tmp_path / "sweep"), *flags]) == 2
+    assert capsys.readouterr().err == f"stage_a-sweep: {message}\n"
+    assert not (tmp_path / "sweep").exists()

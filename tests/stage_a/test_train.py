@@ -263,6 +263,21 @@ def test_bad_config_exits_2_naming_the_key(capsys: pytest.CaptureFixture) -> Non
     assert main(["--preset", "stage_a_micro", "--retention_weight", "1"]) == 2
 
 
+def test_resume_without_a_checkpoint_names_the_run_folder_before_anything_loads(tmp_path: Path,
+                                                                               capsys: pytest.CaptureFixture) -> None:
+    args = ["--preset", "stage_a_micro", "--world", "no_such_world", "--out_dir", str(tmp_path), "--resume"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"run folder {tmp_path / 'stage_a_micro'} has no checkpoint" in err
+    assert "does not exist" in err
+    checkpoint = tmp_path / "stage_a_micro" / "checkpoint"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "state.json").write_text("{}")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "lacks adapter.safetensors, optimizer.pt, state.safetensors" in err and "no_such_world" not in err
+
+
 def test_two_processes_match_one_process(paths: dict, tmp_path: Path) -> None:
     """accelerate launch with 2 CPU processes (gloo) vs 1 process at the same global batch."""
     common = ("--steps", "4", "--eval_every", "4", "--data.test_size", "8")

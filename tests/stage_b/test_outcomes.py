@@ -89,3 +89,57 @@ def test_an_interrupted_build_resumes_to_the_same_table(table: OutcomeTable, mic
 def test_a_folder_without_a_bridge_exits_2_naming_it(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert outcomes_main(["--checkpoint", str(tmp_path)]) == 2
     assert f"stage_b-outcomes: --checkpoint {tmp_path}: no adapter.safetensors there" in capsys.readouterr().err
+
+
+@pytest.fixture
+def fake_bridge(tmp_path: Path) -> Path:
+    """A folder that passes for a bridge with k_max 12 (its weights are never read: the checks come first)."""
+    (tmp_path / "adapter.safetensors").write_bytes(b"")
+    (tmp_path / "safe_config.json").write_text(json.dumps({"projector": {"k_max": 12}}))
+    return tmp_path
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--ks", "4,x"], "--ks is '4,x': item 'x' is not an integer >= 1 and <= 12"),
+    (["--ks", "4,16"], "--ks is '4,16': item '16' is not an integer >= 1 and <= 12"),
+    (["--ks", "0,4"], "--ks is '0,4': item '0' is not an integer >= 1 and <= 12"),
+    (["--ks", "4,8,4"], "--ks is '4,8,4': a k is repeated; expected distinct token counts"),
+    (["--batch-size", "0"], "--batch-size is 0; expected an integer >= 1"),
+    (["--repeats", "-1"], "--repeats is -1; expected an integer >= 1"),
+    (["--save-every", "0"], "--save-every is 0; expected an integer >= 1"),
+])
+def test_bad_numbers_exit_2_before_anything_loads(fake_bridge: Path, flags: list[str], message: str,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    args = ["--checkpoint", str(fake_bridge), "--preset", "stage_a_micro", "--world", "no_such_world", "--ks", "4,8",
+            *flags]
+    assert outcomes_main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"stage_b-outcomes: {message}")
+    assert sorted(p.name for p in fake_bridge.iterdir()) == ["adapter.safetensors", "safe_config.json"]  # no table
+
+
+def _toy_policy(folder: Path, provenance: dict) -> Path:
+    """A tiny PPO policy trained on a toy table with the given provenance."""
+    n, rng = 20, np.random.default_rng(0)
+    table = OutcomeTable(ids=np.array([f"q{i}" for i in range(n)]), family=np.array(["audio"] * n),
+                         qtype=np.array(["kind"] * n), actions=np.array([0, 4]), score=np.ones((n, 2), np.float32),
+                         gflops=np.ones((n, 2), np.float32), latency_ms=np.ones((n, 2), np.float32),
+                         features=rng.normal(size=(n, 3)).astype(np.float32), provenance=provenance)
+    path = table.save(folder / "toy.npz")
+    train_policy(PolicyConfig(str(path), timesteps=64, n_envs=1, eval_every=64), folder / "policy", tensorboard=False)
+    return folder / "policy"
+
+
+def test_live_names_the_table_and_the_provenance_key_it_lacks(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    policy = _toy_policy(tmp_path, {"split": "test", "preset": "stage_a_micro"})
+    assert live_main(["--policy", str(policy)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(tmp_path / "toy.npz") in err and "lacks 'checkpoint'" in err
+
+
+@pytest.mark.parametrize("flags, message", [(["--questions", "0"], "--questions is 0; expected an integer >= 1"),
+                                            (["--seed", "-1"], "--seed is -1; expected an integer >= 0")])
+def test_live_checks_its_numbers_before_loading_the_policy(tmp_path: Path, flags: list[str], message: str,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    assert live_main(["--policy", str(tmp_path / "none"), *flags]) == 2
+    assert capsys.readouterr().err == f"stage_b-live: {message}\n"

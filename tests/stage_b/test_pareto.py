@@ -124,14 +124,20 @@ def test_a_failing_worker_raises(sweep_out: Path, table_path: Path, tmp_path: Pa
     assert not (out / "pareto.csv").exists()
 
 
-@pytest.mark.parametrize("flag,value,message", [("--alphas", "0,-0.1", "--alphas has [-0.1]"),
-                                                ("--alphas", "0,x", "--alphas is '0,x'"),
+@pytest.mark.parametrize("flag,value,message", [("--alphas", "0,-0.1", "--alphas item is -0.1; expected a finite number >= 0"),
+                                                ("--alphas", "0,x", "--alphas is '0,x': item 'x' is not a finite number"),
+                                                ("--alphas", "0,inf", "--alphas is '0,inf': item 'inf' is not a finite number"),
                                                 ("--components", "alpha,cost", "--components has ['cost']"),
-                                                ("--seeds", "-1", "--seeds is [-1]")])
-def test_bad_arguments_exit_2(table_path: Path, tmp_path: Path, flag: str, value: str, message: str,
-                              capsys: pytest.CaptureFixture) -> None:
-    assert main(["--table", str(table_path), "--out", str(tmp_path), flag, value]) == 2
-    assert message in capsys.readouterr().err
+                                                ("--seeds", "-1", "--seeds item is -1; expected an integer >= 0"),
+                                                ("--seeds", "0,x", "--seeds is '0,x': item 'x' is not an integer"),
+                                                ("--timesteps", "0", "--timesteps is 0; expected an integer >= 1"),
+                                                ("--n-envs", "0", "--n-envs is 0; expected an integer >= 1"),
+                                                ("--workers", "0", "--workers is 0; expected an integer >= 1")])
+def test_bad_arguments_exit_2_before_the_table_is_read(tmp_path: Path, flag: str, value: str, message: str,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    assert main(["--table", str(tmp_path / "none.npz"), "--out", str(tmp_path), flag, value]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err  # the missing table would be named if it were read first
     assert not (tmp_path / "policies").exists()
 
 

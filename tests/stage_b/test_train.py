@@ -77,11 +77,24 @@ def test_confidence_feature_is_observed_and_charged(dominant_table: Path, tmp_pa
                      tmp_path / "p2", tensorboard=False)
 
 
-@pytest.mark.parametrize("flag,value", [("--alpha", "-0.1"), ("--gamma", "nan")])
-def test_invalid_reward_weights_exit_2(dominant_table: Path, flag: str, value: str,
-                                       capsys: pytest.CaptureFixture) -> None:
-    assert main(["--table", str(dominant_table), flag, value]) == 2
-    assert f"{flag} is" in capsys.readouterr().err
+@pytest.mark.parametrize("flag, value, message", [
+    ("--alpha", "-0.1", "--alpha is -0.1; expected a finite number >= 0"),
+    ("--gamma", "nan", "--gamma is nan; expected a finite number >= 0"),
+    ("--alpha", "inf", "--alpha is inf; expected a finite number >= 0"),
+    ("--budget", "1.5", "--budget is 1.5; expected None or a finite number > 0 and <= 1"),
+    ("--budget", "0", "--budget is 0.0; expected None or a finite number > 0 and <= 1"),
+    ("--budget", "nan", "--budget is nan; expected None or a finite number > 0 and <= 1"),
+    ("--episode-length", "0", "--episode-length is 0; expected an integer >= 1"),
+    ("--timesteps", "0", "--timesteps is 0; expected an integer >= 1"),
+    ("--n-envs", "-2", "--n-envs is -2; expected an integer >= 1"),
+    ("--seed", "-1", "--seed is -1; expected an integer >= 0"),
+])
+def test_invalid_numbers_exit_2_before_the_table_is_read(tmp_path: Path, flag: str, value: str, message: str,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    # the table does not exist: reading it first would name it instead
+    assert main(["--table", str(tmp_path / "none.npz"), "--out", str(tmp_path / "p"), flag, value]) == 2
+    assert capsys.readouterr().err == f"stage_b-train: {message}\n"
+    assert not (tmp_path / "p").exists()
 
 
 def test_missing_table_says_how_to_build_one(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

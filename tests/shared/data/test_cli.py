@@ -112,6 +112,22 @@ def test_check_malformed_line_exits_2_naming_file_line_and_field(tmp_path: Path,
     assert len(err.splitlines()) == 1 and f"{path}{expected}" in err, err
 
 
+@pytest.mark.parametrize("args, message", [
+    (["check", "m.jsonl", "--sample-rate", "0"], "--sample-rate is 0; expected None or an integer >= 1"),
+    (["check", "m.jsonl", "--min-duration", "nan"], "--min-duration is nan; expected a finite number >= 0"),
+    (["check", "m.jsonl", "--silence-threshold", "-1"], "--silence-threshold is -1.0; expected a finite number >= 0"),
+    (["check", "m.jsonl", "--end-tolerance", "inf"], "--end-tolerance is inf; expected a finite number >= 0"),
+    (["convert", "audiocaps", "--csv", "c.csv", "--audio", "a", "--out", "o.jsonl", "--clip-seconds", "0"],
+     "--clip-seconds is 0.0; expected a finite number > 0"),
+    (["convert", "music-avqa", "--json", "q.json", "--audio", "a", "--out", "o.jsonl", "--num-frames", "0"],
+     "--num-frames is 0; expected None or an integer >= 1"),
+])
+def test_bad_numbers_exit_2_before_any_file_is_read(tmp_path: Path, monkeypatch, capsys, args, message) -> None:
+    monkeypatch.chdir(tmp_path)  # none of the named files exists: reading one first would name it instead
+    assert main(args) == 2
+    assert capsys.readouterr().err == f"safe-data: error: {message}\n"
+
+
 def test_usage_errors_exit_2() -> None:
     with pytest.raises(SystemExit) as exc:
         main(["check"])

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.data.schema import ManifestError, Sample, majority_answer, read_manifest, write_manifest
+from shared.data.schema import ManifestError, Sample, check_manifest_file, majority_answer, read_manifest, write_manifest
 
 
 def _sample(**over) -> Sample:
@@ -124,6 +124,27 @@ def test_missing_field_and_invalid_json_name_the_line(tmp_path: Path) -> None:
     path.write_text("{not json\n", encoding="utf-8")
     with pytest.raises(ManifestError, match=r"bad\.jsonl:1: not valid JSON"):
         read_manifest(path)
+
+
+def test_a_line_that_is_not_an_object_or_not_text_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps([_sample().to_json()]) + "\n", encoding="utf-8")  # a JSON array, not JSON lines
+    with pytest.raises(ManifestError, match=r"bad\.jsonl:1: a JSON list; expected one JSON object per line"):
+        read_manifest(path)
+    path.write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(ManifestError, match=r"bad\.jsonl is not UTF-8 text"):
+        read_manifest(path)
+
+
+def test_check_manifest_file_reads_the_first_sample_only(tmp_path: Path) -> None:
+    path = tmp_path / "m.jsonl"
+    path.write_text("\n" + json.dumps(_sample().to_json()) + "\n{not json\n", encoding="utf-8")
+    assert check_manifest_file(path) == path  # read_manifest names line 3
+    path.write_text("\n\n", encoding="utf-8")
+    with pytest.raises(ManifestError, match=r"m\.jsonl is empty"):
+        check_manifest_file(path)
+    with pytest.raises(FileNotFoundError, match=f"manifest {tmp_path} is not a file"):
+        check_manifest_file(tmp_path)
 
 
 def test_missing_manifest_is_named(tmp_path: Path) -> None:

@@ -74,6 +74,25 @@ def test_bad_config_value_exits_2_naming_the_key(tmp_path: Path, capsys: pytest.
     assert not (tmp_path / "build.json").exists()
 
 
+@pytest.mark.parametrize("key, value, message", [
+    ("world.grid", "0", "world.grid is 0; expected an integer >= 1"),
+    ("world.clip_seconds", "-1", "world.clip_seconds is -1.0; expected a finite number > 0"),
+    ("world.synonym_rate", "1.5", "world.synonym_rate is 1.5; expected a finite number >= 0 and <= 1"),
+    ("world.splits", "{train: -3}", "world.splits.train is -3; expected an integer >= 0"),
+    ("world.snr_db", "[-5, .inf]", "config key 'world.snr_db': value (-5.0, inf) is not valid; expected finite numbers"),
+    ("vl.vqa_lr", "nan", "vl.vqa_lr is nan; expected a finite number > 0"),
+    ("vl.batch_size", "0", "vl.batch_size is 0; expected an integer >= 1"),
+    ("clap.dropout", "1", "clap.dropout is 1.0; expected a finite number >= 0 and < 1"),
+    ("whisper.lr", "inf", "whisper.lr is inf; expected a finite number > 0"),
+])
+def test_bad_numbers_exit_2_before_anything_is_built(tmp_path: Path, key: str, value: str, message: str,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    assert main(["build", "--preset", "world_micro", "--dir", str(tmp_path / "w"), f"--{key}", value]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+    assert not (tmp_path / "w").exists()
+
+
 def test_info_on_missing_world_says_how_to_build(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["info", "--preset", "world_micro", "--dir", str(tmp_path / "none")]) == 2
     assert "safe-world build" in capsys.readouterr().err
