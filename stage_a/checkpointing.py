@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from shared.checkpoint import atomic_directory
+from shared.checkpoint import atomic_directory, readable_folder
 from stage_a.model import WEIGHTS_FILE, SafeModel
 
 OPTIMIZER_FILE = "optimizer.pt"
@@ -38,8 +38,8 @@ def bridge_hash(folder: Path) -> str:
 
 
 def bridge_folder(path: Path) -> Path:
-    """A bridge folder itself, or a run folder's best bridge."""
-    for candidate in (path, path / "best"):
+    """A bridge folder itself, or a run folder's best bridge (see shared.checkpoint.readable_folder)."""
+    for candidate in (readable_folder(path), readable_folder(Path(path) / "best")):
         if (candidate / WEIGHTS_FILE).is_file():
             return candidate
     raise FileNotFoundError(f"{path}: no {WEIGHTS_FILE} there or in {path / 'best'}; "
@@ -127,6 +127,7 @@ def save_checkpoint(folder: Path, model: SafeModel, optimizer: torch.optim.Optim
 
 def load_checkpoint(folder: Path) -> Checkpoint:
     """Read a checkpoint folder (safetensors and weights-only torch.load; nothing is unpickled)."""
+    folder = readable_folder(folder)
     needed = [folder / name for name in (WEIGHTS_FILE, OPTIMIZER_FILE, TENSORS_FILE, STATE_FILE)]
     missing = [str(p) for p in needed if not p.is_file()]
     if missing:

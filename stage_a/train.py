@@ -38,7 +38,7 @@ from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from shared.checkpoint import atomic_directory, atomic_write_text
+from shared.checkpoint import atomic_directory, atomic_write_text, readable_folder
 from shared.cli import console
 from shared.config import load_config, parse_overrides, to_dict
 from shared.logs import setup_logging
@@ -100,10 +100,11 @@ class StageATrainer:
             torch.set_num_threads(cfg.threads)
         self.run_dir = Path(cfg.out_dir) / cfg.name
         self.ckpt_dir = self.run_dir / "checkpoint"
-        if self.ckpt_dir.exists() and not resume:
+        has_checkpoint = readable_folder(self.ckpt_dir).exists()
+        if has_checkpoint and not resume:
             raise FileExistsError(f"run {self.run_dir} already has a checkpoint; pass --resume to continue it "
                                   "or choose another --name")
-        if resume and not self.ckpt_dir.exists():
+        if resume and not has_checkpoint:
             raise FileNotFoundError(f"--resume: no checkpoint at {self.ckpt_dir}")
         with self.acc.main_process_first():
             self.setup = build_setup(cfg, self.acc.device)
@@ -291,7 +292,7 @@ class StageATrainer:
                 save_file({k: v.detach().cpu().contiguous() for k, v in base.items()}, str(tmp / BASE_LM_FILE))
 
     def _load_best(self) -> None:
-        best = self.run_dir / "best"
+        best = readable_folder(self.run_dir / "best")
         self.model.load_trainable_state(load_file(str(best / WEIGHTS_FILE)), str(best))
         if (best / BASE_LM_FILE).is_file():
             self.model.base.load_state_dict(load_file(str(best / BASE_LM_FILE)), strict=False)
