@@ -20,6 +20,9 @@ diff| to the base must be 0), and the paired VL retention delta. A degradation b
 `tolerance_pts` (at `stop_patience` evaluations in a row) stops the run; the best checkpoint
 within tolerance is kept. The final summary
 measures that checkpoint on the test split and goes to runs/<name>/summary.json.
+
+The command holds the run folder's lock (shared.locks) from start to end: a second `stage_a-train` on the
+same --out_dir/--name exits 2 at once naming the holder; a killed run's lock is released by the kernel.
 """
 
 from __future__ import annotations
@@ -31,16 +34,18 @@ import logging
 import sys
 import time
 from collections import Counter
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from shared.checkpoint import atomic_directory, atomic_write_text, readable_folder
 from shared.cli import console
 from shared.config import load_config, parse_overrides, to_dict
+from shared.locks import folder_lock
 from shared.logs import setup_logging
 from stage_a.checkpointing import (BASE_LM_FILE, STATE_FILE, BestEval, TrainState, load_checkpoint, save_checkpoint,
                                    trained_base_params)
@@ -413,8 +418,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.wandb:
         overrides["wandb"] = "true"
     cfg = load_config(TrainConfig, args.preset, overrides)
-    summary = StageATrainer(cfg, resume=args.resume).run(stop_after=args.stop_after)
-    if summary is not None and Accelerator().is_main_process:
+    main_process = PartialState().is_main_process
+    # One trainer per run folder: a second one on it stops here (exit 2) instead of training over the first.
+    hint = "wait for it to end, or choose another --out_dir or --name"
+    run_dir = Path(cfg.out_dir) / cfg.name
+    with folder_lock(run_dir, "stage_a-train", wait=False, busy_hint=hint) if main_process else nullcontext():
+        summary = StageATrainer(cfg, resume=args.resume).run(stop_after=args.stop_after)
+    if summary is not None and main_process:
         print(format_summary(summary))
     return 0
 

@@ -9,7 +9,9 @@ A world folder holds:
 
 Each part is keyed by a hash of everything it depends on; `build_world` redoes a part only
 when its hash differs from the record (or its folder is missing), so an older world gains a new
-part without rebuilding the rest. The data folder, each model folder and build.json are replaced
+part without rebuilding the rest. A build holds the world folder's lock (shared.locks): a second builder
+of the same folder (another `safe-world build`, or a `stage_a-train` building its world) waits, then finds
+the world up to date and reuses it. The data folder, each model folder and build.json are replaced
 atomically (shared.checkpoint). The models train in two parallel processes, one thread each (at
 this size a second thread gives a model nothing), longest first: the Whisper, the shortest, takes
 the first process that is free.
@@ -32,6 +34,7 @@ import platformdirs
 import torch
 
 from shared.checkpoint import atomic_directory, atomic_write_text
+from shared.locks import folder_lock
 from shared.world.clap_train import ClapTrainConfig, train_clap
 from shared.world.generate import generate_split
 from shared.world.spec import SPLITS, WorldSpec, stable_hash
@@ -133,9 +136,14 @@ def _single_threaded_children() -> Iterator[None]:
 
 
 def build_world(config: WorldConfig, world_dir: Path | None = None, force: bool = False) -> Path:
-    """Build what is missing or stale; returns the world folder."""
+    """Build what is missing or stale, holding the folder's lock (a concurrent build is waited for); returns the
+    world folder."""
     world_dir = Path(world_dir) if world_dir else default_world_dir(config.world)
-    world_dir.mkdir(parents=True, exist_ok=True)
+    with folder_lock(world_dir, "a world build", wait=True):
+        return _build_locked(config, world_dir, force)
+
+
+def _build_locked(config: WorldConfig, world_dir: Path, force: bool) -> Path:
     record = {} if force else read_record(world_dir)
     stale = list(config.part_hashes()) if force else _stale_parts(config, world_dir, record)
     if not stale:
