@@ -10,10 +10,14 @@
 `console(prog)` wraps a `main(argv) -> int`: bad input (`InputError`, `ConfigError`, any `ValueError`,
 and an `OSError` that names a file) becomes one line on stderr and exit 2; anything else is an internal
 error, exit 3. argparse's own usage errors already exit 2.
+
+Outputs: a command whose output holds results refuses an existing one (`refuse_overwrite`, exit 2) unless
+`--overwrite` (`add_overwrite_flag`) is given.
 """
 
 from __future__ import annotations
 
+import argparse
 import functools
 import logging
 import os
@@ -55,6 +59,22 @@ def is_input_error(err: BaseException) -> bool:
     if isinstance(err, OSError):
         return isinstance(err, PATH_ERRORS) or err.filename is not None
     return isinstance(err, ValueError)
+
+
+def add_overwrite_flag(parser: argparse.ArgumentParser, what: str) -> None:
+    """Add `--overwrite`: replace `what` (e.g. "its files") in an existing, non-empty output."""
+    parser.add_argument("--overwrite", action="store_true",
+                        help=f"write into an output that already holds results, replacing {what}")
+
+
+def refuse_overwrite(path: Path, overwrite: bool, flag: str = "--out") -> None:
+    """Raise InputError when `path` is an existing file or a non-empty folder, unless `overwrite`."""
+    path = Path(path)
+    if overwrite or not path.exists() or (path.is_dir() and not any(path.iterdir())):
+        return
+    held = f"holds {sorted(p.name for p in path.iterdir())[:5]}" if path.is_dir() else "exists"
+    raise InputError(f"{flag} {path} already {held}; expected a new or empty output, "
+                     "or pass --overwrite to replace its results")
 
 
 def log_dir() -> Path:

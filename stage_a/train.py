@@ -110,7 +110,8 @@ class StageATrainer:
             raise FileExistsError(f"run {self.run_dir} already has a checkpoint; pass --resume to continue it "
                                   "or choose another --name")
         if resume and not has_checkpoint:
-            raise FileNotFoundError(f"--resume: no checkpoint at {self.ckpt_dir}")
+            raise FileNotFoundError(f"--resume: no checkpoint at {self.ckpt_dir}; expected one written by an earlier "
+                                    "stage_a-train with this --out_dir and --name (drop --resume to start the run)")
         with self.acc.main_process_first():
             self.setup = build_setup(cfg, self.acc.device)
         self.model = self.setup.model
