@@ -27,7 +27,7 @@ import hashlib, json, sys
 from pathlib import Path
 import numpy as np
 from shared import checkpoint
-from shared.checkpoint import atomic_directory, atomic_write_npz, atomic_write_text, readable_folder
+from shared.checkpoint import atomic_directory, atomic_file, atomic_write_npz, readable_folder
 
 root, blob, exchange = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "exchange"
 if not exchange:
@@ -41,8 +41,13 @@ def write(version):
         (tmp / "nested").mkdir()
         (tmp / "nested" / "version.txt").write_text(str(version))
         (tmp / "state.json").write_text(json.dumps({"version": version, "sha256": hashlib.sha256(data).hexdigest()}))
-    atomic_write_npz(root / "table.npz", {"version": np.array(version), "score": np.full(4096, version)})
-    atomic_write_text(root / "summary.json", json.dumps({"version": version, "pad": "x" * version}))
+    atomic_write_npz(root / "table.npz", {"version": np.array(version), "score": np.full(blob // 8, version)})
+    with atomic_file(root / "summary.json") as handle:  # written in 64 pieces, as a streaming writer would
+        handle.write('{"version": %d, "pad": "' % version)
+        for _ in range(64):
+            handle.write("x" * (blob // 64))
+            handle.flush()
+        handle.write('"}')
 
 
 record = readable_folder(root / "ckpt") / "state.json"
@@ -68,10 +73,10 @@ def _read_back(root: Path, exchange: bool) -> dict[str, int]:
     assert hashlib.sha256(data).hexdigest() == state["sha256"] and data == bytes([state["version"] % 256]) * BLOB
     assert int((folder / "nested" / "version.txt").read_text()) == state["version"]
     with np.load(root / "table.npz") as table:
-        assert (table["score"] == table["version"]).all() and table["score"].shape == (4096,)
+        assert (table["score"] == table["version"]).all() and table["score"].shape == (BLOB // 8,)
         table_version = int(table["version"])
     summary = json.loads((root / "summary.json").read_text())
-    assert summary["pad"] == "x" * summary["version"]
+    assert summary["pad"] == "x" * BLOB
     return {"ckpt": state["version"], "table": table_version, "summary": summary["version"]}
 
 
