@@ -1,5 +1,6 @@
 """Outputs are not lost silently: every command whose --out holds results refuses an existing one (exit 2, one line
-naming it) unless --overwrite is given, before any work; `stage_a-train --resume` without a checkpoint is exit 2."""
+naming it) unless --overwrite is given, before any work; `stage_a-train --resume` without a checkpoint is exit 2
+and leaves its run folder unlocked."""
 
 from pathlib import Path
 
@@ -9,6 +10,7 @@ from shared.clap_convert import main as clap_main
 from shared.cli import refuse_overwrite
 from shared.data.cli import main as data_main
 from shared.data.schema import Sample, read_manifest, write_manifest
+from shared.locks import folder_lock
 from stage_a.eval_command import main as eval_main
 from stage_a.train import main as train_main
 from stage_b.outcomes import main as outcomes_main
@@ -82,3 +84,5 @@ def test_resume_without_a_checkpoint_is_exit_2_in_one_line(tmp_path: Path, capsy
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"stage_a-train: --resume: no checkpoint at "
                                                    f"{tmp_path / 'stage_a_micro' / 'checkpoint'}; expected"), err
+    with folder_lock(tmp_path / "stage_a_micro", "the test", wait=False):  # the failed run released its folder
+        pass
