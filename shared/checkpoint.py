@@ -84,7 +84,7 @@ def _fsync_path(path: Path, directory: bool = False) -> None:
 
 def _fsync_tree(folder: Path) -> None:
     """fsync every file and folder under `folder`, deepest first, `folder` last."""
-    for root, dirs, files in os.walk(folder, topdown=False):
+    for root, _, files in os.walk(folder, topdown=False):
         for name in files:
             if not os.path.islink(os.path.join(root, name)):
                 _fsync_path(Path(root, name))
