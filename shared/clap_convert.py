@@ -25,6 +25,7 @@ Next to the weights, the folder gets laion's front end as a `ClapFeatureExtracto
 config (48 kHz, n_fft 1024, hop 480, 64 mels from 50 Hz to 14 kHz, 10 s, `repeatpad`, and
 `rand_trunc`, or `fusion` for fusion checkpoints), so `shared.encoders.ClapEncoder` loads it as is.
 A tokenizer is copied only from `--tokenizer` (laion's is roberta-base's; nothing is downloaded).
+An OUT folder that already holds files is refused (exit 2) unless --overwrite is given.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, ClapAudioConfig, ClapConfig, ClapFeatureExtractor, ClapModel, ClapTextConfig
 
-from shared.cli import console
+from shared.cli import add_overwrite_flag, console, refuse_overwrite
 from shared.loading import load_torch
 
 log = logging.getLogger(__name__)
@@ -200,7 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out", type=Path, help="folder to write the ClapModel and its preprocessor config")
     parser.add_argument("--tokenizer", help="folder or cached hub id of the text tokenizer to save alongside "
                                             "(laion's is roberta-base); without it the folder has no tokenizer")
+    add_overwrite_flag(parser, "its model files")
     args = parser.parse_args(argv)
+    refuse_overwrite(args.out, args.overwrite, flag="out")
     try:
         config = load_config(args.config)
         model = convert_checkpoint(args.checkpoint, config)

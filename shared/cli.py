@@ -14,10 +14,13 @@ error, exit 3. argparse's own usage errors already exit 2.
 `check_number` (one number) and `number_list` (a comma-separated list) validate numeric input before any work
 starts: configs' `__post_init__` and the commands' flags use them, so every range error reads the same way;
 `check_keys` names the keys a record (e.g. a table's provenance) lacks.
+Outputs: a command whose output holds results refuses an existing one (`refuse_overwrite`, exit 2) unless
+`--overwrite` (`add_overwrite_flag`) is given.
 """
 
 from __future__ import annotations
 
+import argparse
 import functools
 import logging
 import math
@@ -110,6 +113,22 @@ def is_input_error(err: BaseException) -> bool:
     if isinstance(err, OSError):
         return isinstance(err, PATH_ERRORS) or err.filename is not None
     return isinstance(err, ValueError)
+
+
+def add_overwrite_flag(parser: argparse.ArgumentParser, what: str) -> None:
+    """Add `--overwrite`: replace `what` (e.g. "its files") in an existing, non-empty output."""
+    parser.add_argument("--overwrite", action="store_true",
+                        help=f"write into an output that already holds results, replacing {what}")
+
+
+def refuse_overwrite(path: Path, overwrite: bool, flag: str = "--out") -> None:
+    """Raise InputError when `path` is an existing file or a non-empty folder, unless `overwrite`."""
+    path = Path(path)
+    if overwrite or not path.exists() or (path.is_dir() and not any(path.iterdir())):
+        return
+    held = f"holds {sorted(p.name for p in path.iterdir())[:5]}" if path.is_dir() else "exists"
+    raise InputError(f"{flag} {path} already {held}; expected a new or empty output, "
+                     "or pass --overwrite to replace its results")
 
 
 def log_dir() -> Path:

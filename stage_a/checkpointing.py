@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from shared.checkpoint import atomic_directory
+from shared.checkpoint import atomic_directory, readable_folder
 from shared.cli import InputError
 from shared.loading import load_json, load_safetensors, load_torch
 from stage_a.model import CONFIG_FILE, WEIGHTS_FILE, SafeModel
@@ -43,8 +43,8 @@ def bridge_hash(folder: Path) -> str:
 
 
 def bridge_folder(path: Path) -> Path:
-    """A bridge folder itself, or a run folder's best bridge."""
-    for candidate in (path, path / "best"):
+    """A bridge folder itself, or a run folder's best bridge (see shared.checkpoint.readable_folder)."""
+    for candidate in (readable_folder(path), readable_folder(Path(path) / "best")):
         if (candidate / WEIGHTS_FILE).is_file():
             return candidate
     raise FileNotFoundError(f"{path}: no {WEIGHTS_FILE} there or in {path / 'best'}; "
@@ -133,11 +133,13 @@ def save_checkpoint(folder: Path, model: SafeModel, optimizer: torch.optim.Optim
 
 def missing_files(folder: Path) -> list[str]:
     """The files of a complete checkpoint that `folder` lacks (all of them when there is no such folder)."""
+    folder = readable_folder(folder)
     return [name for name in CHECKPOINT_FILES if not (folder / name).is_file()]
 
 
 def load_checkpoint(folder: Path) -> Checkpoint:
     """Read a checkpoint folder (safetensors and weights-only torch.load; nothing is unpickled)."""
+    folder = readable_folder(folder)
     missing = missing_files(folder)
     if missing:
         raise FileNotFoundError(f"checkpoint {folder} is incomplete: missing {missing}")

@@ -11,6 +11,7 @@ dataset. `--json` prints metrics.json instead of the tables. `--report` adds a M
 examples, where audio helps or hurts, a counting confusion table and accuracy vs k.
 Without --checkpoint the base model alone is evaluated (no audio). A bridge trained on another base model or
 audio encoder is refused (exit 2, naming both) unless --no-strict is given, which only warns.
+An --out folder that already holds files (an earlier evaluation) is refused (exit 2) unless --overwrite is given.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from shared.checkpoint import atomic_write_text
-from shared.cli import check_number, console, number_list
+from shared.cli import add_overwrite_flag, check_number, console, number_list, refuse_overwrite
 from shared.config import load_config, parse_overrides
 from shared.dataset_metrics import METRICS_BY_NAME, format_dataset_summary
 from shared.logs import setup_logging
@@ -78,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--k", type=int, default=None, help="audio tokens (default: the preset's k_eval)")
     parser.add_argument("--size", type=int, default=0, help="a stratified subset of N questions (0: all)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: <checkpoint>/eval or runs/eval_base)")
+    add_overwrite_flag(parser, "its predictions, metrics and report")
     parser.add_argument("--report", action="store_true", help="also write report.md with examples and accuracy vs k")
     parser.add_argument("--ks", default="4,8,16", help="k values of the report's accuracy-vs-k section")
     parser.add_argument("--json", action="store_true", help="print metrics.json to stdout instead of the tables")
@@ -104,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     check_number("--size", args.size, ge=0, integer=True)
     check_number("--caption-tokens", args.caption_tokens, ge=1, integer=True)
     out = args.out or (args.checkpoint / "eval" if args.checkpoint else Path(cfg.out_dir) / "eval_base")
+    refuse_overwrite(out, args.overwrite)
     setup = build_setup(cfg, args.device, splits=("test",), bridge_dir=bridge, strict=not args.no_strict)
     settings = EvalSettings(k=args.k or cfg.k_eval, batch_size=cfg.eval_batch_size, gate=args.gate,
                             use_audio=bridge is not None, caption_max_new_tokens=args.caption_tokens)

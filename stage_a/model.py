@@ -35,7 +35,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from shared.checkpoint import atomic_directory
+from shared.checkpoint import atomic_directory, readable_folder
 from shared.loading import load_json, load_safetensors
 from stage_a.fusion import (FusionAdapter, FusionConfig, active_samples, check_gate, decoder_layers_path,
                              gate_vector)
@@ -206,7 +206,7 @@ class SafeModel(nn.Module):
         The bridge's record is checked against `base` and, when given, the frozen `encoder`: a different one raises
         stage_a.provenance.BridgeMismatch naming both, or with strict=False logs a warning.
         """
-        bridge_dir = Path(bridge_dir)
+        bridge_dir = readable_folder(bridge_dir)
         config_path, weights_path = bridge_dir / CONFIG_FILE, bridge_dir / WEIGHTS_FILE
         for path in (config_path, weights_path):
             if not path.is_file():

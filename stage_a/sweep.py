@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shared.checkpoint import atomic_write_text
+from shared.checkpoint import atomic_write_text, readable_folder
 from shared.cli import InputError, check_number, console
 from shared.config import PRESET_DIR, ConfigError, load_config
 from shared.logs import setup_logging
@@ -118,7 +118,7 @@ def run_cell(cell: Cell, cells_dir: Path, threads: int) -> dict:
         return {"cell": cell.name, "status": "done before"}
     command = [sys.executable, "-m", "stage_a.train", "--preset", cell.preset, "--out_dir", str(cells_dir),
                "--name", cell.name, "--threads", str(threads), *[x for k, v in cell.overrides for x in (f"--{k}", v)]]
-    if (run_dir / "checkpoint").is_dir():
+    if readable_folder(run_dir / "checkpoint").is_dir():
         command.append("--resume")
     log.info("cell %s: %s", cell.name, " ".join(command[2:]))
     done = subprocess.run(command, capture_output=True, text=True)

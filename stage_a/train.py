@@ -20,6 +20,9 @@ diff| to the base must be 0), and the paired VL retention delta. A degradation b
 `tolerance_pts` (at `stop_patience` evaluations in a row) stops the run; the best checkpoint
 within tolerance is kept. The final summary
 measures that checkpoint on the test split and goes to runs/<name>/summary.json.
+
+The command holds the run folder's lock (shared.locks) from start to end: a second `stage_a-train` on the
+same --out_dir/--name exits 2 at once naming the holder; a killed run's lock is released by the kernel.
 """
 
 from __future__ import annotations
@@ -31,17 +34,19 @@ import logging
 import sys
 import time
 from collections import Counter
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from shared.checkpoint import atomic_directory, atomic_write_text
+from shared.checkpoint import atomic_directory, atomic_write_text, readable_folder
 from shared.cli import InputError, check_number, console
 from shared.config import load_config, parse_overrides, to_dict
 from shared.loading import load_safetensors
+from shared.locks import folder_lock
 from shared.logs import setup_logging
 from stage_a.checkpointing import (BASE_LM_FILE, STATE_FILE, BestEval, Checkpoint, TrainState, load_checkpoint,
                                    missing_files, save_checkpoint, trained_base_params)
@@ -92,7 +97,8 @@ class StageATrainer:
         """`resume` continues the run's checkpoint, which must record this base and encoder unless not `strict`."""
         self.run_dir = Path(cfg.out_dir) / cfg.name
         self.ckpt_dir = self.run_dir / "checkpoint"
-        if self.ckpt_dir.exists() and not resume:
+        has_checkpoint = readable_folder(self.ckpt_dir).exists()
+        if has_checkpoint and not resume:
             raise FileExistsError(f"run {self.run_dir} already has a checkpoint; pass --resume to continue it "
                                   "or choose another --name")
         missing = missing_files(self.ckpt_dir) if resume else []
@@ -290,7 +296,7 @@ class StageATrainer:
                 save_file({k: v.detach().cpu().contiguous() for k, v in base.items()}, str(tmp / BASE_LM_FILE))
 
     def _load_best(self) -> None:
-        best = self.run_dir / "best"
+        best = readable_folder(self.run_dir / "best")
         self.model.load_trainable_state(load_safetensors(best / WEIGHTS_FILE, BRIDGE_FILE), str(best))
         if (best / BASE_LM_FILE).is_file():
             self.model.base.load_state_dict(load_safetensors(best / BASE_LM_FILE, BRIDGE_FILE), strict=False)
@@ -420,8 +426,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.wandb:
         overrides["wandb"] = "true"
     cfg = load_config(TrainConfig, args.preset, overrides)
-    summary = StageATrainer(cfg, resume=args.resume, strict=not args.no_strict).run(stop_after=args.stop_after)
-    if summary is not None and Accelerator().is_main_process:
+    main_process = PartialState().is_main_process
+    # One trainer per run folder: a second one on it stops here (exit 2) instead of training over the first.
+    hint = "wait for it to end, or choose another --out_dir or --name"
+    run_dir = Path(cfg.out_dir) / cfg.name
+    with folder_lock(run_dir, "stage_a-train", wait=False, busy_hint=hint) if main_process else nullcontext():
+        summary = StageATrainer(cfg, resume=args.resume, strict=not args.no_strict).run(stop_after=args.stop_after)
+    if summary is not None and main_process:
         print(format_summary(summary))
     return 0
 

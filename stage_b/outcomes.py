@@ -12,6 +12,8 @@ For every question of a split and every action (no audio, or audio with k tokens
 Features known before the decision go in `features`: the mean LM input embedding of the
 question, per-channel image mean and std, and audio-preview statistics (duration, RMS energy,
 zero-crossing rate, spectral centroid). The table is an .npz (no pickle) read by envs.OutcomeTable.
+An interrupted build resumes from its partial table (`<out>.partial.npz`); a finished --out table is
+refused (exit 2) unless --overwrite is given.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from tqdm import tqdm
 
 from envs.outcome_table import OutcomeTable
 from shared.checkpoint import atomic_write_npz
-from shared.cli import InputError, check_number, console, number_list
+from shared.cli import InputError, add_overwrite_flag, check_number, console, number_list, refuse_overwrite
 from shared.config import load_config, parse_overrides
 from shared.loading import load_npz
 from shared.logs import setup_logging
@@ -147,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats per batch (median)")
     parser.add_argument("--save-every", type=int, default=10, help="batches between saves of the partial table")
     parser.add_argument("--out", type=Path, default=None, help="table path (default: <checkpoint>/outcomes_<split>.npz)")
+    add_overwrite_flag(parser, "the finished table (a partial one is always resumed)")
     args, rest = parser.parse_known_args(argv)
     setup_logging()
     overrides = parse_overrides(rest)
@@ -162,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     for flag, value in (("--batch-size", args.batch_size), ("--repeats", args.repeats), ("--save-every", args.save_every)):
         check_number(flag, value, ge=1, integer=True)
     out = args.out or args.checkpoint / f"outcomes_{args.split}.npz"
+    refuse_overwrite(out, args.overwrite)
     partial = out.with_name(f"{out.stem}.partial.npz")
     table = build_table(cfg, bridge, args.split, list(ks), args.batch_size, args.repeats, partial, args.save_every)
     table.provenance.update(preset=args.preset, overrides=overrides)

@@ -9,6 +9,8 @@ with --wandb through SB3's integration). It saves the final policy's actor witho
 the actor's architecture and hash, the table's provenance and the SHA-256 of the table file (`table_sha256`,
 what `stage_b-pareto` compares before reusing a policy), and SB3's own pickled `policy.zip` and
 `best/best_model.zip` (for resuming training in SB3; loading them needs --trust-pickle).
+An --out folder that already holds files is refused (exit 2) unless --overwrite is given (stage_b-pareto
+reuses its own policy folders through `train_policy` and is unaffected).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from stable_baselines3.common.env_util import make_vec_env
 from envs.audio_budget import BUDGET, AudioBudgetEnv, FeatureScaler, observed_columns
 from envs.outcome_table import DEFAULT_TABLE, OutcomeTable
 from shared.checkpoint import atomic_write_text
-from shared.cli import check_number, console
+from shared.cli import add_overwrite_flag, check_number, console, refuse_overwrite
 from shared.loading import file_sha256
 from shared.logs import setup_logging, wandb_mode
 from stage_b.actor import save_actor
@@ -126,14 +128,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timesteps", type=int, default=100_000)
     parser.add_argument("--n-envs", type=int, default=8)
     parser.add_argument("--out", type=Path, default=None, help="policy folder (default: runs/stage_b/alpha<A>-gamma<G>-seed<S>)")
+    add_overwrite_flag(parser, "its policy files")
     parser.add_argument("--no-tensorboard", action="store_true")
     parser.add_argument("--wandb", action="store_true", help="log through SB3's wandb integration (offline without a key)")
     args = parser.parse_args(argv)
     setup_logging()
     config = PolicyConfig(str(Path(args.table).resolve()), args.alpha, args.gamma, args.budget, args.confidence,
                           args.episode_length, seed=args.seed, timesteps=args.timesteps, n_envs=args.n_envs)
-    table = OutcomeTable.load(config.table)  # a missing or malformed table is named before anything starts
     out = args.out or Path("runs") / "stage_b" / f"alpha{args.alpha:g}-gamma{args.gamma:g}-seed{args.seed}"
+    refuse_overwrite(out, args.overwrite)
+    table = OutcomeTable.load(config.table)  # a missing or malformed table is named before anything starts
     record = train_policy(config, out, tensorboard=not args.no_tensorboard, wandb=args.wandb, table=table)
     provenance = record["table_provenance"]
     print(json.dumps({"policy": str(out), "train_seconds": record["train_seconds"], "timesteps": record["timesteps"],

@@ -11,6 +11,9 @@ still resolve from the new manifest's folder. Image converters default to the of
 .jpg names; `--image-ext png` (`--frame-ext png` for MUSIC-AVQA) reads lossless copies such
 as those `safe-world export` writes.
 
+convert and merge refuse an existing --out manifest unless --overwrite is given (a run may have been
+trained on it); check rewrites its clean manifest and report, which follow from the manifest alone.
+
 Exit codes: 0 success (check: nothing excluded), 1 check excluded samples, 2 usage or
 input error (one line on stderr naming the file).
 """
@@ -28,7 +31,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable, Sequence
 
-from shared.cli import EXIT_FINDING, EXIT_INPUT, EXIT_OK, check_number, console
+from shared.cli import (EXIT_FINDING, EXIT_INPUT, EXIT_OK, add_overwrite_flag, check_number, console,
+                        refuse_overwrite)
 from shared.data.audiocaps import CAPTION_PROMPT, CLIP_SECONDS, load_audiocaps
 from shared.data.check import MIN_DURATION, MIN_IMAGE_SIDE, CheckReport, check_manifest
 from shared.data.clotho_aqa import load_clotho_aqa
@@ -110,6 +114,7 @@ def _add_convert(commands: argparse._SubParsersAction) -> None:
     def add(name: str, description: str) -> argparse.ArgumentParser:
         p = datasets.add_parser(name, help=description, description=description)
         p.add_argument("--out", type=Path, required=True, help="manifest to write (.jsonl)")
+        add_overwrite_flag(p, "the manifest")
         return p
 
     p = add("vqav2", "VQAv2: questions + annotations JSON, COCO images COCO_{split}_{id:012d}.jpg")
@@ -173,6 +178,7 @@ def _add_merge(commands: argparse._SubParsersAction) -> None:
     )
     p.add_argument("manifests", type=Path, nargs="+", help="JSONL manifests to merge")
     p.add_argument("--out", type=Path, required=True, help="merged manifest to write (.jsonl)")
+    add_overwrite_flag(p, "the manifest")
     p.add_argument("--shuffle", action="store_true", help="shuffle the merged samples")
     p.add_argument("--seed", type=int, help="shuffle seed (default 0; only with --shuffle)")
     p.set_defaults(run=_run_merge)
@@ -180,6 +186,7 @@ def _add_merge(commands: argparse._SubParsersAction) -> None:
 
 def _converter(load: Callable[[argparse.Namespace], list[Sample]]) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
+        refuse_overwrite(args.out, args.overwrite)
         samples = load(args)
         root = _absolute(args.out.parent)
         write_manifest([_relocate(s, lambda p: _portable(_absolute(p), root)) for s in samples], args.out)
@@ -194,6 +201,7 @@ def _run_merge(args: argparse.Namespace) -> int:
     out_dir = _absolute(args.out.parent)
     if any(_absolute(m) == _absolute(args.out) for m in args.manifests):
         raise ValueError(f"--out {args.out} is also an input manifest; expected a new file")
+    refuse_overwrite(args.out, args.overwrite)
     merged = merge_manifests(args.manifests, out_dir)
     seed = 0 if args.seed is None else args.seed
     if args.shuffle:

@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from shared.checkpoint import atomic_file
+
 FAMILIES = ("visual", "audio", "audio_visual", "caption")
 SOURCES = ("vqav2", "gqa", "audiocaps", "clotho_aqa", "music_avqa", "world")
 
@@ -234,12 +236,8 @@ def _with_paths(sample: Sample, root: Path) -> Sample:
 
 
 def write_manifest(samples: Iterable[Sample], path: str | os.PathLike) -> Path:
-    """Write samples as JSONL atomically (temp file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
+    """Write samples as JSONL atomically and durably (shared.checkpoint.atomic_file)."""
+    with atomic_file(path, "w", encoding="utf-8") as fh:
         for sample in samples:
             fh.write(json.dumps(sample.to_json(), ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-    return path
+    return Path(path)

@@ -9,7 +9,10 @@ A world folder holds:
 
 Each part is keyed by a hash of everything it depends on; `build_world` redoes a part only
 when its hash differs from the record (or its folder is missing), so an older world gains a new
-part without rebuilding the rest. The models train in two parallel processes, one thread each (at
+part without rebuilding the rest. A build holds the world folder's lock (shared.locks): a second builder
+of the same folder (another `safe-world build`, or a `stage_a-train` building its world) waits, then finds
+the world up to date and reuses it. The data folder, each model folder and build.json are replaced
+atomically (shared.checkpoint). The models train in two parallel processes, one thread each (at
 this size a second thread gives a model nothing), longest first: the Whisper, the shortest, takes
 the first process that is free.
 """
@@ -19,7 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,7 +33,9 @@ from pathlib import Path
 import platformdirs
 import torch
 
+from shared.checkpoint import atomic_directory, atomic_write_text
 from shared.loading import load_json
+from shared.locks import folder_lock
 from shared.world.clap_train import ClapTrainConfig, train_clap
 from shared.world.generate import generate_split
 from shared.world.spec import SPLITS, WorldSpec, stable_hash
@@ -86,9 +90,7 @@ def read_record(world_dir: Path) -> dict:
 
 
 def _write_record(world_dir: Path, record: dict) -> None:
-    tmp = world_dir / (RECORD + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2, sort_keys=True), encoding="utf-8")
-    os.replace(tmp, world_dir / RECORD)
+    atomic_write_text(world_dir / RECORD, json.dumps(record, indent=2, sort_keys=True))
 
 
 def _stale_parts(config: WorldConfig, world_dir: Path, record: dict) -> list[str]:
@@ -100,11 +102,8 @@ def _stale_parts(config: WorldConfig, world_dir: Path, record: dict) -> list[str
 
 def _build_data(spec: WorldSpec, world_dir: Path) -> dict:
     start = time.perf_counter()
-    tmp = world_dir / "data.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    counts = {split: generate_split(spec, split, tmp) for split in SPLITS}
-    shutil.rmtree(world_dir / "data", ignore_errors=True)
-    os.replace(tmp, world_dir / "data")
+    with atomic_directory(world_dir / "data") as tmp:
+        counts = {split: generate_split(spec, split, tmp) for split in SPLITS}
     return {"questions": counts, "seconds": round(time.perf_counter() - start, 1)}
 
 
@@ -138,9 +137,14 @@ def _single_threaded_children() -> Iterator[None]:
 
 
 def build_world(config: WorldConfig, world_dir: Path | None = None, force: bool = False) -> Path:
-    """Build what is missing or stale; returns the world folder."""
+    """Build what is missing or stale, holding the folder's lock (a concurrent build is waited for); returns the
+    world folder."""
     world_dir = Path(world_dir) if world_dir else default_world_dir(config.world)
-    world_dir.mkdir(parents=True, exist_ok=True)
+    with folder_lock(world_dir, "a world build", wait=True):
+        return _build_locked(config, world_dir, force)
+
+
+def _build_locked(config: WorldConfig, world_dir: Path, force: bool) -> Path:
     record = {} if force else read_record(world_dir)
     stale = list(config.part_hashes()) if force else _stale_parts(config, world_dir, record)
     if not stale:

@@ -50,7 +50,8 @@ def _parser() -> argparse.ArgumentParser:
             cmd.add_argument("--force", action="store_true", help="rebuild every part")
         if name == "export":
             cmd.add_argument("--out", type=Path, required=True, help="export folder (new or empty)")
-            cmd.add_argument("--force", action="store_true", help="replace a previous export in --out")
+            cmd.add_argument("--overwrite", "--force", dest="force", action="store_true",
+                             help="replace a previous export in --out")
             cmd.add_argument("--link", action="store_true",
                              help="hard-link media files instead of copying them (same file system only)")
     return parser

@@ -157,7 +157,7 @@ def _prepare(out_dir: Path, force: bool) -> None:
     if out_dir.is_dir() and any(out_dir.iterdir()):
         if not force:
             raise FileExistsError(f"export folder {out_dir} is not empty; expected a new folder "
-                                  "(or pass --force to replace a previous export)")
+                                  "(or pass --overwrite, alias --force, to replace a previous export)")
         for name in FORMATS:
             if (out_dir / name).is_dir():
                 shutil.rmtree(out_dir / name)
