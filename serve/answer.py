@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from shared.cli import check_number, console
+from shared.cli import ArgumentParser, check_number, console
 from shared.loading import load_jsonl
 from shared.logs import setup_logging
 from stage_a.checkpointing import bridge_folder
@@ -49,7 +49,7 @@ def read_jsonl(path: Path) -> list[dict]:
 
 @console("safe-answer")
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="safe-answer", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="safe-answer", description=__doc__.splitlines()[0])
     parser.add_argument("--bridge", required=True, type=Path, help="bridge folder or stage_a-train run folder")
     parser.add_argument("--question", default=None)
     parser.add_argument("--image", default=None)

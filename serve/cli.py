@@ -21,7 +21,7 @@ import torch
 import uvicorn
 
 from serve.app import ANSWER_PATH, ServeSettings, create_app
-from shared.cli import InputError, check_number, console
+from shared.cli import ArgumentParser, InputError, check_number, console
 from shared.logs import setup_logging
 from stage_a.config import DTYPES
 from stage_a.pipeline import SafePipeline
@@ -53,7 +53,7 @@ def _stopped(sig: int, _: FrameType | None) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="safe-serve", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="safe-serve", description=__doc__.splitlines()[0])
     parser.add_argument("--bridge", required=True, type=Path, help="bridge folder or stage_a-train run folder")
     parser.add_argument("--policy", type=Path, default=None,
                         help="stage_b-train policy folder choosing k for requests with k 'auto' or null")

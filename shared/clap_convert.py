@@ -30,7 +30,6 @@ An OUT folder that already holds files is refused (exit 2) unless --overwrite is
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import re
@@ -40,7 +39,7 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, ClapAudioConfig, ClapConfig, ClapFeatureExtractor, ClapModel, ClapTextConfig
 
-from shared.cli import add_overwrite_flag, console, refuse_overwrite
+from shared.cli import ArgumentParser, add_overwrite_flag, console, refuse_overwrite
 from shared.loading import load_torch
 
 log = logging.getLogger(__name__)
@@ -194,7 +193,7 @@ def load_config(name: str) -> ClapConfig:
 
 @console("safe-convert-clap")
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="safe-convert-clap", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="safe-convert-clap", description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", type=Path, help="laion-clap .pt file")
     parser.add_argument("config", help=f"ClapModel config: one of {sorted(PRESETS)} (+ '-fusion'), or a hub id or "
                                        "folder with config.json (e.g. laion/clap-htsat-unfused)")

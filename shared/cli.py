@@ -9,7 +9,8 @@
 
 `console(prog)` wraps a `main(argv) -> int`: bad input (`InputError`, `ConfigError`, any `ValueError`,
 and an `OSError` that names a file) becomes one line on stderr and exit 2; anything else is an internal
-error, exit 3. argparse's own usage errors already exit 2.
+error, exit 3. `ArgumentParser` (every console script's parser) reports a usage error the same way: one line,
+exit 2.
 
 `check_number` (one number) and `number_list` (a comma-separated list) validate numeric input before any work
 starts: configs' `__post_init__` and the commands' flags use them, so every range error reads the same way;
@@ -29,6 +30,7 @@ import sys
 import tempfile
 import time
 import traceback
+import typing
 from collections.abc import Callable, Sequence
 from numbers import Integral, Real
 from pathlib import Path
@@ -90,6 +92,13 @@ def check_keys(where: str, mapping: dict, keys: Sequence[str]) -> dict:
     if missing:
         raise InputError(f"{where} lacks {', '.join(map(repr, missing))}; expected the keys {list(keys)}")
     return mapping
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line (`prog: error: message; see prog --help`) and exit 2."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(EXIT_INPUT, f"{self.prog}: error: {' '.join(message.split())}; see {self.prog} --help\n")
 
 
 def one_line(err: BaseException) -> str:

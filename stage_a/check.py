@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from shared.cli import EXIT_FINDING, EXIT_INPUT, EXIT_OK, check_number, console
+from shared.cli import EXIT_FINDING, EXIT_INPUT, EXIT_OK, ArgumentParser, check_number, console
 from shared.config import load_config
 from shared.encoders import build_encoder
 from shared.logs import setup_logging
@@ -199,7 +199,7 @@ def format_table(report: dict) -> str:
 
 @console("stage_a-check")
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="stage_a-check", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="stage_a-check", description=__doc__.splitlines()[0])
     parser.add_argument("--base-vl", default=None, help="hub id or folder of the base VL model (default: the embedded world's)")
     parser.add_argument("--audio-encoder", choices=("clap", "whisper", "both"), default="clap")
     parser.add_argument("--clap", default=None, help="ClapModel id or folder (default: the embedded world's)")

@@ -16,7 +16,6 @@ An --out folder that already holds files (an earlier evaluation) is refused (exi
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
@@ -24,7 +23,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from shared.checkpoint import atomic_write_text
-from shared.cli import add_overwrite_flag, check_number, console, number_list, refuse_overwrite
+from shared.cli import ArgumentParser, add_overwrite_flag, check_number, console, number_list, refuse_overwrite
 from shared.config import load_config, parse_overrides
 from shared.dataset_metrics import METRICS_BY_NAME, format_dataset_summary
 from shared.logs import setup_logging
@@ -70,7 +69,7 @@ def format_metrics(metrics: dict) -> str:
 
 @console("stage_a-eval")
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="stage_a-eval", description=__doc__.splitlines()[0],
+    parser = ArgumentParser(prog="stage_a-eval", description=__doc__.splitlines()[0],
                                      epilog="Config keys of the preset can be overridden: --model.base_vl ID ...")
     parser.add_argument("--checkpoint", type=Path, default=None, help="bridge folder or stage_a-train run folder")
     parser.add_argument("--preset", default="stage_a", help="training preset naming the base model and data")

@@ -20,7 +20,6 @@ difference CI and p-value, McNemar only for a single paired seed, Welch's t over
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -33,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.checkpoint import atomic_write_text, readable_folder
-from shared.cli import InputError, check_number, console
+from shared.cli import ArgumentParser, InputError, check_number, console
 from shared.config import PRESET_DIR, ConfigError, load_config
 from shared.logs import setup_logging
 from stage_a.config import TrainConfig
@@ -147,7 +146,7 @@ def write_tables(sweep: SweepConfig, out_dir: Path) -> dict:
 
 @console("stage_a-sweep")
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="stage_a-sweep", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="stage_a-sweep", description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="retention",
                         help="sweep preset: NAME for configs/sweep_NAME.yaml, a preset name or a YAML path")
     parser.add_argument("--out", type=Path, default=None, help="sweep folder (default: runs/sweeps/<name>)")

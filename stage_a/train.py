@@ -27,7 +27,6 @@ same --out_dir/--name exits 2 at once naming the holder; a killed run's lock is 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -43,7 +42,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from shared.checkpoint import atomic_directory, atomic_write_text, readable_folder
-from shared.cli import InputError, check_number, console
+from shared.cli import ArgumentParser, InputError, check_number, console
 from shared.config import load_config, parse_overrides, to_dict
 from shared.loading import load_safetensors
 from shared.locks import folder_lock
@@ -409,7 +408,7 @@ class StageATrainer:
 
 @console("stage_a-train")
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="stage_a-train", description=__doc__.splitlines()[0],
+    parser = ArgumentParser(prog="stage_a-train", description=__doc__.splitlines()[0],
                                      epilog="Any config key can be overridden: --steps 500 --mix.audio_fraction 0.5")
     parser.add_argument("--preset", default="stage_a", help="preset name in configs/ or a YAML path (default: %(default)s)")
     parser.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")

@@ -28,7 +28,7 @@ from stable_baselines3.common.policies import BasePolicy
 
 from envs.audio_budget import AudioBudgetEnv, FeatureScaler, Outcome
 from envs.outcome_table import OutcomeTable
-from shared.cli import InputError, console
+from shared.cli import ArgumentParser, InputError, console
 from shared.loading import load_json, load_sb3
 from shared.logs import setup_logging
 from shared.stats import mean_ci
@@ -206,7 +206,7 @@ def format_table(result: dict) -> str:
 
 @console("stage_b-eval")
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="stage_b-eval", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="stage_b-eval", description=__doc__.splitlines()[0])
     parser.add_argument("--policy", type=Path, required=True, help="folder written by stage_b-train")
     parser.add_argument("--split", default=None,
                         help="evaluate on all questions of outcomes_<split>.npz beside the training table "

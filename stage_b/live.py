@@ -13,7 +13,6 @@ rebuilding the model from the preset and overrides recorded in the table's prove
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -22,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from envs.outcome_table import OutcomeTable
-from shared.cli import check_keys, check_number, console
+from shared.cli import ArgumentParser, check_keys, check_number, console
 from shared.config import load_config
 from shared.logs import setup_logging
 from shared.stats import mean_ci
@@ -80,7 +79,7 @@ def compare_live(policy: SavedPolicy, runner: SafeRunner, n: int = 200, seed: in
 
 @console("stage_b-live")
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="stage_b-live", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="stage_b-live", description=__doc__.splitlines()[0])
     parser.add_argument("--policy", type=Path, required=True, help="folder written by stage_b-train")
     parser.add_argument("--questions", type=int, default=200, help="held-out questions to run live")
     parser.add_argument("--seed", type=int, default=0, help="episode seed (the question order)")

@@ -18,7 +18,6 @@ refused (exit 2) unless --overwrite is given.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import statistics
@@ -33,7 +32,7 @@ from tqdm import tqdm
 
 from envs.outcome_table import OutcomeTable
 from shared.checkpoint import atomic_write_npz
-from shared.cli import InputError, add_overwrite_flag, check_number, console, number_list, refuse_overwrite
+from shared.cli import ArgumentParser, InputError, add_overwrite_flag, check_number, console, number_list, refuse_overwrite
 from shared.config import load_config, parse_overrides
 from shared.loading import load_npz
 from shared.logs import setup_logging
@@ -139,7 +138,7 @@ def build_table(cfg: TrainConfig, checkpoint: Path, split: str, ks: list[int], b
 
 @console("stage_b-outcomes")
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="stage_b-outcomes", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="stage_b-outcomes", description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, default=Path("runs/stage_a"),
                         help="bridge folder or stage_a-train run folder (default: runs/stage_a, the default run)")
     parser.add_argument("--split", default="test", choices=("train", "val", "test"))
@@ -159,13 +158,13 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as err:
         print(f"stage_b-outcomes: --checkpoint {err}", file=sys.stderr)
         return 2
+    out = args.out or args.checkpoint / f"outcomes_{args.split}.npz"
+    refuse_overwrite(out, args.overwrite)
     ks = number_list("--ks", args.ks, int, ge=1, le=bridge_k_max(bridge))
     if len(set(ks)) < len(ks):
         raise InputError(f"--ks is {args.ks!r}: a k is repeated; expected distinct token counts (one action each)")
     for flag, value in (("--batch-size", args.batch_size), ("--repeats", args.repeats), ("--save-every", args.save_every)):
         check_number(flag, value, ge=1, integer=True)
-    out = args.out or args.checkpoint / f"outcomes_{args.split}.npz"
-    refuse_overwrite(out, args.overwrite)
     partial = out.with_name(f"{out.stem}.partial.npz")
     table = build_table(cfg, bridge, args.split, list(ks), args.batch_size, args.repeats, partial, args.save_every)
     table.provenance.update(preset=args.preset, overrides=overrides)

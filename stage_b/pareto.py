@@ -24,7 +24,6 @@ the plot.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -43,7 +42,7 @@ from tqdm import tqdm
 from envs.outcome_table import DEFAULT_TABLE, OutcomeTable
 from shared.benchmark import machine_info
 from shared.checkpoint import atomic_write_text
-from shared.cli import check_number, console, number_list
+from shared.cli import ArgumentParser, check_number, console, number_list
 from shared.loading import file_sha256, load_json
 from shared.logs import setup_logging
 from stage_b.evaluate import SavedPolicy, summarize
@@ -251,7 +250,7 @@ def headline(report: dict) -> dict:
 
 @console("stage_b-pareto")
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="stage_b-pareto", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="stage_b-pareto", description=__doc__.splitlines()[0])
     parser.add_argument("--table", type=Path, default=Path(DEFAULT_TABLE),
                         help=f"outcome table (.npz) from stage_b-outcomes (default: {DEFAULT_TABLE})")
     parser.add_argument("--out", type=Path, default=Path("runs") / "stage_b" / "pareto")

@@ -15,7 +15,6 @@ reuses its own policy folders through `train_policy` and is unaffected).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -29,7 +28,7 @@ from stable_baselines3.common.env_util import make_vec_env
 from envs.audio_budget import BUDGET, AudioBudgetEnv, FeatureScaler, observed_columns
 from envs.outcome_table import DEFAULT_TABLE, OutcomeTable
 from shared.checkpoint import atomic_write_text
-from shared.cli import add_overwrite_flag, check_number, console, refuse_overwrite
+from shared.cli import ArgumentParser, add_overwrite_flag, check_number, console, refuse_overwrite
 from shared.loading import file_sha256
 from shared.logs import setup_logging, wandb_mode
 from stage_b.actor import save_actor
@@ -114,7 +113,7 @@ def train_policy(config: PolicyConfig, out_dir: Path, tensorboard: bool = True, 
 
 @console("stage_b-train")
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="stage_b-train", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="stage_b-train", description=__doc__.splitlines()[0])
     parser.add_argument("--table", default=DEFAULT_TABLE, help=f"outcome table (.npz) from stage_b-outcomes "
                                                               f"(default: {DEFAULT_TABLE})")
     parser.add_argument("--alpha", type=float, default=0.1, help="weight of normalised compute in the reward")

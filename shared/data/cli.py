@@ -31,7 +31,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable, Sequence
 
-from shared.cli import (EXIT_FINDING, EXIT_INPUT, EXIT_OK, add_overwrite_flag, check_number, console,
+from shared.cli import (EXIT_FINDING, EXIT_INPUT, EXIT_OK, ArgumentParser, add_overwrite_flag, check_number, console,
                         refuse_overwrite)
 from shared.data.audiocaps import CAPTION_PROMPT, CLIP_SECONDS, load_audiocaps
 from shared.data.check import MIN_DURATION, MIN_IMAGE_SIDE, CheckReport, check_manifest
@@ -69,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="safe-data", description=__doc__,
+    parser = ArgumentParser(prog="safe-data", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress at INFO level")
     commands = parser.add_subparsers(dest="command", required=True)

@@ -177,9 +177,9 @@ def _resolve(path: str | None, root: Path) -> str | None:
     return str(root / path)
 
 
-def _objects(path: Path) -> Iterator[tuple[str, dict]]:
-    """("file:line", object) for each non-blank line of a JSONL file; a line that is not a JSON object, or bytes
-    that are not UTF-8, are a ManifestError naming the file (and line)."""
+def _objects(path: Path) -> Iterator[tuple[str, Any]]:
+    """("file:line", parsed value) for each non-blank line of a JSONL file; a line that is not JSON, or bytes that
+    are not UTF-8, are a ManifestError naming the file (and line). `Sample.from_json` checks that it is an object."""
     try:
         with path.open(encoding="utf-8") as fh:
             for lineno, line in enumerate(fh, start=1):
@@ -191,8 +191,6 @@ def _objects(path: Path) -> Iterator[tuple[str, dict]]:
                 except json.JSONDecodeError as err:
                     raise ManifestError(f"{where}: not valid JSON ({err.msg}); expected one JSON object per line") \
                         from err
-                if not isinstance(obj, dict):
-                    raise ManifestError(f"{where}: a JSON {type(obj).__name__}; expected one JSON object per line")
                 yield where, obj
     except UnicodeDecodeError as err:
         raise ManifestError(f"manifest {path} is not UTF-8 text ({err.reason}); expected a JSONL manifest") from None

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-from shared.cli import InputError, console
+from shared.cli import ArgumentParser, InputError, console
 from shared.config import load_config, parse_overrides
 from shared.data.schema import read_manifest
 from shared.loading import load_safetensors
@@ -26,7 +26,7 @@ DEFAULT_PRESET = "world"
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="safe-world",
         description="Build or describe SAFE's embedded audio-visual world: procedural scenes, sounds and "
                     "questions, a small LLaVA-architecture base VL model and small CLAP and Whisper audio encoders.",

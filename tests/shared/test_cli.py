@@ -119,3 +119,14 @@ def test_check_keys_names_where_and_what_is_missing() -> None:
     with pytest.raises(InputError, match=r"^table t\.npz provenance lacks 'checkpoint', 'actions'; expected the keys "
                                          r"\['split', 'checkpoint', 'actions'\]$"):
         check_keys("table t.npz provenance", record, ("split", "checkpoint", "actions"))
+
+
+def test_a_usage_error_is_one_line_and_exit_2(capsys) -> None:
+    from shared.cli import ArgumentParser
+
+    parser = ArgumentParser(prog="demo")
+    parser.add_argument("--k", type=int, required=True)
+    with pytest.raises(SystemExit) as exited:
+        parser.parse_args(["--k", "x"])
+    assert exited.value.code == EXIT_INPUT
+    assert capsys.readouterr().err == "demo: error: argument --k: invalid int value: 'x'; see demo --help\n"

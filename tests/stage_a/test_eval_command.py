@@ -91,7 +91,7 @@ def test_ks_are_checked_against_the_bridges_own_k_max(tmp_path: Path, capsys: py
     (None, "does not exist; expected a JSONL manifest"),
     ("", "is empty; expected one JSON object per line"),
     ("\n  \n", "is empty; expected one JSON object per line"),
-    ('[{"id": "a"}]\n', ":1: a JSON list; expected one JSON object per line"),
+    ('[{"id": "a"}]\n', ':1: line is [{"id": "a"}]; expected a JSON object'),
     ("id,question\n", ":1: not valid JSON"),
     (b"\x89PNG\r\n\x1a\n\xff\xfe", "is not UTF-8 text"),
     ('{"id": "a"}\n', ":1: missing field(s)"),

@@ -129,7 +129,7 @@ def test_missing_field_and_invalid_json_name_the_line(tmp_path: Path) -> None:
 def test_a_line_that_is_not_an_object_or_not_text_names_the_file(tmp_path: Path) -> None:
     path = tmp_path / "bad.jsonl"
     path.write_text(json.dumps([_sample().to_json()]) + "\n", encoding="utf-8")  # a JSON array, not JSON lines
-    with pytest.raises(ManifestError, match=r"bad\.jsonl:1: a JSON list; expected one JSON object per line"):
+    with pytest.raises(ManifestError, match=r"bad\.jsonl:1: line is \[\{.*\}\]; expected a JSON object"):
         read_manifest(path)
     path.write_bytes(b"\xff\xfe\x00binary")
     with pytest.raises(ManifestError, match=r"bad\.jsonl is not UTF-8 text"):
