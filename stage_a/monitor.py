@@ -17,13 +17,16 @@ import logging
 import math
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from shared.checkpoint import atomic_write_text
 from shared.logs import wandb_mode
+
+if TYPE_CHECKING:
+    from stage_a.model import SafeModel
 
 log = logging.getLogger(__name__)
 
@@ -215,3 +218,15 @@ class GradientMonitor:
                              "(were the trainable components changed since the checkpoint?)")
         self.below = {name: int(state[f"below/{name}"]) for name in self.components}
         self.base_grad_steps = int(state["base_grad_steps"])
+
+
+def components(model: SafeModel, trained_base: set[str]) -> dict[str, list[torch.nn.Parameter]]:
+    """Parameters the config trains, per component, for gradient monitoring; `trained_base` names the base's own."""
+    return {"projector": list(model.projector.parameters()), "fusion": list(model.fusion.parameters()),
+            "lora": [p for n, p in model.base.named_parameters() if ".lora_" in n],
+            "base_lm": [p for n, p in model.base.named_parameters() if n in trained_base]}
+
+
+def frozen_base(model: SafeModel, trained_base: set[str]) -> list[tuple[str, torch.nn.Parameter]]:
+    """Base parameters the config keeps frozen: any gradient on them is a bug the monitor reports."""
+    return [(n, p) for n, p in model.base.named_parameters() if ".lora_" not in n and n not in trained_base]

@@ -35,12 +35,16 @@ import math
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from configs.retention_variants import VARIANTS
 from shared.cli import check_number
+
+if TYPE_CHECKING:
+    from stage_a.model import SafeModel
 
 log = logging.getLogger(__name__)
 
@@ -286,3 +290,12 @@ class NullSpaceProjector:
                 raise ValueError(f"basis for {name!r} has shape {tuple(basis.shape)}; expected ({width}, rank)")
         self.bases = {name: basis.to(device=self.modules[name].weight.device, dtype=torch.float32).clone()
                       for name, basis in bases.items()}
+
+
+def protected_projections(model: SafeModel) -> dict[str, torch.nn.Linear]:
+    """Projections whose inputs are LM hidden states: fusion queries and LoRA A matrices (see stage_a.retention)."""
+    out = {f"fusion.{i}.q": block.q for i, block in getattr(model.fusion, "blocks", {}).items()}
+    for name, module in model.base.named_modules():
+        if name.endswith("lora_A.default") and isinstance(module, torch.nn.Linear):
+            out[name] = module
+    return out

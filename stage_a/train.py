@@ -53,12 +53,12 @@ from stage_a.config import TrainConfig, gate_value, lr_factor, retention_setting
 from stage_a.data import Batch
 from stage_a.losses import answer_loss, answer_positions
 from stage_a.evaluate import EvalSettings, Evaluator, eval_rows, generate_answers, shuffled_audio
-from stage_a.model import BRIDGE_FILE, WEIGHTS_FILE, SafeModel
+from stage_a.model import BRIDGE_FILE, WEIGHTS_FILE
 from stage_a.model_card import write_model_card
-from stage_a.monitor import GradientMonitor, RunLogger
+from stage_a.monitor import GradientMonitor, RunLogger, components, frozen_base
 from stage_a.prefix import media_token_ids, select_rows
 from stage_a.provenance import verify_record
-from stage_a.retention import NullSpaceProjector, OnlineFisher, distill_loss
+from stage_a.retention import NullSpaceProjector, OnlineFisher, distill_loss, protected_projections
 from stage_a.sampler import MixSampler
 from stage_a.setup import build_setup
 from stage_a.summary import format_summary
@@ -68,25 +68,6 @@ MAX_BAD_STEPS = 3
 PREDICTIONS_FILE = "predictions.jsonl"
 
 
-def protected_projections(model: SafeModel) -> dict[str, torch.nn.Linear]:
-    """Projections whose inputs are LM hidden states: fusion queries and LoRA A matrices (see stage_a.retention)."""
-    out = {f"fusion.{i}.q": block.q for i, block in getattr(model.fusion, "blocks", {}).items()}
-    for name, module in model.base.named_modules():
-        if name.endswith("lora_A.default") and isinstance(module, torch.nn.Linear):
-            out[name] = module
-    return out
-
-
-def components(model: SafeModel, trained_base: set[str]) -> dict[str, list[torch.nn.Parameter]]:
-    """Parameters the config trains, per component, for gradient monitoring; `trained_base` names the base's own."""
-    return {"projector": list(model.projector.parameters()), "fusion": list(model.fusion.parameters()),
-            "lora": [p for n, p in model.base.named_parameters() if ".lora_" in n],
-            "base_lm": [p for n, p in model.base.named_parameters() if n in trained_base]}
-
-
-def frozen_base(model: SafeModel, trained_base: set[str]) -> list[tuple[str, torch.nn.Parameter]]:
-    """Base parameters the config keeps frozen: any gradient on them is a bug the monitor reports."""
-    return [(n, p) for n, p in model.base.named_parameters() if ".lora_" not in n and n not in trained_base]
 
 
 class StageATrainer:
