@@ -23,7 +23,8 @@ from collections import defaultdict
 from pathlib import Path
 
 from shared.checkpoint import atomic_write_text
-from shared.cli import ArgumentParser, add_overwrite_flag, check_number, console, number_list, refuse_overwrite
+from shared.cli import (ArgumentParser, InputError, add_overwrite_flag, check_number, console, number_list,
+                        refuse_overwrite)
 from shared.config import load_config, parse_overrides
 from shared.dataset_metrics import METRICS_BY_NAME, format_dataset_summary
 from shared.logs import setup_logging
@@ -96,8 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         bridge = bridge_folder(args.checkpoint) if args.checkpoint else None
     except FileNotFoundError as err:
-        print(f"stage_a-eval: --checkpoint {err}", file=sys.stderr)
-        return 2
+        raise InputError(f"--checkpoint {err}") from err
     k_max = bridge_k_max(bridge) if bridge else cfg.model.k_max
     ks = number_list("--ks", args.ks, int, ge=1, le=k_max)
     check_number("--k", args.k, ge=1, le=k_max, integer=True, optional=True)

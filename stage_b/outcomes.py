@@ -32,7 +32,8 @@ from tqdm import tqdm
 
 from envs.outcome_table import OutcomeTable
 from shared.checkpoint import atomic_write_npz
-from shared.cli import ArgumentParser, InputError, add_overwrite_flag, check_number, console, number_list, refuse_overwrite
+from shared.cli import (ArgumentParser, InputError, add_overwrite_flag, check_number, console, number_list,
+                        refuse_overwrite)
 from shared.config import load_config, parse_overrides
 from shared.loading import load_npz
 from shared.logs import setup_logging
@@ -156,8 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         bridge = bridge_folder(args.checkpoint)
     except FileNotFoundError as err:
-        print(f"stage_b-outcomes: --checkpoint {err}", file=sys.stderr)
-        return 2
+        raise InputError(f"--checkpoint {err}") from err
     out = args.out or args.checkpoint / f"outcomes_{args.split}.npz"
     refuse_overwrite(out, args.overwrite)
     ks = number_list("--ks", args.ks, int, ge=1, le=bridge_k_max(bridge))
