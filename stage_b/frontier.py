@@ -14,6 +14,9 @@ hypervolume of each seed's own points gives a mean, std and Student-t 95% interv
 as a share of the oracle frontier's hypervolume (`hypervolume_per_seed`), and the mean of PPO's
 per-seed hypervolumes minus a baseline's a Welch interval (`ppo_minus_baseline_hypervolume`; against
 the same component, and every component for `cascade`, whose single hypervolume counts as exact).
+A hypervolume rewards the span of a method's points as well as their height: the cascade's thresholds
+always reach `never` (the cheapest point), a weight grid only if its top weight is high enough (the
+default grid's 1.2 is; a grid stopping at 0.5 is not), so compare methods on grids that span both ends.
 """
 
 from __future__ import annotations
