@@ -14,6 +14,7 @@ exit 2.
 
 `check_number` (one number) and `number_list` (a comma-separated list) validate numeric input before any work
 starts: configs' `__post_init__` and the commands' flags use them, so every range error reads the same way;
+`name_list` does the same for a comma-separated list of names from a fixed set;
 `check_keys` names the keys a record (e.g. a table's provenance) lacks.
 Outputs: a command whose output holds results refuses an existing one (`refuse_overwrite`, exit 2) unless
 `--overwrite` (`add_overwrite_flag`) is given.
@@ -84,6 +85,21 @@ def number_list(flag: str, text: str, kind: type = int, **bounds: float) -> tupl
     if not values:
         raise InputError(f"{flag} is {text!r}; expected comma-separated values, each {expected}")
     return tuple(values)
+
+
+def name_list(flag: str, text: str, choices: Sequence[str], none: str | None = None) -> tuple[str, ...]:
+    """A comma-separated list of names from `choices` (blank items skipped, repeats kept once, in order); the word
+    `none`, alone, is the empty list. An unknown item or an empty list is an InputError naming the flag and the item."""
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    allowed = f"one of {list(choices)}" + (f" (or '{none}' alone for none)" if none is not None else "")
+    if none is not None and items == [none]:
+        return ()
+    for item in items:
+        if item not in choices:
+            raise InputError(f"{flag} is {text!r}: item {item!r} is not {allowed}")
+    if not items:
+        raise InputError(f"{flag} is {text!r}; expected comma-separated names, each {allowed}")
+    return tuple(dict.fromkeys(items))
 
 
 def check_keys(where: str, mapping: dict, keys: Sequence[str]) -> dict:

@@ -16,7 +16,8 @@ seed's questions share one trained model, so when seeds differ by several points
 interval is far too narrow; the two-level bootstrap carries both sources of variance.
 
 Across runs rather than items: `mean_std` and `welch_t` summarise and compare per-seed results of
-two configurations; `iqm` / `iqm_ci` give the interquartile mean with a stratified bootstrap over
+two configurations, and `t_interval` / `welch_interval` give Student-t intervals for a mean over seeds and
+for the difference of two such means; `iqm` / `iqm_ci` give the interquartile mean with a stratified bootstrap over
 runs (Agarwal et al. 2021, "Deep RL at the Edge of the Statistical Precipice").
 
 The bootstraps are vectorised over resamples and seeded, so a table rebuilt from the same scores
@@ -302,6 +303,47 @@ def welch_t(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) ->
     t = (mean_a - mean_b) / np.sqrt(se_a + se_b)
     df = (se_a + se_b) ** 2 / (se_a**2 / (a_arr.size - 1) + se_b**2 / (b_arr.size - 1))
     return out | {"t": float(t), "df": float(df), "p_value": float(2 * stats.t.sf(abs(t), df))}
+
+
+def t_interval(values: Sequence[float] | np.ndarray, confidence: float = 0.95) -> dict:
+    """Mean and sample std of a few runs (e.g. per-seed results) with a Student-t interval for the mean.
+
+    Returns {"mean", "std", "n", "ci95" (or ci<level>)}; the interval is None for a single value (no
+    variance to estimate) and [mean, mean] when every value is the same.
+    """
+    _check_settings(confidence, 1)
+    summary = mean_std(values)
+    if summary["n"] < 2:
+        return summary | {_ci_key(confidence): None}
+    half = stats.t.ppf(0.5 + confidence / 2, summary["n"] - 1) * summary["std"] / np.sqrt(summary["n"])
+    return summary | {_ci_key(confidence): [summary["mean"] - float(half), summary["mean"] + float(half)]}
+
+
+def welch_interval(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, confidence: float = 0.95,
+                   b_exact: bool = False) -> dict:
+    """mean(a) - mean(b) of two independent sets of runs with a Welch t interval (Welch-Satterthwaite df).
+
+    `b_exact`: b is one exact value (a deterministic method, the same for every seed), so only a's
+    variance counts. Returns {"mean_diff", "ci95" (or ci<level>), "df", "n_a", "n_b"}; the interval
+    (and df) is None when a sample whose variance counts has a single value.
+    """
+    _check_settings(confidence, 1)
+    a_arr, b_arr = _as_values(a, "a"), _as_values(b, "b")
+    if b_exact and b_arr.size != 1:
+        raise ValueError(f"b has {b_arr.size} values with b_exact; expected the one exact value of a deterministic "
+                         "method")
+    (mean_a, var_a), (mean_b, var_b) = _mean_var(a_arr), _mean_var(b_arr)
+    out = {"mean_diff": mean_a - mean_b, "n_a": int(a_arr.size), "n_b": int(b_arr.size)}
+    key = _ci_key(confidence)
+    if a_arr.size < 2 or (b_arr.size < 2 and not b_exact):
+        return out | {key: None, "df": None}
+    se_a, se_b = var_a / a_arr.size, 0.0 if b_exact else var_b / b_arr.size
+    if se_a + se_b == 0:
+        return out | {key: [out["mean_diff"]] * 2, "df": float(a_arr.size - 1 + (0 if b_exact else b_arr.size - 1))}
+    terms = se_a**2 / (a_arr.size - 1) + (0.0 if b_exact else se_b**2 / (b_arr.size - 1))
+    df = (se_a + se_b) ** 2 / terms
+    half = float(stats.t.ppf(0.5 + confidence / 2, df) * np.sqrt(se_a + se_b))
+    return out | {key: [out["mean_diff"] - half, out["mean_diff"] + half], "df": float(df)}
 
 
 def iqm(values: Sequence[float] | np.ndarray) -> float:

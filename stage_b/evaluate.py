@@ -152,18 +152,23 @@ def play(model: PPO | BasePolicy, env: AudioBudgetEnv, rows: np.ndarray, seed: i
     return {key: np.asarray(values)[by_row] for key, values in steps.items()}
 
 
-def summarize(table: OutcomeTable, rows: np.ndarray, actions: np.ndarray, confidence: bool = False) -> dict:
-    """Accuracy (with CI), cost (charged as the policy pays it), audio rate and action histograms of one set of choices."""
+def point(table: OutcomeTable, rows: np.ndarray, actions: np.ndarray, confidence: bool = False) -> dict:
+    """Mean accuracy, cost per question (charged as the policy pays it) and audio rate of one set of choices."""
     gflops, latency = table.charged_costs(confidence)
-    ks = table.actions[actions]
-    histogram: dict[str, Counter] = defaultdict(Counter)
-    for row, k in zip(rows, ks):
-        histogram[str(table.family[row])][f"k{k}"] += 1
-        histogram[f"{table.family[row]}.{table.qtype[row]}"][f"k{k}"] += 1
-    return {"n": int(len(rows)), "accuracy": mean_ci(table.score[rows, actions]),
+    return {"accuracy": float(table.score[rows, actions].mean(dtype=np.float64)),
             "gflops_per_query": float(gflops[rows, actions].mean(dtype=np.float64)),
             "latency_ms": float(latency[rows, actions].mean(dtype=np.float64)),
-            "audio_rate": float((ks > 0).mean()),
+            "audio_rate": float((table.actions[actions] > 0).mean())}
+
+
+def summarize(table: OutcomeTable, rows: np.ndarray, actions: np.ndarray, confidence: bool = False) -> dict:
+    """`point` with the accuracy's bootstrap CI, plus the action histograms per family and type."""
+    histogram: dict[str, Counter] = defaultdict(Counter)
+    for row, k in zip(rows, table.actions[actions]):
+        histogram[str(table.family[row])][f"k{k}"] += 1
+        histogram[f"{table.family[row]}.{table.qtype[row]}"][f"k{k}"] += 1
+    return {"n": len(rows), **point(table, rows, actions, confidence),
+            "accuracy": mean_ci(table.score[rows, actions]),
             "actions": {name: dict(sorted(c.items())) for name, c in sorted(histogram.items())}}
 
 

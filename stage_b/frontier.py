@@ -7,7 +7,16 @@ values as None) and builds the analysis that `stage_b-pareto` writes to `pareto.
 
 Learned points are compared as the mean over seeds per reward weight (`seed_means`), the same
 points the plot draws; hypervolumes use one reference point for every method: the most
-expensive static policy's GFLOPs per query and accuracy 0.
+expensive static policy's GFLOPs per query and accuracy 0. The non-RL baselines (stage_b.baselines)
+are methods like the PPO components: `supervised-<c>` and `bandit-<c>` by seed means per weight,
+`cascade` (deterministic, no seed) by its rows, one per threshold (`method_points`). Per method the
+hypervolume of each seed's own points gives a mean, std and Student-t 95% interval over seeds, also
+as a share of the oracle frontier's hypervolume (`hypervolume_per_seed`), and the mean of PPO's
+per-seed hypervolumes minus a baseline's a Welch interval (`ppo_minus_baseline_hypervolume`; against
+the same component, and every component for `cascade`, whose single hypervolume counts as exact).
+A hypervolume rewards the span of a method's points as well as their height: the cascade's thresholds
+always reach `never` (the cheapest point), a weight grid only if its top weight is high enough (the
+default grid's 1.2 is; a grid stopping at 0.5 is not), so compare methods on grids that span both ends.
 """
 
 from __future__ import annotations
@@ -17,9 +26,10 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from shared.stats import mean_std
+from shared.stats import mean_std, t_interval, welch_interval
 
 STATIC_PREFIXES = ("never", "always-")
+BASELINE_PREFIXES = ("supervised-", "bandit-", "cascade")
 MATCH_TOLERANCE = 0.01  # "matched accuracy": within one accuracy point of always-k<max>
 # Compute within 0.01 % counts as equal: a budget-matched random policy has its PPO policy's action mix,
 # but per-question costs vary with prompt length, so its mean compute differs by ~1e-5 relative.
@@ -148,20 +158,55 @@ def seed_means(rows: Sequence[dict], method: str) -> list[dict]:
     return sorted(points, key=lambda p: p["gflops_per_query"])
 
 
+def method_points(rows: Sequence[dict], method: str) -> list[dict]:
+    """A method's points by GFLOPs: `seed_means` per (alpha, gamma), or the rows themselves for a deterministic
+    method (rows without a seed, e.g. the cascade's thresholds)."""
+    own = [r for r in rows if r["method"] == method]
+    if own and all(r["seed"] is None for r in own):
+        return sorted(own, key=lambda r: r["gflops_per_query"])
+    return seed_means(rows, method)
+
+
 def _xy(points: Sequence[dict]) -> tuple[np.ndarray, np.ndarray]:
     return (np.array([p["gflops_per_query"] for p in points], dtype=np.float64),
             np.array([p["accuracy"] for p in points], dtype=np.float64))
 
 
-def _per_seed_hypervolume(rows: Sequence[dict], method: str, g_ref: float) -> dict:
-    """Mean and std over seeds of the hypervolume of each seed's own points."""
-    seeds = sorted({r["seed"] for r in rows if r["method"] == method})
-    return mean_std([hypervolume(*_xy([r for r in rows if r["method"] == method and r["seed"] == s]), g_ref)
-                     for s in seeds])
+def _seed_hypervolumes(rows: Sequence[dict], method: str, g_ref: float) -> list[float]:
+    """The hypervolume of each seed's own points (one value for a deterministic method, whose rows have no seed)."""
+    seeds = sorted({r["seed"] for r in rows if r["method"] == method}, key=lambda s: -1 if s is None else s)
+    return [hypervolume(*_xy([r for r in rows if r["method"] == method and r["seed"] == s]), g_ref) for s in seeds]
+
+
+def _per_seed_summary(values: list[float], deterministic: bool, oracle: float) -> dict:
+    """Mean, std and 95% t interval over seeds (a deterministic method's one value is exact), and mean and
+    interval as a share of the oracle frontier's hypervolume `oracle`."""
+    summary = (mean_std(values) | {"ci95": [values[0], values[0]], "deterministic": True} if deterministic
+               else t_interval(values))
+    ci = summary["ci95"]
+    share = {"mean": summary["mean"] / oracle, "ci95": ci and [bound / oracle for bound in ci]} if oracle > 0 else None
+    return summary | {"ratio_to_oracle": share}
+
+
+def _baseline_comparisons(rows: Sequence[dict], baselines: Sequence[str], components: Sequence[str],
+                          g_ref: float, oracle: float) -> tuple[dict, dict]:
+    """(per-seed hypervolume summary of every PPO component and baseline, PPO minus baseline with a Welch interval)."""
+    methods = [f"ppo-{c}" for c in components] + list(baselines)
+    deterministic = {m: all(r["seed"] is None for r in rows if r["method"] == m) for m in methods}
+    values = {m: _seed_hypervolumes(rows, m, g_ref) for m in methods}
+    per_seed = {m: _per_seed_summary(values[m], deterministic[m], oracle) for m in methods}
+    differences = {}
+    for baseline in baselines:
+        versus = components if deterministic[baseline] else [baseline.split("-", 1)[1]]
+        differences[baseline] = {f"ppo-{c}": welch_interval(values[f"ppo-{c}"], values[baseline],
+                                                            b_exact=deterministic[baseline])
+                                 for c in versus if c in components}
+    return per_seed, differences
 
 
 def summarize_sweep(rows: Sequence[dict], components: Sequence[str]) -> dict:
-    """Hypervolumes (and learned/oracle ratio), dominance of static and random points, matched-accuracy saving."""
+    """Hypervolumes (and their ratio to the oracle frontier's) of PPO and the baselines, per-seed hypervolumes with
+    intervals, PPO minus each baseline, dominance of static and random points, matched-accuracy saving."""
     static = {r["method"]: r for r in rows if is_static(r["method"])}
     full = max(static.values(), key=lambda r: r["gflops_per_query"])
     g_ref, g_never = full["gflops_per_query"], static["never"]["gflops_per_query"]
@@ -172,6 +217,10 @@ def summarize_sweep(rows: Sequence[dict], components: Sequence[str]) -> dict:
     hv |= {"static": hypervolume(*_xy(list(static.values())), g_ref), "random": hypervolume(*_xy(random), g_ref),
            "oracle": hypervolume(*_xy([r for r in rows if r["method"] == "oracle"]), g_ref),
            "oracle-frontier": hypervolume(*_xy(oracle), g_ref)}
+    baselines = sorted({r["method"] for r in rows if r["method"].startswith(BASELINE_PREFIXES)})
+    baseline_points = {m: method_points(rows, m) for m in baselines}
+    hv |= {m: hypervolume(*_xy(points), g_ref) for m, points in baseline_points.items()}
+    per_seed, differences = _baseline_comparisons(rows, baselines, components, g_ref, hv["oracle-frontier"])
     all_learned = [p for points in learned.values() for p in points]
     learned_g, learned_acc = _xy(all_learned)
     checks = [{"method": p["method"], "alpha": p.get("alpha"), "gamma": p.get("gamma"),
@@ -184,9 +233,10 @@ def summarize_sweep(rows: Sequence[dict], components: Sequence[str]) -> dict:
     return {
         "reference": {"gflops_per_query": g_ref, "accuracy": 0.0, "method": full["method"]},
         "hypervolume": hv,
-        "hypervolume_per_seed": {f"ppo-{c}": _per_seed_hypervolume(rows, f"ppo-{c}", g_ref) for c in components},
-        "hypervolume_ratio_to_oracle": {f"ppo-{c}": hv[f"ppo-{c}"] / hv["oracle-frontier"] if hv["oracle-frontier"] > 0
-                                        else None for c in components},
+        "hypervolume_per_seed": per_seed,
+        "hypervolume_ratio_to_oracle": {m: hv[m] / hv["oracle-frontier"] if hv["oracle-frontier"] > 0 else None
+                                        for m in [*(f"ppo-{c}" for c in components), *baselines]},
+        "ppo_minus_baseline_hypervolume": differences,
         "dominance": checks,
         "dominated": {kind: {how: f"{sum(c[how] for c in checks if c['method'].startswith(prefix))}/"
                                   f"{sum(c['method'].startswith(prefix) for c in checks)}"
@@ -194,4 +244,5 @@ def summarize_sweep(rows: Sequence[dict], components: Sequence[str]) -> dict:
                       for kind, prefix in (("static", STATIC_PREFIXES), ("random", "random-"))},
         "matched_accuracy_saving": savings,
         "learned_points": {f"ppo-{c}": points for c, points in learned.items()},
+        "baseline_points": baseline_points,
     }

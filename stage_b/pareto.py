@@ -15,11 +15,25 @@ with `--confidence` both pay for the no-audio run the policies observe),
 `oracle` (the cheapest correct action per question) and `oracle-frontier` (per question the action
 maximising score - w * gflops / max_gflops, at every weight w where that choice changes).
 
-OUT/pareto.csv has the columns in `COLUMNS`. `alpha`, `gamma`, `seed` are the policy's reward
-weights and seed for `ppo-*` and `random-*` rows, and the weight (alpha = w, gamma = 0) for
-`oracle-frontier` rows; a field that does not apply (static and oracle rows) is left empty.
-OUT/pareto.json holds the frontier analysis (`stage_b.frontier.summarize_sweep`) and OUT/pareto.png
-the plot.
+`--baselines` (default: all three) adds the non-RL competitors of stage_b.baselines, trained on the
+policies' training rows (`PolicyConfig.split`) and evaluated on the same questions:
+`supervised-<component>` (per-action ridge regression of the score, then argmax of predicted score
+minus the env's cost term; seeds: bootstraps of the training rows), `bandit-<component>` (LinUCB
+trained online on the env's reward; seeds: the order of the stream), both at every weight of
+every component and, with `--confidence`, observing and paying for the confidence as the policies
+do; and `cascade` (audio with one k only when the no-audio confidence is below tau, at as many
+thresholds as there are weights; charged for the no-audio run on every audio question;
+deterministic). By default the cascade is skipped, with a logged warning and `baselines.skipped`
+in pareto.json, on a table without the `confidence` column; requested by name there it is an
+error before any training. Baselines are refitted on every run (seconds), never saved.
+
+OUT/pareto.csv has the columns in `COLUMNS`. `alpha`, `gamma`, `seed` are the reward weights and
+seed for `ppo-*`, `random-*`, `supervised-*` and `bandit-*` rows, and the weight (alpha = w,
+gamma = 0) for `oracle-frontier` rows; a field that does not apply (static, oracle and cascade
+rows) is left empty. The cascade's rows come in the order of its thresholds tau, which
+pareto.json lists (`baselines.cascade.thresholds`). OUT/pareto.json holds the frontier analysis
+(`stage_b.frontier.summarize_sweep`: hypervolumes per method with intervals over seeds, ratios to
+the oracle frontier, PPO minus each baseline) and what each baseline fitted; OUT/pareto.png the plot.
 """
 
 from __future__ import annotations
@@ -42,10 +56,11 @@ from tqdm import tqdm
 from envs.outcome_table import DEFAULT_TABLE, OutcomeTable
 from shared.benchmark import machine_info
 from shared.checkpoint import atomic_write_text
-from shared.cli import ArgumentParser, check_number, console, number_list
+from shared.cli import ArgumentParser, check_number, console, name_list, number_list
 from shared.loading import file_sha256, load_json
 from shared.logs import setup_logging
-from stage_b.evaluate import SavedPolicy, summarize
+from stage_b.baselines import BASELINES, BaselineData, run_baselines, select_baselines
+from stage_b.evaluate import SavedPolicy, point
 from stage_b.frontier import oracle_frontier, summarize_sweep
 from stage_b.plot import plot_pareto
 from stage_b.train import PolicyConfig, train_policy
@@ -59,7 +74,7 @@ DEFAULT_WEIGHTS = (0.0, 0.05, 0.1, 0.2, 0.35, 0.5, 0.7, 0.9, 1.2)
 
 @dataclass
 class ParetoConfig:
-    """One `stage_b-pareto` sweep: table, output folder, weight grid, seeds, components and PPO budget."""
+    """One `stage_b-pareto` sweep: table, output folder, weight grid, seeds, components, PPO budget and baselines."""
 
     table: Path
     out: Path
@@ -71,6 +86,7 @@ class ParetoConfig:
     workers: int = 2
     split: str | None = None
     confidence: bool = False
+    baselines: tuple[str, ...] | None = None  # None: every baseline the table allows (stage_b.baselines)
 
     def __post_init__(self) -> None:
         if not self.weights or not self.seeds:
@@ -84,14 +100,22 @@ class ParetoConfig:
             raise ValueError(f"--components has {unknown or 'no values'}; expected a subset of {list(COMPONENTS)}")
         for flag, value in (("--timesteps", self.timesteps), ("--n-envs", self.n_envs), ("--workers", self.workers)):
             check_number(flag, value, ge=1, integer=True)
+        unknown = [b for b in self.baselines or () if b not in BASELINES]
+        if unknown:
+            raise ValueError(f"--baselines has {unknown}; expected a subset of {list(BASELINES)} (or none)")
         self.table = self.table.resolve()
+
+    def grid(self) -> list[tuple[str, float, float, float]]:
+        """(component, weight, alpha, gamma) of every point of the sweep, by component then weight."""
+        return [(c, w, COMPONENTS[c][0] * w, COMPONENTS[c][1] * w) for c in self.components
+                for w in sorted(set(self.weights))]
 
     def policies(self) -> dict[str, PolicyConfig]:
         """Folder name (<component>-w<weight>-seed<seed>) -> training config, for every policy of the sweep."""
-        return {f"{c}-w{w:g}-seed{s}": PolicyConfig(str(self.table), alpha=COMPONENTS[c][0] * w,
-                                                    gamma=COMPONENTS[c][1] * w, confidence=self.confidence, seed=s,
-                                                    timesteps=self.timesteps, n_envs=self.n_envs)
-                for c in self.components for w in sorted(set(self.weights)) for s in sorted(set(self.seeds))}
+        return {f"{c}-w{w:g}-seed{s}": PolicyConfig(str(self.table), alpha=alpha, gamma=gamma,
+                                                    confidence=self.confidence, seed=s, timesteps=self.timesteps,
+                                                    n_envs=self.n_envs)
+                for c, w, alpha, gamma in self.grid() for s in sorted(set(self.seeds))}
 
 
 def _init_worker() -> None:
@@ -155,12 +179,10 @@ def run_policies(sweep: ParetoConfig) -> dict[str, dict]:
     return results
 
 
-def _row(method: str, summary: dict, alpha: float | None = None, gamma: float | None = None,
+def _row(method: str, figures: dict, alpha: float | None = None, gamma: float | None = None,
          seed: int | None = None) -> dict:
-    """One pareto.csv row from a `summarize` result."""
-    return {"method": method, "alpha": alpha, "gamma": gamma, "seed": seed, "accuracy": summary["accuracy"]["mean"],
-            "gflops_per_query": summary["gflops_per_query"], "latency_ms": summary["latency_ms"],
-            "audio_rate": summary["audio_rate"]}
+    """One pareto.csv row from a `point` result."""
+    return {"method": method, "alpha": alpha, "gamma": gamma, "seed": seed, **figures}
 
 
 def evaluate_sweep(sweep: ParetoConfig, results: dict[str, dict]) -> tuple[list[dict], OutcomeTable, np.ndarray]:
@@ -177,12 +199,12 @@ def evaluate_sweep(sweep: ParetoConfig, results: dict[str, dict]) -> tuple[list[
         component = name.split("-w")[0]
         weights = {"alpha": config.alpha, "gamma": config.gamma, "seed": config.seed}
         shuffled = np.random.default_rng(config.seed).permutation(result["actions"])
-        out.append(_row(f"ppo-{component}", summarize(table, rows, result["actions"], sweep.confidence), **weights))
-        out.append(_row(f"random-{component}", summarize(table, rows, shuffled, sweep.confidence), **weights))
+        out.append(_row(f"ppo-{component}", point(table, rows, result["actions"], sweep.confidence), **weights))
+        out.append(_row(f"random-{component}", point(table, rows, shuffled, sweep.confidence), **weights))
     for index, k in enumerate(table.actions):
         method = "never" if k == 0 else f"always-k{k}"
-        out.append(_row(method, summarize(table, rows, np.full(len(rows), index, dtype=np.int64))))
-    out.append(_row("oracle", summarize(table, rows, table.oracle_actions()[rows])))
+        out.append(_row(method, point(table, rows, np.full(len(rows), index, dtype=np.int64))))
+    out.append(_row("oracle", point(table, rows, table.oracle_actions()[rows])))
     sub = table.subset(rows)
     audio = np.broadcast_to((table.actions > 0).astype(np.float64), sub.score.shape)
     frontier = oracle_frontier(sub.score, sub.gflops / table.gflops.max(),
@@ -214,19 +236,36 @@ def read_csv(path: Path) -> list[dict]:
         return [{k: parse(k, v) for k, v in row.items()} for row in csv.DictReader(handle)]
 
 
+def sweep_baselines(sweep: ParetoConfig, train_table: OutcomeTable, names: tuple[str, ...], table: OutcomeTable,
+                    eval_rows: np.ndarray) -> tuple[list[dict], dict]:
+    """pareto.csv rows of the baselines `names`, trained on the policies' training rows and evaluated on `eval_rows`."""
+    if not names:
+        return [], {}
+    train_rows, _ = next(iter(sweep.policies().values())).split(train_table)
+    data = BaselineData(train_table, train_rows, table, eval_rows, sweep.confidence)
+    grid = [(c, alpha, gamma) for c, _, alpha, gamma in sweep.grid()]
+    rows, report = run_baselines(data, names, grid, sorted(set(sweep.seeds)), thresholds=len(set(sweep.weights)))
+    return rows, {"train_rows": len(train_rows), **report}
+
+
 def run_sweep(sweep: ParetoConfig) -> dict:
     """Train, evaluate, analyse and plot; writes pareto.csv, pareto.json and pareto.png and returns the JSON."""
     start = time.perf_counter()
+    train_table = OutcomeTable.load(sweep.table)  # a missing table, or a cascade it cannot run, fails before training
+    baselines, skipped = select_baselines(sweep.baselines, train_table, sweep.table)
     results = run_policies(sweep)
     rows, table, eval_rows = evaluate_sweep(sweep, results)
+    baseline_rows, baseline_report = sweep_baselines(sweep, train_table, baselines, table, eval_rows)
+    rows += baseline_rows
     write_csv(rows, sweep.out / "pareto.csv")
     split, kind = table.provenance.get("split"), "held-out" if sweep.split is None else "all"
     plot_pareto(rows, sweep.out / "pareto.png",
                 f"Stage B Pareto frontier: split {split}, {len(eval_rows)} questions ({kind} rows)")
     seconds = [r["train_seconds"] for r in results.values()]
     report = {
-        "out": str(sweep.out), "table": str(sweep.table), "split": split, "rows": kind, "n": int(len(eval_rows)),
+        "out": str(sweep.out), "table": str(sweep.table), "split": split, "rows": kind, "n": len(eval_rows),
         **summarize_sweep(rows, sweep.components),
+        "baselines": {"run": list(baselines), "skipped": skipped, **baseline_report},
         "train_seconds": {"median": statistics.median(seconds), "sum": round(sum(seconds), 1),
                           "policies": len(seconds), "trained": sum(not r["reused"] for r in results.values())},
         "sweep": {"weights": sorted(set(sweep.weights)), "seeds": sorted(set(sweep.seeds)),
@@ -239,10 +278,13 @@ def run_sweep(sweep: ParetoConfig) -> dict:
 
 
 def headline(report: dict) -> dict:
-    """The short summary the CLI prints: hypervolumes, ratios, dominance counts, saving, timing."""
+    """The short summary the CLI prints: hypervolumes, ratios, PPO minus baselines, dominance counts, saving, timing."""
     saving = report["matched_accuracy_saving"]["any"]
     return {"out": report["out"], "n": report["n"], "hypervolume": report["hypervolume"],
-            "hypervolume_ratio_to_oracle": report["hypervolume_ratio_to_oracle"], "dominated": report["dominated"],
+            "hypervolume_ratio_to_oracle": report["hypervolume_ratio_to_oracle"],
+            "ppo_minus_baseline_hypervolume": {b: {p: {k: d[k] for k in ("mean_diff", "ci95")} for p, d in ppo.items()}
+                                               for b, ppo in report["ppo_minus_baseline_hypervolume"].items()},
+            "dominated": report["dominated"],
             "matched_accuracy_saving": saving and {k: saving[k] for k in ("saving", "gflops", "accuracy")},
             "train_seconds_median": report["train_seconds"]["median"],
             "wall_seconds": report["sweep"]["wall_seconds"]}
@@ -266,13 +308,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="policies observe the no-audio confidence and pay for it (so do their random twins)")
     parser.add_argument("--split", default=None,
                         help="evaluate on all of outcomes_<split>.npz beside the table (default: held-out rows)")
+    parser.add_argument("--baselines", default=None,
+                        help=f"non-RL baselines, comma-separated from {','.join(BASELINES)}, or none (default: all; "
+                             "cascade only if the table has the no-audio confidence)")
     args = parser.parse_args(argv)
     setup_logging()
+    baselines = None if args.baselines is None else name_list("--baselines", args.baselines, BASELINES, none="none")
     sweep = ParetoConfig(args.table, args.out, number_list("--alphas", args.alphas, float),
                         number_list("--seeds", args.seeds, int),
                         tuple(c.strip() for c in args.components.split(",") if c.strip()), args.timesteps,
-                        args.n_envs, args.workers, args.split, args.confidence)
-    OutcomeTable.load(sweep.table)
+                        args.n_envs, args.workers, args.split, args.confidence, baselines)
     report = run_sweep(sweep)
     print(json.dumps(headline(report), indent=2))
     return 0

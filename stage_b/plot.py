@@ -3,7 +3,9 @@
 Learned policies are drawn per reward component as a line through the per-weight means over seeds
 with error bars (std over seeds on both axes); static policies as labelled squares; the
 budget-matched random policies as faint crosses (one per PPO policy); the oracle frontier as a line
-and the cheapest-correct oracle as a star. Rendering uses matplotlib's Agg canvas, no display.
+and the cheapest-correct oracle as a star. The non-RL baselines are thin lines through their points
+(`method_points`: per-weight means over seeds, or the cascade's thresholds), one color and marker per
+baseline and one line style per reward component. Rendering uses matplotlib's Agg canvas, no display.
 """
 
 from __future__ import annotations
@@ -14,11 +16,14 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from stage_b.frontier import is_static, seed_means
+from stage_b.frontier import BASELINE_PREFIXES, is_static, method_points, seed_means
 
 COLORS = {"alpha": "tab:blue", "gamma": "tab:orange", "both": "tab:green"}
 LABELS = {"alpha": "PPO, compute cost (alpha)", "gamma": "PPO, latency cost (gamma)",
           "both": "PPO, both costs (alpha = gamma)"}
+BASELINE_STYLES = {"supervised": ("tab:purple", "^", "supervised (ridge)"), "bandit": ("tab:brown", "v", "LinUCB bandit"),
+                   "cascade": ("tab:olive", "D", "cascade (confidence < tau)")}  # color, marker, label
+LINE_STYLES = {"alpha": "--", "gamma": ":", "both": "-."}
 
 
 def _xy(rows: Sequence[dict]) -> tuple[list[float], list[float]]:
@@ -50,6 +55,11 @@ def plot_pareto(rows: Sequence[dict], path: Path, title: str) -> Path:
             ax.errorbar(*_xy(points), xerr=[p["gflops_std"] for p in points],
                         yerr=[p["accuracy_std"] for p in points], fmt="o-", color=color, capsize=3, ms=5,
                         label=f"{LABELS[component]}, mean ± std over seeds", zorder=4)
+    for method in sorted({r["method"] for r in rows if r["method"].startswith(BASELINE_PREFIXES)}):
+        kind, _, component = method.partition("-")
+        color, marker, label = BASELINE_STYLES[kind]
+        ax.plot(*_xy(method_points(rows, method)), marker=marker, ls=LINE_STYLES.get(component, "-"), color=color,
+                lw=1, ms=4, alpha=0.85, label=f"{label}, {component}" if component else label, zorder=3)
     for i, row in enumerate(static):  # labels of the cheapest to its right, the rest stacked down-left
         ax.plot(row["gflops_per_query"], row["accuracy"], "s", color="black", ms=7, zorder=6,
                 label="static policies" if i == 0 else None)

@@ -21,6 +21,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
 from stable_baselines3.common.env_util import make_vec_env
@@ -56,6 +57,10 @@ class PolicyConfig:
         return {"episode_length": self.episode_length, "alpha": self.alpha, "gamma": self.gamma,
                 "budget": self.budget, "confidence": self.confidence}
 
+    def split(self, table: OutcomeTable) -> tuple[np.ndarray, np.ndarray]:
+        """(train_rows, held_out_rows) of `table`: the seeded split every policy (and baseline) of this config uses."""
+        return table.split_rows(1.0 - self.test_fraction, self.split_seed)
+
     def __post_init__(self) -> None:
         """Every number checked before a table is read; fields with a flag are named by it."""
         check_number("--alpha", self.alpha, ge=0)
@@ -76,7 +81,7 @@ def train_policy(config: PolicyConfig, out_dir: Path, tensorboard: bool = True, 
     `extra_callbacks` (SB3 callbacks, e.g. a benchmark's learning curve) run after the evaluation callback;
     `table` is `config.table` already loaded (read from the file otherwise)."""
     table = table or OutcomeTable.load(config.table)
-    train_rows, test_rows = table.split_rows(1.0 - config.test_fraction, config.split_seed)
+    train_rows, test_rows = config.split(table)
     scaler = FeatureScaler.fit(observed_columns(table, config.confidence)[train_rows])
     env_kwargs = {"table": table, "scaler": scaler, **config.env_kwargs()}
     envs = make_vec_env(AudioBudgetEnv, n_envs=config.n_envs, seed=config.seed,

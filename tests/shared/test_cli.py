@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from shared.cli import (EXIT_FINDING, EXIT_INPUT, EXIT_INTERNAL, EXIT_OK, InputError, check_keys, check_number,
-                        console, is_input_error, number_list)
+                        console, is_input_error, name_list, number_list)
 from shared.config import ConfigError
 
 
@@ -111,6 +111,19 @@ def test_number_list_parses_and_names_the_flag_and_the_bad_item() -> None:
         number_list("--alphas", "0,nan", float, ge=0)
     with pytest.raises(InputError, match="^--seeds is ' , '; expected comma-separated values, each an integer$"):
         number_list("--seeds", " , ")
+
+
+def test_name_list_parses_and_names_the_flag_and_the_bad_item() -> None:
+    choices = ("supervised", "cascade", "bandit")
+    assert name_list("--baselines", "bandit, supervised,,bandit", choices) == ("bandit", "supervised")
+    assert name_list("--baselines", " none ", choices, none="none") == ()
+    with pytest.raises(InputError, match=r"^--baselines is 'bandit,ridge': item 'ridge' is not one of \['supervised', "
+                                         r"'cascade', 'bandit'\] \(or 'none' alone for none\)$"):
+        name_list("--baselines", "bandit,ridge", choices, none="none")
+    with pytest.raises(InputError, match="item 'none' is not one of"):
+        name_list("--baselines", "none", choices)
+    with pytest.raises(InputError, match="^--baselines is ' , '; expected comma-separated names, each one of"):
+        name_list("--baselines", " , ", choices)
 
 
 def test_check_keys_names_where_and_what_is_missing() -> None:

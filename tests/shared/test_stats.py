@@ -13,6 +13,8 @@ from shared.stats import (
     mean_std,
     paired_diff_ci,
     paired_hierarchical_bootstrap,
+    t_interval,
+    welch_interval,
     welch_t,
 )
 
@@ -147,6 +149,33 @@ def test_welch_t_with_zero_variance() -> None:
 def test_welch_t_needs_two_values_per_sample() -> None:
     with pytest.raises(ValueError, match="b has 1 value; expected at least 2"):
         welch_t([1.0, 2.0], [3.0])
+
+
+def test_t_interval_matches_scipy_and_handles_one_or_equal_values() -> None:
+    values = [1.0, 2.0, 3.5]
+    out = t_interval(values)
+    want = scipy.stats.ttest_1samp(values, 0).confidence_interval()
+    assert out["ci95"] == pytest.approx([want.low, want.high]) and out["mean"] == pytest.approx(6.5 / 3)
+    assert (out["n"], out["std"]) == (3, pytest.approx(np.std(values, ddof=1)))
+    assert t_interval([0.7]) == {"mean": 0.7, "std": 0.0, "n": 1, "ci95": None}
+    assert t_interval([0.1, 0.1, 0.1])["ci95"] == [0.1, 0.1]
+    assert "ci90" in t_interval(values, confidence=0.9)
+
+
+def test_welch_interval_matches_scipy_and_an_exact_baseline_adds_no_variance() -> None:
+    a, b = [1.0, 2.0, 3.5], [0.5, 1.0, 1.2, 0.1]
+    out = welch_interval(a, b)
+    want = scipy.stats.ttest_ind(a, b, equal_var=False)
+    assert out["ci95"] == pytest.approx([want.confidence_interval().low, want.confidence_interval().high])
+    assert out["df"] == pytest.approx(want.df) == welch_t(a, b)["df"]
+    assert out["mean_diff"] == pytest.approx(np.mean(a) - np.mean(b)) and (out["n_a"], out["n_b"]) == (3, 4)
+    exact = welch_interval(a, [0.5], b_exact=True)  # a one-sample t interval, shifted
+    one_sample = t_interval(np.array(a) - 0.5)
+    assert exact["ci95"] == pytest.approx(one_sample["ci95"]) and exact["df"] == 2.0
+    assert welch_interval([1.0], b)["ci95"] is None and welch_interval(a, [0.5])["ci95"] is None
+    assert welch_interval([0.3, 0.3], [0.1, 0.1])["ci95"] == pytest.approx([0.2, 0.2])
+    with pytest.raises(ValueError, match="b has 2 values with b_exact"):
+        welch_interval(a, [0.5, 0.6], b_exact=True)
 
 
 def test_mean_std() -> None:

@@ -2,7 +2,9 @@
 
 import numpy as np
 import pytest
+from scipy import stats
 
+from shared.stats import welch_t
 from stage_b.frontier import (dominance, hypervolume, matched_accuracy_saving, oracle_choice, oracle_frontier,
                               pareto_mask, summarize_sweep)
 
@@ -102,3 +104,44 @@ def test_summarize_sweep_on_hand_made_rows() -> None:
     # target: always-k16's 0.79 - 0.01; cheapest learned mean at >= 0.78 is 0.06
     assert report["matched_accuracy_saving"]["any"]["saving"] == pytest.approx(1 - 0.04 / 0.10)
     assert report["hypervolume_per_seed"]["ppo-alpha"]["n"] == 2
+
+
+def test_summarize_sweep_compares_ppo_with_each_baseline() -> None:
+    """Per-seed hypervolumes with t intervals, ratios to the oracle, PPO minus each baseline (hand-computed)."""
+    rows = [_row("never", 0.02, 0.58), _row("always-k16", 0.12, 0.79), _row("oracle", 0.04, 0.82),
+            _row("oracle-frontier", 0.04, 0.82, 0.0), _row("oracle-frontier", 0.02, 0.58, 2.0),
+            _row("ppo-alpha", 0.05, 0.79, 0.1, 0), _row("ppo-alpha", 0.03, 0.60, 1.0, 0),
+            _row("ppo-alpha", 0.07, 0.81, 0.1, 1), _row("ppo-alpha", 0.03, 0.62, 1.0, 1),
+            _row("supervised-alpha", 0.05, 0.78, 0.1, 0), _row("supervised-alpha", 0.03, 0.60, 1.0, 0),
+            _row("supervised-alpha", 0.06, 0.80, 0.1, 1), _row("supervised-alpha", 0.03, 0.58, 1.0, 1),
+            _row("cascade", 0.02, 0.58), _row("cascade", 0.08, 0.79)]
+    report = summarize_sweep(rows, ["alpha"])
+    ppo = [0.02 * 0.60 + 0.07 * 0.79, 0.04 * 0.62 + 0.05 * 0.81]  # each seed's own points, reference 0.12
+    supervised = [0.02 * 0.60 + 0.07 * 0.78, 0.03 * 0.58 + 0.06 * 0.80]
+    cascade = 0.06 * 0.58 + 0.04 * 0.79  # its rows, one per threshold
+    hv, per_seed = report["hypervolume"], report["hypervolume_per_seed"]
+    assert hv["supervised-alpha"] == pytest.approx(0.025 * 0.59 + 0.065 * 0.79)  # seed means (0.03, 0.59), (0.055, 0.79)
+    assert hv["cascade"] == pytest.approx(cascade)
+    assert report["hypervolume_ratio_to_oracle"]["cascade"] == pytest.approx(cascade / (0.02 * 0.58 + 0.08 * 0.82))
+    assert report["hypervolume_ratio_to_oracle"]["supervised-alpha"] == pytest.approx(hv["supervised-alpha"] / 0.0772)
+    for method, values in (("ppo-alpha", ppo), ("supervised-alpha", supervised)):
+        half = stats.t.ppf(0.975, 1) * np.std(values, ddof=1) / np.sqrt(2)
+        assert per_seed[method]["mean"] == pytest.approx(np.mean(values))
+        assert per_seed[method]["ci95"] == pytest.approx([np.mean(values) - half, np.mean(values) + half])
+    oracle = 0.02 * 0.58 + 0.08 * 0.82
+    assert per_seed["cascade"] == {"mean": pytest.approx(cascade), "std": 0.0, "n": 1, "deterministic": True,
+                                   "ci95": [pytest.approx(cascade)] * 2,
+                                   "ratio_to_oracle": {"mean": pytest.approx(cascade / oracle),
+                                                       "ci95": [pytest.approx(cascade / oracle)] * 2}}
+    assert per_seed["ppo-alpha"]["ratio_to_oracle"]["ci95"] == pytest.approx(
+        [bound / oracle for bound in per_seed["ppo-alpha"]["ci95"]])
+    versus = report["ppo_minus_baseline_hypervolume"]
+    assert set(versus) == {"supervised-alpha", "cascade"} and set(versus["cascade"]) == {"ppo-alpha"}
+    welch = versus["supervised-alpha"]["ppo-alpha"]
+    assert welch["mean_diff"] == pytest.approx(np.mean(ppo) - np.mean(supervised))
+    assert welch["df"] == pytest.approx(welch_t(ppo, supervised)["df"])
+    exact = versus["cascade"]["ppo-alpha"]  # the cascade's one hypervolume is exact: only PPO's seeds vary
+    half = stats.t.ppf(0.975, 1) * np.std(ppo, ddof=1) / np.sqrt(2)
+    assert exact["ci95"] == pytest.approx([np.mean(ppo) - cascade - half, np.mean(ppo) - cascade + half])
+    assert report["baseline_points"]["cascade"][0]["gflops_per_query"] == 0.02
+    assert report["dominated"]["static"] == {"dominated": "1/2", "strictly": "1/2"}  # baselines are not learned points

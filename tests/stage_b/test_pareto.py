@@ -36,6 +36,7 @@ def table_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def sweep_out(table_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every component, seed 0, default baselines: the toy table has no confidence, so the cascade is skipped."""
     out = tmp_path_factory.mktemp("sweep")
     assert main(["--table", str(table_path), "--out", str(out), "--seeds", "0", *TINY]) == 0
     return out
@@ -46,7 +47,13 @@ def test_csv_has_exact_columns_and_every_method(sweep_out: Path, table_path: Pat
     rows = read_csv(sweep_out / "pareto.csv")
     methods = {r["method"] for r in rows}
     assert methods == {"never", "always-k4", "always-k8", "always-k16", "oracle", "oracle-frontier",
-                       *(f"{kind}-{c}" for kind in ("ppo", "random") for c in ("alpha", "gamma", "both"))}
+                       *(f"{kind}-{c}" for kind in ("ppo", "random", "supervised", "bandit")
+                         for c in ("alpha", "gamma", "both"))}
+    for kind in ("supervised", "bandit"):  # the PPO policies' weights and seeds
+        learned = [r for r in rows if r["method"].startswith(f"{kind}-")]
+        assert sorted((r["method"], r["alpha"], r["gamma"], r["seed"]) for r in learned) == sorted(
+            (r["method"].replace("ppo", kind), r["alpha"], r["gamma"], r["seed"]) for r in rows
+            if r["method"].startswith("ppo-"))
     ppo = [r for r in rows if r["method"].startswith("ppo-")]
     assert len(ppo) == 6 and {(r["alpha"], r["gamma"]) for r in ppo} == {(0, 0), (0.5, 0), (0, 0.5), (0.5, 0.5)}
     for row in rows:
@@ -69,9 +76,22 @@ def test_json_and_png(sweep_out: Path) -> None:
     report = json.loads((sweep_out / "pareto.json").read_text())
     assert report["n"] == 18 and report["rows"] == "held-out" and report["table_provenance"] == {"split": "toy"}
     assert report["reference"]["gflops_per_query"] == 6.0
-    assert set(report["hypervolume"]) == {"ppo-alpha", "ppo-gamma", "ppo-both", "static", "random", "oracle",
-                                          "oracle-frontier"}
-    assert 0 < report["hypervolume_ratio_to_oracle"]["ppo-alpha"] <= 1.0 + 1e-9
+    learned = [f"{kind}-{c}" for kind in ("ppo", "supervised", "bandit") for c in ("alpha", "gamma", "both")]
+    assert set(report["hypervolume"]) == {*learned, "static", "random", "oracle", "oracle-frontier"}
+    assert set(report["hypervolume_ratio_to_oracle"]) == set(report["hypervolume_per_seed"]) == set(learned)
+    assert all(0 < ratio <= 1.0 + 1e-9 for ratio in report["hypervolume_ratio_to_oracle"].values())
+    assert report["hypervolume_per_seed"]["supervised-alpha"]["n"] == 1  # one seed: no interval
+    assert report["hypervolume_per_seed"]["supervised-alpha"]["ci95"] is None
+    versus = report["ppo_minus_baseline_hypervolume"]
+    assert set(versus) == {f"{kind}-{c}" for kind in ("supervised", "bandit") for c in ("alpha", "gamma", "both")}
+    assert set(versus["bandit-gamma"]) == {"ppo-gamma"} and versus["bandit-gamma"]["ppo-gamma"]["mean_diff"] == (
+        pytest.approx(report["hypervolume_per_seed"]["ppo-gamma"]["mean"]
+                      - report["hypervolume_per_seed"]["bandit-gamma"]["mean"]))
+    baselines = report["baselines"]
+    assert baselines["run"] == ["supervised", "bandit"] and "no 'confidence' column" in baselines["skipped"]["cascade"]
+    policy = json.loads((sweep_out / "policies" / "alpha-w0-seed0" / "policy.json").read_text())
+    assert baselines["train_rows"] == policy["train_rows"] == 42  # the rows PPO trained on
+    assert baselines["supervised"]["seconds"] < 5 and baselines["bandit"]["seconds"] < 5
     assert report["train_seconds"]["policies"] == 6 and report["train_seconds"]["median"] > 0
     assert len(report["dominance"]) == 4 + 6  # 4 static policies, 6 random (component, weight) means
     png = sweep_out / "pareto.png"
@@ -132,7 +152,11 @@ def test_a_failing_worker_raises(sweep_out: Path, table_path: Path, tmp_path: Pa
                                                 ("--seeds", "0,x", "--seeds is '0,x': item 'x' is not an integer"),
                                                 ("--timesteps", "0", "--timesteps is 0; expected an integer >= 1"),
                                                 ("--n-envs", "0", "--n-envs is 0; expected an integer >= 1"),
-                                                ("--workers", "0", "--workers is 0; expected an integer >= 1")])
+                                                ("--workers", "0", "--workers is 0; expected an integer >= 1"),
+                                                ("--baselines", "supervised,ridge",
+                                                 "item 'ridge' is not one of ['supervised', 'cascade', 'bandit']"),
+                                                ("--baselines", ",", "--baselines is ','; expected comma-separated names"),
+                                                ("--baselines", "none,bandit", "item 'none' is not one of")])
 def test_bad_arguments_exit_2_before_the_table_is_read(tmp_path: Path, flag: str, value: str, message: str,
                                                        capsys: pytest.CaptureFixture) -> None:
     assert main(["--table", str(tmp_path / "none.npz"), "--out", str(tmp_path), flag, value]) == 2
@@ -144,6 +168,23 @@ def test_bad_arguments_exit_2_before_the_table_is_read(tmp_path: Path, flag: str
 def test_missing_table_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["--table", str(tmp_path / "none.npz"), "--out", str(tmp_path)]) == 2
     assert "stage_b-outcomes" in capsys.readouterr().err
+
+
+def test_cascade_requested_without_confidence_exits_2_before_training(table_path: Path, tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    assert main(["--table", str(table_path), "--out", str(tmp_path), "--baselines", "supervised,cascade"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--baselines cascade needs the no-audio 'confidence' column, which {table_path} " \
+        "lacks; rebuild the table with stage_b-outcomes" in err
+    assert not (tmp_path / "policies").exists()
+
+
+def test_no_baselines(table_path: Path, tmp_path: Path) -> None:
+    assert main(["--table", str(table_path), "--out", str(tmp_path), "--seeds", "0", "--components", "alpha",
+                 "--baselines", "none", "--timesteps", "512", "--n-envs", "2", "--workers", "1", "--alphas", "0"]) == 0
+    report = json.loads((tmp_path / "pareto.json").read_text())
+    assert report["baselines"] == {"run": [], "skipped": {}} and report["ppo_minus_baseline_hypervolume"] == {}
+    assert set(report["hypervolume_per_seed"]) == {"ppo-alpha"}
 
 
 def test_confidence_sweep_charges_the_no_audio_run(table_path: Path, tmp_path: Path) -> None:
@@ -161,3 +202,14 @@ def test_confidence_sweep_charges_the_no_audio_run(table_path: Path, tmp_path: P
     ppo = next(r for r in read_csv(out / "pareto.csv") if r["method"] == "ppo-alpha")
     assert ppo["gflops_per_query"] == pytest.approx(charged["gflops_per_query"])
     assert charged["gflops_per_query"] > summarize(table, rows, actions)["gflops_per_query"]
+    # the default baselines run the cascade on a table with confidence: on the held-out rows, paying the base run
+    csv_rows = read_csv(out / "pareto.csv")
+    cascade = [r for r in csv_rows if r["method"] == "cascade"]
+    report = json.loads((out / "pareto.json").read_text())
+    assert report["baselines"]["run"] == ["supervised", "cascade", "bandit"] and report["baselines"]["skipped"] == {}
+    assert len(cascade) == len(report["baselines"]["cascade"]["thresholds"]) == 2  # one weight: never and always
+    index = table.actions.tolist().index(report["baselines"]["cascade"]["k"])
+    assert cascade[0]["gflops_per_query"] == pytest.approx(table.gflops[rows, 0].mean())
+    assert cascade[-1]["gflops_per_query"] == pytest.approx((table.gflops[rows, index] + table.gflops[rows, 0]).mean())
+    assert report["hypervolume_per_seed"]["cascade"]["deterministic"]
+    assert set(report["ppo_minus_baseline_hypervolume"]["cascade"]) == {"ppo-alpha"}
