@@ -3,13 +3,13 @@
 Reports accuracy with a 95% bootstrap CI, mean GFLOPs and latency per question, the audio usage
 rate, and the action histogram per question family and type, as JSON or a table. The policy plays
 each question once through the env it trained in (its budget, if any, included). The held-out
-rows are those recorded in policy.json at training time, so evaluation never sees training rows;
-`--split S` evaluates on every question of another split's outcome table instead. Either table must
-come from the Stage A checkpoint the policy's training table came from (the `checkpoint_hash` in the
-table's provenance, recorded in policy.json): a table of another checkpoint, even of the same shapes,
-is refused unless `--allow-other-table` (then a warning). Policies load without pickle
-(policy.safetensors, stage_b.actor); an old folder with only SB3's policy.zip loads only with
-`--trust-pickle`.
+rows are those recorded in policy.json at training time, so evaluation never sees training or
+validation rows; `--split S` evaluates on every question of another split's outcome table instead.
+Either table must come from the Stage A checkpoint the policy's training table came from (the
+`checkpoint_hash` in the table's provenance, recorded in policy.json): a table of another checkpoint,
+even of the same shapes, is refused unless `--allow-other-table` (then a warning). Policies load
+without pickle (policy.safetensors, stage_b.actor); an old folder with only SB3's policy.zip loads
+only with `--trust-pickle`.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from shared.loading import load_json, load_sb3
 from shared.logs import setup_logging
 from shared.stats import mean_ci
 from stage_b.actor import ACTOR_FILE, load_actor
-from stage_b.train import PolicyConfig
+from stage_b.train import LEGACY_VAL_FRACTION, PolicyConfig
 
 log = logging.getLogger(__name__)
 POLICY_FILE = "a file of a policy folder written by stage_b-train"
@@ -74,6 +74,9 @@ class SavedPolicy:
         else:
             raise PickleRefused(f"{folder / 'policy.zip'} is a pickled SB3 policy (loading it can run code) and the "
                                 f"folder has no {ACTOR_FILE}; pass --trust-pickle to load it, or retrain")
+        if "val_fraction" not in record["config"]:  # written before the validation split: see stage_b.train
+            record["config"] = record["config"] | {"val_fraction": LEGACY_VAL_FRACTION}
+            record.setdefault("val_rows", [])
         try:
             config = PolicyConfig(**record["config"])
         except TypeError as err:

@@ -119,6 +119,10 @@ def _needs_training(folder: Path, config: PolicyConfig, table_sha256: str) -> bo
         return True
     record = load_json(record_path, "a policy record written by stage_b-train", keys=("config",))
     saved = record["config"]
+    if "val_fraction" not in saved:
+        log.info("retraining %s: it was trained before the validation split (its best/ was selected on the "
+                 "held-out rows)", folder)
+        return True
     if saved != asdict(config):
         raise ValueError(f"{folder} holds a policy trained with {saved}, not {asdict(config)}; "
                          "delete it or choose another --out")
