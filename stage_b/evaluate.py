@@ -26,7 +26,7 @@ import numpy as np
 from stable_baselines3 import PPO
 from stable_baselines3.common.policies import BasePolicy
 
-from envs.audio_budget import AudioBudgetEnv, FeatureScaler, Outcome
+from envs.audio_budget import AudioBudgetEnv, Confidence, FeatureScaler, Outcome
 from envs.outcome_table import OutcomeTable
 from shared.cli import ArgumentParser, InputError, console
 from shared.loading import load_json, load_sb3
@@ -87,14 +87,17 @@ class SavedPolicy:
     def confidence(self) -> bool:
         return self.config.confidence
 
-    def env(self, table: OutcomeTable, rows: np.ndarray, outcome: Outcome | None = None) -> AudioBudgetEnv:
-        """The env this policy trained in (reward weights, budget, episode length, confidence, scaler) over `rows`."""
-        return AudioBudgetEnv(table, rows=rows, scaler=self.scaler, outcome=outcome, **self.config.env_kwargs())
+    def env(self, table: OutcomeTable, rows: np.ndarray, outcome: Outcome | None = None,
+            live_confidence: Confidence | None = None) -> AudioBudgetEnv:
+        """The env this policy trained in (reward weights, budget, episode length, confidence, scaler) over `rows`;
+        `outcome` and `live_confidence` switch it to live mode (AudioBudgetEnv)."""
+        return AudioBudgetEnv(table, rows=rows, scaler=self.scaler, outcome=outcome, live_confidence=live_confidence,
+                              **self.config.env_kwargs())
 
-    def play(self, table: OutcomeTable, rows: np.ndarray, seed: int = 0,
-             outcome: Outcome | None = None) -> dict[str, np.ndarray]:
+    def play(self, table: OutcomeTable, rows: np.ndarray, seed: int = 0, outcome: Outcome | None = None,
+             live_confidence: Confidence | None = None) -> dict[str, np.ndarray]:
         """Every question of `rows` once, through this policy's env (see `play`)."""
-        return play(self.model, self.env(table, rows, outcome), rows, seed)
+        return play(self.model, self.env(table, rows, outcome, live_confidence), rows, seed)
 
     def _check_table(self, table: OutcomeTable, path: Path, allow_other_table: bool = False) -> None:
         """Refuse a table built from another Stage A checkpoint than the policy's training table (whatever its
@@ -137,17 +140,19 @@ def play(model: PPO | BasePolicy, env: AudioBudgetEnv, rows: np.ndarray, seed: i
     A seeded permutation of `rows` is cut into episodes of the env's length (the last may be
     shorter), each played with `reset(options={"order": ...})`, so the episode and budget features
     and any budget substitution are those of the env. Returns per-step arrays: row, action (as
-    taken), score, gflops, latency_ms, reward; sorted by row.
+    taken), score, gflops, latency_ms, reward and, for a policy observing it, the no-audio
+    confidence it saw; sorted by row.
     """
     order = np.random.default_rng(seed).permutation(np.asarray(rows, dtype=np.int64))
     steps: dict[str, list] = defaultdict(list)
+    keys = ("row", "score", "gflops", "latency_ms", *(("confidence",) if env.confidence else ()))
     for start in range(0, len(order), env.episode_length):
         obs, _ = env.reset(options={"order": order[start:start + env.episode_length]})
         done = False
         while not done:
             action, _ = model.predict(obs, deterministic=True)
             obs, reward, done, _, info = env.step(int(action))
-            for key in ("row", "score", "gflops", "latency_ms"):
+            for key in keys:
                 steps[key].append(info[key])
             steps["action"].append(info["action_taken"])
             steps["reward"].append(reward)
