@@ -140,8 +140,8 @@ def play(model: PPO | BasePolicy, env: AudioBudgetEnv, rows: np.ndarray, seed: i
     A seeded permutation of `rows` is cut into episodes of the env's length (the last may be
     shorter), each played with `reset(options={"order": ...})`, so the episode and budget features
     and any budget substitution are those of the env. Returns per-step arrays: row, action (as
-    taken), score, gflops, latency_ms, reward and, for a policy observing it, the no-audio
-    confidence it saw; sorted by row.
+    taken), score, gflops, latency_ms, reward, forced (the budget replaced the chosen action by no
+    audio) and, for a policy observing it, the no-audio confidence it saw; sorted by row.
     """
     order = np.random.default_rng(seed).permutation(np.asarray(rows, dtype=np.int64))
     steps: dict[str, list] = defaultdict(list)
@@ -155,6 +155,7 @@ def play(model: PPO | BasePolicy, env: AudioBudgetEnv, rows: np.ndarray, seed: i
             for key in keys:
                 steps[key].append(info[key])
             steps["action"].append(info["action_taken"])
+            steps["forced"].append(info["budget_forced"])
             steps["reward"].append(reward)
     by_row = np.argsort(steps["row"])
     return {key: np.asarray(values)[by_row] for key, values in steps.items()}

@@ -19,7 +19,9 @@ OUT/pareto.csv has the columns in `COLUMNS`. `alpha`, `gamma`, `seed` are the po
 weights and seed for `ppo-*` and `random-*` rows, and the weight (alpha = w, gamma = 0) for
 `oracle-frontier` rows; a field that does not apply (static and oracle rows) is left empty.
 OUT/pareto.json holds the frontier analysis (`stage_b.frontier.summarize_sweep`) and OUT/pareto.png
-the plot.
+the plot. With `--budget B[,B...]` PPO policies also train under each episode compute budget, and
+OUT/budget.csv, OUT/budget.png and pareto.json's `budget` block compare them with the best static policy
+played through the same budget (stage_b.budget; pareto.csv is unchanged).
 """
 
 from __future__ import annotations
@@ -39,12 +41,14 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from envs.audio_budget import BUDGET
 from envs.outcome_table import DEFAULT_TABLE, OutcomeTable
 from shared.benchmark import machine_info
 from shared.checkpoint import atomic_write_text
-from shared.cli import ArgumentParser, check_number, console, number_list
+from shared.cli import ArgumentParser, InputError, check_number, console, number_list
 from shared.loading import file_sha256, load_json
 from shared.logs import setup_logging
+from stage_b.budget import BUDGET_COLUMNS, budget_policies, run_budgets
 from stage_b.evaluate import SavedPolicy, summarize
 from stage_b.frontier import oracle_frontier, summarize_sweep
 from stage_b.plot import plot_pareto
@@ -71,6 +75,7 @@ class ParetoConfig:
     workers: int = 2
     split: str | None = None
     confidence: bool = False
+    budgets: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.weights or not self.seeds:
@@ -84,6 +89,12 @@ class ParetoConfig:
             raise ValueError(f"--components has {unknown or 'no values'}; expected a subset of {list(COMPONENTS)}")
         for flag, value in (("--timesteps", self.timesteps), ("--n-envs", self.n_envs), ("--workers", self.workers)):
             check_number(flag, value, ge=1, integer=True)
+        for budget in self.budgets:
+            check_number("--budget item", budget, **BUDGET)
+        if self.budgets and self.confidence:
+            raise InputError("--budget with --confidence is not supported: the confidence's base run changes the "
+                             "maximum compute a budget is a fraction of, so PPO and the static policies it is compared "
+                             "with would get different budgets; expected one of the two flags")
         self.table = self.table.resolve()
 
     def policies(self) -> dict[str, PolicyConfig]:
@@ -108,7 +119,8 @@ def _train_and_play(config: PolicyConfig, folder: Path, train: bool, split: str 
     policy = SavedPolicy.load(folder)
     table, rows = policy.evaluation_rows(split)
     steps = policy.play(table, rows)
-    return {"rows": steps["row"], "actions": steps["action"], "train_seconds": policy.record["train_seconds"]}
+    return {"rows": steps["row"], "actions": steps["action"], "forced": steps["forced"],
+            "train_seconds": policy.record["train_seconds"]}
 
 
 def _needs_training(folder: Path, config: PolicyConfig, table_sha256: str) -> bool:
@@ -135,9 +147,9 @@ def _needs_training(folder: Path, config: PolicyConfig, table_sha256: str) -> bo
     return False
 
 
-def run_policies(sweep: ParetoConfig) -> dict[str, dict]:
-    """Train (or reuse) every policy of the sweep in a process pool; name -> {rows, actions, train_seconds, reused}."""
-    configs = sweep.policies()
+def run_policies(sweep: ParetoConfig, configs: dict[str, PolicyConfig]) -> dict[str, dict]:
+    """Train (or reuse) the policies `configs` names (folder name -> config) in a process pool;
+    name -> {rows, actions, forced, train_seconds, reused}."""
     folders = {name: sweep.out / "policies" / name for name in configs}
     table_sha256 = file_sha256(sweep.table)
     train = {name: _needs_training(folders[name], config, table_sha256) for name, config in configs.items()}
@@ -198,17 +210,17 @@ def evaluate_sweep(sweep: ParetoConfig, results: dict[str, dict]) -> tuple[list[
     return out, table, rows
 
 
-def write_csv(rows: list[dict], path: Path) -> Path:
-    """pareto.csv with exactly `COLUMNS`, None written as an empty field, atomically."""
+def write_csv(rows: list[dict], path: Path, columns: tuple[str, ...] = COLUMNS) -> Path:
+    """pareto.csv (or budget.csv) with exactly `columns`, None written as an empty field, atomically."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
-    writer.writerows({k: "" if row[k] is None else row[k] for k in COLUMNS} for row in rows)
+    writer.writerows({k: "" if row[k] is None else row[k] for k in columns} for row in rows)
     return atomic_write_text(path, buffer.getvalue())
 
 
 def read_csv(path: Path) -> list[dict]:
-    """pareto.csv back as row dicts: numbers as float (seed as int), empty fields as None."""
+    """pareto.csv (or budget.csv) back as row dicts: numbers as float (seed as int), empty fields as None."""
     def parse(key: str, value: str) -> str | float | int | None:
         if key == "method" or value == "":
             return value if key == "method" else None
@@ -219,14 +231,21 @@ def read_csv(path: Path) -> list[dict]:
 
 
 def run_sweep(sweep: ParetoConfig) -> dict:
-    """Train, evaluate, analyse and plot; writes pareto.csv, pareto.json and pareto.png and returns the JSON."""
+    """Train, evaluate, analyse and plot; writes pareto.csv, pareto.json and pareto.png (with budgets also
+    budget.csv and budget.png) and returns the JSON."""
     start = time.perf_counter()
-    results = run_policies(sweep)
+    budgeted = budget_policies(sweep)
+    results = run_policies(sweep, sweep.policies() | budgeted)
     rows, table, eval_rows = evaluate_sweep(sweep, results)
     write_csv(rows, sweep.out / "pareto.csv")
     split, kind = table.provenance.get("split"), "held-out" if sweep.split is None else "all"
-    plot_pareto(rows, sweep.out / "pareto.png",
-                f"Stage B Pareto frontier: split {split}, {len(eval_rows)} questions ({kind} rows)")
+    where = f"split {split}, {len(eval_rows)} questions ({kind} rows)"
+    plot_pareto(rows, sweep.out / "pareto.png", f"Stage B Pareto frontier: {where}")
+    budget = {}
+    if budgeted:
+        budget_rows, budget["budget"] = run_budgets(sweep, budgeted, results, table, eval_rows,
+                                                    f"Stage B under a compute budget: {where}")
+        write_csv(budget_rows, sweep.out / "budget.csv", BUDGET_COLUMNS)
     seconds = [r["train_seconds"] for r in results.values()]
     report = {
         "out": str(sweep.out), "table": str(sweep.table), "split": split, "rows": kind, "n": int(len(eval_rows)),
@@ -234,9 +253,10 @@ def run_sweep(sweep: ParetoConfig) -> dict:
         "train_seconds": {"median": statistics.median(seconds), "sum": round(sum(seconds), 1),
                           "policies": len(seconds), "trained": sum(not r["reused"] for r in results.values())},
         "sweep": {"weights": sorted(set(sweep.weights)), "seeds": sorted(set(sweep.seeds)),
-                  "components": list(sweep.components), "timesteps": sweep.timesteps, "n_envs": sweep.n_envs,
-                  "workers": sweep.workers, "wall_seconds": round(time.perf_counter() - start, 1)},
-        "machine": machine_info(), "table_provenance": table.provenance,
+                  "components": list(sweep.components), "budgets": sorted(set(sweep.budgets)),
+                  "timesteps": sweep.timesteps, "n_envs": sweep.n_envs, "workers": sweep.workers,
+                  "wall_seconds": round(time.perf_counter() - start, 1)},
+        "machine": machine_info(), "table_provenance": table.provenance, **budget,
     }
     atomic_write_text(sweep.out / "pareto.json", json.dumps(report, indent=1))
     return report
@@ -245,11 +265,13 @@ def run_sweep(sweep: ParetoConfig) -> dict:
 def headline(report: dict) -> dict:
     """The short summary the CLI prints: hypervolumes, ratios, dominance counts, saving, timing."""
     saving = report["matched_accuracy_saving"]["any"]
+    budget = {"budget": [{key: p[key] for key in ("budget", "ppo_accuracy", "ppo_accuracy_std", "best_static")}
+                         for p in report["budget"]["points"]]} if "budget" in report else {}
     return {"out": report["out"], "n": report["n"], "hypervolume": report["hypervolume"],
             "hypervolume_ratio_to_oracle": report["hypervolume_ratio_to_oracle"], "dominated": report["dominated"],
             "matched_accuracy_saving": saving and {k: saving[k] for k in ("saving", "gflops", "accuracy")},
             "train_seconds_median": report["train_seconds"]["median"],
-            "wall_seconds": report["sweep"]["wall_seconds"]}
+            "wall_seconds": report["sweep"]["wall_seconds"], **budget}
 
 
 @console("stage_b-pareto")
@@ -270,12 +292,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="policies observe the no-audio confidence and pay for it (so do their random twins)")
     parser.add_argument("--split", default=None,
                         help="evaluate on all of outcomes_<split>.npz beside the table (default: held-out rows)")
+    parser.add_argument("--budget", default=None,
+                        help="comma-separated episode compute budgets, fractions of the maximum in (0, 1]: PPO "
+                             "policies (alpha = gamma = 0, the sweep's seeds) train under each, against the best "
+                             "static policy through the same budget (budget.csv, budget.png)")
     args = parser.parse_args(argv)
     setup_logging()
     sweep = ParetoConfig(args.table, args.out, number_list("--alphas", args.alphas, float),
                         number_list("--seeds", args.seeds, int),
                         tuple(c.strip() for c in args.components.split(",") if c.strip()), args.timesteps,
-                        args.n_envs, args.workers, args.split, args.confidence)
+                        args.n_envs, args.workers, args.split, args.confidence,
+                        () if args.budget is None else number_list("--budget", args.budget, float, **BUDGET))
     OutcomeTable.load(sweep.table)
     report = run_sweep(sweep)
     print(json.dumps(headline(report), indent=2))
