@@ -142,8 +142,8 @@ def plot_budget(rows: Sequence[dict], max_gflops: float, path: Path, title: str)
         acc_ax.annotate(r["method"], (r["budget"], r["accuracy"]), textcoords="offset points", xytext=(0, -13),
                         ha="center", fontsize=7)
     cost_ax.plot(budgets, [b * max_gflops for b in budgets], ":", color="tab:red",
-                 label="budget per query (audio beyond it is refused; no-audio answers still count)")
-    cost_ax.legend(loc="upper left", fontsize=8)
+                 label="budget x max GFLOPs (audio beyond it is refused)")
+    cost_ax.legend(loc="lower right", fontsize=8)
     acc_ax.set_ylabel("accuracy (mean VQA score)")
     cost_ax.set_ylabel("GFLOPs per query (charged)")
     acc_ax.legend(loc="lower right", fontsize=8)
