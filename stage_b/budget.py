@@ -11,7 +11,7 @@ action that would overspend the episode's budget is replaced by no audio exactly
 (a budget-blind deployment: audio until the budget runs out), and the best of them by accuracy. This
 is the fair comparison: both face the same budget and the same substitution rule. The stricter
 reading, "a static policy whose own mean cost per question fits the budget", leaves only `never`
-at every budget below always-k4's share of the maximum (0.96 on the embedded world's test table),
+at every budget below always-k4's mean share of the maximum (0.965 on the embedded world's test table),
 a baseline PPO beats trivially, so it is not used. The env refuses only audio: a no-audio answer
 is always given and charged, so once the budget is spent an episode's compute exceeds it by the
 no-audio cost of its remaining questions, for PPO and the static policies alike (budget.png's
