@@ -92,7 +92,7 @@ def main() -> None:
     folder = args.policy_dir or Path(tempfile.mkdtemp(prefix="stage_b_bench_")) / f"alpha{args.alpha:g}"
     config = PolicyConfig(str(args.table), alpha=args.alpha, timesteps=args.timesteps)
     table = OutcomeTable.load(args.table)
-    curve = HeldOutCurve(config, config.split(table)[1], args.every)
+    curve = HeldOutCurve(config, config.rows(table).test, args.every)
     start = time.perf_counter()
     record = train_policy(config, folder, tensorboard=False, extra_callbacks=[curve])
     wall = time.perf_counter() - start

@@ -17,7 +17,10 @@ audio action also pays the base run that produced the confidence.
 
 *Live mode* passes `outcome`, a function (row, action index) -> (score, gflops, latency_ms) that
 runs SAFE on the question (stage_b.live); the env then scores and charges what that run returned,
-with the same normalisation, and uses the table only for features, budget checks and maxima.
+with the same normalisation, and uses the table only for features, budget checks and maxima. With
+the confidence feature, live mode also passes `live_confidence`, a function row -> the no-audio
+confidence measured by running the base model on the question when it is shown; the policy observes
+that value instead of the table's, and `outcome` charges the run as `charged_costs` does.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ log = logging.getLogger(__name__)
 
 
 Outcome = Callable[[int, int], tuple[float, float, float]]
+Confidence = Callable[[int], float]
 BUDGET = {"gt": 0.0, "le": 1.0}  # an episode's budget: a fraction of its maximum compute (shared.cli.check_number bounds)
 
 
@@ -87,6 +91,7 @@ class AudioBudgetEnv(gym.Env):
     than `episode_length`, using the env's seeded `np_random`; `terminated` is True after the last.
     `reset(options={"order": [i, j, ...]})` plays exactly those table rows instead (1 to
     `episode_length` of them, in that order): evaluation uses it to visit each held-out question once.
+    With `confidence`, `info["confidence"]` is the raw confidence the policy observed for the step's question.
 
     Budget: with `budget = b` an episode of L questions may spend at most `b * L * max_gflops` GFLOPs.
     If the chosen action costs more than what remains, the env substitutes action 0 (no audio): the
@@ -100,7 +105,7 @@ class AudioBudgetEnv(gym.Env):
     def __init__(self, table: OutcomeTable | str | Path, episode_length: int = 32, alpha: float = 0.1,
                  gamma: float = 0.0, budget: float | None = None, rows: np.ndarray | None = None,
                  seed: int | None = None, confidence: bool = False, scaler: FeatureScaler | None = None,
-                 outcome: Outcome | None = None) -> None:
+                 outcome: Outcome | None = None, live_confidence: Confidence | None = None) -> None:
         super().__init__()
         if not isinstance(table, OutcomeTable):
             table = OutcomeTable.load(table)
@@ -118,8 +123,11 @@ class AudioBudgetEnv(gym.Env):
         self.rows = rows.astype(np.int64)
         self.episode_length = int(episode_length)
         self.alpha, self.gamma, self.budget = float(alpha), float(gamma), budget
-        if outcome is not None and confidence:
-            raise ValueError("live mode (outcome=...) does not support the confidence feature yet")
+        self.confidence = bool(confidence)
+        if (live_confidence is not None) != (outcome is not None and self.confidence):
+            raise ValueError(f"live_confidence is {'given' if live_confidence else 'missing'} with outcome "
+                             f"{'given' if outcome else 'missing'} and confidence {self.confidence}; expected it "
+                             "exactly in live mode with the confidence feature")
         gflops, latency = table.charged_costs(confidence)
         self.max_gflops = float(gflops.max())
         self.max_latency = float(latency.max())
@@ -132,11 +140,13 @@ class AudioBudgetEnv(gym.Env):
         self._k = table.actions.tolist()
         self._n_actions = table.n_actions
         self._outcome = outcome
-        columns = observed_columns(table, confidence)
-        self.scaler = scaler or FeatureScaler.fit(columns[self.rows])
-        dim = columns.shape[1]
+        self._live_confidence = live_confidence
+        self._columns = observed_columns(table, confidence)
+        self.scaler = scaler or FeatureScaler.fit(self._columns[self.rows])
+        dim = self._columns.shape[1]
         self._obs_base = np.zeros((table.n_rows, dim + 2), dtype=np.float32)
-        self._obs_base[:, :dim] = self.scaler(columns)
+        self._obs_base[:, :dim] = self.scaler(self._columns)
+        self._seen_confidence = math.nan
         self._length = self.episode_length
         self.action_space = spaces.Discrete(self._n_actions)
         self.observation_space = spaces.Box(-np.inf, np.inf, shape=(dim + 2,), dtype=np.float32)
@@ -156,9 +166,18 @@ class AudioBudgetEnv(gym.Env):
         return 1.0 if self.budget is None else self._remaining / self._total_budget
 
     def _observation(self) -> np.ndarray:
-        """A fresh array: the current question's features, budget left and episode left."""
+        """A fresh array: the current question's features, budget left and episode left; in live mode with the
+        confidence feature, the confidence measured now (the last column of the raw features, then scaled)."""
         t = self._t
-        obs = self._obs_base[self._order[min(t, self._length - 1)]].copy()
+        row = self._order[min(t, self._length - 1)]
+        obs = self._obs_base[row].copy()
+        if self.confidence and t < self._length:  # the terminal observation is never acted on
+            if self._live_confidence is None:
+                self._seen_confidence = float(self._columns[row, -1])
+            else:
+                raw = self._columns[row].copy()
+                raw[-1] = self._seen_confidence = float(self._live_confidence(row))
+                obs[:-2] = self.scaler(raw)
         obs[-2] = self._budget_fraction()
         obs[-1] = (self._length - t) / self._length
         return obs
@@ -217,5 +236,7 @@ class AudioBudgetEnv(gym.Env):
             self._remaining = max(0.0, self._remaining - gflops)
         info = {"action_taken": a, "k": self._k[a], "score": score, "gflops": gflops,
                 "latency_ms": latency, "row": row, "budget_forced": forced}
+        if self.confidence:
+            info["confidence"] = self._seen_confidence
         self._t += 1
         return self._observation(), reward, self._t >= self._length, False, info

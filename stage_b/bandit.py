@@ -9,7 +9,7 @@ the order of the stream, the learner itself is deterministic. After the stream t
 greedily (argmax theta_a . x, ties to the lower action index: no audio first), no exploration.
 
 The context is the standardised observed features projected on their top `COMPONENTS` principal
-axes (fitted on the training rows), plus a constant: every step touches A x d x d numbers per run,
+axes (fitted on the training rows), plus a constant (`contexts`): every step touches A x d x d numbers per run,
 so d = 33 keeps a whole sweep (every component x weight x seed, all runs advanced together as one
 array) to about a second per pass on a 5,000-row table, where the full ~140 columns would take
 ~20 s. EXPLORATION, RIDGE and PASSES are fixed, not tuned on any data.
@@ -23,6 +23,7 @@ EXPLORATION = 1.0  # the UCB width, in reward units per unit of the model's unce
 RIDGE = 1.0  # A_a starts as RIDGE * I: the ridge penalty of every arm's model
 PASSES = 2  # passes over the training rows
 COMPONENTS = 32  # principal axes of the standardised features kept in the context
+INTERCEPT = 10.0  # the context's constant: large against the ~sqrt(COMPONENTS) norm of the standardised coordinates
 
 
 def principal_axes(features: np.ndarray, count: int = COMPONENTS) -> np.ndarray:
@@ -33,9 +34,14 @@ def principal_axes(features: np.ndarray, count: int = COMPONENTS) -> np.ndarray:
 
 
 def contexts(features: np.ndarray, axes: np.ndarray) -> np.ndarray:
-    """(N, m + 1) contexts: the features' coordinates on `axes`, then a constant 1."""
+    """(N, m + 1) contexts: the features' coordinates on `axes`, then the constant INTERCEPT.
+
+    The ridge penalty shrinks every weight alike; with a constant of 1 an arm pulled a few times would
+    spread its rewards over the ~33 weights and predict about 0 on other contexts, not its mean reward,
+    so a costly arm tried early would look no worse than a cheap one. A large constant lets the
+    intercept carry an arm's mean at almost no penalty."""
     projected = features.astype(np.float64) @ axes
-    return np.concatenate([projected, np.ones((projected.shape[0], 1))], axis=1)
+    return np.concatenate([projected, np.full((projected.shape[0], 1), INTERCEPT)], axis=1)
 
 
 def stream_orders(n_rows: int, seeds: list[int], passes: int = PASSES) -> np.ndarray:

@@ -1,6 +1,6 @@
 """The non-RL competitors of `stage_b-pareto`: is RL needed when every question is its own decision?
 
-Every baseline learns from the rows PPO trains on (`PolicyConfig.split`: the training table's
+Every baseline learns from the rows PPO trains on (`PolicyConfig.rows(...).train`: the training table's
 train rows) and acts on the rows PPO is evaluated on (`SavedPolicy.evaluation_rows`), and is
 charged as the env charges (`stage_b.evaluate.point`, i.e. `OutcomeTable.charged_costs`):
 - `supervised`: per action, a ridge regression of the score on the observed features (those a

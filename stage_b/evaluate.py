@@ -3,13 +3,13 @@
 Reports accuracy with a 95% bootstrap CI, mean GFLOPs and latency per question, the audio usage
 rate, and the action histogram per question family and type, as JSON or a table. The policy plays
 each question once through the env it trained in (its budget, if any, included). The held-out
-rows are those recorded in policy.json at training time, so evaluation never sees training rows;
-`--split S` evaluates on every question of another split's outcome table instead. Either table must
-come from the Stage A checkpoint the policy's training table came from (the `checkpoint_hash` in the
-table's provenance, recorded in policy.json): a table of another checkpoint, even of the same shapes,
-is refused unless `--allow-other-table` (then a warning). Policies load without pickle
-(policy.safetensors, stage_b.actor); an old folder with only SB3's policy.zip loads only with
-`--trust-pickle`.
+rows are those recorded in policy.json at training time, so evaluation never sees training or
+validation rows; `--split S` evaluates on every question of another split's outcome table instead.
+Either table must come from the Stage A checkpoint the policy's training table came from (the
+`checkpoint_hash` in the table's provenance, recorded in policy.json): a table of another checkpoint,
+even of the same shapes, is refused unless `--allow-other-table` (then a warning). Policies load
+without pickle (policy.safetensors, stage_b.actor); an old folder with only SB3's policy.zip loads
+only with `--trust-pickle`.
 """
 
 from __future__ import annotations
@@ -26,14 +26,14 @@ import numpy as np
 from stable_baselines3 import PPO
 from stable_baselines3.common.policies import BasePolicy
 
-from envs.audio_budget import AudioBudgetEnv, FeatureScaler, Outcome
+from envs.audio_budget import AudioBudgetEnv, Confidence, FeatureScaler, Outcome
 from envs.outcome_table import OutcomeTable
 from shared.cli import ArgumentParser, InputError, console
 from shared.loading import load_json, load_sb3
 from shared.logs import setup_logging
 from shared.stats import mean_ci
 from stage_b.actor import ACTOR_FILE, load_actor
-from stage_b.train import PolicyConfig
+from stage_b.train import LEGACY_VAL_FRACTION, PolicyConfig
 
 log = logging.getLogger(__name__)
 POLICY_FILE = "a file of a policy folder written by stage_b-train"
@@ -74,6 +74,9 @@ class SavedPolicy:
         else:
             raise PickleRefused(f"{folder / 'policy.zip'} is a pickled SB3 policy (loading it can run code) and the "
                                 f"folder has no {ACTOR_FILE}; pass --trust-pickle to load it, or retrain")
+        if "val_fraction" not in record["config"]:  # written before the validation split: see stage_b.train
+            record["config"] = record["config"] | {"val_fraction": LEGACY_VAL_FRACTION}
+            record.setdefault("val_rows", [])
         try:
             config = PolicyConfig(**record["config"])
         except TypeError as err:
@@ -84,14 +87,17 @@ class SavedPolicy:
     def confidence(self) -> bool:
         return self.config.confidence
 
-    def env(self, table: OutcomeTable, rows: np.ndarray, outcome: Outcome | None = None) -> AudioBudgetEnv:
-        """The env this policy trained in (reward weights, budget, episode length, confidence, scaler) over `rows`."""
-        return AudioBudgetEnv(table, rows=rows, scaler=self.scaler, outcome=outcome, **self.config.env_kwargs())
+    def env(self, table: OutcomeTable, rows: np.ndarray, outcome: Outcome | None = None,
+            live_confidence: Confidence | None = None) -> AudioBudgetEnv:
+        """The env this policy trained in (reward weights, budget, episode length, confidence, scaler) over `rows`;
+        `outcome` and `live_confidence` switch it to live mode (AudioBudgetEnv)."""
+        return AudioBudgetEnv(table, rows=rows, scaler=self.scaler, outcome=outcome, live_confidence=live_confidence,
+                              **self.config.env_kwargs())
 
-    def play(self, table: OutcomeTable, rows: np.ndarray, seed: int = 0,
-             outcome: Outcome | None = None) -> dict[str, np.ndarray]:
+    def play(self, table: OutcomeTable, rows: np.ndarray, seed: int = 0, outcome: Outcome | None = None,
+             live_confidence: Confidence | None = None) -> dict[str, np.ndarray]:
         """Every question of `rows` once, through this policy's env (see `play`)."""
-        return play(self.model, self.env(table, rows, outcome), rows, seed)
+        return play(self.model, self.env(table, rows, outcome, live_confidence), rows, seed)
 
     def _check_table(self, table: OutcomeTable, path: Path, allow_other_table: bool = False) -> None:
         """Refuse a table built from another Stage A checkpoint than the policy's training table (whatever its
@@ -134,19 +140,22 @@ def play(model: PPO | BasePolicy, env: AudioBudgetEnv, rows: np.ndarray, seed: i
     A seeded permutation of `rows` is cut into episodes of the env's length (the last may be
     shorter), each played with `reset(options={"order": ...})`, so the episode and budget features
     and any budget substitution are those of the env. Returns per-step arrays: row, action (as
-    taken), score, gflops, latency_ms, reward; sorted by row.
+    taken), score, gflops, latency_ms, reward, forced (the budget replaced the chosen action by no
+    audio) and, for a policy observing it, the no-audio confidence it saw; sorted by row.
     """
     order = np.random.default_rng(seed).permutation(np.asarray(rows, dtype=np.int64))
     steps: dict[str, list] = defaultdict(list)
+    keys = ("row", "score", "gflops", "latency_ms", *(("confidence",) if env.confidence else ()))
     for start in range(0, len(order), env.episode_length):
         obs, _ = env.reset(options={"order": order[start:start + env.episode_length]})
         done = False
         while not done:
             action, _ = model.predict(obs, deterministic=True)
             obs, reward, done, _, info = env.step(int(action))
-            for key in ("row", "score", "gflops", "latency_ms"):
+            for key in keys:
                 steps[key].append(info[key])
             steps["action"].append(info["action_taken"])
+            steps["forced"].append(info["budget_forced"])
             steps["reward"].append(reward)
     by_row = np.argsort(steps["row"])
     return {key: np.asarray(values)[by_row] for key, values in steps.items()}

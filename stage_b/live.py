@@ -2,9 +2,14 @@
 
 `LiveOutcome` is the env's outcome function: for (row, action) it runs the frozen encoder on the
 question's audio now (no feature cache), generates the answer with batch size 1, scores it, counts
-its GFLOPs with the same analytic formula as the table, and measures the wall time. `compare_live`
+its GFLOPs with the same analytic formula as the table, and measures the wall time. For a policy
+that observes the no-audio confidence, `LiveOutcome.confidence` runs the base model's no-audio pass
+when the question is shown (its first-token probability is what the policy observes), and the
+outcome is charged as `OutcomeTable.charged_costs(confidence=True)` charges it: no audio reuses that
+run's answer at its cost, an audio action pays its own run plus that one. `compare_live`
 plays n held-out questions with the same policy in the same episodes, once in live mode and once
-in table mode, and reports whether the two agree: the check that table mode is faithful.
+in table mode, and reports whether the two agree (with the confidence feature, also how far the
+live confidence is from the table's): the check that table mode is faithful.
 `stage_b-live --policy DIR` runs it (exit 1 if live accuracy falls outside table mode's 95% CI),
 rebuilding the model from the preset and overrides recorded in the table's provenance; like
 `stage_b-eval`, it refuses a table of another Stage A checkpoint than the policy's unless
@@ -16,6 +21,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,47 +40,93 @@ from stage_b.runner import SafeRunner
 PROVENANCE_KEYS = ("preset", "checkpoint", "split")  # what the table's provenance must record to rebuild the model
 
 
-class LiveOutcome:
-    """(row, action index) -> (score, gflops, latency_ms), measured by running SAFE on that question."""
+@dataclass(frozen=True)
+class Run:
+    """One answer of one question, measured live: score, GFLOPs, wall time (ms) and first-token probability."""
 
-    def __init__(self, runner: SafeRunner, table: OutcomeTable) -> None:
+    score: float
+    gflops: float
+    latency_ms: float
+    confidence: float
+
+
+class LiveOutcome:
+    """(row, action index) -> (score, gflops, latency_ms), measured by running SAFE on that question.
+
+    With `charge_confidence` (a policy observing the no-audio confidence), `confidence(row)` runs the
+    no-audio pass first, and the outcome of that row is charged on top of it (see the module docstring)."""
+
+    def __init__(self, runner: SafeRunner, table: OutcomeTable, charge_confidence: bool = False) -> None:
         missing = [i for i in table.ids.tolist() if i not in runner.row_of]
         if missing:
             raise ValueError(f"{len(missing)} outcome-table ids are not in the {runner.data.name} split "
                              f"(first: {missing[0]!r}); expected the table built from this split")
-        self.runner, self.table = runner, table
+        self.runner, self.table, self.charge_confidence = runner, table, charge_confidence
         self.rows = [runner.row_of[i] for i in table.ids.tolist()]
+        self._base: tuple[int, Run] | None = None  # the last no-audio pass run for the confidence: (row, run)
 
-    def __call__(self, row: int, action: int) -> tuple[float, float, float]:
-        i, k = self.rows[row], int(self.table.actions[action])
+    def run(self, row: int, k: int) -> Run:
+        """Answer table row `row` with k audio tokens now (k = 0: the base path), batch size 1, encoder included."""
+        i = self.rows[row]
         start = time.perf_counter()
         batch = self.runner.batch([i])
         frames = self.runner.encode([i]) if k else (None, None)
-        answers, _ = self.runner.answer(batch, k, *frames)
+        answers, confidence = self.runner.answer(batch, k, *frames)
         latency_ms = 1000 * (time.perf_counter() - start)
-        return self.runner.scores([i], answers)[0], self.runner.gflops(batch, k)[0], latency_ms
+        return Run(self.runner.scores([i], answers)[0], self.runner.gflops(batch, k)[0], latency_ms,
+                   float(confidence[0]))
+
+    def confidence(self, row: int) -> float:
+        """The no-audio confidence of table row `row`, from a no-audio pass run now (kept for its outcome)."""
+        if not self.charge_confidence:
+            raise ValueError("LiveOutcome.confidence needs charge_confidence=True: the no-audio pass it runs is "
+                             "charged to the question's outcome")
+        self._base = (row, self.run(row, 0))
+        return self._base[1].confidence
+
+    def __call__(self, row: int, action: int) -> tuple[float, float, float]:
+        k = int(self.table.actions[action])
+        if not self.charge_confidence:
+            run = self.run(row, k)
+            return run.score, run.gflops, run.latency_ms
+        if self._base is None or self._base[0] != row:
+            raise RuntimeError(f"row {row} is answered before its no-audio confidence was measured; the env calls "
+                               "LiveOutcome.confidence when it shows a question")
+        base = self._base[1]
+        if k == 0:
+            return base.score, base.gflops, base.latency_ms
+        run = self.run(row, k)
+        return run.score, run.gflops + base.gflops, run.latency_ms + base.latency_ms
 
 
 def compare_live(policy: SavedPolicy, runner: SafeRunner, n: int = 200, seed: int = 0,
                  evaluation: tuple[OutcomeTable, np.ndarray] | None = None) -> dict:
     """Live vs table mode on n held-out questions (a sample drawn with `seed`), played in the same episodes:
-    accuracy with CIs, agreement, costs. `evaluation` is `policy.evaluation_rows(None)` when already made."""
+    accuracy with CIs, agreement, costs, and for a policy observing it the live and table no-audio confidence.
+    `evaluation` is `policy.evaluation_rows(None)` when already made."""
     table, rows = evaluation or policy.evaluation_rows(None)
-    if policy.confidence:
-        raise ValueError(f"policy {policy.folder} observes the no-audio confidence; live mode does not support it yet")
     rows = np.sort(np.random.default_rng(seed).choice(rows, size=min(n, len(rows)), replace=False))
     tabled = policy.play(table, rows, seed)
-    live = policy.play(table, rows, seed, outcome=LiveOutcome(runner, table))
+    outcome = LiveOutcome(runner, table, policy.confidence)
+    live = policy.play(table, rows, seed, outcome=outcome, live_confidence=outcome.confidence if policy.confidence
+                       else None)
     table_ci, live_ci = mean_ci(tabled["score"]), mean_ci(live["score"])
     lo, hi = table_ci["ci95"]
-    return {"policy": str(policy.folder), "questions": int(len(rows)),
-            "same_actions": float((tabled["action"] == live["action"]).mean()),
-            "same_score": float(np.isclose(tabled["score"], live["score"], rtol=0, atol=1e-6).mean()),  # float32 table
-            "accuracy_table": table_ci, "accuracy_live": live_ci,
-            "live_within_table_ci": bool(lo <= live_ci["mean"] <= hi),
-            "gflops_table": float(tabled["gflops"].mean()), "gflops_live": float(live["gflops"].mean()),
-            "latency_ms_table": float(tabled["latency_ms"].mean()), "latency_ms_live": float(live["latency_ms"].mean()),
-            "reward_table": float(tabled["reward"].mean()), "reward_live": float(live["reward"].mean())}
+    result = {"policy": str(policy.folder), "questions": len(rows),
+              "same_actions": float((tabled["action"] == live["action"]).mean()),
+              "same_score": float(np.isclose(tabled["score"], live["score"], rtol=0, atol=1e-6).mean()),  # float32
+              "accuracy_table": table_ci, "accuracy_live": live_ci,
+              "live_within_table_ci": bool(lo <= live_ci["mean"] <= hi),
+              "gflops_table": float(tabled["gflops"].mean()), "gflops_live": float(live["gflops"].mean()),
+              "latency_ms_table": float(tabled["latency_ms"].mean()),
+              "latency_ms_live": float(live["latency_ms"].mean()),
+              "reward_table": float(tabled["reward"].mean()), "reward_live": float(live["reward"].mean())}
+    if policy.confidence:
+        gap = np.abs(tabled["confidence"] - live["confidence"])
+        result["confidence"] = {"table_mean": float(tabled["confidence"].mean()),
+                                "live_mean": float(live["confidence"].mean()),
+                                "max_abs_difference": float(gap.max()), "mean_abs_difference": float(gap.mean())}
+    return result
 
 
 @console("stage_b-live")

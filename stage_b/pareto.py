@@ -16,7 +16,7 @@ with `--confidence` both pay for the no-audio run the policies observe),
 maximising score - w * gflops / max_gflops, at every weight w where that choice changes).
 
 `--baselines` (default: all three) adds the non-RL competitors of stage_b.baselines, trained on the
-policies' training rows (`PolicyConfig.split`) and evaluated on the same questions:
+policies' training rows (`PolicyConfig.rows(...).train`) and evaluated on the same questions:
 `supervised-<component>` (per-action ridge regression of the score, then argmax of predicted score
 minus the env's cost term; seeds: bootstraps of the training rows), `bandit-<component>` (LinUCB
 trained online on the env's reward; seeds: the order of the stream), both at every weight of
@@ -34,6 +34,9 @@ rows) is left empty. The cascade's rows come in the order of its thresholds tau,
 pareto.json lists (`baselines.cascade.thresholds`). OUT/pareto.json holds the frontier analysis
 (`stage_b.frontier.summarize_sweep`: hypervolumes per method with intervals over seeds, ratios to
 the oracle frontier, PPO minus each baseline) and what each baseline fitted; OUT/pareto.png the plot.
+With `--budget B[,B...]` PPO policies also train under each episode compute budget, and
+OUT/budget.csv, OUT/budget.png and pareto.json's `budget` block compare them with the best static policy
+played through the same budget (stage_b.budget; pareto.csv is unchanged).
 """
 
 from __future__ import annotations
@@ -53,13 +56,15 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from envs.audio_budget import BUDGET
 from envs.outcome_table import DEFAULT_TABLE, OutcomeTable
 from shared.benchmark import machine_info
 from shared.checkpoint import atomic_write_text
-from shared.cli import ArgumentParser, check_number, console, name_list, number_list
+from shared.cli import ArgumentParser, InputError, check_number, console, name_list, number_list
 from shared.loading import file_sha256, load_json
 from shared.logs import setup_logging
 from stage_b.baselines import BASELINES, BaselineData, run_baselines, select_baselines
+from stage_b.budget import BUDGET_COLUMNS, budget_policies, run_budgets
 from stage_b.evaluate import SavedPolicy, point
 from stage_b.frontier import oracle_frontier, summarize_sweep
 from stage_b.plot import plot_pareto
@@ -87,6 +92,7 @@ class ParetoConfig:
     split: str | None = None
     confidence: bool = False
     baselines: tuple[str, ...] | None = None  # None: every baseline the table allows (stage_b.baselines)
+    budgets: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.weights or not self.seeds:
@@ -103,6 +109,12 @@ class ParetoConfig:
         unknown = [b for b in self.baselines or () if b not in BASELINES]
         if unknown:
             raise ValueError(f"--baselines has {unknown}; expected a subset of {list(BASELINES)} (or none)")
+        for budget in self.budgets:
+            check_number("--budget item", budget, **BUDGET)
+        if self.budgets and self.confidence:
+            raise InputError("--budget with --confidence is not supported: the confidence's base run changes the "
+                             "maximum compute a budget is a fraction of, so PPO and the static policies it is compared "
+                             "with would get different budgets; expected one of the two flags")
         self.table = self.table.resolve()
 
     def grid(self) -> list[tuple[str, float, float, float]]:
@@ -132,7 +144,8 @@ def _train_and_play(config: PolicyConfig, folder: Path, train: bool, split: str 
     policy = SavedPolicy.load(folder)
     table, rows = policy.evaluation_rows(split)
     steps = policy.play(table, rows)
-    return {"rows": steps["row"], "actions": steps["action"], "train_seconds": policy.record["train_seconds"]}
+    return {"rows": steps["row"], "actions": steps["action"], "forced": steps["forced"],
+            "train_seconds": policy.record["train_seconds"]}
 
 
 def _needs_training(folder: Path, config: PolicyConfig, table_sha256: str) -> bool:
@@ -143,6 +156,10 @@ def _needs_training(folder: Path, config: PolicyConfig, table_sha256: str) -> bo
         return True
     record = load_json(record_path, "a policy record written by stage_b-train", keys=("config",))
     saved = record["config"]
+    if "val_fraction" not in saved:
+        log.info("retraining %s: it was trained before the validation split (its best/ was selected on the "
+                 "held-out rows)", folder)
+        return True
     if saved != asdict(config):
         raise ValueError(f"{folder} holds a policy trained with {saved}, not {asdict(config)}; "
                          "delete it or choose another --out")
@@ -155,9 +172,9 @@ def _needs_training(folder: Path, config: PolicyConfig, table_sha256: str) -> bo
     return False
 
 
-def run_policies(sweep: ParetoConfig) -> dict[str, dict]:
-    """Train (or reuse) every policy of the sweep in a process pool; name -> {rows, actions, train_seconds, reused}."""
-    configs = sweep.policies()
+def run_policies(sweep: ParetoConfig, configs: dict[str, PolicyConfig]) -> dict[str, dict]:
+    """Train (or reuse) the policies `configs` names (folder name -> config) in a process pool;
+    name -> {rows, actions, forced, train_seconds, reused}."""
     folders = {name: sweep.out / "policies" / name for name in configs}
     table_sha256 = file_sha256(sweep.table)
     train = {name: _needs_training(folders[name], config, table_sha256) for name, config in configs.items()}
@@ -216,17 +233,17 @@ def evaluate_sweep(sweep: ParetoConfig, results: dict[str, dict]) -> tuple[list[
     return out, table, rows
 
 
-def write_csv(rows: list[dict], path: Path) -> Path:
-    """pareto.csv with exactly `COLUMNS`, None written as an empty field, atomically."""
+def write_csv(rows: list[dict], path: Path, columns: tuple[str, ...] = COLUMNS) -> Path:
+    """pareto.csv (or budget.csv) with exactly `columns`, None written as an empty field, atomically."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
-    writer.writerows({k: "" if row[k] is None else row[k] for k in COLUMNS} for row in rows)
+    writer.writerows({k: "" if row[k] is None else row[k] for k in columns} for row in rows)
     return atomic_write_text(path, buffer.getvalue())
 
 
 def read_csv(path: Path) -> list[dict]:
-    """pareto.csv back as row dicts: numbers as float (seed as int), empty fields as None."""
+    """pareto.csv (or budget.csv) back as row dicts: numbers as float (seed as int), empty fields as None."""
     def parse(key: str, value: str) -> str | float | int | None:
         if key == "method" or value == "":
             return value if key == "method" else None
@@ -241,7 +258,7 @@ def sweep_baselines(sweep: ParetoConfig, train_table: OutcomeTable, names: tuple
     """pareto.csv rows of the baselines `names`, trained on the policies' training rows and evaluated on `eval_rows`."""
     if not names:
         return [], {}
-    train_rows, _ = next(iter(sweep.policies().values())).split(train_table)
+    train_rows = next(iter(sweep.policies().values())).rows(train_table).train
     data = BaselineData(train_table, train_rows, table, eval_rows, sweep.confidence)
     grid = [(c, alpha, gamma) for c, _, alpha, gamma in sweep.grid()]
     rows, report = run_baselines(data, names, grid, sorted(set(sweep.seeds)), thresholds=len(set(sweep.weights)))
@@ -249,18 +266,25 @@ def sweep_baselines(sweep: ParetoConfig, train_table: OutcomeTable, names: tuple
 
 
 def run_sweep(sweep: ParetoConfig) -> dict:
-    """Train, evaluate, analyse and plot; writes pareto.csv, pareto.json and pareto.png and returns the JSON."""
+    """Train, evaluate, analyse and plot; writes pareto.csv, pareto.json and pareto.png (with budgets also
+    budget.csv and budget.png) and returns the JSON."""
     start = time.perf_counter()
     train_table = OutcomeTable.load(sweep.table)  # a missing table, or a cascade it cannot run, fails before training
     baselines, skipped = select_baselines(sweep.baselines, train_table, sweep.table)
-    results = run_policies(sweep)
+    budgeted = budget_policies(sweep)
+    results = run_policies(sweep, sweep.policies() | budgeted)
     rows, table, eval_rows = evaluate_sweep(sweep, results)
     baseline_rows, baseline_report = sweep_baselines(sweep, train_table, baselines, table, eval_rows)
     rows += baseline_rows
     write_csv(rows, sweep.out / "pareto.csv")
     split, kind = table.provenance.get("split"), "held-out" if sweep.split is None else "all"
-    plot_pareto(rows, sweep.out / "pareto.png",
-                f"Stage B Pareto frontier: split {split}, {len(eval_rows)} questions ({kind} rows)")
+    where = f"split {split}, {len(eval_rows)} questions ({kind} rows)"
+    plot_pareto(rows, sweep.out / "pareto.png", f"Stage B Pareto frontier: {where}")
+    budget = {}
+    if budgeted:
+        budget_rows, budget["budget"] = run_budgets(sweep, budgeted, results, table, eval_rows,
+                                                    f"Stage B under a compute budget: {where}")
+        write_csv(budget_rows, sweep.out / "budget.csv", BUDGET_COLUMNS)
     seconds = [r["train_seconds"] for r in results.values()]
     report = {
         "out": str(sweep.out), "table": str(sweep.table), "split": split, "rows": kind, "n": len(eval_rows),
@@ -269,9 +293,10 @@ def run_sweep(sweep: ParetoConfig) -> dict:
         "train_seconds": {"median": statistics.median(seconds), "sum": round(sum(seconds), 1),
                           "policies": len(seconds), "trained": sum(not r["reused"] for r in results.values())},
         "sweep": {"weights": sorted(set(sweep.weights)), "seeds": sorted(set(sweep.seeds)),
-                  "components": list(sweep.components), "timesteps": sweep.timesteps, "n_envs": sweep.n_envs,
-                  "workers": sweep.workers, "wall_seconds": round(time.perf_counter() - start, 1)},
-        "machine": machine_info(), "table_provenance": table.provenance,
+                  "components": list(sweep.components), "budgets": sorted(set(sweep.budgets)),
+                  "timesteps": sweep.timesteps, "n_envs": sweep.n_envs, "workers": sweep.workers,
+                  "wall_seconds": round(time.perf_counter() - start, 1)},
+        "machine": machine_info(), "table_provenance": table.provenance, **budget,
     }
     atomic_write_text(sweep.out / "pareto.json", json.dumps(report, indent=1))
     return report
@@ -280,6 +305,8 @@ def run_sweep(sweep: ParetoConfig) -> dict:
 def headline(report: dict) -> dict:
     """The short summary the CLI prints: hypervolumes, ratios, PPO minus baselines, dominance counts, saving, timing."""
     saving = report["matched_accuracy_saving"]["any"]
+    budget = {"budget": [{key: p[key] for key in ("budget", "ppo_accuracy", "ppo_accuracy_std", "best_static")}
+                         for p in report["budget"]["points"]]} if "budget" in report else {}
     return {"out": report["out"], "n": report["n"], "hypervolume": report["hypervolume"],
             "hypervolume_ratio_to_oracle": report["hypervolume_ratio_to_oracle"],
             "ppo_minus_baseline_hypervolume": {b: {p: {k: d[k] for k in ("mean_diff", "ci95")} for p, d in ppo.items()}
@@ -287,7 +314,7 @@ def headline(report: dict) -> dict:
             "dominated": report["dominated"],
             "matched_accuracy_saving": saving and {k: saving[k] for k in ("saving", "gflops", "accuracy")},
             "train_seconds_median": report["train_seconds"]["median"],
-            "wall_seconds": report["sweep"]["wall_seconds"]}
+            "wall_seconds": report["sweep"]["wall_seconds"], **budget}
 
 
 @console("stage_b-pareto")
@@ -311,13 +338,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baselines", default=None,
                         help=f"non-RL baselines, comma-separated from {','.join(BASELINES)}, or none (default: all; "
                              "cascade only if the table has the no-audio confidence)")
+    parser.add_argument("--budget", default=None,
+                        help="comma-separated episode compute budgets, fractions of the maximum in (0, 1]: PPO "
+                             "policies (alpha = gamma = 0, the sweep's seeds) train under each, against the best "
+                             "static policy through the same budget (budget.csv, budget.png)")
     args = parser.parse_args(argv)
     setup_logging()
     baselines = None if args.baselines is None else name_list("--baselines", args.baselines, BASELINES, none="none")
     sweep = ParetoConfig(args.table, args.out, number_list("--alphas", args.alphas, float),
                         number_list("--seeds", args.seeds, int),
                         tuple(c.strip() for c in args.components.split(",") if c.strip()), args.timesteps,
-                        args.n_envs, args.workers, args.split, args.confidence, baselines)
+                        args.n_envs, args.workers, args.split, args.confidence, baselines,
+                        () if args.budget is None else number_list("--budget", args.budget, float, **BUDGET))
     report = run_sweep(sweep)
     print(json.dumps(headline(report), indent=2))
     return 0

@@ -1,14 +1,25 @@
 """`stage_b-train --alpha A`: a PPO policy that chooses, per question, no audio or audio with k tokens.
 
-The policy trains on the table-mode `SAFE/AudioBudget-v0` env over the outcome table's train rows
-(a split seeded by `split_seed`, the same for every policy seed; the rest is held out for
-`stage_b-eval`), with SB3's vectorised envs, an
-evaluation callback on held-out rows that keeps the best model, and TensorBoard logging (wandb
-with --wandb through SB3's integration). It saves the final policy's actor without pickle as
-`policy.safetensors` (stage_b.actor), `policy.json`: the config, the held-out rows, the feature scaler,
-the actor's architecture and hash, the table's provenance and the SHA-256 of the table file (`table_sha256`,
-what `stage_b-pareto` compares before reusing a policy), and SB3's own pickled `policy.zip` and
-`best/best_model.zip` (for resuming training in SB3; loading them needs --trust-pickle).
+The policy trains on the table-mode `SAFE/AudioBudget-v0` env. The outcome table's rows are cut three
+ways, the same for every policy seed (`PolicyConfig.rows`): `test_fraction` of them (30 %, a split seeded
+by `split_seed`, exactly the held-out rows of earlier versions) are held out for the reported numbers
+(`stage_b-eval`, `stage_b-pareto`, `stage_b-live`) and never seen in training; `val_fraction` of all rows
+(15 %), drawn from the rest with the same seed, are the validation rows, on which an evaluation callback
+selects the best model (`best/`); PPO and the feature scaler see only the remaining training rows (55 %).
+Training uses SB3's vectorised envs and TensorBoard logging (wandb with --wandb through SB3's integration).
+
+The folder holds, without pickle, the final policy's actor as `policy.safetensors` (stage_b.actor) and
+`policy.json`: the config, the number of training rows (every table row not listed as validation or
+test row), the validation and test rows, each validation evaluation and the best one (`selection`),
+the feature scaler, the actor's architecture and hash, the table's provenance and the SHA-256 of the
+table file (`table_sha256`, what `stage_b-pareto` compares before reusing a policy). `best/` is a
+complete policy folder of the same form (`policy.safetensors` + `policy.json`, loadable by
+`stage_b-eval --policy DIR/best`) holding the actor with the best mean validation reward. Reported
+numbers use the final policy, so no test row is used to choose anything. SB3's own pickled `policy.zip`
+is kept for resuming training in SB3 (loading it needs --trust-pickle).
+A policy.json written before the validation split (no `val_fraction` in its config, no `val_rows`)
+loads as `val_fraction` 0: it trained on every non-test row, and its `best/` (SB3's pickled
+`best_model.zip`, which nothing loads) was selected on the test rows; its final policy never was.
 An --out folder that already holds files is refused (exit 2) unless --overwrite is given (stage_b-pareto
 reuses its own policy folders through `train_policy` and is unaffected).
 """
@@ -16,28 +27,43 @@ reuses its own policy folders through `train_policy` and is unaffected).
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
 from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.policies import ActorCriticPolicy
 
 from envs.audio_budget import BUDGET, AudioBudgetEnv, FeatureScaler, observed_columns
 from envs.outcome_table import DEFAULT_TABLE, OutcomeTable
-from shared.checkpoint import atomic_write_text
+from shared.checkpoint import atomic_directory, atomic_write_text
 from shared.cli import ArgumentParser, add_overwrite_flag, check_number, console, refuse_overwrite
 from shared.loading import file_sha256
 from shared.logs import setup_logging, wandb_mode
 from stage_b.actor import save_actor
 
+VAL_STREAM = 1  # the validation draw's random stream under split_seed, apart from the test split's permutation
+LEGACY_VAL_FRACTION = 0.0  # what a policy.json written before the validation split trained with
+
+
+@dataclass(frozen=True)
+class PolicyRows:
+    """A policy's disjoint table rows: train (PPO, scaler), val (model selection), test (reported numbers only)."""
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+
 
 @dataclass
 class PolicyConfig:
-    """One policy's reward weights, budget, episode length, seed and PPO budget."""
+    """One policy's reward weights, budget, episode length, seed, row split and PPO budget."""
 
     table: str
     alpha: float = 0.1
@@ -51,15 +77,12 @@ class PolicyConfig:
     n_envs: int = 8
     test_fraction: float = 0.3
     eval_every: int = 10_000
+    val_fraction: float = 0.15
 
     def env_kwargs(self) -> dict:
         """The AudioBudgetEnv arguments this config fixes: episode length, reward weights, budget, confidence."""
         return {"episode_length": self.episode_length, "alpha": self.alpha, "gamma": self.gamma,
                 "budget": self.budget, "confidence": self.confidence}
-
-    def split(self, table: OutcomeTable) -> tuple[np.ndarray, np.ndarray]:
-        """(train_rows, held_out_rows) of `table`: the seeded split every policy (and baseline) of this config uses."""
-        return table.split_rows(1.0 - self.test_fraction, self.split_seed)
 
     def __post_init__(self) -> None:
         """Every number checked before a table is read; fields with a flag are named by it."""
@@ -72,26 +95,81 @@ class PolicyConfig:
         for name, value in (("--seed", self.seed), ("split_seed", self.split_seed)):
             check_number(name, value, ge=0, integer=True)
         check_number("test_fraction", self.test_fraction, gt=0, lt=1)
+        check_number("val_fraction", self.val_fraction, ge=0, lt=1 - self.test_fraction)
+
+    def rows(self, table: OutcomeTable) -> PolicyRows:
+        """The seeded three-way split of `table`'s rows; it depends on split_seed and the fractions, not on seed.
+
+        The test rows are `table.split_rows(1 - test_fraction, split_seed)`'s held-out rows, exactly as
+        before the validation split existed; `round(val_fraction * n_rows)` validation rows are then drawn
+        from the other rows with split_seed, and the rest are the training rows."""
+        rest, test = table.split_rows(1.0 - self.test_fraction, self.split_seed)
+        n_val = round(self.val_fraction * table.n_rows)
+        if n_val >= rest.size or (self.val_fraction > 0 and n_val == 0):
+            raise ValueError(f"val_fraction {self.val_fraction} of {table.n_rows} rows is {n_val} validation rows, "
+                             f"out of the {rest.size} left after test_fraction {self.test_fraction}; expected at "
+                             "least one validation row (or val_fraction 0) and at least one training row")
+        val = np.sort(np.random.default_rng([self.split_seed, VAL_STREAM]).choice(rest, size=n_val, replace=False))
+        return PolicyRows(np.setdiff1d(rest, val), val, test)
+
+
+class Selection(BaseCallback):
+    """Run by EvalCallback after each evaluation on the validation rows: logs it and keeps the best actor's weights."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.evaluations: list[dict] = []
+        self.best: dict | None = None
+        self.best_state: dict[str, torch.Tensor] | None = None
+
+    def _on_step(self) -> bool:
+        point = {"timesteps": int(self.num_timesteps), "val_mean_reward": float(self.parent.last_mean_reward)}
+        self.evaluations.append(point)
+        if self.best is None or point["val_mean_reward"] > self.best["val_mean_reward"]:
+            self.best = point
+            self.best_state = {name: t.detach().clone() for name, t in self.model.policy.state_dict().items()}
+        return True
+
+    def record(self) -> dict:
+        """What policy.json keeps of the selection: the rows it used, every evaluation and the best one."""
+        return {"rows": "val", "evaluations": self.evaluations, "best": self.best}
+
+    def best_policy(self, final: ActorCriticPolicy) -> ActorCriticPolicy | None:
+        """A copy of `final` holding the best weights, or None if no evaluation ran."""
+        if self.best_state is None:
+            return None
+        policy = type(final)(**final._get_constructor_parameters())  # as SB3 rebuilds a saved policy
+        policy.load_state_dict(self.best_state)
+        return policy.eval()
+
+
+def _write_record(folder: Path, record: dict) -> None:
+    """policy.json as strict JSON (no NaN or Infinity), atomically."""
+    atomic_write_text(folder / "policy.json", json.dumps(record, indent=1, allow_nan=False))
 
 
 def train_policy(config: PolicyConfig, out_dir: Path, tensorboard: bool = True, wandb: bool = False,
                  extra_callbacks: list[BaseCallback] | None = None, table: OutcomeTable | None = None) -> dict:
-    """Train PPO on the train rows, keep the best model on held-out rows, save policy + JSON; returns the JSON.
+    """Train PPO on the train rows, keep the best model on the validation rows, save policy + JSON; returns the JSON.
 
     `extra_callbacks` (SB3 callbacks, e.g. a benchmark's learning curve) run after the evaluation callback;
-    `table` is `config.table` already loaded (read from the file otherwise)."""
+    `table` is `config.table` already loaded (read from the file otherwise). A previous run's best/ is removed."""
     table = table or OutcomeTable.load(config.table)
-    train_rows, test_rows = config.split(table)
-    scaler = FeatureScaler.fit(observed_columns(table, config.confidence)[train_rows])
+    rows = config.rows(table)
+    scaler = FeatureScaler.fit(observed_columns(table, config.confidence)[rows.train])
     env_kwargs = {"table": table, "scaler": scaler, **config.env_kwargs()}
     envs = make_vec_env(AudioBudgetEnv, n_envs=config.n_envs, seed=config.seed,
-                        env_kwargs={**env_kwargs, "rows": train_rows})
-    eval_env = make_vec_env(AudioBudgetEnv, n_envs=1, seed=config.seed + 10_000,
-                            env_kwargs={**env_kwargs, "rows": test_rows})
+                        env_kwargs={**env_kwargs, "rows": rows.train})
     out_dir.mkdir(parents=True, exist_ok=True)
-    callbacks = [EvalCallback(eval_env, best_model_save_path=str(out_dir / "best"),
-                              eval_freq=max(1, config.eval_every // config.n_envs), n_eval_episodes=20,
-                              deterministic=True, verbose=0), *(extra_callbacks or [])]
+    shutil.rmtree(out_dir / "best", ignore_errors=True)
+    selection = Selection() if rows.val.size else None
+    callbacks = [*(extra_callbacks or [])]
+    if selection is not None:
+        eval_env = make_vec_env(AudioBudgetEnv, n_envs=1, seed=config.seed + 10_000,
+                                env_kwargs={**env_kwargs, "rows": rows.val})
+        callbacks.insert(0, EvalCallback(eval_env, callback_after_eval=selection, n_eval_episodes=20,
+                                         eval_freq=max(1, config.eval_every // config.n_envs), deterministic=True,
+                                         verbose=0))
     run = None
     if wandb:
         import wandb as wandb_lib
@@ -107,10 +185,15 @@ def train_policy(config: PolicyConfig, out_dir: Path, tensorboard: bool = True, 
     seconds = time.perf_counter() - start
     model.save(out_dir / "policy.zip")
     record = {"config": asdict(config), "train_seconds": round(seconds, 2), "timesteps": config.timesteps,
-              "train_rows": len(train_rows), "test_rows": test_rows.tolist(), "scaler": scaler.to_json(),
+              "train_rows": len(rows.train), "val_rows": rows.val.tolist(), "test_rows": rows.test.tolist(),
+              "selection": selection and selection.record(), "scaler": scaler.to_json(),
               "actor": save_actor(model.policy, out_dir), "table_provenance": table.provenance,
               "table_sha256": file_sha256(config.table) if Path(config.table).is_file() else None}
-    atomic_write_text(out_dir / "policy.json", json.dumps(record, indent=1, allow_nan=False))  # strict JSON
+    best = selection and selection.best_policy(model.policy)
+    if best is not None:
+        with atomic_directory(out_dir / "best") as tmp:
+            _write_record(tmp, record | {"actor": save_actor(best, tmp), "selected": selection.best})
+    _write_record(out_dir, record)
     if run is not None:
         run.finish()
     return record
@@ -145,7 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     record = train_policy(config, out, tensorboard=not args.no_tensorboard, wandb=args.wandb, table=table)
     provenance = record["table_provenance"]
     print(json.dumps({"policy": str(out), "train_seconds": record["train_seconds"], "timesteps": record["timesteps"],
-                      "train_rows": record["train_rows"], "held_out_rows": len(record["test_rows"]),
+                      "train_rows": record["train_rows"], "val_rows": len(record["val_rows"]),
+                      "held_out_rows": len(record["test_rows"]), "selected": record["selection"] and
+                      record["selection"]["best"],
                       "config": record["config"], "table_checkpoint_hash": provenance.get("checkpoint_hash"),
                       "table_split": provenance.get("split")}, indent=2))
     return 0

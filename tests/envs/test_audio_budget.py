@@ -331,3 +331,42 @@ def test_reset_order_plays_exactly_those_rows(tmp_path: Path) -> None:
     for bad, match in (([], "1 to 4"), ([0, 1, 2, 3, 0], "1 to 4"), ([4], r"spans \[4, 4\]"), ([0.5], "integer")):
         with pytest.raises(ValueError, match=match):
             env.reset(options={"order": bad})
+
+
+def test_live_confidence_is_observed_in_place_of_the_table_column(tmp_path: Path) -> None:
+    """Live mode with the confidence feature: the policy sees the value measured when the question is shown
+    (scaled like the table's column), `info` reports it, and the outcome function's charge is what is paid."""
+    table = random_table(n=12)
+    table.confidence = np.linspace(0, 1, 12, dtype=np.float32)
+    table = OutcomeTable.load(saved(table, tmp_path))
+    shown, paid = [], []
+
+    def live_confidence(row: int) -> float:
+        shown.append(row)
+        return 0.25 + row / 100
+
+    def outcome(row: int, action: int) -> tuple[float, float, float]:
+        paid.append((row, action))
+        return 1.0, 3.0, 9.0
+
+    kwargs = {"episode_length": 4, "confidence": True}
+    tabled = AudioBudgetEnv(table, **kwargs)
+    env = AudioBudgetEnv(table, scaler=tabled.scaler, outcome=outcome, live_confidence=live_confidence, **kwargs)
+    obs, _ = env.reset(options={"order": [5, 2, 9]})
+    tabled_obs, _ = tabled.reset(options={"order": [5, 2, 9]})
+    mean, std = tabled.scaler.mean[-1], tabled.scaler.std[-1]
+    for step, row in enumerate([5, 2, 9]):
+        assert shown == [5, 2, 9][:step + 1]  # measured once, when the question is shown, before the action
+        assert obs[-3] == pytest.approx((0.25 + row / 100 - mean) / std, rel=1e-5)
+        np.testing.assert_array_equal(obs[:-3], tabled_obs[:-3])  # the other features are the table's
+        assert tabled_obs[-3] == pytest.approx((table.confidence[row] - mean) / std, rel=1e-5)
+        obs, _, done, _, info = env.step(1)
+        tabled_obs, _, _, _, tabled_info = tabled.step(1)
+        assert info["confidence"] == pytest.approx(0.25 + row / 100) and paid[-1] == (row, 1)
+        assert tabled_info["confidence"] == pytest.approx(table.confidence[row])
+        assert (info["gflops"], info["latency_ms"]) == (3.0, 9.0)
+    assert done and shown == [5, 2, 9]  # the terminal observation runs nothing
+    for bad in ({"outcome": outcome}, {"live_confidence": live_confidence},
+                {"outcome": outcome, "live_confidence": live_confidence, "confidence": False}):
+        with pytest.raises(ValueError, match="expected it exactly in live mode with the confidence feature"):
+            AudioBudgetEnv(table, **{"confidence": True, **bad})

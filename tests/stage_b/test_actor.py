@@ -68,7 +68,7 @@ def test_pickle_free_policy_acts_exactly_as_the_trained_ppo(trained: tuple[Path,
     np.testing.assert_array_equal(saved.model.predict(obs.numpy(), deterministic=True)[0], actions)
     # through the env: the saved scaler is the one fitted on training rows, so play() matches the PPO model exactly
     table, rows = OutcomeTable.load(table_path), np.arange(80)
-    train_rows = np.setdiff1d(rows, saved.record["test_rows"])
+    train_rows = np.setdiff1d(rows, saved.record["test_rows"] + saved.record["val_rows"])
     env = AudioBudgetEnv(table, rows=rows, scaler=FeatureScaler.fit(observed_columns(table, False)[train_rows]),
                          **saved.config.env_kwargs())
     expected, steps = play(reference, env, rows), saved.play(table, rows)

@@ -50,7 +50,8 @@ def table() -> OutcomeTable:
 
 def data_of(table: OutcomeTable, confidence: bool = False) -> BaselineData:
     """The baselines' data as `stage_b-pareto` builds it: PolicyConfig's training rows, the held-out rows to evaluate."""
-    train_rows, held_out = PolicyConfig("unused").split(table)
+    rows = PolicyConfig("unused").rows(table)
+    train_rows, held_out = rows.train, rows.test
     return BaselineData(table, train_rows, table, held_out, confidence)
 
 
@@ -134,7 +135,7 @@ def test_baselines_never_see_held_out_rows(table: OutcomeTable) -> None:
 
 
 def test_evaluation_rows_that_are_training_rows_are_refused(table: OutcomeTable) -> None:
-    train_rows, _ = PolicyConfig("unused").split(table)
+    train_rows = PolicyConfig("unused").rows(table).train
     with pytest.raises(ValueError, match="evaluation rows .* are also training rows"):
         BaselineData(table, train_rows, table, train_rows[:5])
 

@@ -9,7 +9,9 @@ import pytest
 
 from envs.outcome_table import OutcomeTable
 from shared.config import load_config
+from stage_a.checkpointing import bridge_folder
 from stage_a.config import TrainConfig
+from stage_b.live import LiveOutcome
 from stage_b.live import main as live_main
 from stage_b.outcomes import build_table, main as outcomes_main
 from stage_b.runner import SafeRunner
@@ -48,6 +50,46 @@ def test_live_mode_agrees_with_table_mode(table_path: Path, tmp_path: Path, caps
     assert result["questions"] == 12 and result["same_actions"] == 1.0
     assert result["gflops_live"] == pytest.approx(result["gflops_table"], rel=1e-5)
     assert result["same_score"] >= 0.9  # batch-of-one generation may flip a rare near-tie
+
+
+@pytest.fixture(scope="module")
+def runner(table: OutcomeTable) -> SafeRunner:
+    """The micro-world checkpoint the table was measured with, rebuilt as stage_b-live rebuilds it."""
+    provenance = table.provenance
+    cfg = load_config(TrainConfig, provenance["preset"], provenance.get("overrides", {}))
+    return SafeRunner(cfg, bridge_folder(Path(provenance["checkpoint"])), provenance["split"])
+
+
+def test_live_outcome_measures_the_confidence_and_charges_it_as_the_table(table: OutcomeTable,
+                                                                          runner: SafeRunner) -> None:
+    """The no-audio pass runs when the question is shown; no audio reuses it, audio pays it on top of its own run."""
+    live = LiveOutcome(runner, table, charge_confidence=True)
+    charged, _ = table.charged_costs(confidence=True)
+    for row in range(6):
+        assert live.confidence(row) == pytest.approx(table.confidence[row], abs=1e-4)
+        base = live(row, 0)
+        assert base[1] == pytest.approx(table.gflops[row, 0], rel=1e-5)
+        for action in range(1, table.n_actions):
+            _, gflops, latency = live(row, action)
+            assert gflops == pytest.approx(charged[row, action], rel=1e-5) and latency > base[2]
+    with pytest.raises(RuntimeError, match="before its no-audio confidence was measured"):
+        live(7, 1)
+    with pytest.raises(ValueError, match="charge_confidence=True"):
+        LiveOutcome(runner, table).confidence(0)
+
+
+def test_live_mode_supports_a_policy_observing_the_confidence(table_path: Path, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture) -> None:
+    train_policy(PolicyConfig(str(table_path), alpha=0.0, confidence=True, timesteps=256, n_envs=2, eval_every=256),
+                 tmp_path / "policy", tensorboard=False)
+    capsys.readouterr()
+    code = live_main(["--policy", str(tmp_path / "policy"), "--questions", "12"])
+    result = json.loads(capsys.readouterr().out)
+    assert code == (0 if result["live_within_table_ci"] else 1) and result["questions"] == 12
+    assert result["confidence"]["max_abs_difference"] < 1e-4 and result["same_actions"] == 1.0
+    assert result["gflops_live"] == pytest.approx(result["gflops_table"], rel=1e-5)
+    table = OutcomeTable.load(table_path)
+    assert result["gflops_table"] > table.gflops[:, 0].max()  # some audio was chosen, and paid with the base run
 
 
 def test_table_round_trips_through_npz(table: OutcomeTable, tmp_path: Path) -> None:

@@ -30,17 +30,17 @@ def test_ppo_learns_the_dominant_action_and_reloads_identically(dominant_table: 
                                                                capsys: pytest.CaptureFixture) -> None:
     record = train_policy(PolicyConfig(str(dominant_table), alpha=0.1, timesteps=4096, n_envs=2, eval_every=2048),
                           tmp_path / "policy", tensorboard=False)
-    assert (tmp_path / "policy" / "policy.zip").is_file() and (tmp_path / "policy" / "best" / "best_model.zip").is_file()
+    assert (tmp_path / "policy" / "policy.zip").is_file() and not list((tmp_path / "policy").rglob("best_model.zip"))
     saved = json.loads((tmp_path / "policy" / "policy.json").read_text())
     assert saved["config"]["alpha"] == 0.1 and saved["table_provenance"] == {"split": "toy"}
     assert saved["table_sha256"] == hashlib.sha256(dominant_table.read_bytes()).hexdigest()
-    assert record["train_rows"] == 42 and len(record["test_rows"]) == 18  # 30% held out
+    assert record["train_rows"] == 33 and len(record["val_rows"]) == 9 and len(record["test_rows"]) == 18
     table, rows = OutcomeTable.load(dominant_table), np.arange(60)
     steps = SavedPolicy.load(tmp_path / "policy").play(table, rows)
     assert np.array_equal(steps["row"], rows) and (steps["action"] == 2).mean() >= 0.9
     again = SavedPolicy.load(tmp_path / "policy").play(table, rows)
     assert all(np.array_equal(steps[key], again[key]) for key in steps)
-    train_rows = np.setdiff1d(rows, record["test_rows"])
+    train_rows = np.setdiff1d(rows, record["test_rows"] + record["val_rows"])
     scaled = SavedPolicy.load(tmp_path / "policy").scaler(table.features[train_rows])
     np.testing.assert_allclose(scaled.mean(0), 0, atol=1e-5)  # the scaler is fitted on training rows only
     result = evaluate_policy(tmp_path / "policy")  # stage_b-eval: held-out rows only
