@@ -331,3 +331,52 @@ def test_reset_order_plays_exactly_those_rows(tmp_path: Path) -> None:
     for bad, match in (([], "1 to 4"), ([0, 1, 2, 3, 0], "1 to 4"), ([4], r"spans \[4, 4\]"), ([0.5], "integer")):
         with pytest.raises(ValueError, match=match):
             env.reset(options={"order": bad})
+
+
+def with_repeats(table: OutcomeTable, repeats: int = 5, seed: int = 0) -> OutcomeTable:
+    """`table` with timed repeats scattered around its latency (whose median they then become)."""
+    rng = np.random.default_rng(seed)
+    samples = table.latency_ms[:, :, None] * (0.8 + 0.4 * rng.random((*table.latency_ms.shape, repeats)))
+    table.latency_repeats_ms = samples.astype(np.float32)
+    table.latency_ms = np.median(table.latency_repeats_ms, axis=2)
+    return OutcomeTable(**{k: v for k, v in vars(table).items()})
+
+
+def test_latency_repeats_are_saved_kept_and_charged_per_repeat(tmp_path: Path) -> None:
+    table = with_repeats(random_table(n=12))
+    table.confidence = np.linspace(0, 1, 12, dtype=np.float32)
+    loaded = OutcomeTable.load(saved(table, tmp_path))
+    np.testing.assert_array_equal(loaded.latency_repeats_ms, table.latency_repeats_ms)
+    with np.load(tmp_path / "outcomes.npz", allow_pickle=False) as data:
+        assert data["latency_repeats_ms"].dtype == np.float32 and data["latency_repeats_ms"].shape == (12, 4, 5)
+    part = loaded.subset(np.array([3, 1]))
+    np.testing.assert_array_equal(part.latency_repeats_ms, table.latency_repeats_ms[[3, 1]])
+    charged = loaded.charged_latency_samples(confidence=True)
+    np.testing.assert_allclose(charged[:, 2, 4], table.latency_repeats_ms[:, 2, 4] + table.latency_repeats_ms[:, 0, 4])
+    np.testing.assert_array_equal(charged[:, 0], table.latency_repeats_ms[:, 0])
+    older = random_table(n=12)  # no repeats: one sample per cell, the median column
+    np.testing.assert_array_equal(older.charged_latency_samples()[:, :, 0], older.latency_ms)
+
+
+@pytest.mark.parametrize("damage, match", [
+    ("negative", r"'latency_repeats_ms'\[2, 1, 3\] = -1.0 \(1 bad values\), expected finite and > 0.0"),
+    ("nan", r"'latency_repeats_ms'\[2, 1, 3\] = nan \(1 bad values\), expected finite and > 0.0"),
+    ("shape", r"'latency_repeats_ms' has shape \(40, 3, 5\), expected \(40, 4, R\)"),
+    ("median", (r"'latency_ms'\[2, 1\] = .* but the median of 'latency_repeats_ms'\[2, 1\] is .*expected "
+                "latency_ms to be the median of its repeats")),
+])
+def test_bad_latency_repeats_are_named(tmp_path: Path, damage: str, match: str) -> None:
+    path = saved(with_repeats(random_table()), tmp_path)
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {key: data[key] for key in data.files}
+    repeats, latency = arrays["latency_repeats_ms"].copy(), arrays["latency_ms"].copy()
+    if damage == "shape":
+        repeats = repeats[:, :3]
+    elif damage == "median":
+        latency[2, 1] *= 2
+    else:
+        repeats[2, 1, 3] = -1.0 if damage == "negative" else np.nan
+    np.savez(tmp_path / "bad.npz", **{**arrays, "latency_repeats_ms": repeats, "latency_ms": latency})
+    with pytest.raises(ValueError, match=rf"bad\.npz: {match}"):
+        OutcomeTable.load(tmp_path / "bad.npz")
+
