@@ -28,6 +28,7 @@ from stable_baselines3.common.policies import BasePolicy
 
 from envs.audio_budget import AudioBudgetEnv, FeatureScaler, Outcome
 from envs.outcome_table import OutcomeTable
+from envs.reward_scale import RewardScale
 from shared.cli import ArgumentParser, InputError, console
 from shared.loading import load_json, load_sb3
 from shared.logs import setup_logging
@@ -52,6 +53,7 @@ class SavedPolicy:
     record: dict
     scaler: FeatureScaler
     config: PolicyConfig
+    scale: RewardScale | None = None  # the reward's cost scale recorded at training (None: saved before scales were)
 
     @classmethod
     def load(cls, folder: Path, trust_pickle: bool = False) -> SavedPolicy:
@@ -78,15 +80,30 @@ class SavedPolicy:
             config = PolicyConfig(**record["config"])
         except TypeError as err:
             raise InputError(f"{record_path}: 'config' does not fit ({err}); expected {POLICY_FILE}") from err
-        return cls(folder, model, record, FeatureScaler.from_json(record["scaler"]), config)
+        try:
+            scale = RewardScale.from_json(record["reward_scale"]) if "reward_scale" in record else None
+        except ValueError as err:
+            raise InputError(f"{record_path}: {err}") from err
+        return cls(folder, model, record, FeatureScaler.from_json(record["scaler"]), config, scale)
 
     @property
     def confidence(self) -> bool:
         return self.config.confidence
 
+    def reward_scale(self, table: OutcomeTable) -> RewardScale:
+        """The reward's cost scale recorded at training; a policy saved before scales were recorded divided by the
+        maxima of the table it was played on, so that is what it gets."""
+        if self.scale is not None:
+            return self.scale
+        log.info("%s records no reward_scale (saved before scales were): its rewards divide by the table's maxima, "
+                 "as stage_b-train's did then", self.folder / "policy.json")
+        return RewardScale.table_max(table, self.confidence)
+
     def env(self, table: OutcomeTable, rows: np.ndarray, outcome: Outcome | None = None) -> AudioBudgetEnv:
-        """The env this policy trained in (reward weights, budget, episode length, confidence, scaler) over `rows`."""
-        return AudioBudgetEnv(table, rows=rows, scaler=self.scaler, outcome=outcome, **self.config.env_kwargs())
+        """The env this policy trained in (reward weights and scale, budget, episode length, confidence, scaler)
+        over `rows`."""
+        return AudioBudgetEnv(table, rows=rows, scaler=self.scaler, outcome=outcome, scale=self.reward_scale(table),
+                              **self.config.env_kwargs())
 
     def play(self, table: OutcomeTable, rows: np.ndarray, seed: int = 0,
              outcome: Outcome | None = None) -> dict[str, np.ndarray]:

@@ -2,10 +2,14 @@
 
 For each reward component (`alpha`: compute, alpha = w, gamma = 0; `gamma`: latency, alpha = 0,
 gamma = w; `both`: alpha = gamma = w), weight w and seed, one policy trains with `train_policy` in
-a pool of spawned processes, in OUT/policies/<component>-w<w>-seed<s>/. A folder whose policy.json
+a pool of spawned processes, in OUT/policies/<component>-w<w>-seed<s>/. The weights are `--alphas`
+for every component if given, else each component's grid derived from the table's train rows
+(stage_b.weight_grid: nine weights from 0 up to one at which the oracle skips audio on every
+training question), recorded in pareto.json (`weight_grid`). A folder whose policy.json
 exists is reused (its config must match) when the SHA-256 of the table it trained on (`table_sha256`
-in policy.json) is that of the table now at `--table`, so an interrupted sweep resumes where it
-stopped; a policy of a table since replaced (or of one not recorded) is retrained, and the log says why.
+in policy.json) is that of the table now at `--table` and its reward scale (`reward_scale`) is the
+one the sweep trains with, so an interrupted sweep resumes where it stopped; a policy of a table
+since replaced (or of one not recorded), or of another reward scale, is retrained, and the log says why.
 
 Every policy acts on the same questions (`SavedPolicy.evaluation_rows`: the training table's
 held-out rows, or all of `outcomes_<split>.npz`), and so do the baselines: `never` (no audio),
@@ -13,7 +17,8 @@ held-out rows, or all of `outcomes_<split>.npz`), and so do the baselines: `neve
 seeded by the policy's seed: the same action mix and expected compute, blind to the question;
 with `--confidence` both pay for the no-audio run the policies observe),
 `oracle` (the cheapest correct action per question) and `oracle-frontier` (per question the action
-maximising score - w * gflops / max_gflops, at every weight w where that choice changes).
+maximising score - w * gflops / scale.gflops, the policies' reward scale, at every weight w where that
+choice changes).
 
 OUT/pareto.csv has the columns in `COLUMNS`. `alpha`, `gamma`, `seed` are the policy's reward
 weights and seed for `ppo-*` and `random-*` rows, and the weight (alpha = w, gamma = 0) for
@@ -34,6 +39,7 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -49,21 +55,22 @@ from stage_b.evaluate import SavedPolicy, summarize
 from stage_b.frontier import oracle_frontier, summarize_sweep
 from stage_b.plot import plot_pareto
 from stage_b.train import PolicyConfig, train_policy
+from stage_b.weight_grid import derive_grids
 
 log = logging.getLogger(__name__)
 
 COMPONENTS = {"alpha": (1.0, 0.0), "gamma": (0.0, 1.0), "both": (1.0, 1.0)}  # (alpha, gamma) per unit weight
 COLUMNS = ("method", "alpha", "gamma", "seed", "accuracy", "gflops_per_query", "latency_ms", "audio_rate")
-DEFAULT_WEIGHTS = (0.0, 0.05, 0.1, 0.2, 0.35, 0.5, 0.7, 0.9, 1.2)
 
 
 @dataclass
 class ParetoConfig:
-    """One `stage_b-pareto` sweep: table, output folder, weight grid, seeds, components and PPO budget."""
+    """One `stage_b-pareto` sweep: table, output folder, weights (None: derived per component), seeds, components
+    and PPO budget."""
 
     table: Path
     out: Path
-    weights: tuple[float, ...] = DEFAULT_WEIGHTS
+    weights: tuple[float, ...] | None = None
     seeds: tuple[int, ...] = (0, 1, 2)
     components: tuple[str, ...] = tuple(COMPONENTS)
     timesteps: int = 100_000
@@ -73,9 +80,9 @@ class ParetoConfig:
     confidence: bool = False
 
     def __post_init__(self) -> None:
-        if not self.weights or not self.seeds:
-            raise ValueError(f"--alphas is {list(self.weights)} and --seeds {list(self.seeds)}; expected values in both")
-        for weight in self.weights:
+        if self.weights == () or not self.seeds:
+            raise ValueError(f"--alphas is {self.weights} and --seeds {list(self.seeds)}; expected values in both")
+        for weight in self.weights or ():
             check_number("--alphas item", weight, ge=0)
         for seed in self.seeds:
             check_number("--seeds item", seed, ge=0, integer=True)
@@ -86,12 +93,25 @@ class ParetoConfig:
             check_number(flag, value, ge=1, integer=True)
         self.table = self.table.resolve()
 
+    def policy(self, component: str, weight: float, seed: int) -> PolicyConfig:
+        """The training config of one policy of the sweep."""
+        alpha, gamma = COMPONENTS[component]
+        return PolicyConfig(str(self.table), alpha=alpha * weight, gamma=gamma * weight, confidence=self.confidence,
+                            seed=seed, timesteps=self.timesteps, n_envs=self.n_envs)
+
+    @cached_property
+    def weight_grids(self) -> dict[str, dict]:
+        """Component -> {"source", "weights", ...}: `--alphas` for every component, or each one's grid derived on the
+        train rows and reward scale that every policy of the sweep shares (those of its first policy)."""
+        if self.weights is not None:
+            return {c: {"source": "--alphas", "weights": sorted(set(self.weights))} for c in self.components}
+        return derive_grids(OutcomeTable.load(self.table), self.policy(self.components[0], 0.0, 0),
+                            {c: COMPONENTS[c] for c in self.components})
+
     def policies(self) -> dict[str, PolicyConfig]:
         """Folder name (<component>-w<weight>-seed<seed>) -> training config, for every policy of the sweep."""
-        return {f"{c}-w{w:g}-seed{s}": PolicyConfig(str(self.table), alpha=COMPONENTS[c][0] * w,
-                                                    gamma=COMPONENTS[c][1] * w, confidence=self.confidence, seed=s,
-                                                    timesteps=self.timesteps, n_envs=self.n_envs)
-                for c in self.components for w in sorted(set(self.weights)) for s in sorted(set(self.seeds))}
+        return {f"{c}-w{w:g}-seed{s}": self.policy(c, w, s)
+                for c in self.components for w in self.weight_grids[c]["weights"] for s in sorted(set(self.seeds))}
 
 
 def _init_worker() -> None:
@@ -111,9 +131,9 @@ def _train_and_play(config: PolicyConfig, folder: Path, train: bool, split: str 
     return {"rows": steps["row"], "actions": steps["action"], "train_seconds": policy.record["train_seconds"]}
 
 
-def _needs_training(folder: Path, config: PolicyConfig, table_sha256: str) -> bool:
+def _needs_training(folder: Path, config: PolicyConfig, table_sha256: str, table: OutcomeTable) -> bool:
     """False when `folder` holds a finished policy with this config, trained on the table whose file has
-    `table_sha256`; a different config is an error."""
+    `table_sha256` (loaded as `table`) with the reward scale this config has on it; a different config is an error."""
     record_path = folder / "policy.json"
     if not record_path.is_file():
         return True
@@ -127,7 +147,12 @@ def _needs_training(folder: Path, config: PolicyConfig, table_sha256: str) -> bo
         log.info("retraining %s: it was trained on a table with sha256 %s, %s now has %s", folder,
                  trained_on[:12] if trained_on else "(not recorded)", config.table, table_sha256[:12])
         return True
-    log.info("reusing %s (policy.json exists, same table)", folder)
+    scale = config.reward_scale(table).to_json()
+    if record.get("reward_scale") != scale:
+        log.info("retraining %s: it was trained with reward scale %s, the sweep's is %s", folder,
+                 record.get("reward_scale", "(not recorded: the table maxima)"), scale)
+        return True
+    log.info("reusing %s (policy.json exists, same table and reward scale)", folder)
     return False
 
 
@@ -135,8 +160,8 @@ def run_policies(sweep: ParetoConfig) -> dict[str, dict]:
     """Train (or reuse) every policy of the sweep in a process pool; name -> {rows, actions, train_seconds, reused}."""
     configs = sweep.policies()
     folders = {name: sweep.out / "policies" / name for name in configs}
-    table_sha256 = file_sha256(sweep.table)
-    train = {name: _needs_training(folders[name], config, table_sha256) for name, config in configs.items()}
+    table_sha256, table = file_sha256(sweep.table), OutcomeTable.load(sweep.table)
+    train = {name: _needs_training(folders[name], config, table_sha256, table) for name, config in configs.items()}
     log.info("%d policies: %d to train, %d reused; %d workers", len(train), sum(train.values()),
              len(train) - sum(train.values()), sweep.workers)
     results = {}
@@ -167,7 +192,8 @@ def evaluate_sweep(sweep: ParetoConfig, results: dict[str, dict]) -> tuple[list[
     """pareto.csv rows for every policy and baseline, all on the same questions; also returns (table, rows)."""
     configs = sweep.policies()
     first = next(iter(configs))
-    table, rows = SavedPolicy.load(sweep.out / "policies" / first).evaluation_rows(sweep.split)
+    policy = SavedPolicy.load(sweep.out / "policies" / first)
+    table, rows = policy.evaluation_rows(sweep.split)
     out = []
     for name, config in tqdm(configs.items(), desc="evaluate"):
         result = results[name]
@@ -185,8 +211,8 @@ def evaluate_sweep(sweep: ParetoConfig, results: dict[str, dict]) -> tuple[list[
     out.append(_row("oracle", summarize(table, rows, table.oracle_actions()[rows])))
     sub = table.subset(rows)
     audio = np.broadcast_to((table.actions > 0).astype(np.float64), sub.score.shape)
-    frontier = oracle_frontier(sub.score, sub.gflops / table.gflops.max(),
-                               {"gflops": sub.gflops, "latency_ms": sub.latency_ms, "audio": audio})
+    cost = sub.gflops / policy.reward_scale(table).gflops  # weights in the policies' units
+    frontier = oracle_frontier(sub.score, cost, {"gflops": sub.gflops, "latency_ms": sub.latency_ms, "audio": audio})
     out += [{"method": "oracle-frontier", "alpha": float(w), "gamma": 0.0, "seed": None, "accuracy": float(acc),
              "gflops_per_query": float(g), "latency_ms": float(lat), "audio_rate": float(rate)}
             for w, acc, g, lat, rate in zip(frontier["weight"], frontier["accuracy"], frontier["gflops"],
@@ -229,7 +255,9 @@ def run_sweep(sweep: ParetoConfig) -> dict:
         **summarize_sweep(rows, sweep.components),
         "train_seconds": {"median": statistics.median(seconds), "sum": round(sum(seconds), 1),
                           "policies": len(seconds), "trained": sum(not r["reused"] for r in results.values())},
-        "sweep": {"weights": sorted(set(sweep.weights)), "seeds": sorted(set(sweep.seeds)),
+        "weight_grid": sweep.weight_grids,
+        "sweep": {"weights": {c: grid["weights"] for c, grid in sweep.weight_grids.items()},
+                  "seeds": sorted(set(sweep.seeds)),
                   "components": list(sweep.components), "timesteps": sweep.timesteps, "n_envs": sweep.n_envs,
                   "workers": sweep.workers, "wall_seconds": round(time.perf_counter() - start, 1)},
         "machine": machine_info(), "table_provenance": table.provenance,
@@ -254,8 +282,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--table", type=Path, default=Path(DEFAULT_TABLE),
                         help=f"outcome table (.npz) from stage_b-outcomes (default: {DEFAULT_TABLE})")
     parser.add_argument("--out", type=Path, default=Path("runs") / "stage_b" / "pareto")
-    parser.add_argument("--alphas", default=",".join(f"{w:g}" for w in DEFAULT_WEIGHTS),
-                        help="comma-separated reward weights w, used by every component")
+    parser.add_argument("--alphas", default=None,
+                        help="comma-separated reward weights w, used by every component (default: each component's "
+                             "grid derived from the table, from 0 to where the oracle skips audio)")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--components", default=",".join(COMPONENTS),
                         help="alpha (compute), gamma (latency), both (alpha = gamma = w)")
@@ -268,10 +297,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="evaluate on all of outcomes_<split>.npz beside the table (default: held-out rows)")
     args = parser.parse_args(argv)
     setup_logging()
-    sweep = ParetoConfig(args.table, args.out, number_list("--alphas", args.alphas, float),
-                        number_list("--seeds", args.seeds, int),
-                        tuple(c.strip() for c in args.components.split(",") if c.strip()), args.timesteps,
-                        args.n_envs, args.workers, args.split, args.confidence)
+    weights = None if args.alphas is None else number_list("--alphas", args.alphas, float)
+    sweep = ParetoConfig(args.table, args.out, weights, number_list("--seeds", args.seeds, int),
+                         tuple(c.strip() for c in args.components.split(",") if c.strip()), args.timesteps,
+                         args.n_envs, args.workers, args.split, args.confidence)
     OutcomeTable.load(sweep.table)
     report = run_sweep(sweep)
     print(json.dumps(headline(report), indent=2))

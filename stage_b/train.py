@@ -6,7 +6,8 @@ The policy trains on the table-mode `SAFE/AudioBudget-v0` env over the outcome t
 evaluation callback on held-out rows that keeps the best model, and TensorBoard logging (wandb
 with --wandb through SB3's integration). It saves the final policy's actor without pickle as
 `policy.safetensors` (stage_b.actor), `policy.json`: the config, the held-out rows, the feature scaler,
-the actor's architecture and hash, the table's provenance and the SHA-256 of the table file (`table_sha256`,
+the reward's cost scale fitted on the train rows (`reward_scale`, envs.reward_scale), the actor's
+architecture and hash, the table's provenance and the SHA-256 of the table file (`table_sha256`,
 what `stage_b-pareto` compares before reusing a policy), and SB3's own pickled `policy.zip` and
 `best/best_model.zip` (for resuming training in SB3; loading them needs --trust-pickle).
 An --out folder that already holds files is refused (exit 2) unless --overwrite is given (stage_b-pareto
@@ -21,12 +22,14 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
 from stable_baselines3.common.env_util import make_vec_env
 
 from envs.audio_budget import BUDGET, AudioBudgetEnv, FeatureScaler, observed_columns
 from envs.outcome_table import DEFAULT_TABLE, OutcomeTable
+from envs.reward_scale import RewardScale
 from shared.checkpoint import atomic_write_text
 from shared.cli import ArgumentParser, add_overwrite_flag, check_number, console, refuse_overwrite
 from shared.loading import file_sha256
@@ -56,6 +59,14 @@ class PolicyConfig:
         return {"episode_length": self.episode_length, "alpha": self.alpha, "gamma": self.gamma,
                 "budget": self.budget, "confidence": self.confidence}
 
+    def split(self, table: OutcomeTable) -> tuple[np.ndarray, np.ndarray]:
+        """(train rows, held-out rows) of `table`: seeded by `split_seed`, the same for every policy seed."""
+        return table.split_rows(1.0 - self.test_fraction, self.split_seed)
+
+    def reward_scale(self, table: OutcomeTable) -> RewardScale:
+        """The reward's cost scale this config trains with: fitted on its train rows of `table`."""
+        return RewardScale.fit(table, self.split(table)[0], self.confidence)
+
     def __post_init__(self) -> None:
         """Every number checked before a table is read; fields with a flag are named by it."""
         check_number("--alpha", self.alpha, ge=0)
@@ -76,9 +87,10 @@ def train_policy(config: PolicyConfig, out_dir: Path, tensorboard: bool = True, 
     `extra_callbacks` (SB3 callbacks, e.g. a benchmark's learning curve) run after the evaluation callback;
     `table` is `config.table` already loaded (read from the file otherwise)."""
     table = table or OutcomeTable.load(config.table)
-    train_rows, test_rows = table.split_rows(1.0 - config.test_fraction, config.split_seed)
+    train_rows, test_rows = config.split(table)
     scaler = FeatureScaler.fit(observed_columns(table, config.confidence)[train_rows])
-    env_kwargs = {"table": table, "scaler": scaler, **config.env_kwargs()}
+    scale = config.reward_scale(table)
+    env_kwargs = {"table": table, "scaler": scaler, "scale": scale, **config.env_kwargs()}
     envs = make_vec_env(AudioBudgetEnv, n_envs=config.n_envs, seed=config.seed,
                         env_kwargs={**env_kwargs, "rows": train_rows})
     eval_env = make_vec_env(AudioBudgetEnv, n_envs=1, seed=config.seed + 10_000,
@@ -103,6 +115,7 @@ def train_policy(config: PolicyConfig, out_dir: Path, tensorboard: bool = True, 
     model.save(out_dir / "policy.zip")
     record = {"config": asdict(config), "train_seconds": round(seconds, 2), "timesteps": config.timesteps,
               "train_rows": len(train_rows), "test_rows": test_rows.tolist(), "scaler": scaler.to_json(),
+              "reward_scale": scale.to_json(),
               "actor": save_actor(model.policy, out_dir), "table_provenance": table.provenance,
               "table_sha256": file_sha256(config.table) if Path(config.table).is_file() else None}
     atomic_write_text(out_dir / "policy.json", json.dumps(record, indent=1, allow_nan=False))  # strict JSON
