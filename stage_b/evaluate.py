@@ -1,7 +1,8 @@
 """`stage_b-eval --policy DIR`: a saved policy's choices on its held-out questions, scored from the outcome table.
 
-Reports accuracy with a 95% bootstrap CI, mean GFLOPs and latency per question, the audio usage
-rate, and the action histogram per question family and type, as JSON or a table. The policy plays
+Reports accuracy with a 95% bootstrap CI, mean GFLOPs and latency per question, p50 and p95 latency
+(stage_b.latency: over questions x timed repeats when the table keeps them), the audio usage rate,
+and the action histogram per question family and type, as JSON or a table. The policy plays
 each question once through the env it trained in (its budget, if any, included). The held-out
 rows are those recorded in policy.json at training time, so evaluation never sees training rows;
 `--split S` evaluates on every question of another split's outcome table instead. Either table must
@@ -34,6 +35,7 @@ from shared.loading import load_json, load_sb3
 from shared.logs import setup_logging
 from shared.stats import mean_ci
 from stage_b.actor import ACTOR_FILE, load_actor
+from stage_b.latency import SOURCES, latency_percentiles, latency_source
 from stage_b.train import PolicyConfig
 
 log = logging.getLogger(__name__)
@@ -170,7 +172,8 @@ def play(model: PPO | BasePolicy, env: AudioBudgetEnv, rows: np.ndarray, seed: i
 
 
 def summarize(table: OutcomeTable, rows: np.ndarray, actions: np.ndarray, confidence: bool = False) -> dict:
-    """Accuracy (with CI), cost (charged as the policy pays it), audio rate and action histograms of one set of choices."""
+    """Accuracy (with CI), cost (charged as the policy pays it) with p50 and p95 latency, audio rate and action
+    histograms of one set of choices."""
     gflops, latency = table.charged_costs(confidence)
     ks = table.actions[actions]
     histogram: dict[str, Counter] = defaultdict(Counter)
@@ -180,6 +183,7 @@ def summarize(table: OutcomeTable, rows: np.ndarray, actions: np.ndarray, confid
     return {"n": int(len(rows)), "accuracy": mean_ci(table.score[rows, actions]),
             "gflops_per_query": float(gflops[rows, actions].mean(dtype=np.float64)),
             "latency_ms": float(latency[rows, actions].mean(dtype=np.float64)),
+            **latency_percentiles(table, rows, actions, confidence), "latency_source": latency_source(table),
             "audio_rate": float((ks > 0).mean()),
             "actions": {name: dict(sorted(c.items())) for name, c in sorted(histogram.items())}}
 
@@ -216,7 +220,10 @@ def format_table(result: dict) -> str:
              f"{result['n']} questions ({result['rows']} rows of split {result['split']})",
              f"accuracy {100 * result['accuracy']['mean']:.2f} % [{100 * lo:.2f}, {100 * hi:.2f}]; "
              f"{result['gflops_per_query']:.4f} GFLOPs and {result['latency_ms']:.2f} ms per question; "
-             f"audio on {100 * result['audio_rate']:.1f} %", "", f"{'family / type':<28} actions"]
+             f"audio on {100 * result['audio_rate']:.1f} %",
+             (f"latency p50 {result['latency_p50_ms']:.2f} ms, p95 {result['latency_p95_ms']:.2f} ms "
+              f"(over {SOURCES[result['latency_source']]})"),
+             "", f"{'family / type':<28} actions"]
     lines += [f"{name:<28} {counts}" for name, counts in result["actions"].items()]
     return "\n".join(lines)
 

@@ -23,8 +23,11 @@ choice changes).
 OUT/pareto.csv has the columns in `COLUMNS`. `alpha`, `gamma`, `seed` are the policy's reward
 weights and seed for `ppo-*` and `random-*` rows, and the weight (alpha = w, gamma = 0) for
 `oracle-frontier` rows; a field that does not apply (static and oracle rows) is left empty.
+`latency_p50_ms` and `latency_p95_ms` (appended after the original eight columns) are the
+percentiles of the chosen actions' latency (stage_b.latency; pareto.json's `latency` says over which samples).
 OUT/pareto.json holds the frontier analysis (`stage_b.frontier.summarize_sweep`) and OUT/pareto.png
-the plot.
+the plot against GFLOPs; with `--axis latency_p95` OUT/pareto_latency_p95.png also plots accuracy
+against p95 latency.
 """
 
 from __future__ import annotations
@@ -52,21 +55,23 @@ from shared.cli import ArgumentParser, check_number, console, number_list
 from shared.loading import file_sha256, load_json
 from shared.logs import setup_logging
 from stage_b.evaluate import SavedPolicy, summarize
-from stage_b.frontier import oracle_frontier, summarize_sweep
-from stage_b.plot import plot_pareto
+from stage_b.frontier import oracle_choice, oracle_frontier, summarize_sweep
+from stage_b.latency import PERCENTILES, frontier_percentiles, latency_source
+from stage_b.plot import AXES, plot_pareto
 from stage_b.train import PolicyConfig, train_policy
 from stage_b.weight_grid import derive_grids
 
 log = logging.getLogger(__name__)
 
 COMPONENTS = {"alpha": (1.0, 0.0), "gamma": (0.0, 1.0), "both": (1.0, 1.0)}  # (alpha, gamma) per unit weight
-COLUMNS = ("method", "alpha", "gamma", "seed", "accuracy", "gflops_per_query", "latency_ms", "audio_rate")
+COLUMNS = ("method", "alpha", "gamma", "seed", "accuracy", "gflops_per_query", "latency_ms", "audio_rate",
+           *PERCENTILES)
 
 
 @dataclass
 class ParetoConfig:
-    """One `stage_b-pareto` sweep: table, output folder, weights (None: derived per component), seeds, components
-    and PPO budget."""
+    """One `stage_b-pareto` sweep: table, output folder, weights (None: derived per component), seeds, components,
+    PPO budget and plot axis."""
 
     table: Path
     out: Path
@@ -78,12 +83,15 @@ class ParetoConfig:
     workers: int = 2
     split: str | None = None
     confidence: bool = False
+    axis: str = "gflops"
 
     def __post_init__(self) -> None:
         if self.weights == () or not self.seeds:
             raise ValueError(f"--alphas is {self.weights} and --seeds {list(self.seeds)}; expected values in both")
         for weight in self.weights or ():
             check_number("--alphas item", weight, ge=0)
+        if self.axis not in AXES:
+            raise ValueError(f"--axis is {self.axis!r}; expected one of {list(AXES)}")
         for seed in self.seeds:
             check_number("--seeds item", seed, ge=0, integer=True)
         unknown = [c for c in self.components if c not in COMPONENTS]
@@ -185,7 +193,7 @@ def _row(method: str, summary: dict, alpha: float | None = None, gamma: float | 
     """One pareto.csv row from a `summarize` result."""
     return {"method": method, "alpha": alpha, "gamma": gamma, "seed": seed, "accuracy": summary["accuracy"]["mean"],
             "gflops_per_query": summary["gflops_per_query"], "latency_ms": summary["latency_ms"],
-            "audio_rate": summary["audio_rate"]}
+            "audio_rate": summary["audio_rate"], **{column: summary[column] for column in PERCENTILES}}
 
 
 def evaluate_sweep(sweep: ParetoConfig, results: dict[str, dict]) -> tuple[list[dict], OutcomeTable, np.ndarray]:
@@ -213,10 +221,13 @@ def evaluate_sweep(sweep: ParetoConfig, results: dict[str, dict]) -> tuple[list[
     audio = np.broadcast_to((table.actions > 0).astype(np.float64), sub.score.shape)
     cost = sub.gflops / policy.reward_scale(table).gflops  # weights in the policies' units
     frontier = oracle_frontier(sub.score, cost, {"gflops": sub.gflops, "latency_ms": sub.latency_ms, "audio": audio})
+    spread = frontier_percentiles(sub.charged_latency_samples(), oracle_choice(sub.score, cost, 0.0),
+                                  frontier["switch_row"], frontier["switch_action"])
     out += [{"method": "oracle-frontier", "alpha": float(w), "gamma": 0.0, "seed": None, "accuracy": float(acc),
-             "gflops_per_query": float(g), "latency_ms": float(lat), "audio_rate": float(rate)}
-            for w, acc, g, lat, rate in zip(frontier["weight"], frontier["accuracy"], frontier["gflops"],
-                                            frontier["latency_ms"], frontier["audio"])]
+             "gflops_per_query": float(g), "latency_ms": float(lat), "audio_rate": float(rate),
+             **{column: float(spread[column][i]) for column in PERCENTILES}}
+            for i, (w, acc, g, lat, rate) in enumerate(zip(frontier["weight"], frontier["accuracy"], frontier["gflops"],
+                                                           frontier["latency_ms"], frontier["audio"]))]
     return out, table, rows
 
 
@@ -241,20 +252,23 @@ def read_csv(path: Path) -> list[dict]:
 
 
 def run_sweep(sweep: ParetoConfig) -> dict:
-    """Train, evaluate, analyse and plot; writes pareto.csv, pareto.json and pareto.png and returns the JSON."""
+    """Train, evaluate, analyse and plot; writes pareto.csv, pareto.json and the plot(s) and returns the JSON."""
     start = time.perf_counter()
     results = run_policies(sweep)
     rows, table, eval_rows = evaluate_sweep(sweep, results)
     write_csv(rows, sweep.out / "pareto.csv")
     split, kind = table.provenance.get("split"), "held-out" if sweep.split is None else "all"
-    plot_pareto(rows, sweep.out / "pareto.png",
-                f"Stage B Pareto frontier: split {split}, {len(eval_rows)} questions ({kind} rows)")
+    for axis in dict.fromkeys(("gflops", sweep.axis)):
+        plot_pareto(rows, sweep.out / AXES[axis][3],
+                    f"Stage B Pareto frontier: split {split}, {len(eval_rows)} questions ({kind} rows)", axis)
     seconds = [r["train_seconds"] for r in results.values()]
     report = {
         "out": str(sweep.out), "table": str(sweep.table), "split": split, "rows": kind, "n": int(len(eval_rows)),
         **summarize_sweep(rows, sweep.components),
         "train_seconds": {"median": statistics.median(seconds), "sum": round(sum(seconds), 1),
                           "policies": len(seconds), "trained": sum(not r["reused"] for r in results.values())},
+        "latency": {"source": latency_source(table), "percentiles": PERCENTILES,
+                    "repeats": table.charged_latency_samples().shape[2]},
         "weight_grid": sweep.weight_grids,
         "sweep": {"weights": {c: grid["weights"] for c, grid in sweep.weight_grids.items()},
                   "seeds": sorted(set(sweep.seeds)),
@@ -295,12 +309,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="policies observe the no-audio confidence and pay for it (so do their random twins)")
     parser.add_argument("--split", default=None,
                         help="evaluate on all of outcomes_<split>.npz beside the table (default: held-out rows)")
+    parser.add_argument("--axis", default="gflops",
+                        help=f"x axis of a second plot, one of {list(AXES)}: latency_p95 also plots accuracy against "
+                             "p95 latency (pareto_latency_p95.png); pareto.png is always against GFLOPs")
     args = parser.parse_args(argv)
     setup_logging()
     weights = None if args.alphas is None else number_list("--alphas", args.alphas, float)
     sweep = ParetoConfig(args.table, args.out, weights, number_list("--seeds", args.seeds, int),
                          tuple(c.strip() for c in args.components.split(",") if c.strip()), args.timesteps,
-                         args.n_envs, args.workers, args.split, args.confidence)
+                         args.n_envs, args.workers, args.split, args.confidence, args.axis)
     OutcomeTable.load(sweep.table)
     report = run_sweep(sweep)
     print(json.dumps(headline(report), indent=2))

@@ -109,6 +109,21 @@ def test_damaged_policy_files_are_named(root: Path, damage: str, capsys: pytest.
         assert _err_line(capsys, "stage_b-eval").startswith(f"stage_b-eval: {policy / name}: not a readable ")
 
 
+def test_eval_reports_latency_percentiles_over_the_timed_repeats(root: Path, capsys: pytest.CaptureFixture) -> None:
+    policy = SavedPolicy.load(root / "policy")
+    table, rows = policy.evaluation_rows()
+    actions = policy.play(table, rows)["action"]
+    assert eval_main(["--policy", str(root / "policy"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    pooled = table.latency_repeats_ms[rows, actions]  # (questions, repeats): every repeat is one sample
+    assert result["latency_source"] == "repeats" and pooled.shape == (len(rows), 3)
+    assert result["latency_p50_ms"] == pytest.approx(np.percentile(pooled, 50), rel=1e-6)
+    assert result["latency_p95_ms"] == pytest.approx(np.percentile(pooled, 95), rel=1e-6)
+    assert result["latency_p95_ms"] != pytest.approx(np.percentile(table.latency_ms[rows, actions], 95))
+    assert eval_main(["--policy", str(root / "policy")]) == 0
+    assert f"p95 {result['latency_p95_ms']:.2f} ms (over questions x timed repeats)" in capsys.readouterr().out
+
+
 def test_evaluation_rewards_with_the_training_scale(root: Path, caplog: pytest.LogCaptureFixture) -> None:
     """The scale fitted on the train rows is saved and reused: the held-out env rewards exactly as training did."""
     policy = SavedPolicy.load(root / "policy")

@@ -73,6 +73,28 @@ def test_csv_has_exact_columns_and_every_method(sweep_out: Path, table_path: Pat
     assert static["oracle"]["accuracy"] == pytest.approx(1.0) and frontier[-1]["audio_rate"] == 0.0
 
 
+def test_csv_appends_latency_percentiles_over_the_repeats(sweep_out: Path, table_path: Path) -> None:
+    assert COLUMNS[:8] == ("method", "alpha", "gamma", "seed", "accuracy", "gflops_per_query", "latency_ms",
+                           "audio_rate") and COLUMNS[8:] == ("latency_p50_ms", "latency_p95_ms")
+    rows = read_csv(sweep_out / "pareto.csv")
+    table = OutcomeTable.load(table_path)
+    held_out = json.loads((sweep_out / "policies" / "alpha-w0-seed0" / "policy.json").read_text())["test_rows"]
+    by_method = {r["method"]: r for r in rows if r["alpha"] is None}
+    for index, method in enumerate(("never", "always-k4", "always-k8", "always-k16")):
+        samples = table.latency_repeats_ms[held_out, index]  # every repeat of every held-out question
+        assert by_method[method]["latency_p50_ms"] == pytest.approx(np.percentile(samples, 50), rel=1e-6)
+        assert by_method[method]["latency_p95_ms"] == pytest.approx(np.percentile(samples, 95), rel=1e-6)
+    frontier = [r for r in rows if r["method"] == "oracle-frontier"]
+    best = table.score[held_out].argmax(axis=1)  # weight 0: the best score, ties to the cheapest (lowest) action
+    assert frontier[0]["latency_p95_ms"] == pytest.approx(np.percentile(table.latency_repeats_ms[held_out, best], 95))
+    assert frontier[-1]["latency_p95_ms"] == pytest.approx(by_method["never"]["latency_p95_ms"])
+    policy = SavedPolicy.load(sweep_out / "policies" / "gamma-w0.5-seed0")
+    steps = policy.play(table, np.asarray(held_out))
+    ppo = next(r for r in rows if r["method"] == "ppo-gamma" and r["gamma"] == 0.5)
+    assert ppo["latency_p95_ms"] == pytest.approx(summarize(table, steps["row"], steps["action"])["latency_p95_ms"])
+    assert all(r["latency_p50_ms"] <= r["latency_p95_ms"] for r in rows)
+
+
 def test_json_and_png(sweep_out: Path) -> None:
     report = json.loads((sweep_out / "pareto.json").read_text())
     assert report["n"] == 18 and report["rows"] == "held-out" and report["table_provenance"] == {"split": "toy"}
@@ -82,9 +104,14 @@ def test_json_and_png(sweep_out: Path) -> None:
     assert 0 < report["hypervolume_ratio_to_oracle"]["ppo-alpha"] <= 1.0 + 1e-9
     assert report["train_seconds"]["policies"] == 6 and report["train_seconds"]["median"] > 0
     assert len(report["dominance"]) == 4 + 6  # 4 static policies, 6 random (component, weight) means
+    assert report["latency"] == {"source": "repeats", "percentiles": {"latency_p50_ms": 50, "latency_p95_ms": 95},
+                                 "repeats": 3}
+    assert all(c["latency_p95_ms"] > 0 for c in report["dominance"])
+    assert all(p["latency_p95_ms"] > 0 for points in report["learned_points"].values() for p in points)
     components = ("alpha", "gamma", "both")
     assert report["weight_grid"] == {c: {"source": "--alphas", "weights": [0.0, 0.5]} for c in components}
     assert report["sweep"]["weights"] == {c: [0.0, 0.5] for c in components}
+    assert not (sweep_out / "pareto_latency_p95.png").exists()  # only with --axis latency_p95
     png = sweep_out / "pareto.png"
     assert png.read_bytes()[:8] == PNG_MAGIC and imread(png).ndim == 3
 
@@ -143,7 +170,9 @@ def test_a_failing_worker_raises(sweep_out: Path, table_path: Path, tmp_path: Pa
                                                 ("--seeds", "0,x", "--seeds is '0,x': item 'x' is not an integer"),
                                                 ("--timesteps", "0", "--timesteps is 0; expected an integer >= 1"),
                                                 ("--n-envs", "0", "--n-envs is 0; expected an integer >= 1"),
-                                                ("--workers", "0", "--workers is 0; expected an integer >= 1")])
+                                                ("--workers", "0", "--workers is 0; expected an integer >= 1"),
+                                                ("--axis", "p99",
+                                                 "--axis is 'p99'; expected one of ['gflops', 'latency_p95']")])
 def test_bad_arguments_exit_2_before_the_table_is_read(tmp_path: Path, flag: str, value: str, message: str,
                                                        capsys: pytest.CaptureFixture) -> None:
     assert main(["--table", str(tmp_path / "none.npz"), "--out", str(tmp_path), flag, value]) == 2
@@ -219,10 +248,10 @@ def test_derived_gamma_grid_reaches_no_audio_on_machines_100x_apart(tmp_path: Pa
     assert "on 1 of 42 training questions an audio action costs no more than no audio" in caplog.text
 
 
-def test_sweep_without_alphas_trains_the_derived_grid(table_path: Path, tmp_path: Path) -> None:
+def test_sweep_without_alphas_trains_the_derived_grid_and_plots_latency(table_path: Path, tmp_path: Path) -> None:
     out = tmp_path / "derived"
     assert main(["--table", str(table_path), "--out", str(out), "--seeds", "0", "--components", "gamma",
-                 "--timesteps", "256", "--n-envs", "1", "--workers", "2"]) == 0
+                 "--timesteps", "256", "--n-envs", "1", "--workers", "2", "--axis", "latency_p95"]) == 0
     report = json.loads((out / "pareto.json").read_text())
     grid = report["weight_grid"]["gamma"]
     assert grid["source"] == "derived" and len(grid["weights"]) == 9 and grid["weights"][-1] == grid["top"]
@@ -230,7 +259,8 @@ def test_sweep_without_alphas_trains_the_derived_grid(table_path: Path, tmp_path
     assert report["sweep"]["weights"] == {"gamma": grid["weights"]}
     ppo = [r for r in read_csv(out / "pareto.csv") if r["method"] == "ppo-gamma"]
     assert sorted(r["gamma"] for r in ppo) == grid["weights"] and {r["alpha"] for r in ppo} == {0.0}
-    assert (out / "pareto.png").read_bytes()[:8] == PNG_MAGIC
+    for name in ("pareto.png", "pareto_latency_p95.png"):
+        assert (out / name).read_bytes()[:8] == PNG_MAGIC and imread(out / name).ndim == 3
 
 
 def test_a_policy_of_another_reward_scale_is_retrained(sweep_out: Path, table_path: Path, tmp_path: Path,
