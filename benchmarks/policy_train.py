@@ -53,7 +53,8 @@ class HeldOutCurve(BaseCallback):
 
     def _on_training_start(self) -> None:
         train_env = self.training_env.envs[0].unwrapped
-        self._env = AudioBudgetEnv(train_env.table, rows=self.rows, scaler=train_env.scaler, **self.config.env_kwargs())
+        self._env = AudioBudgetEnv(train_env.table, rows=self.rows, scaler=train_env.scaler, scale=train_env.scale,
+                                   **self.config.env_kwargs())
         self._start = time.perf_counter()
 
     def _on_step(self) -> bool:

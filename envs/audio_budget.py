@@ -7,17 +7,20 @@ on a laptop. *Live mode* (below) runs SAFE itself per step through the same clas
 
 Reward of answering question i with action a:
 
-    score[i, a] - alpha * gflops[i, a] / max_gflops - gamma * latency_ms[i, a] / max_latency
+    score[i, a] - alpha * gflops[i, a] / scale.gflops - gamma * latency_ms[i, a] / scale.latency_ms
 
-where max_gflops and max_latency are the table's maxima over *all* rows and actions (the most
-expensive action on the most expensive question), so each cost term lies in (0, 1] like the score
-and alpha, gamma read as "score points given up for the most expensive answer". With the optional
-no-audio confidence feature the costs are `OutcomeTable.charged_costs(confidence=True)`: every
-audio action also pays the base run that produced the confidence.
+where `scale` (envs.reward_scale.RewardScale) holds, for each cost, the largest over actions of
+its median over the env's rows (the typical cost of the most expensive action; a policy saves the
+scale of its training rows and evaluation passes it back). Each cost term is then about 1 for a
+typical most expensive answer and alpha, gamma read as "score points given up for it". Unlike the
+maximum this scale is not moved by one slow measurement (the reasons are in envs.reward_scale).
+With the optional no-audio confidence feature the costs are
+`OutcomeTable.charged_costs(confidence=True)`: every audio action also pays the base run that
+produced the confidence. The budget (below) stays a fraction of the table's maximum GFLOPs.
 
 *Live mode* passes `outcome`, a function (row, action index) -> (score, gflops, latency_ms) that
 runs SAFE on the question (stage_b.live); the env then scores and charges what that run returned,
-with the same normalisation, and uses the table only for features, budget checks and maxima. With
+with the same scale, and uses the table only for features, budget checks and the scale. With
 the confidence feature, live mode also passes `live_confidence`, a function row -> the no-audio
 confidence measured by running the base model on the question when it is shown; the policy observes
 that value instead of the table's, and `outcome` charges the run as `charged_costs` does.
@@ -37,6 +40,7 @@ import numpy as np
 from gymnasium import spaces
 
 from envs.outcome_table import OutcomeTable
+from envs.reward_scale import RewardScale
 from shared.cli import check_number
 
 log = logging.getLogger(__name__)
@@ -92,6 +96,7 @@ class AudioBudgetEnv(gym.Env):
     `reset(options={"order": [i, j, ...]})` plays exactly those table rows instead (1 to
     `episode_length` of them, in that order): evaluation uses it to visit each held-out question once.
     With `confidence`, `info["confidence"]` is the raw confidence the policy observed for the step's question.
+    The reward's cost `scale` is, by default, `RewardScale.fit` on `rows` (like the feature scaler).
 
     Budget: with `budget = b` an episode of L questions may spend at most `b * L * max_gflops` GFLOPs.
     If the chosen action costs more than what remains, the env substitutes action 0 (no audio): the
@@ -105,7 +110,8 @@ class AudioBudgetEnv(gym.Env):
     def __init__(self, table: OutcomeTable | str | Path, episode_length: int = 32, alpha: float = 0.1,
                  gamma: float = 0.0, budget: float | None = None, rows: np.ndarray | None = None,
                  seed: int | None = None, confidence: bool = False, scaler: FeatureScaler | None = None,
-                 outcome: Outcome | None = None, live_confidence: Confidence | None = None) -> None:
+                 outcome: Outcome | None = None, live_confidence: Confidence | None = None,
+                 scale: RewardScale | None = None) -> None:
         super().__init__()
         if not isinstance(table, OutcomeTable):
             table = OutcomeTable.load(table)
@@ -129,8 +135,8 @@ class AudioBudgetEnv(gym.Env):
                              f"{'given' if outcome else 'missing'} and confidence {self.confidence}; expected it "
                              "exactly in live mode with the confidence feature")
         gflops, latency = table.charged_costs(confidence)
-        self.max_gflops = float(gflops.max())
-        self.max_latency = float(latency.max())
+        self.max_gflops = float(gflops.max())  # the budget's unit
+        self.scale = scale or RewardScale.fit(table, self.rows, confidence)
         reward = self.reward(table.score.astype(np.float64), gflops, latency)
         # Python lists: scalar look-ups in nested lists are several times faster than numpy indexing.
         self._reward = reward.tolist()
@@ -155,12 +161,12 @@ class AudioBudgetEnv(gym.Env):
         self._total_budget = self._remaining = math.inf
         if seed is not None:
             super().reset(seed=seed)
-        log.debug("AudioBudgetEnv: %d rows, actions %s, alpha %.3g, gamma %.3g, budget %s",
-                  self.rows.size, self._k, self.alpha, self.gamma, budget)
+        log.debug("AudioBudgetEnv: %d rows, actions %s, alpha %.3g, gamma %.3g, budget %s, scale %s",
+                  self.rows.size, self._k, self.alpha, self.gamma, budget, self.scale)
 
     def reward(self, score: Any, gflops: Any, latency_ms: Any) -> Any:
-        """score - alpha * gflops / max_gflops - gamma * latency_ms / max_latency (scalars or arrays)."""
-        return score - self.alpha * gflops / self.max_gflops - self.gamma * latency_ms / self.max_latency
+        """score - alpha * gflops / scale.gflops - gamma * latency_ms / scale.latency_ms (scalars or arrays)."""
+        return score - self.alpha * gflops / self.scale.gflops - self.gamma * latency_ms / self.scale.latency_ms
 
     def _budget_fraction(self) -> float:
         return 1.0 if self.budget is None else self._remaining / self._total_budget

@@ -15,7 +15,9 @@ Arrays (N questions, A actions, D features):
 - `features`: (N, D) finite, known before the decision;
 - `provenance`: a 0-d unicode array holding JSON (checkpoint hash, split, actions, ...);
 - `confidence` (optional): (N,) in [0, 1], the base model's no-audio probability of its first answer
-  token, a feature a policy may buy (see `charged_costs`).
+  token, a feature a policy may buy (see `charged_costs`);
+- `latency_repeats_ms` (optional): (N, A, R) finite and > 0, the R timed repeats behind each
+  `latency_ms` cell, which must be their median (tables built before it have `latency_ms` only).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from shared.metrics import CORRECT
 
 FAMILIES = ("visual", "audio", "audio_visual")
 KEYS = ("ids", "family", "qtype", "actions", "score", "gflops", "latency_ms", "features", "provenance")
-OPTIONAL_KEYS = ("confidence",)
+OPTIONAL_KEYS = ("confidence", "latency_repeats_ms")
 DEFAULT_TABLE = "runs/stage_a/outcomes_test.npz"  # what `stage_b-outcomes` writes for the default `stage_a-train` run
 BUILD_HINT = ("build one with `stage_b-outcomes --checkpoint DIR --split S` (without arguments it reads the default "
               f"`stage_a-train` run in runs/stage_a and writes {DEFAULT_TABLE})")
@@ -52,6 +54,7 @@ class OutcomeTable:
     features: np.ndarray
     provenance: dict
     confidence: np.ndarray | None = None
+    latency_repeats_ms: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self._validate("OutcomeTable")
@@ -121,8 +124,31 @@ class OutcomeTable:
                 raise ValueError(f"{source}: 'confidence' has shape {confidence.shape} and {int(bad.sum())} values "
                                  f"outside [0, 1]; expected ({n},) probabilities")
             self.confidence = confidence
+        if self.latency_repeats_ms is not None:
+            self.latency_repeats_ms = self._checked_repeats(source, np.asarray(self.latency_repeats_ms))
         if not isinstance(self.provenance, dict):
             raise ValueError(f"{source}: 'provenance' is {type(self.provenance).__name__}, expected a dict")
+
+    def _checked_repeats(self, source: str, repeats: np.ndarray) -> np.ndarray:
+        """`latency_repeats_ms` as float32 (N, A, R), finite and > 0, with `latency_ms` its median over R."""
+        n, a = self.latency_ms.shape
+        if repeats.ndim != 3 or repeats.shape[:2] != (n, a) or repeats.shape[2] < 1:
+            raise ValueError(f"{source}: 'latency_repeats_ms' has shape {repeats.shape}, expected ({n}, {a}, R) = "
+                             "(rows, actions, timed repeats) with R >= 1")
+        repeats = repeats.astype(np.float32)
+        bad = ~np.isfinite(repeats) | (repeats <= 0)
+        if bad.any():
+            i, j, r = np.argwhere(bad)[0]
+            raise ValueError(f"{source}: 'latency_repeats_ms'[{i}, {j}, {r}] = {repeats[i, j, r]} "
+                             f"({int(bad.sum())} bad values), expected finite and > 0.0")
+        median = np.median(repeats, axis=2)
+        off = ~np.isclose(self.latency_ms, median, rtol=1e-5, atol=0)
+        if off.any():
+            i, j = np.argwhere(off)[0]
+            raise ValueError(f"{source}: 'latency_ms'[{i}, {j}] = {self.latency_ms[i, j]} but the median of "
+                             f"'latency_repeats_ms'[{i}, {j}] is {median[i, j]} ({int(off.sum())} such cells); "
+                             "expected latency_ms to be the median of its repeats")
+        return repeats
 
     @classmethod
     def load(cls, path: str | Path) -> OutcomeTable:
@@ -144,7 +170,7 @@ class OutcomeTable:
         except json.JSONDecodeError as err:
             raise ValueError(f"outcome table {path}: 'provenance' is not valid JSON ({err})") from err
         table = cls.__new__(cls)
-        table.__dict__.update({"confidence": None, **arrays, "provenance": provenance})
+        table.__dict__.update({**dict.fromkeys(OPTIONAL_KEYS), **arrays, "provenance": provenance})
         table._validate(f"outcome table {path}")
         return table
 
@@ -152,8 +178,7 @@ class OutcomeTable:
         """Write the table atomically: a temp file in the same folder, then os.replace."""
         arrays = {key: getattr(self, key) for key in KEYS if key != "provenance"}
         arrays["provenance"] = np.array(json.dumps(self.provenance))
-        if self.confidence is not None:
-            arrays["confidence"] = self.confidence
+        arrays.update({key: getattr(self, key) for key in OPTIONAL_KEYS if getattr(self, key) is not None})
         return atomic_write_npz(path, arrays)
 
     def subset(self, rows: np.ndarray) -> OutcomeTable:
@@ -167,7 +192,8 @@ class OutcomeTable:
                             actions=self.actions.copy(), score=self.score[rows], gflops=self.gflops[rows],
                             latency_ms=self.latency_ms[rows], features=self.features[rows],
                             provenance=dict(self.provenance),
-                            confidence=None if self.confidence is None else self.confidence[rows])
+                            **{key: None if getattr(self, key) is None else getattr(self, key)[rows]
+                               for key in OPTIONAL_KEYS})
 
     def split_rows(self, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
         """A seeded permutation cut into (train_rows, test_rows), `fraction` of the rows for training."""
@@ -184,13 +210,23 @@ class OutcomeTable:
         no-audio run happens before every decision: action 0 reuses that run's answer (no extra
         cost), and every audio action pays the no-audio run on top of its own.
         """
+        return self._charged(self.gflops, confidence), self._charged(self.latency_ms, confidence)
+
+    def charged_latency_samples(self, confidence: bool = False) -> np.ndarray:
+        """(N, A, R) latencies a policy pays, one per timed repeat (R = 1: the median column of an older table).
+
+        With the confidence feature, repeat r of an audio action also pays repeat r of the no-audio run."""
+        samples = self.latency_ms[:, :, None] if self.latency_repeats_ms is None else self.latency_repeats_ms
+        return self._charged(samples, confidence)
+
+    def _charged(self, cost: np.ndarray, confidence: bool) -> np.ndarray:
+        """`cost` (actions on axis 1) as charged: unchanged, or with the no-audio run added to every audio action."""
         if not confidence:
-            return self.gflops, self.latency_ms
+            return cost
         self.require_confidence()
-        gflops, latency = self.gflops.copy(), self.latency_ms.copy()
-        gflops[:, 1:] += self.gflops[:, :1]
-        latency[:, 1:] += self.latency_ms[:, :1]
-        return gflops, latency
+        charged = cost.copy()
+        charged[:, 1:] += cost[:, :1]
+        return charged
 
     def require_confidence(self) -> np.ndarray:
         """The no-audio confidence column, or a ValueError saying how to get a table that has it."""

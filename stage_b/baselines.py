@@ -12,16 +12,18 @@ charged as the env charges (`stage_b.evaluate.point`, i.e. `OutcomeTable.charged
   action a on the training rows. Knob: the sweep's weights, per component; seeds: the bootstrap.
 - `cascade`: the base model answers first; audio with one k (the audio action with the best mean
   training score, ties to fewer tokens) only when its no-audio confidence is below a threshold tau.
-  Knob: tau, as many thresholds as the sweep has weights (at least 2), so that every method's
-  frontier has as many points (a hypervolume grows with its number of points): 0 (never audio),
-  the training rows' confidence quantiles at evenly spaced levels between, and ALWAYS_TAU (audio
-  on every question). Charged `charged_costs(confidence=True)`: an audio answer pays the base run
-  too. Deterministic (no seed). It needs the table's `confidence` column.
+  Knob: tau, as many thresholds as the sweep's longest component grid has weights (at least 2), so
+  that every method's frontier has as many points (a hypervolume grows with its number of points):
+  0 (never audio), the training rows' confidence quantiles at evenly spaced levels between, and
+  ALWAYS_TAU (audio on every question). Charged `charged_costs(confidence=True)`: an audio answer
+  pays the base run too. Deterministic (no seed). It needs the table's `confidence` column.
 - `bandit`: disjoint LinUCB trained online on the env's reward (stage_b.bandit); seeds: the order of
   the stream. Knob: the sweep's weights, per component.
 `supervised` and `bandit` observe (and, with `--confidence`, pay for) the no-audio confidence exactly
-as the PPO policies of the sweep do. Nothing is saved: each run of `stage_b-pareto` refits every
-baseline (about a second on a 5,000-row table), so there is no model file to load or unpickle.
+as the PPO policies of the sweep do, and their rewards use the policies' reward scale (`RewardScale`,
+fitted on the same training rows), so a weight means the same for them as for PPO. Nothing is saved:
+each run of `stage_b-pareto` refits every baseline (about a second on a 5,000-row table), so there is
+no model file to load or unpickle.
 """
 
 from __future__ import annotations
@@ -31,14 +33,19 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from envs.audio_budget import AudioBudgetEnv, FeatureScaler, observed_columns
 from envs.outcome_table import OutcomeTable
+from envs.reward_scale import RewardScale
 from shared.cli import InputError
 from stage_b import bandit
 from stage_b.evaluate import point
+
+if TYPE_CHECKING:
+    from stage_b.pareto import ParetoConfig
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +65,7 @@ class BaselineData:
     eval_table: OutcomeTable
     eval_rows: np.ndarray
     confidence: bool = False
+    scale: RewardScale | None = None  # the PPO policies' reward scale; None fits it on train_rows by the same rule
     scaler: FeatureScaler = field(init=False)
     train_x: np.ndarray = field(init=False)
     eval_x: np.ndarray = field(init=False)
@@ -80,9 +88,10 @@ class BaselineData:
         return self.train_table.score[self.train_rows].astype(np.float64)
 
     def train_rewards(self, alpha: float, gamma: float) -> np.ndarray:
-        """(n_train, A): the reward the PPO policies' training env gives every training row and action."""
+        """(n_train, A): the reward the PPO policies' training env (its reward scale included) gives every training
+        row and action."""
         env = AudioBudgetEnv(self.train_table, alpha=alpha, gamma=gamma, rows=self.train_rows,
-                             confidence=self.confidence, scaler=self.scaler)
+                             confidence=self.confidence, scaler=self.scaler, scale=self.scale)
         gflops, latency = self.train_table.charged_costs(self.confidence)
         return env.reward(self.train_score, gflops[self.train_rows], latency[self.train_rows])
 
@@ -252,3 +261,18 @@ def run_baselines(data: BaselineData, names: Sequence[str], grid: Grid, seeds: S
         rows += new
         report[name] = info | {"seconds": round(seconds, 3)}
     return rows, report
+
+
+def sweep_baselines(sweep: ParetoConfig, train_table: OutcomeTable, names: tuple[str, ...], table: OutcomeTable,
+                    eval_rows: np.ndarray) -> tuple[list[dict], dict]:
+    """pareto.csv rows of the baselines `names` at every weight of every component's grid, trained on the policies'
+    training rows with their reward scale and evaluated on `eval_rows`; and what they fitted."""
+    if not names:
+        return [], {}
+    config = next(iter(sweep.policies().values()))  # every policy of the sweep shares its rows and reward scale
+    train_rows = config.rows(train_table).train
+    data = BaselineData(train_table, train_rows, table, eval_rows, sweep.confidence, config.reward_scale(train_table))
+    grid = [(c, alpha, gamma) for c, _, alpha, gamma in sweep.grid()]
+    thresholds = max(len(weights["weights"]) for weights in sweep.weight_grids.values())
+    rows, report = run_baselines(data, names, grid, sorted(set(sweep.seeds)), thresholds)
+    return rows, {"train_rows": len(train_rows), **report}

@@ -19,8 +19,10 @@ right panel shows the spend against b x max_gflops per question).
 
 OUT/budget.csv has the columns in `BUDGET_COLUMNS` (one row per PPO policy, method `ppo`, and one per
 static policy and budget, seed empty); `forced_rate` is the share of questions whose chosen audio
-was replaced by no audio. pareto.json's `budget` block holds, per budget, PPO's mean and std over
-seeds and the best static policy; OUT/budget.png draws accuracy and GFLOPs per query against the budget.
+was replaced by no audio, and `latency_p50_ms`, `latency_p95_ms` the percentiles of the latency of the
+actions as taken (stage_b.latency, as in pareto.csv). pareto.json's `budget` block holds, per budget,
+PPO's mean and std over seeds and the best static policy; OUT/budget.png draws accuracy and GFLOPs per
+query against the budget.
 """
 
 from __future__ import annotations
@@ -38,14 +40,15 @@ from envs.audio_budget import AudioBudgetEnv
 from envs.outcome_table import OutcomeTable
 from shared.checkpoint import atomic_file
 from shared.stats import mean_std
-from stage_b.evaluate import play, summarize
+from stage_b.evaluate import play, point
+from stage_b.latency import PERCENTILES
 from stage_b.train import PolicyConfig
 
 if TYPE_CHECKING:
     from stage_b.pareto import ParetoConfig
 
 BUDGET_COLUMNS = ("budget", "method", "seed", "accuracy", "gflops_per_query", "latency_ms", "audio_rate",
-                  "forced_rate")
+                  "forced_rate", *PERCENTILES)
 PPO = "ppo"
 
 
@@ -68,11 +71,9 @@ def budget_policies(sweep: ParetoConfig) -> dict[str, PolicyConfig]:
             for b in sorted(set(sweep.budgets)) for s in sorted(set(sweep.seeds))}
 
 
-def _row(budget: float, method: str, seed: int | None, summary: dict, forced: np.ndarray) -> dict:
-    """One budget.csv row from a `summarize` result and the per-question substitution flags."""
-    return {"budget": budget, "method": method, "seed": seed, "accuracy": summary["accuracy"]["mean"],
-            "gflops_per_query": summary["gflops_per_query"], "latency_ms": summary["latency_ms"],
-            "audio_rate": summary["audio_rate"], "forced_rate": float(np.mean(forced))}
+def _row(budget: float, method: str, seed: int | None, figures: dict, forced: np.ndarray) -> dict:
+    """One budget.csv row from a `point` result and the per-question substitution flags."""
+    return {"budget": budget, "method": method, "seed": seed, **figures, "forced_rate": float(np.mean(forced))}
 
 
 def evaluate_budgets(configs: dict[str, PolicyConfig], results: dict[str, dict], table: OutcomeTable,
@@ -84,13 +85,13 @@ def evaluate_budgets(configs: dict[str, PolicyConfig], results: dict[str, dict],
         if not np.array_equal(result["rows"], rows):
             raise ValueError(f"policy {name} was evaluated on other rows than the sweep's; the sweep's policies must "
                              "share the table and split_seed")
-        out.append(_row(config.budget, PPO, config.seed, summarize(table, rows, result["actions"]), result["forced"]))
+        out.append(_row(config.budget, PPO, config.seed, point(table, rows, result["actions"]), result["forced"]))
     envs = {config.budget: config.env_kwargs() for config in configs.values()}  # the seeds of a budget share it
     for budget, env_kwargs in sorted(envs.items()):
         for index, k in enumerate(table.actions):
             steps = play(StaticPolicy(index), AudioBudgetEnv(table, rows=rows, **env_kwargs), rows)
             out.append(_row(budget, "never" if k == 0 else f"always-k{k}", None,
-                            summarize(table, steps["row"], steps["action"]), steps["forced"]))
+                            point(table, steps["row"], steps["action"]), steps["forced"]))
     return out
 
 
@@ -161,6 +162,6 @@ def run_budgets(sweep: ParetoConfig, configs: dict[str, PolicyConfig], results: 
                 table: OutcomeTable, rows: np.ndarray, title: str) -> tuple[list[dict], dict]:
     """budget.csv's rows (`evaluate_budgets`) and pareto.json's `budget` block; draws OUT/budget.png."""
     out = evaluate_budgets(configs, results, table, rows)
-    max_gflops = float(table.charged_costs(sweep.confidence)[0].max())  # the env's normaliser, as the budget's unit
+    max_gflops = float(table.charged_costs(sweep.confidence)[0].max())  # the env's budget unit (its max_gflops)
     plot_budget(out, max_gflops, sweep.out / "budget.png", title)
     return out, summarize_budgets(out, max_gflops)

@@ -1,7 +1,8 @@
 """`stage_b-eval --policy DIR`: a saved policy's choices on its held-out questions, scored from the outcome table.
 
-Reports accuracy with a 95% bootstrap CI, mean GFLOPs and latency per question, the audio usage
-rate, and the action histogram per question family and type, as JSON or a table. The policy plays
+Reports accuracy with a 95% bootstrap CI, mean GFLOPs and latency per question, p50 and p95 latency
+(stage_b.latency: over questions x timed repeats when the table keeps them), the audio usage rate,
+and the action histogram per question family and type, as JSON or a table. The policy plays
 each question once through the env it trained in (its budget, if any, included). The held-out
 rows are those recorded in policy.json at training time, so evaluation never sees training or
 validation rows; `--split S` evaluates on every question of another split's outcome table instead.
@@ -28,11 +29,13 @@ from stable_baselines3.common.policies import BasePolicy
 
 from envs.audio_budget import AudioBudgetEnv, Confidence, FeatureScaler, Outcome
 from envs.outcome_table import OutcomeTable
+from envs.reward_scale import RewardScale
 from shared.cli import ArgumentParser, InputError, console
 from shared.loading import load_json, load_sb3
 from shared.logs import setup_logging
 from shared.stats import mean_ci
 from stage_b.actor import ACTOR_FILE, load_actor
+from stage_b.latency import SOURCES, latency_percentiles, latency_source
 from stage_b.train import LEGACY_VAL_FRACTION, PolicyConfig
 
 log = logging.getLogger(__name__)
@@ -52,6 +55,7 @@ class SavedPolicy:
     record: dict
     scaler: FeatureScaler
     config: PolicyConfig
+    scale: RewardScale | None = None  # the reward's cost scale recorded at training (None: saved before scales were)
 
     @classmethod
     def load(cls, folder: Path, trust_pickle: bool = False) -> SavedPolicy:
@@ -81,18 +85,31 @@ class SavedPolicy:
             config = PolicyConfig(**record["config"])
         except TypeError as err:
             raise InputError(f"{record_path}: 'config' does not fit ({err}); expected {POLICY_FILE}") from err
-        return cls(folder, model, record, FeatureScaler.from_json(record["scaler"]), config)
+        try:
+            scale = RewardScale.from_json(record["reward_scale"]) if "reward_scale" in record else None
+        except ValueError as err:
+            raise InputError(f"{record_path}: {err}") from err
+        return cls(folder, model, record, FeatureScaler.from_json(record["scaler"]), config, scale)
 
     @property
     def confidence(self) -> bool:
         return self.config.confidence
 
+    def reward_scale(self, table: OutcomeTable) -> RewardScale:
+        """The reward's cost scale recorded at training; a policy saved before scales were recorded divided by the
+        maxima of the table it was played on, so that is what it gets."""
+        if self.scale is not None:
+            return self.scale
+        log.info("%s records no reward_scale (saved before scales were): its rewards divide by the table's maxima, "
+                 "as stage_b-train's did then", self.folder / "policy.json")
+        return RewardScale.table_max(table, self.confidence)
+
     def env(self, table: OutcomeTable, rows: np.ndarray, outcome: Outcome | None = None,
             live_confidence: Confidence | None = None) -> AudioBudgetEnv:
-        """The env this policy trained in (reward weights, budget, episode length, confidence, scaler) over `rows`;
-        `outcome` and `live_confidence` switch it to live mode (AudioBudgetEnv)."""
+        """The env this policy trained in (reward weights and scale, budget, episode length, confidence, scaler)
+        over `rows`; `outcome` and `live_confidence` switch it to live mode (AudioBudgetEnv)."""
         return AudioBudgetEnv(table, rows=rows, scaler=self.scaler, outcome=outcome, live_confidence=live_confidence,
-                              **self.config.env_kwargs())
+                              scale=self.reward_scale(table), **self.config.env_kwargs())
 
     def play(self, table: OutcomeTable, rows: np.ndarray, seed: int = 0, outcome: Outcome | None = None,
              live_confidence: Confidence | None = None) -> dict[str, np.ndarray]:
@@ -162,22 +179,25 @@ def play(model: PPO | BasePolicy, env: AudioBudgetEnv, rows: np.ndarray, seed: i
 
 
 def point(table: OutcomeTable, rows: np.ndarray, actions: np.ndarray, confidence: bool = False) -> dict:
-    """Mean accuracy, cost per question (charged as the policy pays it) and audio rate of one set of choices."""
+    """Mean accuracy, cost per question (charged as the policy pays it) with p50 and p95 latency (stage_b.latency),
+    and audio rate of one set of choices."""
     gflops, latency = table.charged_costs(confidence)
     return {"accuracy": float(table.score[rows, actions].mean(dtype=np.float64)),
             "gflops_per_query": float(gflops[rows, actions].mean(dtype=np.float64)),
             "latency_ms": float(latency[rows, actions].mean(dtype=np.float64)),
+            **latency_percentiles(table, rows, actions, confidence),
             "audio_rate": float((table.actions[actions] > 0).mean())}
 
 
 def summarize(table: OutcomeTable, rows: np.ndarray, actions: np.ndarray, confidence: bool = False) -> dict:
-    """`point` with the accuracy's bootstrap CI, plus the action histograms per family and type."""
+    """`point` with the accuracy's bootstrap CI, plus the latency samples' source and the action histograms per
+    family and type."""
     histogram: dict[str, Counter] = defaultdict(Counter)
     for row, k in zip(rows, table.actions[actions]):
         histogram[str(table.family[row])][f"k{k}"] += 1
         histogram[f"{table.family[row]}.{table.qtype[row]}"][f"k{k}"] += 1
     return {"n": len(rows), **point(table, rows, actions, confidence),
-            "accuracy": mean_ci(table.score[rows, actions]),
+            "accuracy": mean_ci(table.score[rows, actions]), "latency_source": latency_source(table),
             "actions": {name: dict(sorted(c.items())) for name, c in sorted(histogram.items())}}
 
 
@@ -213,7 +233,10 @@ def format_table(result: dict) -> str:
              f"{result['n']} questions ({result['rows']} rows of split {result['split']})",
              f"accuracy {100 * result['accuracy']['mean']:.2f} % [{100 * lo:.2f}, {100 * hi:.2f}]; "
              f"{result['gflops_per_query']:.4f} GFLOPs and {result['latency_ms']:.2f} ms per question; "
-             f"audio on {100 * result['audio_rate']:.1f} %", "", f"{'family / type':<28} actions"]
+             f"audio on {100 * result['audio_rate']:.1f} %",
+             (f"latency p50 {result['latency_p50_ms']:.2f} ms, p95 {result['latency_p95_ms']:.2f} ms "
+              f"(over {SOURCES[result['latency_source']]})"),
+             "", f"{'family / type':<28} actions"]
     lines += [f"{name:<28} {counts}" for name, counts in result["actions"].items()]
     return "\n".join(lines)
 

@@ -16,7 +16,8 @@ per-seed hypervolumes minus a baseline's a Welch interval (`ppo_minus_baseline_h
 the same component, and every component for `cascade`, whose single hypervolume counts as exact).
 A hypervolume rewards the span of a method's points as well as their height: the cascade's thresholds
 always reach `never` (the cheapest point), a weight grid only if its top weight is high enough (the
-default grid's 1.2 is; a grid stopping at 0.5 is not), so compare methods on grids that span both ends.
+grids stage_b.weight_grid derives are, by construction; an `--alphas` grid stopping too low is not), so
+compare methods on grids that span both ends.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from shared.stats import mean_std, t_interval, welch_interval
+from stage_b.latency import PERCENTILES
 
 STATIC_PREFIXES = ("never", "always-")
 BASELINE_PREFIXES = ("supervised-", "bandit-", "cascade")
@@ -110,6 +112,8 @@ def oracle_frontier(score: np.ndarray, cost: np.ndarray, columns: Mapping[str, n
     (cost drop); sorting all switches of all questions traces the whole frontier exactly, one vertex
     per switch (vertex 0 is w = 0: the best score on every question). `columns` are further (N, A)
     arrays (e.g. GFLOPs, latency, audio use) whose per-question mean is tracked along the way.
+    `switch_row` and `switch_action` name the question each vertex moves and its new action (-1 at vertex 0),
+    so a statistic that is not a mean (stage_b.latency.frontier_percentiles) can replay the frontier.
     """
     n, a = score.shape
     rows = np.arange(n)
@@ -119,6 +123,7 @@ def oracle_frontier(score: np.ndarray, cost: np.ndarray, columns: Mapping[str, n
     start = {name: col[rows, current].sum() for name, col in tracked.items()}
     weights = [np.zeros(0)]
     steps = {name: [np.zeros(0)] for name in tracked}
+    switches: dict[str, list[np.ndarray]] = {name: [np.zeros(0, np.int64)] for name in ("switch_row", "switch_action")}
     for _ in range(a - 1):
         drop_score = score[rows, current][:, None] - score
         drop_cost = cost[rows, current][:, None] - cost
@@ -130,12 +135,16 @@ def oracle_frontier(score: np.ndarray, cost: np.ndarray, columns: Mapping[str, n
         weights.append(first[moving])
         for name, col in tracked.items():
             steps[name].append(col[moving, nxt[moving]] - col[moving, current[moving]])
+        switches["switch_row"].append(moving)
+        switches["switch_action"].append(nxt[moving])
         current[moving] = nxt[moving]
     order = np.argsort(np.concatenate(weights), kind="stable")
     out = {"weight": np.concatenate([[0.0], np.concatenate(weights)[order]])}
     for name in tracked:
         deltas = np.concatenate(steps[name])[order]
         out[name] = np.concatenate([[start[name]], start[name] + np.cumsum(deltas)]) / n
+    for name, parts in switches.items():
+        out[name] = np.concatenate([[-1], np.concatenate(parts)[order]])
     return out
 
 
@@ -144,7 +153,8 @@ def is_static(method: str) -> bool:
 
 
 def seed_means(rows: Sequence[dict], method: str) -> list[dict]:
-    """Rows of one method grouped by (alpha, gamma): mean and std over seeds of accuracy and GFLOPs, by GFLOPs."""
+    """Rows of one method grouped by (alpha, gamma): mean and std over seeds of accuracy and GFLOPs, and of the
+    latency percentiles when the rows have them (`<column>` and `<column>_std`), by GFLOPs."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for row in rows:
         if row["method"] == method:
@@ -153,8 +163,13 @@ def seed_means(rows: Sequence[dict], method: str) -> list[dict]:
     for (alpha, gamma), group in groups.items():
         acc = mean_std([r["accuracy"] for r in group])
         g = mean_std([r["gflops_per_query"] for r in group])
-        points.append({"alpha": alpha, "gamma": gamma, "n_seeds": acc["n"], "accuracy": acc["mean"],
-                       "accuracy_std": acc["std"], "gflops_per_query": g["mean"], "gflops_std": g["std"]})
+        point = {"alpha": alpha, "gamma": gamma, "n_seeds": acc["n"], "accuracy": acc["mean"],
+                 "accuracy_std": acc["std"], "gflops_per_query": g["mean"], "gflops_std": g["std"]}
+        for column in PERCENTILES:
+            if all(r.get(column) is not None for r in group):
+                spread = mean_std([r[column] for r in group])
+                point |= {column: spread["mean"], f"{column}_std": spread["std"]}
+        points.append(point)
     return sorted(points, key=lambda p: p["gflops_per_query"])
 
 
@@ -225,6 +240,7 @@ def summarize_sweep(rows: Sequence[dict], components: Sequence[str]) -> dict:
     learned_g, learned_acc = _xy(all_learned)
     checks = [{"method": p["method"], "alpha": p.get("alpha"), "gamma": p.get("gamma"),
                "gflops_per_query": p["gflops_per_query"], "accuracy": p["accuracy"],
+               **{column: p.get(column) for column in PERCENTILES},
                **dominance(p["gflops_per_query"], p["accuracy"], learned_g, learned_acc)}
               for p in [*static.values(), *random]]
     saving_args = (full["accuracy"], g_ref, g_never)

@@ -6,8 +6,10 @@ For every question of a split and every action (no audio, or audio with k tokens
   (stage_a.flops) for the question's own prompt length and audio frames, plus, for audio actions,
   the frozen encoder on one full window (encoders pad every clip to their window). The analytic
   and FlopCounterMode counts of the first question are kept in the provenance (`flops_check`);
-- `latency_ms`: wall time of the batched greedy generation per question (median over
-  `--repeats`), plus the encoder's time per clip (a batch of full windows, median) for audio actions;
+- `latency_repeats_ms`: per timed repeat r (`--repeats` of them), the wall time of the batched
+  greedy generation divided by the batch's questions, plus for audio actions repeat r of the
+  encoder's time per clip (a batch of full windows); every question of a batch shares its values;
+- `latency_ms`: the median of those repeats per question and action;
 - `confidence`: the base model's no-audio probability of its first answer token.
 Features known before the decision go in `features`: the mean LM input embedding of the
 question, per-channel image mean and std, and audio-preview statistics (duration, RMS energy,
@@ -20,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -47,16 +48,16 @@ log = logging.getLogger(__name__)
 ENCODER_BATCH = 8
 
 
-def encoder_ms_per_clip(runner: SafeRunner, repeats: int) -> float:
-    """The frozen encoder's wall time per clip on a batch of full windows (median of repeats)."""
+def encoder_ms_per_clip(runner: SafeRunner, repeats: int) -> np.ndarray:
+    """The frozen encoder's wall time per clip on a batch of full windows, once per repeat, in ms."""
     waves = [runner.full_window()] * ENCODER_BATCH
     runner.encoder.encode(waves[:1], runner.sample_rate)  # warm-up
     times = []
-    for _ in range(max(1, repeats)):
+    for _ in range(repeats):
         start = time.perf_counter()
         runner.encoder.encode(waves, runner.sample_rate)
         times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times) / ENCODER_BATCH
+    return 1000 * np.array(times) / ENCODER_BATCH
 
 
 def profiler_check(runner: SafeRunner, ks: list[int]) -> dict:
@@ -93,18 +94,23 @@ def build_table(cfg: TrainConfig, checkpoint: Path, split: str, ks: list[int], b
     """Score, count and time every (question, action) of `split`, batched.
 
     With `partial`, progress is saved there atomically every `save_every` batches and a later call
-    with the same checkpoint, split, actions and batch size resumes after the last saved batch
-    (`main` removes the file once the finished table is saved)."""
+    with the same checkpoint, split, actions, batch size and repeats resumes after the last saved batch
+    (`main` removes the file once the finished table is saved). Repeat r of an audio action adds repeat r of the
+    encoder's time, so each repeat is one timing of the whole answer and `latency_ms` is their median."""
+    check_number("repeats", repeats, ge=1, integer=True)
     runner = SafeRunner(cfg, checkpoint, split)
     encoder_ms = encoder_ms_per_clip(runner, repeats)
     actions = [0, *ks]
     n = len(runner.data)
     digest = bridge_hash(checkpoint)
-    key = {"checkpoint_hash": digest, "split": split, "actions": actions, "rows": n, "batch_size": batch_size}
+    key = {"checkpoint_hash": digest, "split": split, "actions": actions, "rows": n, "batch_size": batch_size,
+           "repeats": repeats}
     state = (_resume(partial, key) if partial else None) or {
         "done": np.array(0), "confidence": np.zeros(n, np.float32),
-        **{name: np.zeros((n, len(actions)), np.float32) for name in ("score", "gflops", "latency_ms")}}
-    score, gflops, latency, confidence = (state[name] for name in ("score", "gflops", "latency_ms", "confidence"))
+        **{name: np.zeros((n, len(actions)), np.float32) for name in ("score", "gflops", "latency_ms")},
+        "latency_repeats_ms": np.zeros((n, len(actions), repeats), np.float32)}
+    score, gflops, latency, repeated, confidence = (state[name] for name in ("score", "gflops", "latency_ms",
+                                                                             "latency_repeats_ms", "confidence"))
     features = [state["features"]] if "features" in state else []
     starts = range(int(state["done"]), n, batch_size)
     for step, begin in enumerate(tqdm(starts, desc="outcomes", unit="batch"), start=1):
@@ -112,29 +118,33 @@ def build_table(cfg: TrainConfig, checkpoint: Path, split: str, ks: list[int], b
         batch = runner.batch(rows)
         for a, k in enumerate(actions):
             times = []
-            for _ in range(max(1, repeats)):
+            for _ in range(repeats):
                 start = time.perf_counter()
                 answers, first_token = runner.answer(batch, k)
                 times.append(time.perf_counter() - start)
             score[rows, a] = runner.scores(rows, answers)
             gflops[rows, a] = runner.gflops(batch, k)
-            latency[rows, a] = 1000 * statistics.median(times) / len(rows) + (encoder_ms if k else 0.0)
+            per_repeat = (1000 * np.array(times) / len(rows) + (encoder_ms if k else 0.0)).astype(np.float32)
+            repeated[rows, a] = per_repeat
+            latency[rows, a] = np.median(per_repeat)
             if k == 0:
                 confidence[rows] = first_token.numpy()
         features.append(runner.features(batch, rows))
         if partial and step % save_every == 0 and rows[-1] + 1 < n:
             atomic_write_npz(partial, {"key": np.array(json.dumps(key)), "done": np.array(rows[-1] + 1),
                                        "score": score, "gflops": gflops, "latency_ms": latency,
-                                       "confidence": confidence, "features": np.concatenate(features)})
+                                       "latency_repeats_ms": repeated, "confidence": confidence,
+                                       "features": np.concatenate(features)})
     provenance = {"checkpoint": str(checkpoint), "checkpoint_hash": digest, "split": split, "actions": actions,
                   "manifest": runner.setup.paths[split], "encoder_gflops": runner.encoder_gflops,
-                  "encoder_ms": encoder_ms, "flops_check": profiler_check(runner, ks),
+                  "encoder_ms": float(np.median(encoder_ms)), "encoder_ms_repeats": encoder_ms.tolist(),
+                  "flops_check": profiler_check(runner, ks),
                   "features": runner.feature_columns()}
     samples = runner.data.samples
     return OutcomeTable(ids=np.array([s.id for s in samples]), family=np.array([s.family for s in samples]),
                         qtype=np.array([s.qtype for s in samples]), actions=np.array(actions, dtype=np.int64),
                         score=score, gflops=gflops, latency_ms=latency, features=np.concatenate(features),
-                        provenance=provenance, confidence=confidence)
+                        provenance=provenance, confidence=confidence, latency_repeats_ms=repeated)
 
 
 @console("stage_b-outcomes")
@@ -146,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", default="stage_a", help="training preset naming the base model and data")
     parser.add_argument("--ks", default="4,8,16", help="audio token counts of the audio actions: distinct, 1..k_max")
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=3, help="timed repeats per batch (median)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="timed repeats per batch, all kept in latency_repeats_ms (latency_ms: their median)")
     parser.add_argument("--save-every", type=int, default=10, help="batches between saves of the partial table")
     parser.add_argument("--out", type=Path, default=None, help="table path (default: <checkpoint>/outcomes_<split>.npz)")
     add_overwrite_flag(parser, "the finished table (a partial one is always resumed)")
@@ -173,7 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({"table": str(out), "rows": len(table.ids), "actions": table.actions.tolist(),
                       "mean_score": table.score.mean(0).round(4).tolist(),
                       "mean_gflops": table.gflops.mean(0).round(4).tolist(),
-                      "mean_latency_ms": table.latency_ms.mean(0).round(3).tolist()}, indent=2))
+                      "mean_latency_ms": table.latency_ms.mean(0).round(3).tolist(),
+                      "p95_latency_ms": np.percentile(table.latency_repeats_ms, 95, axis=(0, 2)).round(3).tolist()},
+                     indent=2))
     return 0
 
 

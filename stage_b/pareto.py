@@ -2,10 +2,15 @@
 
 For each reward component (`alpha`: compute, alpha = w, gamma = 0; `gamma`: latency, alpha = 0,
 gamma = w; `both`: alpha = gamma = w), weight w and seed, one policy trains with `train_policy` in
-a pool of spawned processes, in OUT/policies/<component>-w<w>-seed<s>/. A folder whose policy.json
-exists is reused (its config must match) when the SHA-256 of the table it trained on (`table_sha256`
-in policy.json) is that of the table now at `--table`, so an interrupted sweep resumes where it
-stopped; a policy of a table since replaced (or of one not recorded) is retrained, and the log says why.
+a pool of spawned processes, in OUT/policies/<component>-w<w>-seed<s>/. The weights are `--alphas`
+for every component if given, else each component's grid derived from the policies' training rows
+(`PolicyConfig.rows(...).train`) and reward scale (stage_b.weight_grid: nine weights from 0 up to one
+at which the oracle skips audio on every training question), recorded in pareto.json (`weight_grid`).
+A folder whose policy.json exists is reused (its config must match) when the SHA-256 of the table it
+trained on (`table_sha256` in policy.json) is that of the table now at `--table` and its reward scale
+(`reward_scale`) is the one the sweep trains with, so an interrupted sweep resumes where it stopped; a
+policy of a table since replaced (or of one not recorded), or of another scale, is retrained, and the log
+says why.
 
 Every policy acts on the same questions (`SavedPolicy.evaluation_rows`: the training table's
 held-out rows, or all of `outcomes_<split>.npz`), and so do the baselines: `never` (no audio),
@@ -13,30 +18,36 @@ held-out rows, or all of `outcomes_<split>.npz`), and so do the baselines: `neve
 seeded by the policy's seed: the same action mix and expected compute, blind to the question;
 with `--confidence` both pay for the no-audio run the policies observe),
 `oracle` (the cheapest correct action per question) and `oracle-frontier` (per question the action
-maximising score - w * gflops / max_gflops, at every weight w where that choice changes).
+maximising score - w * gflops / scale.gflops, the policies' reward scale, at every weight w where that
+choice changes).
 
 `--baselines` (default: all three) adds the non-RL competitors of stage_b.baselines, trained on the
 policies' training rows (`PolicyConfig.rows(...).train`) and evaluated on the same questions:
 `supervised-<component>` (per-action ridge regression of the score, then argmax of predicted score
 minus the env's cost term; seeds: bootstraps of the training rows), `bandit-<component>` (LinUCB
 trained online on the env's reward; seeds: the order of the stream), both at every weight of
-every component and, with `--confidence`, observing and paying for the confidence as the policies
-do; and `cascade` (audio with one k only when the no-audio confidence is below tau, at as many
-thresholds as there are weights; charged for the no-audio run on every audio question;
-deterministic). By default the cascade is skipped, with a logged warning and `baselines.skipped`
-in pareto.json, on a table without the `confidence` column; requested by name there it is an
-error before any training. Baselines are refitted on every run (seconds), never saved.
+every component's grid, rewarded with the policies' reward scale and, with `--confidence`, observing
+and paying for the confidence as the policies do; and `cascade` (audio with one k only when the
+no-audio confidence is below tau, at as many thresholds as the longest component grid has weights;
+charged for the no-audio run on every audio question; deterministic). By default the cascade is
+skipped, with a logged warning and `baselines.skipped` in pareto.json, on a table without the
+`confidence` column; requested by name there it is an error before any training. Baselines are
+refitted on every run (seconds), never saved.
 
 OUT/pareto.csv has the columns in `COLUMNS`. `alpha`, `gamma`, `seed` are the reward weights and
 seed for `ppo-*`, `random-*`, `supervised-*` and `bandit-*` rows, and the weight (alpha = w,
 gamma = 0) for `oracle-frontier` rows; a field that does not apply (static, oracle and cascade
 rows) is left empty. The cascade's rows come in the order of its thresholds tau, which
-pareto.json lists (`baselines.cascade.thresholds`). OUT/pareto.json holds the frontier analysis
-(`stage_b.frontier.summarize_sweep`: hypervolumes per method with intervals over seeds, ratios to
-the oracle frontier, PPO minus each baseline) and what each baseline fitted; OUT/pareto.png the plot.
-With `--budget B[,B...]` PPO policies also train under each episode compute budget, and
-OUT/budget.csv, OUT/budget.png and pareto.json's `budget` block compare them with the best static policy
-played through the same budget (stage_b.budget; pareto.csv is unchanged).
+pareto.json lists (`baselines.cascade.thresholds`). `latency_p50_ms` and `latency_p95_ms` (appended
+after the original eight columns) are the percentiles of the chosen actions' latency, for every
+method (stage_b.latency; pareto.json's `latency` says over which samples). OUT/pareto.json holds the
+frontier analysis (`stage_b.frontier.summarize_sweep`: hypervolumes per method with intervals over
+seeds, ratios to the oracle frontier, PPO minus each baseline) and what each baseline fitted;
+OUT/pareto.png the plot against GFLOPs; with `--axis latency_p95` OUT/pareto_latency_p95.png also
+plots accuracy against p95 latency. With `--budget B[,B...]` PPO policies also train under each
+episode compute budget (with the reward scale of every other policy), and OUT/budget.csv,
+OUT/budget.png and pareto.json's `budget` block compare them with the best static policy played
+through the same budget (stage_b.budget; pareto.csv is unchanged).
 """
 
 from __future__ import annotations
@@ -51,6 +62,7 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -63,27 +75,35 @@ from shared.checkpoint import atomic_write_text
 from shared.cli import ArgumentParser, InputError, check_number, console, name_list, number_list
 from shared.loading import file_sha256, load_json
 from shared.logs import setup_logging
-from stage_b.baselines import BASELINES, BaselineData, run_baselines, select_baselines
+from stage_b.baselines import BASELINES, select_baselines, sweep_baselines
 from stage_b.budget import BUDGET_COLUMNS, budget_policies, run_budgets
 from stage_b.evaluate import SavedPolicy, point
-from stage_b.frontier import oracle_frontier, summarize_sweep
-from stage_b.plot import plot_pareto
+from stage_b.frontier import oracle_choice, oracle_frontier, summarize_sweep
+from stage_b.latency import PERCENTILES, frontier_percentiles, latency_source
+from stage_b.plot import AXES, plot_pareto
 from stage_b.train import PolicyConfig, train_policy
+from stage_b.weight_grid import derive_grids
 
 log = logging.getLogger(__name__)
 
 COMPONENTS = {"alpha": (1.0, 0.0), "gamma": (0.0, 1.0), "both": (1.0, 1.0)}  # (alpha, gamma) per unit weight
-COLUMNS = ("method", "alpha", "gamma", "seed", "accuracy", "gflops_per_query", "latency_ms", "audio_rate")
-DEFAULT_WEIGHTS = (0.0, 0.05, 0.1, 0.2, 0.35, 0.5, 0.7, 0.9, 1.2)
+COLUMNS = ("method", "alpha", "gamma", "seed", "accuracy", "gflops_per_query", "latency_ms", "audio_rate",
+           *PERCENTILES)
+
+
+def weighted(component: str, weight: float) -> tuple[float, float]:
+    """(alpha, gamma) of `component` at weight `weight`."""
+    return COMPONENTS[component][0] * weight, COMPONENTS[component][1] * weight
 
 
 @dataclass
 class ParetoConfig:
-    """One `stage_b-pareto` sweep: table, output folder, weight grid, seeds, components, PPO budget and baselines."""
+    """One `stage_b-pareto` sweep: table, output folder, weights (None: derived per component), seeds, components,
+    PPO budget, baselines, episode compute budgets and plot axis."""
 
     table: Path
     out: Path
-    weights: tuple[float, ...] = DEFAULT_WEIGHTS
+    weights: tuple[float, ...] | None = None
     seeds: tuple[int, ...] = (0, 1, 2)
     components: tuple[str, ...] = tuple(COMPONENTS)
     timesteps: int = 100_000
@@ -93,12 +113,15 @@ class ParetoConfig:
     confidence: bool = False
     baselines: tuple[str, ...] | None = None  # None: every baseline the table allows (stage_b.baselines)
     budgets: tuple[float, ...] = ()
+    axis: str = "gflops"
 
     def __post_init__(self) -> None:
-        if not self.weights or not self.seeds:
-            raise ValueError(f"--alphas is {list(self.weights)} and --seeds {list(self.seeds)}; expected values in both")
-        for weight in self.weights:
+        if self.weights == () or not self.seeds:
+            raise ValueError(f"--alphas is {self.weights} and --seeds {list(self.seeds)}; expected values in both")
+        for weight in self.weights or ():
             check_number("--alphas item", weight, ge=0)
+        if self.axis not in AXES:
+            raise ValueError(f"--axis is {self.axis!r}; expected one of {list(AXES)}")
         for seed in self.seeds:
             check_number("--seeds item", seed, ge=0, integer=True)
         unknown = [c for c in self.components if c not in COMPONENTS]
@@ -117,17 +140,29 @@ class ParetoConfig:
                              "with would get different budgets; expected one of the two flags")
         self.table = self.table.resolve()
 
+    @cached_property
+    def weight_grids(self) -> dict[str, dict]:
+        """Component -> {"source", "weights", ...}: `--alphas` for every component, or each one's grid derived on the
+        training rows and reward scale that every policy of the sweep shares (those of its first policy)."""
+        if self.weights is not None:
+            return {c: {"source": "--alphas", "weights": sorted(set(self.weights))} for c in self.components}
+        return derive_grids(OutcomeTable.load(self.table), self.policy(self.components[0], 0.0, 0),
+                            {c: COMPONENTS[c] for c in self.components})
+
     def grid(self) -> list[tuple[str, float, float, float]]:
-        """(component, weight, alpha, gamma) of every point of the sweep, by component then weight."""
-        return [(c, w, COMPONENTS[c][0] * w, COMPONENTS[c][1] * w) for c in self.components
-                for w in sorted(set(self.weights))]
+        """(component, weight, alpha, gamma) of every point of the sweep, by component then weight (`weight_grids`)."""
+        return [(c, w, *weighted(c, w)) for c in self.components for w in self.weight_grids[c]["weights"]]
+
+    def policy(self, component: str, weight: float, seed: int) -> PolicyConfig:
+        """The training config of one policy of the sweep."""
+        alpha, gamma = weighted(component, weight)
+        return PolicyConfig(str(self.table), alpha=alpha, gamma=gamma, confidence=self.confidence, seed=seed,
+                            timesteps=self.timesteps, n_envs=self.n_envs)
 
     def policies(self) -> dict[str, PolicyConfig]:
         """Folder name (<component>-w<weight>-seed<seed>) -> training config, for every policy of the sweep."""
-        return {f"{c}-w{w:g}-seed{s}": PolicyConfig(str(self.table), alpha=alpha, gamma=gamma,
-                                                    confidence=self.confidence, seed=s, timesteps=self.timesteps,
-                                                    n_envs=self.n_envs)
-                for c, w, alpha, gamma in self.grid() for s in sorted(set(self.seeds))}
+        return {f"{c}-w{w:g}-seed{s}": self.policy(c, w, s) for c, w, _, _ in self.grid()
+                for s in sorted(set(self.seeds))}
 
 
 def _init_worker() -> None:
@@ -148,9 +183,9 @@ def _train_and_play(config: PolicyConfig, folder: Path, train: bool, split: str 
             "train_seconds": policy.record["train_seconds"]}
 
 
-def _needs_training(folder: Path, config: PolicyConfig, table_sha256: str) -> bool:
+def _needs_training(folder: Path, config: PolicyConfig, table_sha256: str, table: OutcomeTable) -> bool:
     """False when `folder` holds a finished policy with this config, trained on the table whose file has
-    `table_sha256`; a different config is an error."""
+    `table_sha256` (loaded as `table`) with the reward scale this config has on it; a different config is an error."""
     record_path = folder / "policy.json"
     if not record_path.is_file():
         return True
@@ -168,16 +203,21 @@ def _needs_training(folder: Path, config: PolicyConfig, table_sha256: str) -> bo
         log.info("retraining %s: it was trained on a table with sha256 %s, %s now has %s", folder,
                  trained_on[:12] if trained_on else "(not recorded)", config.table, table_sha256[:12])
         return True
-    log.info("reusing %s (policy.json exists, same table)", folder)
+    scale = config.reward_scale(table).to_json()
+    if record.get("reward_scale") != scale:
+        log.info("retraining %s: it was trained with reward scale %s, the sweep's is %s", folder,
+                 record.get("reward_scale", "(not recorded: the table maxima)"), scale)
+        return True
+    log.info("reusing %s (policy.json exists, same table and reward scale)", folder)
     return False
 
 
-def run_policies(sweep: ParetoConfig, configs: dict[str, PolicyConfig]) -> dict[str, dict]:
-    """Train (or reuse) the policies `configs` names (folder name -> config) in a process pool;
-    name -> {rows, actions, forced, train_seconds, reused}."""
+def run_policies(sweep: ParetoConfig, configs: dict[str, PolicyConfig], table: OutcomeTable) -> dict[str, dict]:
+    """Train (or reuse) the policies `configs` names (folder name -> config) in a process pool, `table` being the
+    sweep's table already loaded; name -> {rows, actions, forced, train_seconds, reused}."""
     folders = {name: sweep.out / "policies" / name for name in configs}
     table_sha256 = file_sha256(sweep.table)
-    train = {name: _needs_training(folders[name], config, table_sha256) for name, config in configs.items()}
+    train = {name: _needs_training(folders[name], config, table_sha256, table) for name, config in configs.items()}
     log.info("%d policies: %d to train, %d reused; %d workers", len(train), sum(train.values()),
              len(train) - sum(train.values()), sweep.workers)
     results = {}
@@ -198,7 +238,7 @@ def run_policies(sweep: ParetoConfig, configs: dict[str, PolicyConfig]) -> dict[
 
 def _row(method: str, figures: dict, alpha: float | None = None, gamma: float | None = None,
          seed: int | None = None) -> dict:
-    """One pareto.csv row from a `point` result."""
+    """One pareto.csv row from a `point` result (latency percentiles included)."""
     return {"method": method, "alpha": alpha, "gamma": gamma, "seed": seed, **figures}
 
 
@@ -206,7 +246,8 @@ def evaluate_sweep(sweep: ParetoConfig, results: dict[str, dict]) -> tuple[list[
     """pareto.csv rows for every policy and baseline, all on the same questions; also returns (table, rows)."""
     configs = sweep.policies()
     first = next(iter(configs))
-    table, rows = SavedPolicy.load(sweep.out / "policies" / first).evaluation_rows(sweep.split)
+    policy = SavedPolicy.load(sweep.out / "policies" / first)
+    table, rows = policy.evaluation_rows(sweep.split)
     out = []
     for name, config in tqdm(configs.items(), desc="evaluate"):
         result = results[name]
@@ -224,12 +265,15 @@ def evaluate_sweep(sweep: ParetoConfig, results: dict[str, dict]) -> tuple[list[
     out.append(_row("oracle", point(table, rows, table.oracle_actions()[rows])))
     sub = table.subset(rows)
     audio = np.broadcast_to((table.actions > 0).astype(np.float64), sub.score.shape)
-    frontier = oracle_frontier(sub.score, sub.gflops / table.gflops.max(),
-                               {"gflops": sub.gflops, "latency_ms": sub.latency_ms, "audio": audio})
+    cost = sub.gflops / policy.reward_scale(table).gflops  # weights in the policies' units
+    frontier = oracle_frontier(sub.score, cost, {"gflops": sub.gflops, "latency_ms": sub.latency_ms, "audio": audio})
+    spread = frontier_percentiles(sub.charged_latency_samples(), oracle_choice(sub.score, cost, 0.0),
+                                  frontier["switch_row"], frontier["switch_action"])
     out += [{"method": "oracle-frontier", "alpha": float(w), "gamma": 0.0, "seed": None, "accuracy": float(acc),
-             "gflops_per_query": float(g), "latency_ms": float(lat), "audio_rate": float(rate)}
-            for w, acc, g, lat, rate in zip(frontier["weight"], frontier["accuracy"], frontier["gflops"],
-                                            frontier["latency_ms"], frontier["audio"])]
+             "gflops_per_query": float(g), "latency_ms": float(lat), "audio_rate": float(rate),
+             **{column: float(spread[column][i]) for column in PERCENTILES}}
+            for i, (w, acc, g, lat, rate) in enumerate(zip(frontier["weight"], frontier["accuracy"], frontier["gflops"],
+                                                           frontier["latency_ms"], frontier["audio"]))]
     return out, table, rows
 
 
@@ -253,33 +297,22 @@ def read_csv(path: Path) -> list[dict]:
         return [{k: parse(k, v) for k, v in row.items()} for row in csv.DictReader(handle)]
 
 
-def sweep_baselines(sweep: ParetoConfig, train_table: OutcomeTable, names: tuple[str, ...], table: OutcomeTable,
-                    eval_rows: np.ndarray) -> tuple[list[dict], dict]:
-    """pareto.csv rows of the baselines `names`, trained on the policies' training rows and evaluated on `eval_rows`."""
-    if not names:
-        return [], {}
-    train_rows = next(iter(sweep.policies().values())).rows(train_table).train
-    data = BaselineData(train_table, train_rows, table, eval_rows, sweep.confidence)
-    grid = [(c, alpha, gamma) for c, _, alpha, gamma in sweep.grid()]
-    rows, report = run_baselines(data, names, grid, sorted(set(sweep.seeds)), thresholds=len(set(sweep.weights)))
-    return rows, {"train_rows": len(train_rows), **report}
-
-
 def run_sweep(sweep: ParetoConfig) -> dict:
-    """Train, evaluate, analyse and plot; writes pareto.csv, pareto.json and pareto.png (with budgets also
+    """Train, evaluate, analyse and plot; writes pareto.csv, pareto.json and the plot(s) (with budgets also
     budget.csv and budget.png) and returns the JSON."""
     start = time.perf_counter()
     train_table = OutcomeTable.load(sweep.table)  # a missing table, or a cascade it cannot run, fails before training
     baselines, skipped = select_baselines(sweep.baselines, train_table, sweep.table)
     budgeted = budget_policies(sweep)
-    results = run_policies(sweep, sweep.policies() | budgeted)
+    results = run_policies(sweep, sweep.policies() | budgeted, train_table)
     rows, table, eval_rows = evaluate_sweep(sweep, results)
     baseline_rows, baseline_report = sweep_baselines(sweep, train_table, baselines, table, eval_rows)
     rows += baseline_rows
     write_csv(rows, sweep.out / "pareto.csv")
     split, kind = table.provenance.get("split"), "held-out" if sweep.split is None else "all"
     where = f"split {split}, {len(eval_rows)} questions ({kind} rows)"
-    plot_pareto(rows, sweep.out / "pareto.png", f"Stage B Pareto frontier: {where}")
+    for axis in dict.fromkeys(("gflops", sweep.axis)):
+        plot_pareto(rows, sweep.out / AXES[axis][3], f"Stage B Pareto frontier: {where}", axis)
     budget = {}
     if budgeted:
         budget_rows, budget["budget"] = run_budgets(sweep, budgeted, results, table, eval_rows,
@@ -292,10 +325,13 @@ def run_sweep(sweep: ParetoConfig) -> dict:
         "baselines": {"run": list(baselines), "skipped": skipped, **baseline_report},
         "train_seconds": {"median": statistics.median(seconds), "sum": round(sum(seconds), 1),
                           "policies": len(seconds), "trained": sum(not r["reused"] for r in results.values())},
-        "sweep": {"weights": sorted(set(sweep.weights)), "seeds": sorted(set(sweep.seeds)),
-                  "components": list(sweep.components), "budgets": sorted(set(sweep.budgets)),
-                  "timesteps": sweep.timesteps, "n_envs": sweep.n_envs, "workers": sweep.workers,
-                  "wall_seconds": round(time.perf_counter() - start, 1)},
+        "latency": {"source": latency_source(table), "percentiles": PERCENTILES,
+                    "repeats": table.charged_latency_samples().shape[2]},
+        "weight_grid": sweep.weight_grids,
+        "sweep": {"weights": {c: grid["weights"] for c, grid in sweep.weight_grids.items()},
+                  "seeds": sorted(set(sweep.seeds)), "components": list(sweep.components),
+                  "budgets": sorted(set(sweep.budgets)), "timesteps": sweep.timesteps, "n_envs": sweep.n_envs,
+                  "workers": sweep.workers, "wall_seconds": round(time.perf_counter() - start, 1)},
         "machine": machine_info(), "table_provenance": table.provenance, **budget,
     }
     atomic_write_text(sweep.out / "pareto.json", json.dumps(report, indent=1))
@@ -323,8 +359,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--table", type=Path, default=Path(DEFAULT_TABLE),
                         help=f"outcome table (.npz) from stage_b-outcomes (default: {DEFAULT_TABLE})")
     parser.add_argument("--out", type=Path, default=Path("runs") / "stage_b" / "pareto")
-    parser.add_argument("--alphas", default=",".join(f"{w:g}" for w in DEFAULT_WEIGHTS),
-                        help="comma-separated reward weights w, used by every component")
+    parser.add_argument("--alphas", default=None,
+                        help="comma-separated reward weights w, used by every component (default: each component's "
+                             "grid derived from the table, from 0 to where the oracle skips audio)")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--components", default=",".join(COMPONENTS),
                         help="alpha (compute), gamma (latency), both (alpha = gamma = w)")
@@ -342,14 +379,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated episode compute budgets, fractions of the maximum in (0, 1]: PPO "
                              "policies (alpha = gamma = 0, the sweep's seeds) train under each, against the best "
                              "static policy through the same budget (budget.csv, budget.png)")
+    parser.add_argument("--axis", default="gflops",
+                        help=f"x axis of a second plot, one of {list(AXES)}: latency_p95 also plots accuracy against "
+                             "p95 latency (pareto_latency_p95.png); pareto.png is always against GFLOPs")
     args = parser.parse_args(argv)
     setup_logging()
     baselines = None if args.baselines is None else name_list("--baselines", args.baselines, BASELINES, none="none")
-    sweep = ParetoConfig(args.table, args.out, number_list("--alphas", args.alphas, float),
-                        number_list("--seeds", args.seeds, int),
-                        tuple(c.strip() for c in args.components.split(",") if c.strip()), args.timesteps,
-                        args.n_envs, args.workers, args.split, args.confidence, baselines,
-                        () if args.budget is None else number_list("--budget", args.budget, float, **BUDGET))
+    weights = None if args.alphas is None else number_list("--alphas", args.alphas, float)
+    sweep = ParetoConfig(args.table, args.out, weights, number_list("--seeds", args.seeds, int),
+                         tuple(c.strip() for c in args.components.split(",") if c.strip()), args.timesteps,
+                         args.n_envs, args.workers, args.split, args.confidence, baselines,
+                         () if args.budget is None else number_list("--budget", args.budget, float, **BUDGET),
+                         args.axis)
     report = run_sweep(sweep)
     print(json.dumps(headline(report), indent=2))
     return 0

@@ -5,15 +5,18 @@ ways, the same for every policy seed (`PolicyConfig.rows`): `test_fraction` of t
 by `split_seed`, exactly the held-out rows of earlier versions) are held out for the reported numbers
 (`stage_b-eval`, `stage_b-pareto`, `stage_b-live`) and never seen in training; `val_fraction` of all rows
 (15 %), drawn from the rest with the same seed, are the validation rows, on which an evaluation callback
-selects the best model (`best/`); PPO and the feature scaler see only the remaining training rows (55 %).
-Training uses SB3's vectorised envs and TensorBoard logging (wandb with --wandb through SB3's integration).
+selects the best model (`best/`); PPO, the feature scaler and the reward's cost scale
+(`PolicyConfig.reward_scale`, envs.reward_scale) see only the remaining training rows (55 %); the
+validation rows are rewarded with that same scale. Training uses SB3's vectorised envs and TensorBoard
+logging (wandb with --wandb through SB3's integration).
 
 The folder holds, without pickle, the final policy's actor as `policy.safetensors` (stage_b.actor) and
 `policy.json`: the config, the number of training rows (every table row not listed as validation or
 test row), the validation and test rows, each validation evaluation and the best one (`selection`),
-the feature scaler, the actor's architecture and hash, the table's provenance and the SHA-256 of the
-table file (`table_sha256`, what `stage_b-pareto` compares before reusing a policy). `best/` is a
-complete policy folder of the same form (`policy.safetensors` + `policy.json`, loadable by
+the feature scaler, the reward's cost scale (`reward_scale`, which evaluation passes back to the env),
+the actor's architecture and hash, the table's provenance and the SHA-256 of the table file
+(`table_sha256`, what `stage_b-pareto` compares before reusing a policy). `best/` is a complete policy
+folder of the same form (`policy.safetensors` + `policy.json` with the same `reward_scale`, loadable by
 `stage_b-eval --policy DIR/best`) holding the actor with the best mean validation reward. Reported
 numbers use the final policy, so no test row is used to choose anything. SB3's own pickled `policy.zip`
 is kept for resuming training in SB3 (loading it needs --trust-pickle).
@@ -42,6 +45,7 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 
 from envs.audio_budget import BUDGET, AudioBudgetEnv, FeatureScaler, observed_columns
 from envs.outcome_table import DEFAULT_TABLE, OutcomeTable
+from envs.reward_scale import RewardScale
 from shared.checkpoint import atomic_directory, atomic_write_text
 from shared.cli import ArgumentParser, add_overwrite_flag, check_number, console, refuse_overwrite
 from shared.loading import file_sha256
@@ -112,6 +116,10 @@ class PolicyConfig:
         val = np.sort(np.random.default_rng([self.split_seed, VAL_STREAM]).choice(rest, size=n_val, replace=False))
         return PolicyRows(np.setdiff1d(rest, val), val, test)
 
+    def reward_scale(self, table: OutcomeTable) -> RewardScale:
+        """The reward's cost scale this config trains with: fitted on `table`'s training rows (`rows(table).train`)."""
+        return RewardScale.fit(table, self.rows(table).train, self.confidence)
+
 
 class Selection(BaseCallback):
     """Run by EvalCallback after each evaluation on the validation rows: logs it and keeps the best actor's weights."""
@@ -157,7 +165,8 @@ def train_policy(config: PolicyConfig, out_dir: Path, tensorboard: bool = True, 
     table = table or OutcomeTable.load(config.table)
     rows = config.rows(table)
     scaler = FeatureScaler.fit(observed_columns(table, config.confidence)[rows.train])
-    env_kwargs = {"table": table, "scaler": scaler, **config.env_kwargs()}
+    scale = config.reward_scale(table)
+    env_kwargs = {"table": table, "scaler": scaler, "scale": scale, **config.env_kwargs()}
     envs = make_vec_env(AudioBudgetEnv, n_envs=config.n_envs, seed=config.seed,
                         env_kwargs={**env_kwargs, "rows": rows.train})
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -187,6 +196,7 @@ def train_policy(config: PolicyConfig, out_dir: Path, tensorboard: bool = True, 
     record = {"config": asdict(config), "train_seconds": round(seconds, 2), "timesteps": config.timesteps,
               "train_rows": len(rows.train), "val_rows": rows.val.tolist(), "test_rows": rows.test.tolist(),
               "selection": selection and selection.record(), "scaler": scaler.to_json(),
+              "reward_scale": scale.to_json(),
               "actor": save_actor(model.policy, out_dir), "table_provenance": table.provenance,
               "table_sha256": file_sha256(config.table) if Path(config.table).is_file() else None}
     best = selection and selection.best_policy(model.policy)

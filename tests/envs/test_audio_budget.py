@@ -19,6 +19,7 @@ from stable_baselines3.common.env_util import make_vec_env
 import envs
 from envs.audio_budget import AudioBudgetEnv
 from envs.outcome_table import OutcomeTable
+from envs.reward_scale import RewardScale
 
 
 def make_table(score, gflops, latency, actions=None, dim: int = 3, seed: int = 0) -> OutcomeTable:
@@ -76,9 +77,11 @@ def test_gymnasium_make(table_path: Path) -> None:
 def test_reward_arithmetic(tmp_path: Path) -> None:
     table = make_table(score=[[0.0, 1.0, 1.0], [0.3, 0.6, 1.0]], gflops=[[1, 2, 4], [1, 2, 8]],
                        latency=[[10, 20, 40], [10, 20, 20]])
-    # max_gflops = 8, max_latency = 40; reward = score - 0.5 * g / 8 - 0.25 * l / 40
-    expected = {0: [-0.125, 0.75, 0.5], 1: [0.175, 0.35, 0.375]}
+    # Scales: the largest per-action median over the rows, gflops max(1, 2, 6) = 6 and latency max(10, 20, 30) = 30
+    # (not the maxima 8 and 40); reward = score - 0.5 * g / 6 - 0.25 * l / 30
+    expected = {0: [-1 / 6, 2 / 3, 1 / 3], 1: [0.3 - 1 / 6, 0.6 - 1 / 3, 1 / 6]}
     env = AudioBudgetEnv(saved(table, tmp_path), episode_length=2, alpha=0.5, gamma=0.25)
+    assert (env.scale.gflops, env.scale.latency_ms, env.max_gflops) == (6.0, 30.0, 8.0)  # the budget keeps the max
     for action in range(3):
         env.reset(seed=action)
         for _ in range(2):
@@ -314,7 +317,7 @@ def test_outcome_function_replaces_table_lookups(table_path: Path) -> None:
     row = env._order[0]
     _, reward, _, _, info = env.step(1)
     assert calls == [(row, 1)] and (info["score"], info["gflops"], info["latency_ms"]) == (0.25, 1.5, 7.0)
-    assert reward == pytest.approx(0.25 - 0.2 * 1.5 / env.max_gflops - 0.3 * 7.0 / env.max_latency)
+    assert reward == pytest.approx(0.25 - 0.2 * 1.5 / env.scale.gflops - 0.3 * 7.0 / env.scale.latency_ms)
     with pytest.raises(ValueError, match="live mode"):
         AudioBudgetEnv(table_path, outcome=outcome, confidence=True)
 
@@ -335,7 +338,8 @@ def test_reset_order_plays_exactly_those_rows(tmp_path: Path) -> None:
 
 def test_live_confidence_is_observed_in_place_of_the_table_column(tmp_path: Path) -> None:
     """Live mode with the confidence feature: the policy sees the value measured when the question is shown
-    (scaled like the table's column), `info` reports it, and the outcome function's charge is what is paid."""
+    (scaled like the table's column), `info` reports it, and the outcome function's charge is what is paid, rewarded
+    with the reward scale passed in (as a saved policy passes its own)."""
     table = random_table(n=12)
     table.confidence = np.linspace(0, 1, 12, dtype=np.float32)
     table = OutcomeTable.load(saved(table, tmp_path))
@@ -351,7 +355,8 @@ def test_live_confidence_is_observed_in_place_of_the_table_column(tmp_path: Path
 
     kwargs = {"episode_length": 4, "confidence": True}
     tabled = AudioBudgetEnv(table, **kwargs)
-    env = AudioBudgetEnv(table, scaler=tabled.scaler, outcome=outcome, live_confidence=live_confidence, **kwargs)
+    env = AudioBudgetEnv(table, scaler=tabled.scaler, outcome=outcome, live_confidence=live_confidence,
+                         scale=RewardScale(2.0, 30.0), **kwargs)
     obs, _ = env.reset(options={"order": [5, 2, 9]})
     tabled_obs, _ = tabled.reset(options={"order": [5, 2, 9]})
     mean, std = tabled.scaler.mean[-1], tabled.scaler.std[-1]
@@ -360,8 +365,9 @@ def test_live_confidence_is_observed_in_place_of_the_table_column(tmp_path: Path
         assert obs[-3] == pytest.approx((0.25 + row / 100 - mean) / std, rel=1e-5)
         np.testing.assert_array_equal(obs[:-3], tabled_obs[:-3])  # the other features are the table's
         assert tabled_obs[-3] == pytest.approx((table.confidence[row] - mean) / std, rel=1e-5)
-        obs, _, done, _, info = env.step(1)
+        obs, reward, done, _, info = env.step(1)
         tabled_obs, _, _, _, tabled_info = tabled.step(1)
+        assert reward == pytest.approx(1.0 - 0.1 * 3.0 / 2.0)  # alpha 0.1, gamma 0: the scale's 2 GFLOPs
         assert info["confidence"] == pytest.approx(0.25 + row / 100) and paid[-1] == (row, 1)
         assert tabled_info["confidence"] == pytest.approx(table.confidence[row])
         assert (info["gflops"], info["latency_ms"]) == (3.0, 9.0)
@@ -370,3 +376,103 @@ def test_live_confidence_is_observed_in_place_of_the_table_column(tmp_path: Path
                 {"outcome": outcome, "live_confidence": live_confidence, "confidence": False}):
         with pytest.raises(ValueError, match="expected it exactly in live mode with the confidence feature"):
             AudioBudgetEnv(table, **{"confidence": True, **bad})
+
+
+def with_repeats(table: OutcomeTable, repeats: int = 5, seed: int = 0) -> OutcomeTable:
+    """`table` with timed repeats scattered around its latency (whose median they then become)."""
+    rng = np.random.default_rng(seed)
+    samples = table.latency_ms[:, :, None] * (0.8 + 0.4 * rng.random((*table.latency_ms.shape, repeats)))
+    table.latency_repeats_ms = samples.astype(np.float32)
+    table.latency_ms = np.median(table.latency_repeats_ms, axis=2)
+    return OutcomeTable(**{k: v for k, v in vars(table).items()})
+
+
+def test_latency_repeats_are_saved_kept_and_charged_per_repeat(tmp_path: Path) -> None:
+    table = with_repeats(random_table(n=12))
+    table.confidence = np.linspace(0, 1, 12, dtype=np.float32)
+    loaded = OutcomeTable.load(saved(table, tmp_path))
+    np.testing.assert_array_equal(loaded.latency_repeats_ms, table.latency_repeats_ms)
+    with np.load(tmp_path / "outcomes.npz", allow_pickle=False) as data:
+        assert data["latency_repeats_ms"].dtype == np.float32 and data["latency_repeats_ms"].shape == (12, 4, 5)
+    part = loaded.subset(np.array([3, 1]))
+    np.testing.assert_array_equal(part.latency_repeats_ms, table.latency_repeats_ms[[3, 1]])
+    charged = loaded.charged_latency_samples(confidence=True)
+    np.testing.assert_allclose(charged[:, 2, 4], table.latency_repeats_ms[:, 2, 4] + table.latency_repeats_ms[:, 0, 4])
+    np.testing.assert_array_equal(charged[:, 0], table.latency_repeats_ms[:, 0])
+    older = random_table(n=12)  # no repeats: one sample per cell, the median column
+    np.testing.assert_array_equal(older.charged_latency_samples()[:, :, 0], older.latency_ms)
+
+
+@pytest.mark.parametrize("damage, match", [
+    ("negative", r"'latency_repeats_ms'\[2, 1, 3\] = -1.0 \(1 bad values\), expected finite and > 0.0"),
+    ("nan", r"'latency_repeats_ms'\[2, 1, 3\] = nan \(1 bad values\), expected finite and > 0.0"),
+    ("shape", r"'latency_repeats_ms' has shape \(40, 3, 5\), expected \(40, 4, R\)"),
+    ("median", (r"'latency_ms'\[2, 1\] = .* but the median of 'latency_repeats_ms'\[2, 1\] is .*expected "
+                "latency_ms to be the median of its repeats")),
+])
+def test_bad_latency_repeats_are_named(tmp_path: Path, damage: str, match: str) -> None:
+    path = saved(with_repeats(random_table()), tmp_path)
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {key: data[key] for key in data.files}
+    repeats, latency = arrays["latency_repeats_ms"].copy(), arrays["latency_ms"].copy()
+    if damage == "shape":
+        repeats = repeats[:, :3]
+    elif damage == "median":
+        latency[2, 1] *= 2
+    else:
+        repeats[2, 1, 3] = -1.0 if damage == "negative" else np.nan
+    np.savez(tmp_path / "bad.npz", **{**arrays, "latency_repeats_ms": repeats, "latency_ms": latency})
+    with pytest.raises(ValueError, match=rf"bad\.npz: {match}"):
+        OutcomeTable.load(tmp_path / "bad.npz")
+
+
+def test_one_latency_outlier_leaves_the_gamma_frontier_unchanged(tmp_path: Path) -> None:
+    """One cell's latency x1000 moves neither the latency scale nor any other cell's reward, the latency-weighted
+    oracle's choices on the other questions or the derived gamma grid; dividing by the maximum moves them all."""
+    from stage_b.frontier import oracle_choice
+    from stage_b.weight_grid import derive_grid, no_audio_weights
+
+    table = random_table(n=60, seed=3)
+    scale = RewardScale.fit(table, np.arange(60))
+    latency = table.latency_ms.astype(np.float64)
+    costliest = int(np.argmax(np.median(latency, axis=0)))
+    weights = no_audio_weights(table.score, latency / scale.latency_ms)
+    above = latency[:, costliest] > np.median(latency[:, costliest])
+    # a slow no-audio answer (as the slow batch of the default table), and a slow costliest-action answer
+    cells = [(int(np.flatnonzero(weights < weights.max())[0]), 0),
+             (int(np.flatnonzero(above & (weights < weights.max()))[0]), costliest)]
+
+    def gamma_view(table: OutcomeTable) -> tuple[RewardScale, np.ndarray, np.ndarray, list[float]]:
+        env = AudioBudgetEnv(table, alpha=0.1, gamma=0.5)
+        cost = table.latency_ms / env.scale.latency_ms
+        grid = derive_grid(table.score, cost)["weights"]
+        choices = np.stack([oracle_choice(table.score, cost, w) for w in [*grid, 0.2, 1.0, 3.0, 10.0]])
+        return env.scale, env.reward(table.score.astype(np.float64), table.gflops, table.latency_ms), choices, grid
+
+    clean = gamma_view(table)
+    for row, action in cells:
+        planted = OutcomeTable.load(saved(table, tmp_path))
+        planted.latency_ms[row, action] *= 1000
+        scale_after, reward, choices, grid = gamma_view(planted)
+        other = np.ones_like(reward, dtype=bool)
+        other[row, action] = False
+        assert scale_after == clean[0], (row, action)
+        np.testing.assert_array_equal(reward[other], clean[1][other])
+        np.testing.assert_array_equal(np.delete(choices, row, axis=1), np.delete(clean[2], row, axis=1))
+        assert grid == clean[3]
+    for row, action in np.ndindex(*table.latency_ms.shape):  # anywhere: the scale moves by one order statistic at most
+        planted = OutcomeTable(**{k: v for k, v in vars(table).items()})
+        planted.latency_ms = table.latency_ms.copy()
+        planted.latency_ms[row, action] *= 1000
+        assert 1.0 <= RewardScale.fit(planted, np.arange(60)).latency_ms / scale.latency_ms < 1.1, (row, action)
+
+
+def test_reward_scale_records_are_checked() -> None:
+    scale = RewardScale(2.0, 30.0)
+    assert RewardScale.from_json(scale.to_json()) == scale
+    with pytest.raises(ValueError, match="lacks \\['latency_ms'\\]"):
+        RewardScale.from_json({"gflops": 1.0})
+    for bad in (0.0, -1.0, float("nan"), True, "1"):
+        with pytest.raises(ValueError, match=f"reward scale 'gflops' is {re.escape(repr(bad))}; expected a finite "
+                                             "number > 0"):
+            RewardScale.from_json({"gflops": bad, "latency_ms": 1.0})

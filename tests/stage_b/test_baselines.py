@@ -8,6 +8,7 @@ import pytest
 
 from envs.audio_budget import AudioBudgetEnv
 from envs.outcome_table import OutcomeTable
+from envs.reward_scale import RewardScale
 from shared.cli import InputError
 from stage_b import bandit
 from stage_b.baselines import (
@@ -20,8 +21,10 @@ from stage_b.baselines import (
     fit_supervised,
     run_baselines,
     select_baselines,
+    sweep_baselines,
 )
 from stage_b.evaluate import point
+from stage_b.pareto import ParetoConfig, weighted
 from stage_b.train import PolicyConfig
 
 GRID = [("alpha", 0.3, 0.0), ("gamma", 0.0, 0.3), ("alpha", 10.0, 0.0)]
@@ -154,6 +157,45 @@ def test_supervised_pays_and_observes_the_confidence_like_the_policies(table: Ou
     charged = np.where(audio, table.gflops[bought.eval_rows, 1] + table.gflops[bought.eval_rows, 0],
                        table.gflops[bought.eval_rows, 0])
     assert 0 < row["audio_rate"] < 1 and row["gflops_per_query"] == pytest.approx(charged.mean())
+
+
+def test_baselines_reward_with_the_policies_reward_scale(table: OutcomeTable) -> None:
+    """A weight means for the baselines what it means for PPO: the rewards divide by the policies' reward scale."""
+    config = PolicyConfig("unused", confidence=True)
+    rows, scale = config.rows(table), config.reward_scale(table)
+    data = BaselineData(table, rows.train, table, rows.test, True, scale)
+    env = AudioBudgetEnv(table, alpha=0.3, gamma=0.1, rows=rows.train, confidence=True, scale=scale)
+    gflops, latency = table.charged_costs(True)
+    np.testing.assert_allclose(data.train_rewards(0.3, 0.1), env.reward(
+        table.score[rows.train].astype(np.float64), gflops[rows.train], latency[rows.train]))
+    other = BaselineData(table, rows.train, table, rows.test, True, RewardScale(1.0, 1.0))
+    assert not np.allclose(other.train_rewards(0.3, 0.1), data.train_rewards(0.3, 0.1))
+
+
+def test_sweep_baselines_use_the_policies_rows_scale_and_each_components_grid(
+        table: OutcomeTable, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """stage_b-pareto's baselines: PPO's training rows and reward scale, and each component's derived weights."""
+    slow = OutcomeTable(**vars(table))
+    slow.latency_ms = np.tile(np.array([10.0, 12.0, 13.0, 14.0], np.float32), (table.n_rows, 1))  # audio adds little
+    sweep = ParetoConfig(slow.save(tmp_path / "outcomes_toy.npz"), tmp_path / "sweep", seeds=(0, 1),
+                         components=("alpha", "gamma"))
+    grids = {c: sweep.weight_grids[c]["weights"] for c in ("alpha", "gamma")}
+    assert grids["alpha"] != grids["gamma"]
+    seen = {}
+
+    def fake_run(data: BaselineData, names: tuple, grid: list, seeds: list, thresholds: int) -> tuple[list, dict]:
+        seen.update(data=data, grid=grid, seeds=seeds, thresholds=thresholds)
+        return [], {}
+
+    monkeypatch.setattr("stage_b.baselines.run_baselines", fake_run)
+    config = sweep.policy("gamma", 0.5, 1)
+    rows = config.rows(slow)
+    _, report = sweep_baselines(sweep, slow, ("supervised", "bandit"), slow, rows.test)
+    assert report == {"train_rows": len(rows.train)} and seen["seeds"] == [0, 1]
+    np.testing.assert_array_equal(seen["data"].train_rows, rows.train)
+    assert seen["data"].scale == config.reward_scale(slow) != RewardScale.fit(slow, np.arange(slow.n_rows))
+    assert seen["grid"] == [(c, *weighted(c, w)) for c in ("alpha", "gamma") for w in grids[c]]
+    assert seen["thresholds"] == max(len(weights) for weights in grids.values())
 
 
 def test_ridge_penalty_is_chosen_on_out_of_bag_rows() -> None:

@@ -43,11 +43,14 @@ def sweep_out(table_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     return out
 
 
-def test_budget_policies_train_under_their_budget(sweep_out: Path) -> None:
+def test_budget_policies_train_under_their_budget(sweep_out: Path, table_path: Path) -> None:
+    table = OutcomeTable.load(table_path)
     for budget in BUDGETS:
         for seed in (0, 1):
-            config = SavedPolicy.load(sweep_out / "policies" / f"budget-b{budget:g}-seed{seed}").config
+            policy = SavedPolicy.load(sweep_out / "policies" / f"budget-b{budget:g}-seed{seed}")
+            config = policy.config
             assert (config.budget, config.alpha, config.gamma, config.seed) == (budget, 0.0, 0.0, seed)
+            assert policy.scale == config.reward_scale(table)  # the weight sweep's rule: fitted on the training rows
 
 
 def test_budget_csv_and_pareto_csv(sweep_out: Path, table_path: Path) -> None:
@@ -78,6 +81,9 @@ def test_static_policies_play_through_the_same_budget(sweep_out: Path, table_pat
     k16 = rows[(0.3, "always-k16")]
     assert k16["audio_rate"] == pytest.approx(5 / 18) and k16["forced_rate"] == pytest.approx(13 / 18)
     assert k16["gflops_per_query"] == pytest.approx((5 * 6 + 13 * 1) / 18)
+    # latency as taken: 13 forced answers at 10 ms, 5 audio answers at 60 ms; unforced at budget 1, all at 60 ms
+    assert k16["latency_p50_ms"] == pytest.approx(10.0) and k16["latency_p95_ms"] == pytest.approx(60.0)
+    assert rows[(1.0, "always-k16")]["latency_p50_ms"] == pytest.approx(60.0)
     assert k16["accuracy"] == pytest.approx((5 + (table.family[order[5:]] == "visual").sum()) / 18)
     assert rows[(1.0, "always-k16")]["forced_rate"] == 0 and rows[(1.0, "always-k16")]["accuracy"] == 1.0
     assert rows[(0.3, "never")]["forced_rate"] == 0 and rows[(0.3, "never")]["gflops_per_query"] == 1.0

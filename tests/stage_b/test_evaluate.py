@@ -8,20 +8,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from envs.audio_budget import AudioBudgetEnv
 from envs.outcome_table import OutcomeTable
+from envs.reward_scale import RewardScale
 from stage_b.actor import ACTOR_FILE
+from stage_b.evaluate import SavedPolicy
 from stage_b.evaluate import main as eval_main
 from stage_b.live import main as live_main
 from stage_b.train import PolicyConfig, train_policy
 
 
 def toy_table(checkpoint_hash: str, seed: int = 0) -> OutcomeTable:
-    """60 questions, 4 actions; the provenance names the Stage A checkpoint the outcomes were measured with."""
+    """60 questions, 4 actions, 3 timed repeats per cell; the provenance names the Stage A checkpoint the outcomes
+    were measured with."""
     n, rng = 60, np.random.default_rng(seed)
+    repeats = ((1 + 9 * rng.random((n, 4, 3))) * np.array([1, 4, 5, 6])[:, None]).astype(np.float32)
     return OutcomeTable(ids=np.array([f"q{i}" for i in range(n)]), family=np.array(["audio"] * n),
                         qtype=np.array(["kind"] * n), actions=np.array([0, 4, 8, 16]),
                         score=rng.random((n, 4)).astype(np.float32), gflops=1 + rng.random((n, 4)).astype(np.float32),
-                        latency_ms=np.ones((n, 4), np.float32), features=rng.normal(size=(n, 3)).astype(np.float32),
+                        latency_ms=np.median(repeats, axis=2), latency_repeats_ms=repeats,
+                        features=rng.normal(size=(n, 3)).astype(np.float32),
                         provenance={"split": "toy", "checkpoint_hash": checkpoint_hash})
 
 
@@ -101,3 +107,49 @@ def test_damaged_policy_files_are_named(root: Path, damage: str, capsys: pytest.
         (policy / name).write_bytes(content[: len(content) // 2] if damage == "truncated" else b"")
         assert eval_main(["--policy", str(policy), "--trust-pickle"]) == 2
         assert _err_line(capsys, "stage_b-eval").startswith(f"stage_b-eval: {policy / name}: not a readable ")
+
+
+def test_eval_reports_latency_percentiles_over_the_timed_repeats(root: Path, capsys: pytest.CaptureFixture) -> None:
+    policy = SavedPolicy.load(root / "policy")
+    table, rows = policy.evaluation_rows()
+    actions = policy.play(table, rows)["action"]
+    assert eval_main(["--policy", str(root / "policy"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    pooled = table.latency_repeats_ms[rows, actions]  # (questions, repeats): every repeat is one sample
+    assert result["latency_source"] == "repeats" and pooled.shape == (len(rows), 3)
+    assert result["latency_p50_ms"] == pytest.approx(np.percentile(pooled, 50), rel=1e-6)
+    assert result["latency_p95_ms"] == pytest.approx(np.percentile(pooled, 95), rel=1e-6)
+    assert result["latency_p95_ms"] != pytest.approx(np.percentile(table.latency_ms[rows, actions], 95))
+    assert eval_main(["--policy", str(root / "policy")]) == 0
+    assert f"p95 {result['latency_p95_ms']:.2f} ms (over questions x timed repeats)" in capsys.readouterr().out
+
+
+def test_evaluation_rewards_with_the_training_scale(root: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The scale fitted on the training rows (not the validation or test rows) is saved, in best/ too, and reused:
+    the held-out env of the final and of the best policy rewards exactly as training did."""
+    policy = SavedPolicy.load(root / "policy")
+    table, held_out = policy.evaluation_rows()
+    rows = policy.config.rows(table)
+    recorded = json.loads((root / "policy" / "policy.json").read_text())["reward_scale"]
+    assert recorded == RewardScale.fit(table, rows.train).to_json() != RewardScale.fit(table, held_out).to_json()
+    assert recorded != RewardScale.fit(table, np.concatenate([rows.train, rows.val])).to_json()
+    training_env = AudioBudgetEnv(table, rows=rows.train, **policy.config.env_kwargs())
+    best = SavedPolicy.load(root / "policy" / "best")
+    assert best.scale == policy.scale == RewardScale.from_json(recorded)
+    for saved in (policy, best):
+        steps = saved.play(table, held_out)
+        expected = training_env.reward(table.score[steps["row"], steps["action"]].astype(np.float64),
+                                       table.gflops[steps["row"], steps["action"]],
+                                       table.latency_ms[steps["row"], steps["action"]])
+        np.testing.assert_array_equal(steps["reward"], expected)
+    record = json.loads((root / "policy" / "policy.json").read_text())
+    del record["reward_scale"]  # a policy saved before scales were recorded divided by the table's maxima
+    (root / "policy" / "policy.json").write_text(json.dumps(record))
+    with caplog.at_level(logging.INFO, logger="stage_b.evaluate"):
+        old = SavedPolicy.load(root / "policy").env(table, held_out)
+    assert old.scale == RewardScale(float(table.gflops.max()), float(table.latency_ms.max()))
+    assert "records no reward_scale" in caplog.text
+    record["reward_scale"] = {"gflops": -1.0, "latency_ms": 1.0}
+    (root / "policy" / "policy.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match=rf"^{root / 'policy' / 'policy.json'}: reward scale 'gflops' is -1.0"):
+        SavedPolicy.load(root / "policy")

@@ -6,7 +6,8 @@ from scipy import stats
 
 from shared.stats import welch_t
 from stage_b.frontier import (dominance, hypervolume, matched_accuracy_saving, oracle_choice, oracle_frontier,
-                              pareto_mask, summarize_sweep)
+                              pareto_mask, seed_means, summarize_sweep)
+from stage_b.latency import frontier_percentiles
 
 
 def test_hypervolume_hand_computed() -> None:
@@ -145,3 +146,34 @@ def test_summarize_sweep_compares_ppo_with_each_baseline() -> None:
     assert exact["ci95"] == pytest.approx([np.mean(ppo) - cascade - half, np.mean(ppo) - cascade + half])
     assert report["baseline_points"]["cascade"][0]["gflops_per_query"] == 0.02
     assert report["dominated"]["static"] == {"dominated": "1/2", "strictly": "1/2"}  # baselines are not learned points
+
+
+def test_frontier_percentiles_replay_the_oracles_choices() -> None:
+    """p50/p95 of the chosen latency samples at every vertex, against a fresh computation from oracle_choice where a
+    weight's switches are all done: the last vertex of each weight, checked halfway to the next weight (at the switch
+    weight itself the old and new action tie, and rounding may pick either)."""
+    rng = np.random.default_rng(1)
+    score, cost = rng.choice([0.0, 1 / 3, 2 / 3, 1.0], size=(40, 4)), np.sort(rng.random((40, 4)), axis=1)
+    samples = 1 + rng.random((40, 4, 3)) * 10
+    frontier = oracle_frontier(score, cost, {"cost": cost})
+    assert frontier["switch_row"][0] == frontier["switch_action"][0] == -1
+    spread = frontier_percentiles(samples, oracle_choice(score, cost, 0.0), frontier["switch_row"],
+                                  frontier["switch_action"])
+    last = np.flatnonzero(np.append(np.diff(frontier["weight"]) > 0, True))
+    assert len(last) > 10
+    beyond = np.append(frontier["weight"][last[1:]], 2 * frontier["weight"][-1])
+    for vertex, after in zip(last, (frontier["weight"][last] + beyond) / 2):
+        choice = oracle_choice(score, cost, after)
+        chosen = samples[np.arange(40), choice]
+        assert spread["latency_p50_ms"][vertex] == pytest.approx(np.percentile(chosen, 50))
+        assert spread["latency_p95_ms"][vertex] == pytest.approx(np.percentile(chosen, 95))
+    assert spread["latency_p95_ms"][-1] == pytest.approx(np.percentile(samples[:, 0], 95))  # the cheapest action
+
+
+def test_seed_means_average_the_latency_percentiles() -> None:
+    rows = [_row("ppo-alpha", 0.05, 0.79, 0.1, 0) | {"latency_p50_ms": 4.0, "latency_p95_ms": 9.0},
+            _row("ppo-alpha", 0.07, 0.81, 0.1, 1) | {"latency_p50_ms": 6.0, "latency_p95_ms": 11.0}]
+    point = seed_means(rows, "ppo-alpha")[0]
+    assert point["latency_p50_ms"] == pytest.approx(5.0) and point["latency_p95_ms"] == pytest.approx(10.0)
+    assert point["latency_p95_ms_std"] == pytest.approx(np.std([9.0, 11.0], ddof=1))
+    assert "latency_p95_ms" not in seed_means([_row("ppo-alpha", 0.05, 0.79, 0.1, 0)], "ppo-alpha")[0]

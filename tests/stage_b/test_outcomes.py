@@ -35,6 +35,32 @@ def test_every_question_and_action_has_score_compute_and_latency(table: OutcomeT
     assert table.confidence is not None and ((table.confidence > 0) & (table.confidence <= 1)).all()
 
 
+def test_every_timed_repeat_is_kept_and_latency_is_their_median(table: OutcomeTable) -> None:
+    """--repeats 3 (the default): three timings per question and action; an audio action's repeat r includes the
+    encoder's repeat r, and every question of a batch shares its batch's timings."""
+    repeats = table.latency_repeats_ms
+    assert repeats is not None and repeats.dtype == np.float32 and repeats.shape == (len(table.ids), 3, 3)
+    assert (repeats > 0).all() and np.array_equal(np.median(repeats, axis=2), table.latency_ms)
+    encoder = np.asarray(table.provenance["encoder_ms_repeats"], dtype=np.float32)
+    assert encoder.shape == (3,) and table.provenance["encoder_ms"] == pytest.approx(float(np.median(encoder)))
+    assert (repeats[:, 1:] > encoder).all()  # generation time on top of the encoder's, repeat by repeat
+    assert (repeats[:32] == repeats[0]).all() and len(np.unique(repeats[:, 0, 0])) > 1  # batches of 32
+
+
+def test_a_bad_repeat_is_refused_naming_field_index_and_value(table: OutcomeTable, tmp_path: Path) -> None:
+    path = table.save(tmp_path / "t.npz")
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {key: data[key] for key in data.files}
+    for bad, shown in ((-3.0, "-3.0"), (np.inf, "inf"), (0.0, "0.0")):
+        repeats = arrays["latency_repeats_ms"].copy()
+        repeats[5, 2, 1] = bad
+        np.savez(tmp_path / "bad.npz", **{**arrays, "latency_repeats_ms": repeats})
+        with pytest.raises(ValueError, match=rf"^outcome table {tmp_path / 'bad.npz'}: "
+                                             rf"'latency_repeats_ms'\[5, 2, 1\] = {shown} \(1 bad values\), "
+                                             r"expected finite and > 0.0$"):
+            OutcomeTable.load(tmp_path / "bad.npz")
+
+
 def test_analytic_gflops_match_the_profiler(table: OutcomeTable) -> None:
     for action, check in table.provenance["flops_check"].items():
         assert check["analytic"] == pytest.approx(check["profiler"], rel=0.10), action
@@ -120,6 +146,9 @@ def test_an_interrupted_build_resumes_to_the_same_table(table: OutcomeTable, mic
     whole = build_table(cfg, checkpoint, "test", [4, 8], batch_size=8, repeats=1)
     for key in ("score", "gflops", "features", "confidence"):
         np.testing.assert_array_equal(getattr(resumed, key), getattr(whole, key), err_msg=key)
+    assert resumed.latency_repeats_ms.shape == (len(whole.ids), 3, 1) and (resumed.latency_repeats_ms > 0).all()
+    with pytest.raises(ValueError, match="delete it to start over"):  # the partial table was timed with 1 repeat
+        build_table(cfg, checkpoint, "test", [4, 8], batch_size=8, repeats=2, partial=partial, save_every=1)
     with pytest.raises(ValueError, match="delete it to start over"):
         build_table(cfg, checkpoint, "test", [4, 16], batch_size=8, repeats=1, partial=partial, save_every=1)
     partial.write_bytes(partial.read_bytes()[: partial.stat().st_size // 2])  # e.g. a full disk before atomic writes

@@ -9,29 +9,37 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
+from envs.audio_budget import AudioBudgetEnv
 from envs.outcome_table import OutcomeTable
 from shared.loading import file_sha256
 from stage_b.evaluate import SavedPolicy, summarize
 from stage_b.pareto import COLUMNS, ParetoConfig, main, read_csv, run_sweep
+from stage_b.train import PolicyConfig
 
 TINY = ["--timesteps", "512", "--n-envs", "2", "--workers", "2", "--alphas", "0,0.5"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(scope="module")
-def table_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Visual questions need no audio, audio questions need it; audio costs 4-6x the no-audio answer."""
-    n, rng = 60, np.random.default_rng(0)
+def toy_table(latency: tuple[float, ...] = (10.0, 40.0, 50.0, 60.0), n: int = 60, seed: int = 0) -> OutcomeTable:
+    """Visual questions need no audio, audio questions need it; audio costs 4-6x the no-audio answer in compute, and
+    `latency` per action (ms) in 3 timed repeats scattered +-10 % around it."""
+    rng = np.random.default_rng(seed)
     family = np.array(["visual", "audio", "audio_visual"])[np.arange(n) % 3]
     score = np.ones((n, 4), np.float32)
     score[family != "visual", 0] = 0.0
     score[rng.random(n) < 0.2, 1] = 0.0
     features = np.column_stack([family == "visual", rng.normal(size=n)]).astype(np.float32)
     gflops = np.tile(np.array([1.0, 4.0, 5.0, 6.0], np.float32), (n, 1))
-    table = OutcomeTable(ids=np.array([f"q{i}" for i in range(n)]), family=family, qtype=np.array(["kind"] * n),
-                         actions=np.array([0, 4, 8, 16]), score=score, gflops=gflops, latency_ms=10 * gflops,
-                         features=features, provenance={"split": "toy"})
-    return table.save(tmp_path_factory.mktemp("table") / "outcomes_toy.npz")
+    repeats = (np.asarray(latency)[:, None] * (0.9 + 0.2 * rng.random((n, 4, 3)))).astype(np.float32)
+    return OutcomeTable(ids=np.array([f"q{i}" for i in range(n)]), family=family, qtype=np.array(["kind"] * n),
+                        actions=np.array([0, 4, 8, 16]), score=score, gflops=gflops,
+                        latency_ms=np.median(repeats, axis=2), latency_repeats_ms=repeats, features=features,
+                        provenance={"split": "toy"})
+
+
+@pytest.fixture(scope="module")
+def table_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return toy_table().save(tmp_path_factory.mktemp("table") / "outcomes_toy.npz")
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +80,30 @@ def test_csv_has_exact_columns_and_every_method(sweep_out: Path, table_path: Pat
     assert static["oracle"]["accuracy"] == pytest.approx(1.0) and frontier[-1]["audio_rate"] == 0.0
 
 
+def test_csv_appends_latency_percentiles_over_the_repeats(sweep_out: Path, table_path: Path) -> None:
+    assert COLUMNS[:8] == ("method", "alpha", "gamma", "seed", "accuracy", "gflops_per_query", "latency_ms",
+                           "audio_rate") and COLUMNS[8:] == ("latency_p50_ms", "latency_p95_ms")
+    rows = read_csv(sweep_out / "pareto.csv")
+    table = OutcomeTable.load(table_path)
+    held_out = json.loads((sweep_out / "policies" / "alpha-w0-seed0" / "policy.json").read_text())["test_rows"]
+    by_method = {r["method"]: r for r in rows if r["alpha"] is None}
+    for index, method in enumerate(("never", "always-k4", "always-k8", "always-k16")):
+        samples = table.latency_repeats_ms[held_out, index]  # every repeat of every held-out question
+        assert by_method[method]["latency_p50_ms"] == pytest.approx(np.percentile(samples, 50), rel=1e-6)
+        assert by_method[method]["latency_p95_ms"] == pytest.approx(np.percentile(samples, 95), rel=1e-6)
+    frontier = [r for r in rows if r["method"] == "oracle-frontier"]
+    best = table.score[held_out].argmax(axis=1)  # weight 0: the best score, ties to the cheapest (lowest) action
+    assert frontier[0]["latency_p95_ms"] == pytest.approx(np.percentile(table.latency_repeats_ms[held_out, best], 95))
+    assert frontier[-1]["latency_p95_ms"] == pytest.approx(by_method["never"]["latency_p95_ms"])
+    policy = SavedPolicy.load(sweep_out / "policies" / "gamma-w0.5-seed0")
+    steps = policy.play(table, np.asarray(held_out))
+    ppo = next(r for r in rows if r["method"] == "ppo-gamma" and r["gamma"] == 0.5)
+    assert ppo["latency_p95_ms"] == pytest.approx(summarize(table, steps["row"], steps["action"])["latency_p95_ms"])
+    assert all(r["latency_p50_ms"] <= r["latency_p95_ms"] for r in rows)
+    for row in (r for r in rows if r["method"].startswith(("supervised-", "bandit-"))):  # every method has them
+        assert 10 * 0.9 <= row["latency_p50_ms"] <= row["latency_p95_ms"] <= 60 * 1.1, row
+
+
 def test_json_and_png(sweep_out: Path) -> None:
     report = json.loads((sweep_out / "pareto.json").read_text())
     assert report["n"] == 18 and report["rows"] == "held-out" and report["table_provenance"] == {"split": "toy"}
@@ -94,6 +126,14 @@ def test_json_and_png(sweep_out: Path) -> None:
     assert baselines["supervised"]["seconds"] < 5 and baselines["bandit"]["seconds"] < 5
     assert report["train_seconds"]["policies"] == 6 and report["train_seconds"]["median"] > 0
     assert len(report["dominance"]) == 4 + 6  # 4 static policies, 6 random (component, weight) means
+    assert report["latency"] == {"source": "repeats", "percentiles": {"latency_p50_ms": 50, "latency_p95_ms": 95},
+                                 "repeats": 3}
+    assert all(c["latency_p95_ms"] > 0 for c in report["dominance"])
+    assert all(p["latency_p95_ms"] > 0 for points in report["learned_points"].values() for p in points)
+    components = ("alpha", "gamma", "both")
+    assert report["weight_grid"] == {c: {"source": "--alphas", "weights": [0.0, 0.5]} for c in components}
+    assert report["sweep"]["weights"] == {c: [0.0, 0.5] for c in components}
+    assert not (sweep_out / "pareto_latency_p95.png").exists()  # only with --axis latency_p95
     png = sweep_out / "pareto.png"
     assert png.read_bytes()[:8] == PNG_MAGIC and imread(png).ndim == 3
 
@@ -156,7 +196,9 @@ def test_a_failing_worker_raises(sweep_out: Path, table_path: Path, tmp_path: Pa
                                                 ("--baselines", "supervised,ridge",
                                                  "item 'ridge' is not one of ['supervised', 'cascade', 'bandit']"),
                                                 ("--baselines", ",", "--baselines is ','; expected comma-separated names"),
-                                                ("--baselines", "none,bandit", "item 'none' is not one of")])
+                                                ("--baselines", "none,bandit", "item 'none' is not one of"),
+                                                ("--axis", "p99",
+                                                 "--axis is 'p99'; expected one of ['gflops', 'latency_p95']")])
 def test_bad_arguments_exit_2_before_the_table_is_read(tmp_path: Path, flag: str, value: str, message: str,
                                                        capsys: pytest.CaptureFixture) -> None:
     assert main(["--table", str(tmp_path / "none.npz"), "--out", str(tmp_path), flag, value]) == 2
@@ -213,3 +255,90 @@ def test_confidence_sweep_charges_the_no_audio_run(table_path: Path, tmp_path: P
     assert cascade[-1]["gflops_per_query"] == pytest.approx((table.gflops[rows, index] + table.gflops[rows, 0]).mean())
     assert report["hypervolume_per_seed"]["cascade"]["deterministic"]
     assert set(report["ppo_minus_baseline_hypervolume"]["cascade"]) == {"ppo-alpha"}
+
+
+def _oracle_audio_rate(sweep: ParetoConfig, table: OutcomeTable, gamma: float) -> float:
+    """Share of training questions on which the reward-maximising action (ties to no audio) uses audio, in the env a
+    gamma policy of the sweep trains in."""
+    config = sweep.policy("gamma", gamma, 0)
+    train = config.rows(table).train
+    env = AudioBudgetEnv(table, rows=train, scale=config.reward_scale(table), **config.env_kwargs())
+    reward = env.reward(table.score[train].astype(np.float64), table.gflops[train], table.latency_ms[train])
+    return float((reward.argmax(axis=1) > 0).mean())
+
+
+def test_derived_gamma_grid_reaches_no_audio_on_machines_100x_apart(tmp_path: Path,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """A laptop-like table (no audio 0.35 ms, audio ~8.7 ms: the encoder dominates) and a server 100x slower whose
+    audio adds little (30 ms against 40 ms): the fixed grid's 1.2 never skips audio on the second, each derived
+    grid's top skips it on every training question of its own table, and the weight below it does not."""
+    machines = {"laptop": (0.35, 8.6, 8.65, 8.7), "server": (30.0, 40.0, 41.0, 42.0)}
+    tops = {}
+    for name, latency in machines.items():
+        path = toy_table(latency).save(tmp_path / name / "outcomes_toy.npz")
+        sweep = ParetoConfig(path, tmp_path / name / "sweep", components=("gamma",))
+        grid = sweep.weight_grids["gamma"]
+        table = OutcomeTable.load(path)
+        assert grid["source"] == "derived" and grid["unreachable_rows"] == 0 and len(grid["weights"]) == 9
+        assert grid["weights"][0] == 0.0 and grid["weights"][-1] == grid["top"] > grid["largest_no_audio_weight"]
+        assert _oracle_audio_rate(sweep, table, grid["top"]) == 0.0
+        assert _oracle_audio_rate(sweep, table, grid["weights"][-2]) > 0.0
+        assert [k for k in sweep.policies()] == [f"gamma-w{w:g}-seed{s}" for w in grid["weights"] for s in (0, 1, 2)]
+        tops[name] = grid["top"], _oracle_audio_rate(sweep, table, 1.2)
+    assert tops["server"][0] > 1.2 and tops["server"][1] > 0.0  # the old fixed grid stops short of no audio there
+    assert tops["laptop"][1] == 0.0
+    explicit = ParetoConfig(tmp_path / "server" / "outcomes_toy.npz", tmp_path / "x", weights=(0.0, 2.0, 2.0),
+                            components=("gamma", "alpha"))
+    assert explicit.weight_grids == {c: {"source": "--alphas", "weights": [0.0, 2.0]} for c in ("gamma", "alpha")}
+    faster = toy_table(machines["server"])
+    train = PolicyConfig("unused").rows(faster).train
+    row = int(np.flatnonzero(faster.family[train] == "audio")[0])
+    faster.latency_repeats_ms[train[row], 0] *= 1.5  # a question whose no-audio answer was timed slower than audio
+    faster.latency_ms = np.median(faster.latency_repeats_ms, axis=2)
+    path = faster.save(tmp_path / "faster" / "outcomes_toy.npz")
+    with caplog.at_level(logging.WARNING, logger="stage_b.weight_grid"):
+        grid = ParetoConfig(path, tmp_path / "faster" / "sweep", components=("gamma",)).weight_grids["gamma"]
+    assert grid["unreachable_rows"] == 1 and grid["rows"] == len(train) and grid["top"] == tops["server"][0]
+    assert "on 1 of 33 training questions an audio action costs no more than no audio" in caplog.text
+
+
+def test_sweep_without_alphas_trains_the_derived_grid_and_plots_latency(table_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "derived"
+    assert main(["--table", str(table_path), "--out", str(out), "--seeds", "0", "--components", "gamma",
+                 "--timesteps", "256", "--n-envs", "1", "--workers", "2", "--axis", "latency_p95"]) == 0
+    report = json.loads((out / "pareto.json").read_text())
+    grid = report["weight_grid"]["gamma"]
+    assert grid["source"] == "derived" and len(grid["weights"]) == 9 and grid["weights"][-1] == grid["top"]
+    assert grid["scale"] == PolicyConfig(str(table_path)).reward_scale(OutcomeTable.load(table_path)).to_json()
+    assert report["sweep"]["weights"] == {"gamma": grid["weights"]}
+    rows = read_csv(out / "pareto.csv")
+    for kind in ("ppo", "supervised", "bandit"):  # the baselines sweep the component's own derived grid
+        learned = [r for r in rows if r["method"] == f"{kind}-gamma"]
+        assert sorted(r["gamma"] for r in learned) == grid["weights"] and {r["alpha"] for r in learned} == {0.0}
+    assert all(r[column] is not None for r in rows for column in COLUMNS[8:])
+    for name in ("pareto.png", "pareto_latency_p95.png"):
+        assert (out / name).read_bytes()[:8] == PNG_MAGIC and imread(out / name).ndim == 3
+
+
+def test_a_policy_of_another_reward_scale_is_retrained(sweep_out: Path, table_path: Path, tmp_path: Path,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """Same config and table, but trained with another scale (or before scales were recorded): reusing would mix
+    reward definitions."""
+    for tamper in ("other", "missing"):
+        out = tmp_path / tamper
+        shutil.copytree(sweep_out / "policies" / "gamma-w0.5-seed0", out / "policies" / "gamma-w0.5-seed0")
+        record_path = out / "policies" / "gamma-w0.5-seed0" / "policy.json"
+        record = json.loads(record_path.read_text())
+        expected = record["reward_scale"]
+        if tamper == "other":
+            record["reward_scale"] = {"gflops": 6.0, "latency_ms": 66.0}
+        else:
+            del record["reward_scale"]
+        record_path.write_text(json.dumps(record))
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="stage_b.pareto"):
+            report = run_sweep(ParetoConfig(table_path, out, weights=(0.5,), seeds=(0,), components=("gamma",),
+                                            timesteps=512, n_envs=2, workers=1))
+        assert report["train_seconds"]["trained"] == 1 and "reusing" not in caplog.text
+        assert f"retraining {record_path.parent}: it was trained with reward scale" in caplog.text
+        assert json.loads(record_path.read_text())["reward_scale"] == expected

@@ -145,7 +145,7 @@ def test_a_policy_from_before_the_validation_split_still_loads(trained: tuple[Pa
     policy = SavedPolicy.load(folder)
     assert policy.config.val_fraction == 0.0 and policy.record["val_rows"] == []
     assert evaluate_policy(folder) | {"policy": ""} == evaluate_policy(root / "clean" / "policy") | {"policy": ""}
-    config = ParetoConfig(Path(policy.config.table), tmp_path).policies()["alpha-w0.1-seed0"]
+    config = ParetoConfig(Path(policy.config.table), tmp_path, weights=(0.1,)).policies()["alpha-w0.1-seed0"]
     with caplog.at_level(logging.INFO, logger="stage_b.pareto"):
-        assert _needs_training(folder, config, record["table_sha256"])
+        assert _needs_training(folder, config, record["table_sha256"], OutcomeTable.load(policy.config.table))
     assert "trained before the validation split" in caplog.text
