@@ -15,7 +15,9 @@ Arrays (N questions, A actions, D features):
 - `features`: (N, D) finite, known before the decision;
 - `provenance`: a 0-d unicode array holding JSON (checkpoint hash, split, actions, ...);
 - `confidence` (optional): (N,) in [0, 1], the base model's no-audio probability of its first answer
-  token, a feature a policy may buy (see `charged_costs`).
+  token, a feature a policy may buy (see `charged_costs`);
+- `text_tokens` (optional): (N,) integers >= 0, the prompt's tokens that are not image placeholders, so a
+  cost profile (stage_b.cost_profiles) can count the same question on another base model.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from shared.metrics import CORRECT
 
 FAMILIES = ("visual", "audio", "audio_visual")
 KEYS = ("ids", "family", "qtype", "actions", "score", "gflops", "latency_ms", "features", "provenance")
-OPTIONAL_KEYS = ("confidence",)
+OPTIONAL_KEYS = ("confidence", "text_tokens")
 DEFAULT_TABLE = "runs/stage_a/outcomes_test.npz"  # what `stage_b-outcomes` writes for the default `stage_a-train` run
 BUILD_HINT = ("build one with `stage_b-outcomes --checkpoint DIR --split S` (without arguments it reads the default "
               f"`stage_a-train` run in runs/stage_a and writes {DEFAULT_TABLE})")
@@ -52,6 +54,7 @@ class OutcomeTable:
     features: np.ndarray
     provenance: dict
     confidence: np.ndarray | None = None
+    text_tokens: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self._validate("OutcomeTable")
@@ -121,6 +124,12 @@ class OutcomeTable:
                 raise ValueError(f"{source}: 'confidence' has shape {confidence.shape} and {int(bad.sum())} values "
                                  f"outside [0, 1]; expected ({n},) probabilities")
             self.confidence = confidence
+        if self.text_tokens is not None:
+            tokens = np.asarray(self.text_tokens)
+            if tokens.shape != (n,) or tokens.dtype.kind not in "iu" or (tokens < 0).any():
+                raise ValueError(f"{source}: 'text_tokens' has shape {tokens.shape} dtype {tokens.dtype} "
+                                 f"(minimum {tokens.min() if tokens.size else None}); expected ({n},) integers >= 0")
+            self.text_tokens = tokens.astype(np.int64)
         if not isinstance(self.provenance, dict):
             raise ValueError(f"{source}: 'provenance' is {type(self.provenance).__name__}, expected a dict")
 
@@ -144,7 +153,7 @@ class OutcomeTable:
         except json.JSONDecodeError as err:
             raise ValueError(f"outcome table {path}: 'provenance' is not valid JSON ({err})") from err
         table = cls.__new__(cls)
-        table.__dict__.update({"confidence": None, **arrays, "provenance": provenance})
+        table.__dict__.update({"confidence": None, "text_tokens": None, **arrays, "provenance": provenance})
         table._validate(f"outcome table {path}")
         return table
 
@@ -152,8 +161,7 @@ class OutcomeTable:
         """Write the table atomically: a temp file in the same folder, then os.replace."""
         arrays = {key: getattr(self, key) for key in KEYS if key != "provenance"}
         arrays["provenance"] = np.array(json.dumps(self.provenance))
-        if self.confidence is not None:
-            arrays["confidence"] = self.confidence
+        arrays.update({key: getattr(self, key) for key in OPTIONAL_KEYS if getattr(self, key) is not None})
         return atomic_write_npz(path, arrays)
 
     def subset(self, rows: np.ndarray) -> OutcomeTable:
@@ -167,7 +175,8 @@ class OutcomeTable:
                             actions=self.actions.copy(), score=self.score[rows], gflops=self.gflops[rows],
                             latency_ms=self.latency_ms[rows], features=self.features[rows],
                             provenance=dict(self.provenance),
-                            confidence=None if self.confidence is None else self.confidence[rows])
+                            confidence=None if self.confidence is None else self.confidence[rows],
+                            text_tokens=None if self.text_tokens is None else self.text_tokens[rows])
 
     def split_rows(self, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
         """A seeded permutation cut into (train_rows, test_rows), `fraction` of the rows for training."""

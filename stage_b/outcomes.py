@@ -8,7 +8,9 @@ For every question of a split and every action (no audio, or audio with k tokens
   and FlopCounterMode counts of the first question are kept in the provenance (`flops_check`);
 - `latency_ms`: wall time of the batched greedy generation per question (median over
   `--repeats`), plus the encoder's time per clip (a batch of full windows, median) for audio actions;
-- `confidence`: the base model's no-audio probability of its first answer token.
+- `confidence`: the base model's no-audio probability of its first answer token;
+- `text_tokens`: each prompt's tokens that are not image placeholders (stage_b.cost_profiles recounts the
+  question on a real base model from it).
 Features known before the decision go in `features`: the mean LM input embedding of the
 question, per-channel image mean and std, and audio-preview statistics (duration, RMS energy,
 zero-crossing rate, spectral centroid). The table is an .npz (no pickle) read by envs.OutcomeTable.
@@ -102,9 +104,12 @@ def build_table(cfg: TrainConfig, checkpoint: Path, split: str, ks: list[int], b
     digest = bridge_hash(checkpoint)
     key = {"checkpoint_hash": digest, "split": split, "actions": actions, "rows": n, "batch_size": batch_size}
     state = (_resume(partial, key) if partial else None) or {
-        "done": np.array(0), "confidence": np.zeros(n, np.float32),
+        "done": np.array(0), "confidence": np.zeros(n, np.float32), "text_tokens": np.zeros(n, np.int64),
         **{name: np.zeros((n, len(actions)), np.float32) for name in ("score", "gflops", "latency_ms")}}
+    if "text_tokens" not in state:
+        raise ValueError(f"{partial} was written without a 'text_tokens' column; delete it to start over")
     score, gflops, latency, confidence = (state[name] for name in ("score", "gflops", "latency_ms", "confidence"))
+    text_tokens = state["text_tokens"]
     features = [state["features"]] if "features" in state else []
     starts = range(int(state["done"]), n, batch_size)
     for step, begin in enumerate(tqdm(starts, desc="outcomes", unit="batch"), start=1):
@@ -121,11 +126,13 @@ def build_table(cfg: TrainConfig, checkpoint: Path, split: str, ks: list[int], b
             latency[rows, a] = 1000 * statistics.median(times) / len(rows) + (encoder_ms if k else 0.0)
             if k == 0:
                 confidence[rows] = first_token.numpy()
+        text_tokens[rows] = runner.text_tokens(batch)
         features.append(runner.features(batch, rows))
         if partial and step % save_every == 0 and rows[-1] + 1 < n:
             atomic_write_npz(partial, {"key": np.array(json.dumps(key)), "done": np.array(rows[-1] + 1),
                                        "score": score, "gflops": gflops, "latency_ms": latency,
-                                       "confidence": confidence, "features": np.concatenate(features)})
+                                       "confidence": confidence, "text_tokens": text_tokens,
+                                       "features": np.concatenate(features)})
     provenance = {"checkpoint": str(checkpoint), "checkpoint_hash": digest, "split": split, "actions": actions,
                   "manifest": runner.setup.paths[split], "encoder_gflops": runner.encoder_gflops,
                   "encoder_ms": encoder_ms, "flops_check": profiler_check(runner, ks),
@@ -134,7 +141,7 @@ def build_table(cfg: TrainConfig, checkpoint: Path, split: str, ks: list[int], b
     return OutcomeTable(ids=np.array([s.id for s in samples]), family=np.array([s.family for s in samples]),
                         qtype=np.array([s.qtype for s in samples]), actions=np.array(actions, dtype=np.int64),
                         score=score, gflops=gflops, latency_ms=latency, features=np.concatenate(features),
-                        provenance=provenance, confidence=confidence)
+                        provenance=provenance, confidence=confidence, text_tokens=text_tokens)
 
 
 @console("stage_b-outcomes")
