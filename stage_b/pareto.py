@@ -15,6 +15,11 @@ with `--confidence` both pay for the no-audio run the policies observe),
 `oracle` (the cheapest correct action per question) and `oracle-frontier` (per question the action
 maximising score - w * gflops / max_gflops, at every weight w where that choice changes).
 
+With `--cost-profile NAME` (stage_b.cost_profiles) the table's compute is recounted for real models first: the
+profiled copy (OUT/tables/<table file>, and the `--split` table beside it) is what every policy trains and is
+evaluated on, so `gflops_per_query` are the profile's. Its latency stays the embedded machine's measurement, so a
+non-embedded profile takes only the alpha component (the default there; gamma and both are refused).
+
 OUT/pareto.csv has the columns in `COLUMNS`. `alpha`, `gamma`, `seed` are the policy's reward
 weights and seed for `ppo-*` and `random-*` rows, and the weight (alpha = w, gamma = 0) for
 `oracle-frontier` rows; a field that does not apply (static and oracle rows) is left empty.
@@ -33,7 +38,7 @@ import statistics
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +50,7 @@ from shared.checkpoint import atomic_write_text
 from shared.cli import ArgumentParser, check_number, console, number_list
 from shared.loading import file_sha256, load_json
 from shared.logs import setup_logging
+from stage_b.cost_profiles import EMBEDDED, apply_cost_profile, check_profile_name
 from stage_b.evaluate import SavedPolicy, summarize
 from stage_b.frontier import oracle_frontier, summarize_sweep
 from stage_b.plot import plot_pareto
@@ -71,6 +77,7 @@ class ParetoConfig:
     workers: int = 2
     split: str | None = None
     confidence: bool = False
+    cost_profile: str = EMBEDDED
 
     def __post_init__(self) -> None:
         if not self.weights or not self.seeds:
@@ -84,6 +91,11 @@ class ParetoConfig:
             raise ValueError(f"--components has {unknown or 'no values'}; expected a subset of {list(COMPONENTS)}")
         for flag, value in (("--timesteps", self.timesteps), ("--n-envs", self.n_envs), ("--workers", self.workers)):
             check_number(flag, value, ge=1, integer=True)
+        check_profile_name(self.cost_profile)
+        latency = [c for c in self.components if COMPONENTS[c][1] > 0]
+        if self.cost_profile != EMBEDDED and latency:
+            raise ValueError(f"--components has {latency} with --cost-profile {self.cost_profile}: the profile recounts "
+                             "compute only, latency_ms stays the embedded machine's measurement; expected alpha")
         self.table = self.table.resolve()
 
     def policies(self) -> dict[str, PolicyConfig]:
@@ -214,18 +226,35 @@ def read_csv(path: Path) -> list[dict]:
         return [{k: parse(k, v) for k, v in row.items()} for row in csv.DictReader(handle)]
 
 
+def profiled_tables(sweep: ParetoConfig) -> ParetoConfig:
+    """The sweep on its table recounted under `sweep.cost_profile` (OUT/tables/, with the --split table if any)."""
+    if sweep.cost_profile == EMBEDDED:
+        return sweep
+    names = [sweep.table.name] + ([f"outcomes_{sweep.split}.npz"] if sweep.split else [])
+    for name in dict.fromkeys(names):
+        source = sweep.table.parent / name
+        if not source.is_file():
+            raise ValueError(f"no outcome table {source} to recount under --cost-profile {sweep.cost_profile}; "
+                             f"build it with `stage_b-outcomes --split {sweep.split}`")
+        apply_cost_profile(OutcomeTable.load(source), sweep.cost_profile).save(sweep.out / "tables" / name)
+    return replace(sweep, table=sweep.out / "tables" / sweep.table.name)
+
+
 def run_sweep(sweep: ParetoConfig) -> dict:
     """Train, evaluate, analyse and plot; writes pareto.csv, pareto.json and pareto.png and returns the JSON."""
     start = time.perf_counter()
+    sweep = profiled_tables(sweep)
     results = run_policies(sweep)
     rows, table, eval_rows = evaluate_sweep(sweep, results)
     write_csv(rows, sweep.out / "pareto.csv")
     split, kind = table.provenance.get("split"), "held-out" if sweep.split is None else "all"
+    profile = "" if sweep.cost_profile == EMBEDDED else f", cost profile {sweep.cost_profile}"
     plot_pareto(rows, sweep.out / "pareto.png",
-                f"Stage B Pareto frontier: split {split}, {len(eval_rows)} questions ({kind} rows)")
+                f"Stage B Pareto frontier: split {split}, {len(eval_rows)} questions ({kind} rows){profile}")
     seconds = [r["train_seconds"] for r in results.values()]
     report = {
-        "out": str(sweep.out), "table": str(sweep.table), "split": split, "rows": kind, "n": int(len(eval_rows)),
+        "out": str(sweep.out), "table": str(sweep.table), "cost_profile": sweep.cost_profile, "split": split,
+        "rows": kind, "n": int(len(eval_rows)),
         **summarize_sweep(rows, sweep.components),
         "train_seconds": {"median": statistics.median(seconds), "sum": round(sum(seconds), 1),
                           "policies": len(seconds), "trained": sum(not r["reused"] for r in results.values())},
@@ -241,7 +270,8 @@ def run_sweep(sweep: ParetoConfig) -> dict:
 def headline(report: dict) -> dict:
     """The short summary the CLI prints: hypervolumes, ratios, dominance counts, saving, timing."""
     saving = report["matched_accuracy_saving"]["any"]
-    return {"out": report["out"], "n": report["n"], "hypervolume": report["hypervolume"],
+    return {"out": report["out"], "cost_profile": report["cost_profile"], "n": report["n"],
+            "hypervolume": report["hypervolume"],
             "hypervolume_ratio_to_oracle": report["hypervolume_ratio_to_oracle"], "dominated": report["dominated"],
             "matched_accuracy_saving": saving and {k: saving[k] for k in ("saving", "gflops", "accuracy")},
             "train_seconds_median": report["train_seconds"]["median"],
@@ -257,8 +287,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--alphas", default=",".join(f"{w:g}" for w in DEFAULT_WEIGHTS),
                         help="comma-separated reward weights w, used by every component")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--components", default=",".join(COMPONENTS),
-                        help="alpha (compute), gamma (latency), both (alpha = gamma = w)")
+    parser.add_argument("--components", default=None,
+                        help="alpha (compute), gamma (latency), both (alpha = gamma = w); default: all three, "
+                             "or alpha alone under a non-embedded --cost-profile")
     parser.add_argument("--timesteps", type=int, default=100_000)
     parser.add_argument("--n-envs", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2, help="training processes")
@@ -266,12 +297,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="policies observe the no-audio confidence and pay for it (so do their random twins)")
     parser.add_argument("--split", default=None,
                         help="evaluate on all of outcomes_<split>.npz beside the table (default: held-out rows)")
+    parser.add_argument("--cost-profile", default=EMBEDDED,
+                        help="recount the table's GFLOPs for real models (configs/cost_profiles; default: embedded, "
+                             "the table's own)")
     args = parser.parse_args(argv)
     setup_logging()
+    components = args.components or (",".join(COMPONENTS) if args.cost_profile == EMBEDDED else "alpha")
     sweep = ParetoConfig(args.table, args.out, number_list("--alphas", args.alphas, float),
                         number_list("--seeds", args.seeds, int),
-                        tuple(c.strip() for c in args.components.split(",") if c.strip()), args.timesteps,
-                        args.n_envs, args.workers, args.split, args.confidence)
+                        tuple(c.strip() for c in components.split(",") if c.strip()), args.timesteps,
+                        args.n_envs, args.workers, args.split, args.confidence, args.cost_profile)
     OutcomeTable.load(sweep.table)
     report = run_sweep(sweep)
     print(json.dumps(headline(report), indent=2))
