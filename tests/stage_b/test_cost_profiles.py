@@ -26,7 +26,7 @@ from envs.outcome_table import OutcomeTable
 from shared.clap_convert import PRESETS, laion_feature_extractor
 from shared.clap_features import features_from_mels, mel_features
 from stage_a.bridge_size import default_settings, encoder_profile, hub_config, image_tokens, meta_base
-from stage_a.flops import CPU_SDPA, BridgeShape, flops_parts, projector_shape_flops
+from stage_a.flops import CPU_SDPA, BridgeShape, projector_shape_flops
 from stage_a.fusion import FusionBlock
 from stage_a.model import SafeModel
 from stage_a.projector import AudioProjector, ProjectorConfig
@@ -80,10 +80,8 @@ def prompt(name: str, positions: int) -> dict:
 
 
 def parts(name: str, k: int, text_tokens: int) -> dict[str, float]:
-    """The profile's FLOPs (not GFLOPs) by part for one question."""
-    profile = load_profile(name)
-    return flops_parts(base_config(profile), profile.shape, encoder_gflops(profile) * 1e9, k,
-                       profile.image_tokens + text_tokens, profile.encoder_frames, all_logits=False)
+    """The profile's FLOPs (not GFLOPs) by part for one question of `text_tokens` text tokens, as tables get them."""
+    return {part: gflops * 1e9 for part, gflops in action_parts(load_profile(name), k, text_tokens).items()}
 
 
 def test_names_and_an_unknown_one() -> None:
