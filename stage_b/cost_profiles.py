@@ -102,25 +102,31 @@ def _read(path: Path) -> dict:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         raise ValueError(f"cost profile {path}: not valid YAML ({err})") from err
-    if not isinstance(data, dict) or data.get("kind") not in KINDS:
+    kind = data.get("kind") if isinstance(data, dict) else None
+    if kind not in KINDS:
         raise ValueError(f"cost profile {path}: expected a mapping with kind one of {list(KINDS)}, "
-                         f"got {type(data).__name__} with kind {data.get('kind') if isinstance(data, dict) else None!r}")
+                         f"got {type(data).__name__} with kind {kind!r}")
     return data
 
 
 def _positive_int(path: Path, key: str, value: object) -> int:
+    """`value` if it is an integer >= 1, else a ValueError naming the file and key."""
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"cost profile {path}: {key} is {value!r}; expected an integer >= 1")
     return value
 
 
 def _pair(path: Path, key: str, value: object) -> tuple[int, int]:
+    """An [in, out] pair of Linear sizes, or a ValueError naming the file and key."""
     if not isinstance(value, list) or len(value) != 2:
         raise ValueError(f"cost profile {path}: {key} is {value!r}; expected [in, out]")
     return _positive_int(path, f"{key}[0]", value[0]), _positive_int(path, f"{key}[1]", value[1])
 
 
-def _keys(path: Path, where: str, data: dict, expected: tuple[str, ...]) -> None:
+def _keys(path: Path, where: str, data: object, expected: tuple[str, ...]) -> None:
+    """A ValueError naming the file unless `data` is a mapping with exactly the `expected` keys."""
+    if not isinstance(data, dict):
+        raise ValueError(f"cost profile {path}: {where} is {data!r}; expected a mapping with keys {list(expected)}")
     missing, unknown = sorted(set(expected) - data.keys()), sorted(data.keys() - set(expected))
     if missing or unknown:
         raise ValueError(f"cost profile {path}: {where} has missing keys {missing} and unknown keys {unknown}; "
@@ -141,19 +147,25 @@ def load_profile(name: str) -> CostProfile:
     bridge = data["bridge"]
     _keys(path, "bridge", bridge, BRIDGE_KEYS)
     rank = _positive_int(path, "bridge.lora_rank", bridge["lora_rank"])
+    for key in ("projector", "lora_projections", "fusion_layers"):
+        kind = dict if key == "lora_projections" else list
+        if not isinstance(bridge[key], kind) or not bridge[key]:
+            raise ValueError(f"cost profile {path}: bridge.{key} is {bridge[key]!r}; "
+                             f"expected a non-empty {kind.__name__}")
     per_layer = [_pair(path, f"bridge.lora_projections.{n}", v) for n, v in bridge["lora_projections"].items()]
     lora = tuple(shape for d_in, d_out in per_layer for shape in ((d_in, rank), (rank, d_out)))
     layers = _positive_int(path, "bridge.lora_layers", bridge["lora_layers"])
     fusion_layers = bridge["fusion_layers"]
-    if not isinstance(fusion_layers, list) or not fusion_layers or any(
-            not isinstance(i, int) or not 0 <= i < layers for i in fusion_layers):
-        raise ValueError(f"cost profile {path}: bridge.fusion_layers is {fusion_layers!r}; expected a non-empty list "
-                         f"of decoder-layer indices in [0, {layers})")
+    if any(not isinstance(i, int) or not 0 <= i < layers for i in fusion_layers):
+        raise ValueError(f"cost profile {path}: bridge.fusion_layers is {fusion_layers!r}; expected decoder-layer "
+                         f"indices in [0, {layers})")
     shape = BridgeShape(audio_dim=_positive_int(path, "bridge.audio_dim", bridge["audio_dim"]),
                         projector=tuple(_pair(path, "bridge.projector[]", p) for p in bridge["projector"]),
                         fusion_mode=mode, fusion_rank=_positive_int(path, "bridge.fusion_rank", bridge["fusion_rank"]),
                         fusion_blocks=0 if mode == "prefix" else len(fusion_layers), lora=lora * layers)
     k_max = _positive_int(path, "k_max", data["k_max"])
+    if not isinstance(data["ks"], list) or not data["ks"]:
+        raise ValueError(f"cost profile {path}: ks is {data['ks']!r}; expected a non-empty list of token counts")
     ks = tuple(_positive_int(path, "ks[]", k) for k in data["ks"])
     if max(ks) > k_max:
         raise ValueError(f"cost profile {path}: ks {list(ks)} exceed k_max {k_max}")
@@ -179,7 +191,7 @@ def encoder_gflops(profile: CostProfile) -> float:
 
 
 def action_parts(profile: CostProfile, k: int, text_tokens: int) -> dict[str, float]:
-    """GFLOPs by part (base, lora, bridge, encoder) of one question with `text_tokens` text tokens and k audio tokens."""
+    """GFLOPs by part (base, lora, bridge, encoder) of one question of `text_tokens` text tokens, k audio tokens."""
     return dict(zip(PARTS, _action_parts(profile, k, text_tokens)))
 
 
@@ -206,7 +218,7 @@ def require_text_tokens(table: OutcomeTable, profile: str) -> np.ndarray:
 
 
 def table_parts(table: OutcomeTable, name: str) -> dict[str, np.ndarray]:
-    """Per part (base, lora, bridge, encoder), the (N, A) GFLOPs of every row and action under analytic profile `name`."""
+    """Per part (base, lora, bridge, encoder): (N, A) GFLOPs of each row and action under analytic profile `name`."""
     profile = load_profile(name)
     tokens = require_text_tokens(table, name)
     over = [int(k) for k in table.actions if k > profile.k_max]

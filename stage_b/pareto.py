@@ -94,8 +94,9 @@ class ParetoConfig:
         check_profile_name(self.cost_profile)
         latency = [c for c in self.components if COMPONENTS[c][1] > 0]
         if self.cost_profile != EMBEDDED and latency:
-            raise ValueError(f"--components has {latency} with --cost-profile {self.cost_profile}: the profile recounts "
-                             "compute only, latency_ms stays the embedded machine's measurement; expected alpha")
+            raise ValueError(f"--components has {latency} with --cost-profile {self.cost_profile}: the profile "
+                             "recounts compute only, latency_ms stays the embedded machine's measurement; "
+                             "expected alpha")
         self.table = self.table.resolve()
 
     def policies(self) -> dict[str, PolicyConfig]:

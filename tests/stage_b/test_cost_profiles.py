@@ -13,12 +13,14 @@ uninitialised with to_empty); the rest of the bridge (prefix positions, LoRA) ru
 import dataclasses
 import functools
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import ClapModel, WhisperFeatureExtractor, WhisperModel
 
@@ -31,8 +33,9 @@ from stage_a.fusion import FusionBlock
 from stage_a.model import SafeModel
 from stage_a.projector import AudioProjector, ProjectorConfig
 from stage_a.setup import bridge_config
-from stage_b.cost_profiles import (EMBEDDED, PREFIX_SUFFIX, action_parts, apply_cost_profile, base_config,
-                                   encoder_gflops, load_profile, profile_names, table_parts)
+from stage_b import cost_profiles
+from stage_b.cost_profiles import (EMBEDDED, PREFIX_SUFFIX, PROFILE_DIR, action_parts, apply_cost_profile,
+                                   base_config, encoder_gflops, load_profile, profile_names, table_parts)
 from stage_b.pareto import main as pareto_main, read_csv
 
 ANALYTIC = [name for name in profile_names() if load_profile(name).kind == "analytic"]
@@ -85,10 +88,26 @@ def parts(name: str, k: int, text_tokens: int) -> dict[str, float]:
 
 
 def test_names_and_an_unknown_one() -> None:
-    assert profile_names() == [EMBEDDED, *(f"{c}{m}" for c in ("llava-1.5-13b+clap-htsat", "llava-1.5-7b+clap-htsat",
-                                                              "llava-1.5-7b+whisper-large-v3") for m in ("", "-prefix"))]
+    combinations = ("llava-1.5-13b+clap-htsat", "llava-1.5-7b+clap-htsat", "llava-1.5-7b+whisper-large-v3")
+    assert profile_names() == [EMBEDDED, *(f"{c}{m}" for c in combinations for m in ("", "-prefix"))]
     with pytest.raises(ValueError, match=r"^--cost-profile is 'llava-7b'; expected one of \['embedded', .*\]$"):
         load_profile("llava-7b")
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d.pop("k_max"), r"the file has missing keys \['k_max'\] and unknown keys \[\]"),
+    (lambda d: d["bridge"].update(lora_layers=0), r"bridge\.lora_layers is 0; expected an integer >= 1"),
+    (lambda d: d["bridge"].update(fusion_layers=[0, 32]), r"bridge\.fusion_layers is \[0, 32\]; expected decoder"),
+    (lambda d: d["bridge"].update(projector=[[784, 4096, 1]]), r"bridge\.projector\[\] is \[784, 4096, 1\]"),
+    (lambda d: d.update(ks=[4, 32]), r"ks \[4, 32\] exceed k_max 16"),
+])
+def test_a_bad_profile_file_is_named(edit, message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = yaml.safe_load((PROFILE_DIR / "llava-1.5-7b+clap-htsat.yaml").read_text())
+    edit(data)
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(data))
+    monkeypatch.setattr(cost_profiles, "PROFILE_DIR", tmp_path)
+    with pytest.raises(ValueError, match=rf"^cost profile {tmp_path / 'bad.yaml'}: {message}"):
+        cost_profiles.load_profile.__wrapped__("bad")
 
 
 @pytest.mark.parametrize("name", ANALYTIC)
@@ -232,8 +251,9 @@ def test_a_table_without_text_tokens_is_refused_by_name(table_path: Path) -> Non
     table = dataclasses.replace(OutcomeTable.load(table_path), text_tokens=None)
     assert apply_cost_profile(table, EMBEDDED).text_tokens is None  # the embedded profile needs no recount
     checkpoint = table.provenance["checkpoint"]
+    rebuild = re.escape(f"`stage_b-outcomes --checkpoint {checkpoint} --split test --overwrite`")
     with pytest.raises(ValueError, match=rf"^this outcome table has no 'text_tokens' column, .*; rebuild the table "
-                                         rf"with `stage_b-outcomes --checkpoint {checkpoint} --split test --overwrite`$"):
+                                         rf"with {rebuild}$"):
         apply_cost_profile(table, "llava-1.5-13b+clap-htsat")
 
 
