@@ -36,6 +36,7 @@ from stage_a.setup import bridge_config
 from stage_b import cost_profiles
 from stage_b.cost_profiles import (EMBEDDED, PREFIX_SUFFIX, PROFILE_DIR, action_parts, apply_cost_profile,
                                    base_config, encoder_gflops, load_profile, profile_names, table_parts)
+from stage_b.live import main as live_main
 from stage_b.pareto import main as pareto_main, read_csv
 
 ANALYTIC = [name for name in profile_names() if load_profile(name).kind == "analytic"]
@@ -269,8 +270,9 @@ def test_pareto_refuses_bad_profile_flags_in_one_line(tmp_path: Path, flags: lis
     assert err.count("\n") == 1 and message in err
 
 
-def test_pareto_sweeps_the_profiled_table(table_path: Path, tmp_path: Path) -> None:
-    """Policies train on OUT/tables/<table>, recounted; the static rows charge the profile's GFLOPs."""
+def test_pareto_sweeps_the_profiled_table(table_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Policies train on OUT/tables/<table>, recounted; the static rows charge the profile's GFLOPs; live mode, which
+    runs the table's own models, refuses such a policy."""
     name = "llava-1.5-7b+clap-htsat"
     assert pareto_main(["--table", str(table_path), "--out", str(tmp_path), "--cost-profile", name, "--seeds", "0",
                         "--alphas", "0,300", "--timesteps", "512", "--n-envs", "2", "--workers", "2"]) == 0
@@ -282,3 +284,5 @@ def test_pareto_sweeps_the_profiled_table(table_path: Path, tmp_path: Path) -> N
     never = next(r for r in rows if r["method"] == "never")
     assert never["gflops_per_query"] == pytest.approx(profiled.gflops[held_out, 0].mean(), rel=1e-6)
     assert json.loads((tmp_path / "pareto.json").read_text())["cost_profile"] == name
+    assert live_main(["--policy", str(tmp_path / "policies" / "alpha-w0-seed0")]) == 2  # before SAFE is loaded
+    assert f"carries cost profile '{name}'" in capsys.readouterr().err
