@@ -211,6 +211,19 @@ def test_load_errors(tmp_path: Path) -> None:
         OutcomeTable.load(tmp_path / "actions.npz")
     with pytest.raises(ValueError, match="stage_b-outcomes"):
         AudioBudgetEnv(tmp_path / "missing.npz")
+    for name, tokens in (("negative", np.array([3, -1] * 20)), ("float", np.full(40, 3.0)), ("short", np.ones(39, int))):
+        np.savez(tmp_path / f"{name}.npz", **{**arrays, "text_tokens": tokens})
+        with pytest.raises(ValueError, match=r"'text_tokens' has shape .*; expected \(40,\) integers >= 0"):
+            OutcomeTable.load(tmp_path / f"{name}.npz")
+
+
+def test_text_tokens_are_optional_and_round_trip(tmp_path: Path) -> None:
+    table = random_table()
+    assert OutcomeTable.load(saved(table, tmp_path)).text_tokens is None
+    table.text_tokens = np.arange(40, dtype=np.int32) % 7 + 9
+    loaded = OutcomeTable.load(saved(table, tmp_path, "with_tokens.npz"))
+    assert loaded.text_tokens.dtype == np.int64 and loaded.text_tokens.tolist() == table.text_tokens.tolist()
+    assert loaded.subset(np.array([5, 1])).text_tokens.tolist() == [14, 10]
 
 
 @pytest.mark.parametrize("kwargs, match", [
