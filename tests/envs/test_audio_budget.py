@@ -18,7 +18,7 @@ from stable_baselines3.common.env_util import make_vec_env
 
 import envs
 from envs.audio_budget import AudioBudgetEnv
-from envs.outcome_table import OutcomeTable
+from envs.outcome_table import OPTIONAL_KEYS, OutcomeTable
 from envs.reward_scale import RewardScale
 
 
@@ -478,6 +478,18 @@ def test_one_latency_outlier_leaves_the_gamma_frontier_unchanged(tmp_path: Path)
         planted.latency_ms = table.latency_ms.copy()
         planted.latency_ms[row, action] *= 1000
         assert 1.0 <= RewardScale.fit(planted, np.arange(60)).latency_ms / scale.latency_ms < 1.1, (row, action)
+
+
+def test_every_optional_column_together_is_saved_and_kept_by_subset(tmp_path: Path) -> None:
+    """confidence, latency_repeats_ms and text_tokens in one table: each round-trips and follows subset's rows."""
+    table = with_repeats(random_table(n=12))
+    table.confidence = np.linspace(0.1, 0.9, 12, dtype=np.float32)
+    table.text_tokens = np.arange(12) + 9
+    loaded = OutcomeTable.load(saved(table, tmp_path))
+    part = loaded.subset(np.array([7, 2]))
+    for key in OPTIONAL_KEYS:
+        np.testing.assert_array_equal(getattr(loaded, key), getattr(table, key), err_msg=key)
+        np.testing.assert_array_equal(getattr(part, key), getattr(table, key)[[7, 2]], err_msg=key)
 
 
 def test_reward_scale_records_are_checked() -> None:

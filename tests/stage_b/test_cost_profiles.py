@@ -24,8 +24,10 @@ import yaml
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import ClapModel, WhisperFeatureExtractor, WhisperModel
 
-from envs.outcome_table import OutcomeTable
+from envs.outcome_table import OPTIONAL_KEYS, OutcomeTable
+from envs.reward_scale import RewardScale
 from shared.clap_convert import PRESETS, laion_feature_extractor
+from shared.loading import file_sha256
 from shared.clap_features import features_from_mels, mel_features
 from stage_a.bridge_size import default_settings, encoder_profile, hub_config, image_tokens, meta_base
 from stage_a.flops import CPU_SDPA, BridgeShape, projector_shape_flops
@@ -36,8 +38,10 @@ from stage_a.setup import bridge_config
 from stage_b import cost_profiles
 from stage_b.cost_profiles import (EMBEDDED, PREFIX_SUFFIX, PROFILE_DIR, action_parts, apply_cost_profile,
                                    base_config, encoder_gflops, load_profile, profile_names, table_parts)
+from stage_b.frontier import oracle_choice
 from stage_b.live import main as live_main
 from stage_b.pareto import main as pareto_main, read_csv
+from stage_b.sweep_config import ParetoConfig
 
 ANALYTIC = [name for name in profile_names() if load_profile(name).kind == "analytic"]
 CROSS_ATTENTION = [name for name in ANALYTIC if load_profile(name).fusion_mode == "cross_attention"]
@@ -234,6 +238,7 @@ def test_applying_a_profile_changes_only_gflops(table_path: Path) -> None:
     assert np.array_equal(embedded.gflops, table.gflops) and embedded.provenance["cost_profile"]["name"] == EMBEDDED
     name = "llava-1.5-7b+whisper-large-v3-prefix"
     profiled = apply_cost_profile(table, name)
+    assert all(getattr(table, key) is not None for key in OPTIONAL_KEYS)  # latency repeats and text tokens are kept
     for field in dataclasses.fields(OutcomeTable):
         if field.name not in ("gflops", "provenance"):
             assert np.array_equal(getattr(profiled, field.name), getattr(table, field.name)), field.name
@@ -270,19 +275,67 @@ def test_pareto_refuses_bad_profile_flags_in_one_line(tmp_path: Path, flags: lis
     assert err.count("\n") == 1 and message in err
 
 
-def test_pareto_sweeps_the_profiled_table(table_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    """Policies train on OUT/tables/<table>, recounted; the static rows charge the profile's GFLOPs; live mode, which
-    runs the table's own models, refuses such a policy."""
+def test_the_derived_grid_is_the_profiled_tables(table_path: Path, tmp_path: Path) -> None:
+    """Under a real profile the alpha grid and reward scale come from the recounted costs: at the grid's top the
+    oracle skips audio on every training question, which the embedded table's grid (its audio increment is hundreds
+    of times larger in the reward's units) stops far short of. Audio answers the audio questions here, so that
+    skipping it costs something (the micro model gains nothing from audio)."""
+    source = OutcomeTable.load(table_path)
+    score, needs_audio = source.score.copy(), source.family != "visual"
+    score[needs_audio, 0], score[needs_audio, 1:] = 0.0, 1.0
+    planted = dataclasses.replace(source, score=score).save(tmp_path / table_path.name)
     name = "llava-1.5-7b+clap-htsat"
-    assert pareto_main(["--table", str(table_path), "--out", str(tmp_path), "--cost-profile", name, "--seeds", "0",
-                        "--alphas", "0,300", "--timesteps", "512", "--n-envs", "2", "--workers", "2"]) == 0
+    sweep = ParetoConfig(planted, tmp_path, seeds=(0,), components=("alpha",), cost_profile=name).profiled()
+    assert sweep.table == (tmp_path / "tables" / table_path.name).resolve()
+    grid, table = sweep.weight_grids["alpha"], OutcomeTable.load(sweep.table)
+    config = sweep.policy("alpha", grid["top"], 0)
+    rows, scale = config.rows(table).train, config.reward_scale(table)
+    assert grid["scale"] == scale.to_json() and scale.gflops > 1000  # the profile's GFLOPs, not the embedded ones
+    cost = table.gflops[rows] / scale.gflops
+    assert grid["unreachable_rows"] == 0 and grid["weights"][-1] == grid["top"]
+    assert (oracle_choice(table.score[rows], cost, grid["top"]) == 0).all()
+    assert (oracle_choice(table.score[rows], cost, grid["weights"][-2]) > 0).any()  # the top is where it happens
+    embedded = ParetoConfig(planted, tmp_path, seeds=(0,), components=("alpha",)).weight_grids["alpha"]
+    assert grid["top"] > 100 * embedded["top"] > 0
+    audio = oracle_choice(table.score[rows], cost, embedded["top"]) > 0
+    assert audio.any() and np.array_equal(audio, needs_audio[rows])  # still audio wherever audio answers
+
+
+def test_pareto_sweeps_the_profiled_table(table_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Policies, their reward scale, the baselines and a budget all use OUT/tables/<table>, recounted; a rerun
+    rewrites it with the same bytes and reuses every policy; live mode, which runs the table's own models, refuses
+    such a policy."""
+    name = "llava-1.5-7b+clap-htsat"
+    args = ["--table", str(table_path), "--out", str(tmp_path), "--cost-profile", name, "--seeds", "0",
+            "--alphas", "0,300", "--budget", "0.5", "--timesteps", "512", "--n-envs", "2", "--workers", "2"]
+    assert pareto_main(args) == 0
     rows = read_csv(tmp_path / "pareto.csv")
     assert {r["method"] for r in rows if r["method"].startswith(("ppo-", "random-"))} == {"ppo-alpha", "random-alpha"}
-    profiled = OutcomeTable.load(tmp_path / "tables" / table_path.name)
+    profiled_path = tmp_path / "tables" / table_path.name
+    profiled = OutcomeTable.load(profiled_path)
     assert profiled.provenance["cost_profile"]["name"] == name
-    held_out = json.loads((tmp_path / "policies" / "alpha-w0-seed0" / "policy.json").read_text())["test_rows"]
+    record = json.loads((tmp_path / "policies" / "alpha-w0-seed0" / "policy.json").read_text())
+    assert record["config"]["table"] == str(profiled_path.resolve())
+    assert record["table_sha256"] == file_sha256(profiled_path)
+    train_rows = np.setdiff1d(np.arange(profiled.n_rows), np.concatenate([record["val_rows"], record["test_rows"]]))
+    assert record["reward_scale"] == RewardScale.fit(profiled, train_rows).to_json()
+    held_out = record["test_rows"]
     never = next(r for r in rows if r["method"] == "never")
     assert never["gflops_per_query"] == pytest.approx(profiled.gflops[held_out, 0].mean(), rel=1e-6)
-    assert json.loads((tmp_path / "pareto.json").read_text())["cost_profile"] == name
+    baselines = [r for r in rows if r["method"].startswith(("supervised-", "bandit-", "cascade"))]
+    assert {r["method"] for r in baselines} == {"supervised-alpha", "bandit-alpha", "cascade"}
+    assert all(r["gflops_per_query"] >= never["gflops_per_query"] * (1 - 1e-6) for r in baselines)
+    budget = read_csv(tmp_path / "budget.csv")
+    assert {r["method"] for r in budget} >= {"ppo", "never"}
+    assert next(r for r in budget if r["method"] == "never")["gflops_per_query"] == pytest.approx(
+        never["gflops_per_query"], rel=1e-6)
+    report = json.loads((tmp_path / "pareto.json").read_text())
+    assert report["cost_profile"] == name and report["table_provenance"]["cost_profile"]["name"] == name
+    digest = file_sha256(profiled_path)
+    assert pareto_main(args) == 0  # the recount is rewritten, byte for byte: same SHA-256, so nothing retrains
+    assert file_sha256(profiled_path) == digest
+    rerun = json.loads((tmp_path / "pareto.json").read_text())["train_seconds"]
+    assert rerun["trained"] == 0 and rerun["policies"] == 3
+    capsys.readouterr()
     assert live_main(["--policy", str(tmp_path / "policies" / "alpha-w0-seed0")]) == 2  # before SAFE is loaded
     assert f"carries cost profile '{name}'" in capsys.readouterr().err

@@ -167,6 +167,11 @@ def test_an_interrupted_build_resumes_to_the_same_table(table: OutcomeTable, mic
         build_table(cfg, checkpoint, "test", [4, 8], batch_size=8, repeats=2, partial=partial, save_every=1)
     with pytest.raises(ValueError, match="delete it to start over"):
         build_table(cfg, checkpoint, "test", [4, 16], batch_size=8, repeats=1, partial=partial, save_every=1)
+    with np.load(partial) as saved:
+        older = {name: saved[name] for name in saved.files if name != "text_tokens"}
+    np.savez(partial, **older)  # the same key, written before text tokens were recorded
+    with pytest.raises(ValueError, match=r"was written without \['text_tokens'\]; delete it to start over$"):
+        build_table(cfg, checkpoint, "test", [4, 8], batch_size=8, repeats=1, partial=partial, save_every=1)
     partial.write_bytes(partial.read_bytes()[: partial.stat().st_size // 2])  # e.g. a full disk before atomic writes
     with pytest.raises(ValueError, match=rf"^{partial}: not a readable .npz file \(truncated or corrupt: .*; expected "
                                          r"a partial table written by stage_b-outcomes \(delete it to start over\)$"):
