@@ -17,7 +17,9 @@ Arrays (N questions, A actions, D features):
 - `confidence` (optional): (N,) in [0, 1], the base model's no-audio probability of its first answer
   token, a feature a policy may buy (see `charged_costs`);
 - `latency_repeats_ms` (optional): (N, A, R) finite and > 0, the R timed repeats behind each
-  `latency_ms` cell, which must be their median (tables built before it have `latency_ms` only).
+  `latency_ms` cell, which must be their median (tables built before it have `latency_ms` only);
+- `text_tokens` (optional): (N,) integers >= 0, the prompt's tokens that are not image placeholders, so a
+  cost profile (stage_b.cost_profiles) can count the same question on another base model.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from shared.metrics import CORRECT
 
 FAMILIES = ("visual", "audio", "audio_visual")
 KEYS = ("ids", "family", "qtype", "actions", "score", "gflops", "latency_ms", "features", "provenance")
-OPTIONAL_KEYS = ("confidence", "latency_repeats_ms")
+OPTIONAL_KEYS = ("confidence", "latency_repeats_ms", "text_tokens")
 DEFAULT_TABLE = "runs/stage_a/outcomes_test.npz"  # what `stage_b-outcomes` writes for the default `stage_a-train` run
 BUILD_HINT = ("build one with `stage_b-outcomes --checkpoint DIR --split S` (without arguments it reads the default "
               f"`stage_a-train` run in runs/stage_a and writes {DEFAULT_TABLE})")
@@ -55,6 +57,7 @@ class OutcomeTable:
     provenance: dict
     confidence: np.ndarray | None = None
     latency_repeats_ms: np.ndarray | None = None
+    text_tokens: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self._validate("OutcomeTable")
@@ -124,6 +127,12 @@ class OutcomeTable:
                 raise ValueError(f"{source}: 'confidence' has shape {confidence.shape} and {int(bad.sum())} values "
                                  f"outside [0, 1]; expected ({n},) probabilities")
             self.confidence = confidence
+        if self.text_tokens is not None:
+            tokens = np.asarray(self.text_tokens)
+            if tokens.shape != (n,) or tokens.dtype.kind not in "iu" or (tokens < 0).any():
+                raise ValueError(f"{source}: 'text_tokens' has shape {tokens.shape} dtype {tokens.dtype} "
+                                 f"(minimum {tokens.min() if tokens.size else None}); expected ({n},) integers >= 0")
+            self.text_tokens = tokens.astype(np.int64)
         if self.latency_repeats_ms is not None:
             self.latency_repeats_ms = self._checked_repeats(source, np.asarray(self.latency_repeats_ms))
         if not isinstance(self.provenance, dict):

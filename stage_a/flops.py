@@ -20,6 +20,10 @@ Total for one question, S = prompt tokens (text + image placeholders), k audio t
              = base(S) + lora(S) + bridge(k, S, T) + encoder  if k >= 1
   lora(S) is there even without audio: the SafeModel wrapper evaluates the LoRA branches on every call and
   multiplies them by zero when no sample carries audio (exact, but not free), so that is what is charged.
+  `flops_parts` gives the four terms separately. The bridge and LoRA terms depend only on a `BridgeShape` (the
+  projector's Linear sizes, fusion mode, rank and block count, the LoRA Linear sizes): `BridgeShape.of` reads it
+  from a built SafeModel, and a bridge described by numbers (a cost profile, stage_b.cost_profiles) is counted by
+  the same `*_shape_flops` functions without building anything.
 
 base(S) = vision + connector + LM(S):
   ViT (CLIP, BLIP-2 vision) with patches P = (image/patch)^2, N = P + 1 tokens (CLS), width d, MLP m, L layers:
@@ -65,6 +69,7 @@ the fused-CLAP variant (enable_fusion=True) and encoder-decoder (T5) BLIP-2 lang
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -156,33 +161,77 @@ def base_prefill_flops(base_model_or_config: Any, prompt_tokens: int, all_logits
     return vision + connector + lm_flops(text, prompt_tokens, all_logits)
 
 
-def projector_flops(safe_model: nn.Module, k: int, audio_frames: int) -> float:
+@dataclass(frozen=True)
+class BridgeShape:
+    """A SAFE bridge as the numbers its FLOPs depend on, read from a built SafeModel (`of`) or given as data."""
+
+    audio_dim: int                          # C, the encoder's frame width
+    projector: tuple[tuple[int, int], ...]  # (in, out) of each projector Linear, in order: (C + 16, ..), .., (.., H)
+    fusion_mode: str                        # "cross_attention" | "prefix"
+    fusion_rank: int                        # r of every fusion block (unused in prefix mode)
+    fusion_blocks: int                      # fusion blocks (0 in prefix mode)
+    lora: tuple[tuple[int, int], ...] = ()  # (in, out) of every lora_A and lora_B Linear in the LM
+
+    @classmethod
+    def of(cls, safe_model: nn.Module) -> BridgeShape:
+        """The shape of a built SafeModel."""
+        prefix = isinstance(safe_model.fusion, PrefixSplicer)
+        return cls(audio_dim=safe_model.projector.config.audio_dim,
+                   projector=tuple((m.in_features, m.out_features) for m in safe_model.projector.mlp
+                                   if isinstance(m, nn.Linear)),
+                   fusion_mode="prefix" if prefix else "cross_attention",
+                   fusion_rank=safe_model.bridge_config.fusion.rank,
+                   fusion_blocks=0 if prefix else len(safe_model.fusion.layer_indices),
+                   lora=lora_shapes(safe_model.base))
+
+
+def lora_shapes(base: nn.Module) -> tuple[tuple[int, int], ...]:
+    """(in, out) of every peft LoRA branch Linear (lora_A and lora_B) in `base`; () without LoRA."""
+    return tuple((m.in_features, m.out_features) for name, m in base.named_modules()
+                 if isinstance(m, nn.Linear) and (".lora_A." in name or ".lora_B." in name))
+
+
+def projector_shape_flops(shape: BridgeShape, k: int, audio_frames: int) -> float:
     """The audio projector: segment averaging over the frames, then its MLP over the k tokens."""
-    linears = [m for m in safe_model.projector.mlp if isinstance(m, nn.Linear)]
-    pooling = 2.0 * k * audio_frames * safe_model.projector.config.audio_dim
-    return pooling + sum(lin(k, m.in_features, m.out_features) for m in linears)
+    return 2.0 * k * audio_frames * shape.audio_dim + sum(lin(k, d_in, d_out) for d_in, d_out in shape.projector)
+
+
+def lora_shape_flops(shapes: tuple[tuple[int, int], ...], positions: int) -> float:
+    """LoRA branches (lora_A then lora_B Linears of the given shapes) over `positions` tokens."""
+    return sum(lin(positions, d_in, d_out) for d_in, d_out in shapes)
+
+
+def bridge_shape_flops(shape: BridgeShape, text: Any, k: int, prompt_tokens: int, audio_frames: int,
+                       all_logits: bool = True) -> float:
+    """What audio with k tokens adds to the no-audio call on an LM of config `text`: projector, fusion (or prefix
+    positions and their LoRA)."""
+    if k == 0:
+        return 0.0
+    total = projector_shape_flops(shape, k, audio_frames)
+    if shape.fusion_mode == "prefix":
+        longer = prompt_tokens + k
+        total += lm_flops(text, longer, all_logits) - lm_flops(text, prompt_tokens, all_logits)
+        return total + lora_shape_flops(shape.lora, longer) - lora_shape_flops(shape.lora, prompt_tokens)
+    s, hidden, rank = prompt_tokens, text.hidden_size, shape.fusion_rank
+    block = lin(s, hidden, rank) + 2 * lin(k, hidden, rank) + att(s, k, rank) + lin(s, rank, hidden)
+    return total + shape.fusion_blocks * block
+
+
+def projector_flops(safe_model: nn.Module, k: int, audio_frames: int) -> float:
+    """The audio projector of a built SafeModel (`projector_shape_flops`)."""
+    return projector_shape_flops(BridgeShape.of(safe_model), k, audio_frames)
 
 
 def lora_flops(base: nn.Module, positions: int) -> float:
     """peft LoRA branches (lora_A then lora_B) on LM projections over `positions` tokens; 0 without LoRA."""
-    return sum(lin(positions, m.in_features, m.out_features) for name, m in base.named_modules()
-               if isinstance(m, nn.Linear) and (".lora_A." in name or ".lora_B." in name))
+    return lora_shape_flops(lora_shapes(base), positions)
 
 
 def bridge_flops(safe_model: nn.Module, k: int, prompt_tokens: int, audio_frames: int,
                  all_logits: bool = True) -> float:
-    """What audio with k tokens adds to the no-audio call: projector, fusion (or prefix positions and their LoRA)."""
-    if k == 0:
-        return 0.0
-    text = safe_model.base.config.text_config
-    total = projector_flops(safe_model, k, audio_frames)
-    if isinstance(safe_model.fusion, PrefixSplicer):
-        longer = prompt_tokens + k
-        total += lm_flops(text, longer, all_logits) - lm_flops(text, prompt_tokens, all_logits)
-        return total + lora_flops(safe_model.base, longer) - lora_flops(safe_model.base, prompt_tokens)
-    s, hidden, rank = prompt_tokens, text.hidden_size, safe_model.bridge_config.fusion.rank
-    block = lin(s, hidden, rank) + 2 * lin(k, hidden, rank) + att(s, k, rank) + lin(s, rank, hidden)
-    return total + len(safe_model.fusion.layer_indices) * block
+    """What audio with k tokens adds to a built SafeModel's no-audio call (`bridge_shape_flops`)."""
+    return bridge_shape_flops(BridgeShape.of(safe_model), safe_model.base.config.text_config, k, prompt_tokens,
+                              audio_frames, all_logits)
 
 
 def clap_flops(config: Any) -> float:
@@ -218,11 +267,14 @@ def whisper_mel_flops(extractor: Any) -> float:
     return lin(extractor.n_samples // extractor.hop_length, extractor.n_fft // 2 + 1, extractor.feature_size)
 
 
-def encoder_flops(encoder: Any) -> float:
-    """A frozen audio encoder (shared.encoders Clap/Whisper/Both, a ClapModel, a WhisperModel or their configs)."""
+def encoder_flops(encoder: Any, extractor: Any = None) -> float:
+    """A frozen audio encoder (shared.encoders Clap/Whisper/Both, a ClapModel, a WhisperModel or their configs).
+
+    `extractor`: the feature extractor run before the network, when `encoder` does not hold it (e.g. a
+    WhisperFeatureExtractor beside a WhisperConfig); shared.encoders.WhisperEncoder holds its own."""
     if hasattr(encoder, "parts"):
         return sum(encoder_flops(part) for part in encoder.parts)
-    extractor = getattr(encoder, "extractor", None)  # shared.encoders.WhisperEncoder runs its mel front end in torch
+    extractor = extractor or getattr(encoder, "extractor", None)  # WhisperEncoder runs its mel front end in torch
     front = whisper_mel_flops(extractor) if hasattr(extractor, "mel_filters") else 0.0
     for attr in ("model", "encoder"):  # ClapEncoder.model, WhisperEncoder.encoder, WhisperModel.encoder
         inner = getattr(encoder, attr, None)
@@ -238,10 +290,19 @@ def encoder_flops(encoder: Any) -> float:
     raise ValueError(f"cannot count the FLOPs of {type(encoder).__name__}; expected a CLAP or Whisper encoder")
 
 
+def flops_parts(base_config: Any, shape: BridgeShape, encoder: float, k: int, prompt_tokens: int,
+                audio_frames: int, all_logits: bool = True) -> dict[str, float]:
+    """One question by part: "base" prefill, "lora" branches, and with k >= 1 "bridge" and `encoder` (its FLOPs)."""
+    audio = k >= 1
+    return {"base": base_prefill_flops(base_config, prompt_tokens, all_logits),
+            "lora": lora_shape_flops(shape.lora, prompt_tokens),
+            "bridge": bridge_shape_flops(shape, base_config.text_config, k, prompt_tokens, audio_frames, all_logits),
+            "encoder": encoder if audio else 0.0}
+
+
 def safe_flops(safe_model: nn.Module, encoder: Any, k: int, prompt_tokens: int, audio_frames: int,
                all_logits: bool = True) -> float:
     """One question: the no-audio call (base prefill + LoRA branches), plus bridge and encoder when k >= 1."""
-    call = base_prefill_flops(safe_model.base, prompt_tokens, all_logits) + lora_flops(safe_model.base, prompt_tokens)
-    if k == 0:
-        return call
-    return call + bridge_flops(safe_model, k, prompt_tokens, audio_frames, all_logits) + encoder_flops(encoder)
+    parts = flops_parts(safe_model.base.config, BridgeShape.of(safe_model), encoder_flops(encoder) if k else 0.0, k,
+                        prompt_tokens, audio_frames, all_logits)
+    return sum(parts.values())

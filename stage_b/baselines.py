@@ -45,7 +45,7 @@ from stage_b import bandit
 from stage_b.evaluate import point
 
 if TYPE_CHECKING:
-    from stage_b.pareto import ParetoConfig
+    from stage_b.sweep_config import ParetoConfig
 
 log = logging.getLogger(__name__)
 

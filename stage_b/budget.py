@@ -45,7 +45,7 @@ from stage_b.latency import PERCENTILES
 from stage_b.train import PolicyConfig
 
 if TYPE_CHECKING:
-    from stage_b.pareto import ParetoConfig
+    from stage_b.sweep_config import ParetoConfig
 
 BUDGET_COLUMNS = ("budget", "method", "seed", "accuracy", "gflops_per_query", "latency_ms", "audio_rate",
                   "forced_rate", *PERCENTILES)

@@ -82,10 +82,11 @@ def dominance(g: float, acc: float, learned_g: np.ndarray, learned_acc: np.ndarr
 
 def matched_accuracy_saving(learned_g: np.ndarray, learned_acc: np.ndarray, target_acc: float, g_full: float,
                             g_never: float, tolerance: float = MATCH_TOLERANCE) -> dict | None:
-    """The cheapest learned point with accuracy >= target - tolerance, and its audio-compute saving.
+    """The cheapest learned point with accuracy >= target - tolerance, and its audio and total compute savings.
 
     saving = 1 - (g - g_never) / (g_full - g_never): the share of the audio compute of the full
-    policy (always the most tokens) that the learned point does without. None if no point qualifies.
+    policy (always the most tokens) that the learned point does without; total_saving = 1 - g / g_full:
+    the share of all its compute (base model included). None if no point qualifies.
     """
     learned_g, learned_acc = np.asarray(learned_g, dtype=np.float64), np.asarray(learned_acc, dtype=np.float64)
     ok = np.flatnonzero(learned_acc >= target_acc - tolerance)
@@ -94,7 +95,8 @@ def matched_accuracy_saving(learned_g: np.ndarray, learned_acc: np.ndarray, targ
     best = ok[np.argmin(learned_g[ok])]
     return {"gflops": float(learned_g[best]), "accuracy": float(learned_acc[best]),
             "target_accuracy": float(target_acc), "tolerance": tolerance,
-            "saving": float(1.0 - (learned_g[best] - g_never) / (g_full - g_never)) if g_full > g_never else None}
+            "saving": float(1.0 - (learned_g[best] - g_never) / (g_full - g_never)) if g_full > g_never else None,
+            "total_saving": float(1.0 - learned_g[best] / g_full)}
 
 
 def oracle_choice(score: np.ndarray, cost: np.ndarray, weight: float) -> np.ndarray:

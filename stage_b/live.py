@@ -13,7 +13,8 @@ live confidence is from the table's): the check that table mode is faithful.
 `stage_b-live --policy DIR` runs it (exit 1 if live accuracy falls outside table mode's 95% CI),
 rebuilding the model from the preset and overrides recorded in the table's provenance; like
 `stage_b-eval`, it refuses a table of another Stage A checkpoint than the policy's unless
-`--allow-other-table`, before any model is loaded.
+`--allow-other-table`, before any model is loaded, and a table recounted under a cost profile
+(stage_b.cost_profiles): its GFLOPs are another model's, not those of the models live mode runs.
 """
 
 from __future__ import annotations
@@ -27,12 +28,13 @@ from pathlib import Path
 import numpy as np
 
 from envs.outcome_table import OutcomeTable
-from shared.cli import ArgumentParser, check_keys, check_number, console
+from shared.cli import ArgumentParser, InputError, check_keys, check_number, console
 from shared.config import load_config
 from shared.logs import setup_logging
 from shared.stats import mean_ci
 from stage_a.checkpointing import bridge_folder
 from stage_a.config import TrainConfig
+from stage_b.cost_profiles import EMBEDDED
 from stage_b.evaluate import SavedPolicy, add_allow_other_table, add_trust_pickle
 from stage_b.runner import SafeRunner
 
@@ -145,6 +147,10 @@ def main(argv: list[str] | None = None) -> int:
     evaluation = policy.evaluation_rows(None, args.allow_other_table)  # checked before SAFE is loaded
     provenance = evaluation[0].provenance
     check_keys(f"the provenance of outcome table {policy.config.table}", provenance, PROVENANCE_KEYS)
+    profile = provenance.get("cost_profile", {}).get("name", EMBEDDED)
+    if profile != EMBEDDED:
+        raise InputError(f"outcome table {policy.config.table} carries cost profile {profile!r} (another model's "
+                         "GFLOPs); live mode runs the table's own models, so it needs the table stage_b-outcomes wrote")
     cfg = load_config(TrainConfig, provenance["preset"], provenance.get("overrides", {}))
     bridge = bridge_folder(Path(provenance["checkpoint"]))  # checked before the model loads
     runner = SafeRunner(cfg, bridge, provenance["split"])

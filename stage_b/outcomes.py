@@ -10,7 +10,9 @@ For every question of a split and every action (no audio, or audio with k tokens
   greedy generation divided by the batch's questions, plus for audio actions repeat r of the
   encoder's time per clip (a batch of full windows); every question of a batch shares its values;
 - `latency_ms`: the median of those repeats per question and action;
-- `confidence`: the base model's no-audio probability of its first answer token.
+- `confidence`: the base model's no-audio probability of its first answer token;
+- `text_tokens`: each prompt's tokens that are not image placeholders (stage_b.cost_profiles recounts the
+  question on a real base model from it).
 Features known before the decision go in `features`: the mean LM input embedding of the
 question, per-channel image mean and std, and audio-preview statistics (duration, RMS energy,
 zero-crossing rate, spectral centroid). The table is an .npz (no pickle) read by envs.OutcomeTable.
@@ -46,6 +48,7 @@ from stage_b.runner import SafeRunner
 
 log = logging.getLogger(__name__)
 ENCODER_BATCH = 8
+STATE_ARRAYS = ("score", "gflops", "latency_ms", "latency_repeats_ms", "confidence", "text_tokens")  # partial table
 
 
 def encoder_ms_per_clip(runner: SafeRunner, repeats: int) -> np.ndarray:
@@ -84,6 +87,9 @@ def _resume(partial: Path, key: dict) -> dict[str, np.ndarray] | None:
     saved = json.loads(state.pop("key").item()) if "key" in state else None
     if saved != key:
         raise ValueError(f"{partial} holds a partial table for {saved}, not {key}; delete it to start over")
+    missing = [name for name in ("done", *STATE_ARRAYS, "features") if name not in state]
+    if missing:
+        raise ValueError(f"{partial} was written without {missing}; delete it to start over")
     log.info("resuming %s: %d of %d questions already done", partial, int(state["done"]), key["rows"])
     return state
 
@@ -106,11 +112,10 @@ def build_table(cfg: TrainConfig, checkpoint: Path, split: str, ks: list[int], b
     key = {"checkpoint_hash": digest, "split": split, "actions": actions, "rows": n, "batch_size": batch_size,
            "repeats": repeats}
     state = (_resume(partial, key) if partial else None) or {
-        "done": np.array(0), "confidence": np.zeros(n, np.float32),
+        "done": np.array(0), "confidence": np.zeros(n, np.float32), "text_tokens": np.zeros(n, np.int64),
         **{name: np.zeros((n, len(actions)), np.float32) for name in ("score", "gflops", "latency_ms")},
         "latency_repeats_ms": np.zeros((n, len(actions), repeats), np.float32)}
-    score, gflops, latency, repeated, confidence = (state[name] for name in ("score", "gflops", "latency_ms",
-                                                                             "latency_repeats_ms", "confidence"))
+    score, gflops, latency, repeated, confidence, text_tokens = (state[name] for name in STATE_ARRAYS)
     features = [state["features"]] if "features" in state else []
     starts = range(int(state["done"]), n, batch_size)
     for step, begin in enumerate(tqdm(starts, desc="outcomes", unit="batch"), start=1):
@@ -129,11 +134,11 @@ def build_table(cfg: TrainConfig, checkpoint: Path, split: str, ks: list[int], b
             latency[rows, a] = np.median(per_repeat)
             if k == 0:
                 confidence[rows] = first_token.numpy()
+        text_tokens[rows] = runner.text_tokens(batch)
         features.append(runner.features(batch, rows))
         if partial and step % save_every == 0 and rows[-1] + 1 < n:
-            atomic_write_npz(partial, {"key": np.array(json.dumps(key)), "done": np.array(rows[-1] + 1),
-                                       "score": score, "gflops": gflops, "latency_ms": latency,
-                                       "latency_repeats_ms": repeated, "confidence": confidence,
+            arrays = dict(zip(STATE_ARRAYS, (score, gflops, latency, repeated, confidence, text_tokens)))
+            atomic_write_npz(partial, {"key": np.array(json.dumps(key)), "done": np.array(rows[-1] + 1), **arrays,
                                        "features": np.concatenate(features)})
     provenance = {"checkpoint": str(checkpoint), "checkpoint_hash": digest, "split": split, "actions": actions,
                   "manifest": runner.setup.paths[split], "encoder_gflops": runner.encoder_gflops,
@@ -144,7 +149,8 @@ def build_table(cfg: TrainConfig, checkpoint: Path, split: str, ks: list[int], b
     return OutcomeTable(ids=np.array([s.id for s in samples]), family=np.array([s.family for s in samples]),
                         qtype=np.array([s.qtype for s in samples]), actions=np.array(actions, dtype=np.int64),
                         score=score, gflops=gflops, latency_ms=latency, features=np.concatenate(features),
-                        provenance=provenance, confidence=confidence, latency_repeats_ms=repeated)
+                        provenance=provenance, confidence=confidence, latency_repeats_ms=repeated,
+                        text_tokens=text_tokens)
 
 
 @console("stage_b-outcomes")

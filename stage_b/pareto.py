@@ -34,6 +34,13 @@ skipped, with a logged warning and `baselines.skipped` in pareto.json, on a tabl
 `confidence` column; requested by name there it is an error before any training. Baselines are
 refitted on every run (seconds), never saved.
 
+With `--cost-profile NAME` (stage_b.cost_profiles) the table's compute is recounted for real models first
+(`ParetoConfig.profiled`): the recounted copy (OUT/tables/<table file>, and the `--split` table beside it) is
+the sweep's table, so the derived weight grids, the reward scale, every policy, baseline and budget, and
+`gflops_per_query` are the profile's; it is rewritten with the same bytes on a rerun, so finished policies are
+reused as above. Its latency stays the embedded machine's measurement, so a non-embedded profile takes only the
+alpha component (the default there; gamma and both are refused). pareto.json names the profile (`cost_profile`).
+
 OUT/pareto.csv has the columns in `COLUMNS`. `alpha`, `gamma`, `seed` are the reward weights and
 seed for `ppo-*`, `random-*`, `supervised-*` and `bandit-*` rows, and the weight (alpha = w,
 gamma = 0) for `oracle-frontier` rows; a field that does not apply (static, oracle and cascade
@@ -61,108 +68,32 @@ import statistics
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass
-from functools import cached_property
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from envs.audio_budget import BUDGET
-from envs.outcome_table import DEFAULT_TABLE, OutcomeTable
+from envs.outcome_table import OutcomeTable
 from shared.benchmark import machine_info
 from shared.checkpoint import atomic_write_text
-from shared.cli import ArgumentParser, InputError, check_number, console, name_list, number_list
+from shared.cli import console
 from shared.loading import file_sha256, load_json
 from shared.logs import setup_logging
-from stage_b.baselines import BASELINES, select_baselines, sweep_baselines
+from stage_b.baselines import select_baselines, sweep_baselines
 from stage_b.budget import BUDGET_COLUMNS, budget_policies, run_budgets
+from stage_b.cost_profiles import EMBEDDED
 from stage_b.evaluate import SavedPolicy, point
 from stage_b.frontier import oracle_choice, oracle_frontier, summarize_sweep
 from stage_b.latency import PERCENTILES, frontier_percentiles, latency_source
 from stage_b.plot import AXES, plot_pareto
+from stage_b.sweep_config import ParetoConfig, parse_sweep
 from stage_b.train import PolicyConfig, train_policy
-from stage_b.weight_grid import derive_grids
 
 log = logging.getLogger(__name__)
 
-COMPONENTS = {"alpha": (1.0, 0.0), "gamma": (0.0, 1.0), "both": (1.0, 1.0)}  # (alpha, gamma) per unit weight
 COLUMNS = ("method", "alpha", "gamma", "seed", "accuracy", "gflops_per_query", "latency_ms", "audio_rate",
            *PERCENTILES)
-
-
-def weighted(component: str, weight: float) -> tuple[float, float]:
-    """(alpha, gamma) of `component` at weight `weight`."""
-    return COMPONENTS[component][0] * weight, COMPONENTS[component][1] * weight
-
-
-@dataclass
-class ParetoConfig:
-    """One `stage_b-pareto` sweep: table, output folder, weights (None: derived per component), seeds, components,
-    PPO budget, baselines, episode compute budgets and plot axis."""
-
-    table: Path
-    out: Path
-    weights: tuple[float, ...] | None = None
-    seeds: tuple[int, ...] = (0, 1, 2)
-    components: tuple[str, ...] = tuple(COMPONENTS)
-    timesteps: int = 100_000
-    n_envs: int = 8
-    workers: int = 2
-    split: str | None = None
-    confidence: bool = False
-    baselines: tuple[str, ...] | None = None  # None: every baseline the table allows (stage_b.baselines)
-    budgets: tuple[float, ...] = ()
-    axis: str = "gflops"
-
-    def __post_init__(self) -> None:
-        if self.weights == () or not self.seeds:
-            raise ValueError(f"--alphas is {self.weights} and --seeds {list(self.seeds)}; expected values in both")
-        for weight in self.weights or ():
-            check_number("--alphas item", weight, ge=0)
-        if self.axis not in AXES:
-            raise ValueError(f"--axis is {self.axis!r}; expected one of {list(AXES)}")
-        for seed in self.seeds:
-            check_number("--seeds item", seed, ge=0, integer=True)
-        unknown = [c for c in self.components if c not in COMPONENTS]
-        if not self.components or unknown:
-            raise ValueError(f"--components has {unknown or 'no values'}; expected a subset of {list(COMPONENTS)}")
-        for flag, value in (("--timesteps", self.timesteps), ("--n-envs", self.n_envs), ("--workers", self.workers)):
-            check_number(flag, value, ge=1, integer=True)
-        unknown = [b for b in self.baselines or () if b not in BASELINES]
-        if unknown:
-            raise ValueError(f"--baselines has {unknown}; expected a subset of {list(BASELINES)} (or none)")
-        for budget in self.budgets:
-            check_number("--budget item", budget, **BUDGET)
-        if self.budgets and self.confidence:
-            raise InputError("--budget with --confidence is not supported: the confidence's base run changes the "
-                             "maximum compute a budget is a fraction of, so PPO and the static policies it is compared "
-                             "with would get different budgets; expected one of the two flags")
-        self.table = self.table.resolve()
-
-    @cached_property
-    def weight_grids(self) -> dict[str, dict]:
-        """Component -> {"source", "weights", ...}: `--alphas` for every component, or each one's grid derived on the
-        training rows and reward scale that every policy of the sweep shares (those of its first policy)."""
-        if self.weights is not None:
-            return {c: {"source": "--alphas", "weights": sorted(set(self.weights))} for c in self.components}
-        return derive_grids(OutcomeTable.load(self.table), self.policy(self.components[0], 0.0, 0),
-                            {c: COMPONENTS[c] for c in self.components})
-
-    def grid(self) -> list[tuple[str, float, float, float]]:
-        """(component, weight, alpha, gamma) of every point of the sweep, by component then weight (`weight_grids`)."""
-        return [(c, w, *weighted(c, w)) for c in self.components for w in self.weight_grids[c]["weights"]]
-
-    def policy(self, component: str, weight: float, seed: int) -> PolicyConfig:
-        """The training config of one policy of the sweep."""
-        alpha, gamma = weighted(component, weight)
-        return PolicyConfig(str(self.table), alpha=alpha, gamma=gamma, confidence=self.confidence, seed=seed,
-                            timesteps=self.timesteps, n_envs=self.n_envs)
-
-    def policies(self) -> dict[str, PolicyConfig]:
-        """Folder name (<component>-w<weight>-seed<seed>) -> training config, for every policy of the sweep."""
-        return {f"{c}-w{w:g}-seed{s}": self.policy(c, w, s) for c, w, _, _ in self.grid()
-                for s in sorted(set(self.seeds))}
 
 
 def _init_worker() -> None:
@@ -301,6 +232,7 @@ def run_sweep(sweep: ParetoConfig) -> dict:
     """Train, evaluate, analyse and plot; writes pareto.csv, pareto.json and the plot(s) (with budgets also
     budget.csv and budget.png) and returns the JSON."""
     start = time.perf_counter()
+    sweep = sweep.profiled()  # under a cost profile, everything below sees the recounted table
     train_table = OutcomeTable.load(sweep.table)  # a missing table, or a cascade it cannot run, fails before training
     baselines, skipped = select_baselines(sweep.baselines, train_table, sweep.table)
     budgeted = budget_policies(sweep)
@@ -310,7 +242,8 @@ def run_sweep(sweep: ParetoConfig) -> dict:
     rows += baseline_rows
     write_csv(rows, sweep.out / "pareto.csv")
     split, kind = table.provenance.get("split"), "held-out" if sweep.split is None else "all"
-    where = f"split {split}, {len(eval_rows)} questions ({kind} rows)"
+    profile = "" if sweep.cost_profile == EMBEDDED else f", cost profile {sweep.cost_profile}"
+    where = f"split {split}, {len(eval_rows)} questions ({kind} rows){profile}"
     for axis in dict.fromkeys(("gflops", sweep.axis)):
         plot_pareto(rows, sweep.out / AXES[axis][3], f"Stage B Pareto frontier: {where}", axis)
     budget = {}
@@ -320,7 +253,8 @@ def run_sweep(sweep: ParetoConfig) -> dict:
         write_csv(budget_rows, sweep.out / "budget.csv", BUDGET_COLUMNS)
     seconds = [r["train_seconds"] for r in results.values()]
     report = {
-        "out": str(sweep.out), "table": str(sweep.table), "split": split, "rows": kind, "n": len(eval_rows),
+        "out": str(sweep.out), "table": str(sweep.table), "cost_profile": sweep.cost_profile, "split": split,
+        "rows": kind, "n": len(eval_rows),
         **summarize_sweep(rows, sweep.components),
         "baselines": {"run": list(baselines), "skipped": skipped, **baseline_report},
         "train_seconds": {"median": statistics.median(seconds), "sum": round(sum(seconds), 1),
@@ -343,54 +277,22 @@ def headline(report: dict) -> dict:
     saving = report["matched_accuracy_saving"]["any"]
     budget = {"budget": [{key: p[key] for key in ("budget", "ppo_accuracy", "ppo_accuracy_std", "best_static")}
                          for p in report["budget"]["points"]]} if "budget" in report else {}
-    return {"out": report["out"], "n": report["n"], "hypervolume": report["hypervolume"],
+    return {"out": report["out"], "cost_profile": report["cost_profile"], "n": report["n"],
+            "hypervolume": report["hypervolume"],
             "hypervolume_ratio_to_oracle": report["hypervolume_ratio_to_oracle"],
             "ppo_minus_baseline_hypervolume": {b: {p: {k: d[k] for k in ("mean_diff", "ci95")} for p, d in ppo.items()}
                                                for b, ppo in report["ppo_minus_baseline_hypervolume"].items()},
             "dominated": report["dominated"],
-            "matched_accuracy_saving": saving and {k: saving[k] for k in ("saving", "gflops", "accuracy")},
+            "matched_accuracy_saving": saving and {k: saving[k] for k in ("saving", "total_saving", "gflops",
+                                                                          "accuracy")},
             "train_seconds_median": report["train_seconds"]["median"],
             "wall_seconds": report["sweep"]["wall_seconds"], **budget}
 
 
 @console("stage_b-pareto")
 def main(argv: list[str] | None = None) -> int:
-    parser = ArgumentParser(prog="stage_b-pareto", description=__doc__.splitlines()[0])
-    parser.add_argument("--table", type=Path, default=Path(DEFAULT_TABLE),
-                        help=f"outcome table (.npz) from stage_b-outcomes (default: {DEFAULT_TABLE})")
-    parser.add_argument("--out", type=Path, default=Path("runs") / "stage_b" / "pareto")
-    parser.add_argument("--alphas", default=None,
-                        help="comma-separated reward weights w, used by every component (default: each component's "
-                             "grid derived from the table, from 0 to where the oracle skips audio)")
-    parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--components", default=",".join(COMPONENTS),
-                        help="alpha (compute), gamma (latency), both (alpha = gamma = w)")
-    parser.add_argument("--timesteps", type=int, default=100_000)
-    parser.add_argument("--n-envs", type=int, default=8)
-    parser.add_argument("--workers", type=int, default=2, help="training processes")
-    parser.add_argument("--confidence", action="store_true",
-                        help="policies observe the no-audio confidence and pay for it (so do their random twins)")
-    parser.add_argument("--split", default=None,
-                        help="evaluate on all of outcomes_<split>.npz beside the table (default: held-out rows)")
-    parser.add_argument("--baselines", default=None,
-                        help=f"non-RL baselines, comma-separated from {','.join(BASELINES)}, or none (default: all; "
-                             "cascade only if the table has the no-audio confidence)")
-    parser.add_argument("--budget", default=None,
-                        help="comma-separated episode compute budgets, fractions of the maximum in (0, 1]: PPO "
-                             "policies (alpha = gamma = 0, the sweep's seeds) train under each, against the best "
-                             "static policy through the same budget (budget.csv, budget.png)")
-    parser.add_argument("--axis", default="gflops",
-                        help=f"x axis of a second plot, one of {list(AXES)}: latency_p95 also plots accuracy against "
-                             "p95 latency (pareto_latency_p95.png); pareto.png is always against GFLOPs")
-    args = parser.parse_args(argv)
+    sweep = parse_sweep(argv, __doc__.splitlines()[0])
     setup_logging()
-    baselines = None if args.baselines is None else name_list("--baselines", args.baselines, BASELINES, none="none")
-    weights = None if args.alphas is None else number_list("--alphas", args.alphas, float)
-    sweep = ParetoConfig(args.table, args.out, weights, number_list("--seeds", args.seeds, int),
-                         tuple(c.strip() for c in args.components.split(",") if c.strip()), args.timesteps,
-                         args.n_envs, args.workers, args.split, args.confidence, baselines,
-                         () if args.budget is None else number_list("--budget", args.budget, float, **BUDGET),
-                         args.axis)
     report = run_sweep(sweep)
     print(json.dumps(headline(report), indent=2))
     return 0

@@ -23,6 +23,7 @@ from shared.features import pad_frames, valid_frames_encoder
 from stage_a.config import TrainConfig
 from stage_a.data import Batch
 from stage_a.flops import encoder_flops, safe_flops
+from stage_a.prefix import image_token_id
 from stage_a.setup import build_setup
 from stage_b.policy_features import audio_preview, feature_columns, query_features
 
@@ -50,6 +51,7 @@ class SafeRunner:
         self.encoder_gflops = encoder_flops(self.encoder) / 1e9
         self._gflops = functools.lru_cache(maxsize=None)(self._count_gflops)
         self._embed = self.model.base.get_input_embeddings()
+        self._image_id = image_token_id(self.model.base)
         self._previews: dict = {}
 
     def batch(self, rows: list[int]) -> Batch:
@@ -93,6 +95,13 @@ class SafeRunner:
         tokens = batch.inputs["attention_mask"].sum(1).tolist()
         frames = batch.frame_mask.sum(1).tolist()
         return [self._gflops(k, int(t), int(f)) for t, f in zip(tokens, frames)]
+
+    def text_tokens(self, batch: Batch) -> list[int]:
+        """Per row, its unpadded prompt's tokens that are not image placeholders (the question and template)."""
+        real = batch.inputs["attention_mask"].bool()
+        if self._image_id is not None:
+            real &= batch.inputs["input_ids"] != self._image_id
+        return real.sum(1).tolist()
 
     def _count_gflops(self, k: int, prompt_tokens: int, audio_frames: int) -> float:
         """The formula for one (k, prompt length, frames); memoised per runner as `_gflops` (few distinct values)."""

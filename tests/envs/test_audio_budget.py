@@ -18,7 +18,7 @@ from stable_baselines3.common.env_util import make_vec_env
 
 import envs
 from envs.audio_budget import AudioBudgetEnv
-from envs.outcome_table import OutcomeTable
+from envs.outcome_table import OPTIONAL_KEYS, OutcomeTable
 from envs.reward_scale import RewardScale
 
 
@@ -211,6 +211,19 @@ def test_load_errors(tmp_path: Path) -> None:
         OutcomeTable.load(tmp_path / "actions.npz")
     with pytest.raises(ValueError, match="stage_b-outcomes"):
         AudioBudgetEnv(tmp_path / "missing.npz")
+    for name, tokens in (("negative", np.array([3, -1] * 20)), ("float", np.full(40, 3.0)), ("short", np.ones(39, int))):
+        np.savez(tmp_path / f"{name}.npz", **{**arrays, "text_tokens": tokens})
+        with pytest.raises(ValueError, match=r"'text_tokens' has shape .*; expected \(40,\) integers >= 0"):
+            OutcomeTable.load(tmp_path / f"{name}.npz")
+
+
+def test_text_tokens_are_optional_and_round_trip(tmp_path: Path) -> None:
+    table = random_table()
+    assert OutcomeTable.load(saved(table, tmp_path)).text_tokens is None
+    table.text_tokens = np.arange(40, dtype=np.int32) % 7 + 9
+    loaded = OutcomeTable.load(saved(table, tmp_path, "with_tokens.npz"))
+    assert loaded.text_tokens.dtype == np.int64 and loaded.text_tokens.tolist() == table.text_tokens.tolist()
+    assert loaded.subset(np.array([5, 1])).text_tokens.tolist() == [14, 10]
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -465,6 +478,18 @@ def test_one_latency_outlier_leaves_the_gamma_frontier_unchanged(tmp_path: Path)
         planted.latency_ms = table.latency_ms.copy()
         planted.latency_ms[row, action] *= 1000
         assert 1.0 <= RewardScale.fit(planted, np.arange(60)).latency_ms / scale.latency_ms < 1.1, (row, action)
+
+
+def test_every_optional_column_together_is_saved_and_kept_by_subset(tmp_path: Path) -> None:
+    """confidence, latency_repeats_ms and text_tokens in one table: each round-trips and follows subset's rows."""
+    table = with_repeats(random_table(n=12))
+    table.confidence = np.linspace(0.1, 0.9, 12, dtype=np.float32)
+    table.text_tokens = np.arange(12) + 9
+    loaded = OutcomeTable.load(saved(table, tmp_path))
+    part = loaded.subset(np.array([7, 2]))
+    for key in OPTIONAL_KEYS:
+        np.testing.assert_array_equal(getattr(loaded, key), getattr(table, key), err_msg=key)
+        np.testing.assert_array_equal(getattr(part, key), getattr(table, key)[[7, 2]], err_msg=key)
 
 
 def test_reward_scale_records_are_checked() -> None:

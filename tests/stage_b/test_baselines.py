@@ -24,7 +24,7 @@ from stage_b.baselines import (
     sweep_baselines,
 )
 from stage_b.evaluate import point
-from stage_b.pareto import ParetoConfig, weighted
+from stage_b.sweep_config import ParetoConfig, weighted
 from stage_b.train import PolicyConfig
 
 GRID = [("alpha", 0.3, 0.0), ("gamma", 0.0, 0.3), ("alpha", 10.0, 0.0)]

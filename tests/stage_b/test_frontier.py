@@ -49,6 +49,7 @@ def test_matched_accuracy_saving() -> None:
     result = matched_accuracy_saving(g, acc, target_acc=0.80, g_full=0.10, g_never=0.02)
     # 0.795 and 0.81 are within 0.01 of 0.80; the cheaper, 0.05, uses (0.05 - 0.02) / (0.10 - 0.02) of the audio compute
     assert result["gflops"] == 0.05 and result["saving"] == pytest.approx(1 - 0.03 / 0.08)
+    assert result["total_saving"] == pytest.approx(1 - 0.05 / 0.10)  # of all compute, the no-audio base included
     assert matched_accuracy_saving(g, acc, target_acc=0.9, g_full=0.10, g_never=0.02) is None
     assert matched_accuracy_saving(g, acc, target_acc=0.8, g_full=0.02, g_never=0.02)["saving"] is None
 

@@ -33,6 +33,20 @@ def test_every_question_and_action_has_score_compute_and_latency(table: OutcomeT
     assert np.isfinite(table.features).all() and table.features.shape[0] == n
     assert table.provenance["split"] == "test" and len(table.provenance["checkpoint_hash"]) == 16
     assert table.confidence is not None and ((table.confidence > 0) & (table.confidence <= 1)).all()
+    assert table.text_tokens is not None and (table.text_tokens >= 1).all()
+
+
+def test_text_tokens_are_the_prompt_without_its_image_placeholders(table: OutcomeTable,
+                                                                   micro_paths: dict[str, str]) -> None:
+    """What cost profiles recount a question from: prompt length minus the base's image tokens, row by row."""
+    runner = SafeRunner(load_config(TrainConfig, "stage_a_micro", micro_paths),
+                        Path(table.provenance["checkpoint"]), "test")
+    batch = runner.batch(list(range(16)))
+    vision = runner.model.base.config.vision_config
+    image_tokens = (vision.image_size // vision.patch_size) ** 2
+    prompt = batch.inputs["attention_mask"].sum(1).numpy()
+    assert image_tokens > 1 and np.array_equal(prompt - runner.text_tokens(batch), [image_tokens] * 16)
+    assert np.array_equal(table.text_tokens[:16], runner.text_tokens(batch))
 
 
 def test_every_timed_repeat_is_kept_and_latency_is_their_median(table: OutcomeTable) -> None:
@@ -122,6 +136,8 @@ def test_table_round_trips_through_npz(table: OutcomeTable, tmp_path: Path) -> N
     table.save(tmp_path / "t.npz")
     again = OutcomeTable.load(tmp_path / "t.npz")
     assert np.array_equal(again.score, table.score) and again.provenance == table.provenance
+    assert np.array_equal(again.text_tokens, table.text_tokens)
+    assert np.array_equal(table.subset(np.array([2, 0])).text_tokens, table.text_tokens[[2, 0]])
 
 
 def test_an_interrupted_build_resumes_to_the_same_table(table: OutcomeTable, micro_paths: dict[str, str],
@@ -144,13 +160,18 @@ def test_an_interrupted_build_resumes_to_the_same_table(table: OutcomeTable, mic
     monkeypatch.setattr(SafeRunner, "features", original)
     resumed = build_table(cfg, checkpoint, "test", [4, 8], batch_size=8, repeats=1, partial=partial, save_every=1)
     whole = build_table(cfg, checkpoint, "test", [4, 8], batch_size=8, repeats=1)
-    for key in ("score", "gflops", "features", "confidence"):
+    for key in ("score", "gflops", "features", "confidence", "text_tokens"):
         np.testing.assert_array_equal(getattr(resumed, key), getattr(whole, key), err_msg=key)
     assert resumed.latency_repeats_ms.shape == (len(whole.ids), 3, 1) and (resumed.latency_repeats_ms > 0).all()
     with pytest.raises(ValueError, match="delete it to start over"):  # the partial table was timed with 1 repeat
         build_table(cfg, checkpoint, "test", [4, 8], batch_size=8, repeats=2, partial=partial, save_every=1)
     with pytest.raises(ValueError, match="delete it to start over"):
         build_table(cfg, checkpoint, "test", [4, 16], batch_size=8, repeats=1, partial=partial, save_every=1)
+    with np.load(partial) as saved:
+        older = {name: saved[name] for name in saved.files if name != "text_tokens"}
+    np.savez(partial, **older)  # the same key, written before text tokens were recorded
+    with pytest.raises(ValueError, match=r"was written without \['text_tokens'\]; delete it to start over$"):
+        build_table(cfg, checkpoint, "test", [4, 8], batch_size=8, repeats=1, partial=partial, save_every=1)
     partial.write_bytes(partial.read_bytes()[: partial.stat().st_size // 2])  # e.g. a full disk before atomic writes
     with pytest.raises(ValueError, match=rf"^{partial}: not a readable .npz file \(truncated or corrupt: .*; expected "
                                          r"a partial table written by stage_b-outcomes \(delete it to start over\)$"):

@@ -13,7 +13,8 @@ from envs.audio_budget import AudioBudgetEnv
 from envs.outcome_table import OutcomeTable
 from shared.loading import file_sha256
 from stage_b.evaluate import SavedPolicy, summarize
-from stage_b.pareto import COLUMNS, ParetoConfig, main, read_csv, run_sweep
+from stage_b.pareto import COLUMNS, main, read_csv, run_sweep
+from stage_b.sweep_config import ParetoConfig
 from stage_b.train import PolicyConfig
 
 TINY = ["--timesteps", "512", "--n-envs", "2", "--workers", "2", "--alphas", "0,0.5"]

@@ -11,7 +11,8 @@ import pytest
 from envs.outcome_table import OutcomeTable
 from shared.loading import file_sha256
 from stage_b.evaluate import SavedPolicy, evaluate_policy
-from stage_b.pareto import ParetoConfig, _needs_training
+from stage_b.pareto import _needs_training
+from stage_b.sweep_config import ParetoConfig
 from stage_b.train import PolicyConfig, train_policy
 
 TINY = {"timesteps": 1024, "n_envs": 2, "eval_every": 256}
