@@ -17,7 +17,11 @@ component's grid (unless `--alphas` is given) from the rows its policies train o
 - the grid's top is the smallest two-significant-digit number above max_i w_i, so at the top the
   oracle skips audio on every other training question; the grid below it keeps the spacing of
   the fixed grid used before (`GRID_SHAPE`, denser at small weights), scaled to the top and
-  rounded to three significant digits: nine weights from 0 to the top, the top included.
+  rounded to three significant digits: nine weights from 0 to the top, the top included;
+- one weight beyond, BEYOND x the top: at the top the oracle is indifferent on its last question, and
+  a policy that only estimates the outcomes still uses audio where it is nearly so; beyond it no audio
+  is better by a margin on every training question, so the learned frontier reaches the no-audio
+  point as well as the oracle's does.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from stage_b.train import PolicyConfig
 log = logging.getLogger(__name__)
 
 GRID_SHAPE = (0.0, 0.05, 0.1, 0.2, 0.35, 0.5, 0.7, 0.9, 1.2)  # the fixed grid used before; its spacing is kept
+BEYOND = 1.5  # the grid's last weight, as a multiple of its top
 
 
 def component_cost(table: OutcomeTable, rows: np.ndarray, config: PolicyConfig,
@@ -73,7 +78,7 @@ def derive_grid(score: np.ndarray, cost: np.ndarray, shape: tuple[float, ...] = 
                          "no weight makes the oracle skip audio; pass --alphas to choose the weights")
     largest = float(weights[reachable].max())
     top = round_up(largest) if largest > 0 else 0.0
-    grid = sorted({float(f"{top * s / shape[-1]:.3g}") for s in shape})
+    grid = sorted({float(f"{top * s / shape[-1]:.3g}") for s in (*shape, BEYOND * shape[-1])})
     return {"source": "derived", "weights": grid, "top": top, "largest_no_audio_weight": largest,
             "rows": len(weights), "unreachable_rows": int((~reachable).sum())}
 

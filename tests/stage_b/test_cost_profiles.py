@@ -292,9 +292,9 @@ def test_the_derived_grid_is_the_profiled_tables(table_path: Path, tmp_path: Pat
     rows, scale = config.rows(table).train, config.reward_scale(table)
     assert grid["scale"] == scale.to_json() and scale.gflops > 1000  # the profile's GFLOPs, not the embedded ones
     cost = table.gflops[rows] / scale.gflops
-    assert grid["unreachable_rows"] == 0 and grid["weights"][-1] == grid["top"]
+    assert grid["unreachable_rows"] == 0 and grid["weights"][-2] == grid["top"]
     assert (oracle_choice(table.score[rows], cost, grid["top"]) == 0).all()
-    assert (oracle_choice(table.score[rows], cost, grid["weights"][-2]) > 0).any()  # the top is where it happens
+    assert (oracle_choice(table.score[rows], cost, grid["weights"][-3]) > 0).any()  # the top is where it happens
     embedded = ParetoConfig(planted, tmp_path, seeds=(0,), components=("alpha",)).weight_grids["alpha"]
     assert grid["top"] > 100 * embedded["top"] > 0
     audio = oracle_choice(table.score[rows], cost, embedded["top"]) > 0

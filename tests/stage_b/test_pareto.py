@@ -16,6 +16,7 @@ from stage_b.evaluate import SavedPolicy, summarize
 from stage_b.pareto import COLUMNS, main, read_csv, run_sweep
 from stage_b.sweep_config import ParetoConfig
 from stage_b.train import PolicyConfig
+from stage_b.weight_grid import BEYOND
 
 TINY = ["--timesteps", "512", "--n-envs", "2", "--workers", "2", "--alphas", "0,0.5"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -280,10 +281,11 @@ def test_derived_gamma_grid_reaches_no_audio_on_machines_100x_apart(tmp_path: Pa
         sweep = ParetoConfig(path, tmp_path / name / "sweep", components=("gamma",))
         grid = sweep.weight_grids["gamma"]
         table = OutcomeTable.load(path)
-        assert grid["source"] == "derived" and grid["unreachable_rows"] == 0 and len(grid["weights"]) == 9
-        assert grid["weights"][0] == 0.0 and grid["weights"][-1] == grid["top"] > grid["largest_no_audio_weight"]
+        assert grid["source"] == "derived" and grid["unreachable_rows"] == 0 and len(grid["weights"]) == 10
+        assert grid["weights"][0] == 0.0 and grid["weights"][-2] == grid["top"] > grid["largest_no_audio_weight"]
+        assert grid["weights"][-1] == pytest.approx(BEYOND * grid["top"], rel=1e-3)  # one weight past the top
         assert _oracle_audio_rate(sweep, table, grid["top"]) == 0.0
-        assert _oracle_audio_rate(sweep, table, grid["weights"][-2]) > 0.0
+        assert _oracle_audio_rate(sweep, table, grid["weights"][-3]) > 0.0
         assert [k for k in sweep.policies()] == [f"gamma-w{w:g}-seed{s}" for w in grid["weights"] for s in (0, 1, 2)]
         tops[name] = grid["top"], _oracle_audio_rate(sweep, table, 1.2)
     assert tops["server"][0] > 1.2 and tops["server"][1] > 0.0  # the old fixed grid stops short of no audio there
@@ -309,7 +311,7 @@ def test_sweep_without_alphas_trains_the_derived_grid_and_plots_latency(table_pa
                  "--timesteps", "256", "--n-envs", "1", "--workers", "2", "--axis", "latency_p95"]) == 0
     report = json.loads((out / "pareto.json").read_text())
     grid = report["weight_grid"]["gamma"]
-    assert grid["source"] == "derived" and len(grid["weights"]) == 9 and grid["weights"][-1] == grid["top"]
+    assert grid["source"] == "derived" and len(grid["weights"]) == 10 and grid["weights"][-2] == grid["top"]
     assert grid["scale"] == PolicyConfig(str(table_path)).reward_scale(OutcomeTable.load(table_path)).to_json()
     assert report["sweep"]["weights"] == {"gamma": grid["weights"]}
     rows = read_csv(out / "pareto.csv")
