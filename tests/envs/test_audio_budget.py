@@ -491,13 +491,3 @@ def test_every_optional_column_together_is_saved_and_kept_by_subset(tmp_path: Pa
         np.testing.assert_array_equal(getattr(loaded, key), getattr(table, key), err_msg=key)
         np.testing.assert_array_equal(getattr(part, key), getattr(table, key)[[7, 2]], err_msg=key)
 
-
-def test_reward_scale_records_are_checked() -> None:
-    scale = RewardScale(2.0, 30.0)
-    assert RewardScale.from_json(scale.to_json()) == scale
-    with pytest.raises(ValueError, match="lacks \\['latency_ms'\\]"):
-        RewardScale.from_json({"gflops": 1.0})
-    for bad in (0.0, -1.0, float("nan"), True, "1"):
-        with pytest.raises(ValueError, match=f"reward scale 'gflops' is {re.escape(repr(bad))}; expected a finite "
-                                             "number > 0"):
-            RewardScale.from_json({"gflops": bad, "latency_ms": 1.0})
