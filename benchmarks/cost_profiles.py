@@ -16,9 +16,7 @@ The table must have the `text_tokens` column (stage_b-outcomes writes it). For e
 `seconds` is this run's wall time per profile (finished policies in `--runs` are reused: `train_seconds` keeps their
 training time). The grid is derived per profile because no fixed grid fits them all: the audio increment is about
 0.1 % of an action's compute under LLaVA-1.5 + CLAP and a quarter under Whisper-large-v3, so the weights that
-separate the actions differ by orders of magnitude. benchmarks/results/cost_profiles_smoke.json predates the derived
-grid (it was run on a fixed grid rescaled by each profile's largest audio increment, `weights_audio_units`:
-4 weights x 3 seeds x 20k steps, 807 s on 2 shared cores).
+separate the actions differ by orders of magnitude.
 """
 
 from __future__ import annotations
