@@ -23,7 +23,7 @@ from stage_b.cost_profiles import (
 )
 from stage_b.evaluate import evaluate_policy, summarize
 from stage_b.frontier import static_methods
-from stage_b.join import join_tables
+from stage_b.join import join_files, join_tables
 from stage_b.join import main as join_main
 from stage_b.live import main as live_main
 from stage_b.pareto import main as pareto_main
@@ -215,3 +215,23 @@ def test_an_unnamed_table_keeps_its_method_names_and_histogram_keys() -> None:
     assert static_methods(table.action_labels) == ["never", "always-k4", "always-k8", "always-k16"]
     histogram = summarize(table, np.arange(6), np.array([0, 3, 1, 3, 2, 0]))["actions"]
     assert histogram["visual"] == {"k0": 1, "k16": 1} and histogram["audio"] == {"k16": 1, "k8": 1}
+
+
+def test_the_micro_worlds_whisper_bridge_joins_its_clap_bridge(table_path: Path, micro_paths: dict[str, str],
+                                                               micro_world: Path, tmp_path: Path) -> None:
+    """End to end: a Whisper bridge on the micro world's frozen base, its outcome table (the encoder timed and
+    counted on its own full window), joined with the CLAP bridge's: the same no-audio answers, both bridges' actions."""
+    from stage_a.train import main as train_main
+    from stage_b.outcomes import main as outcomes_main
+
+    args = [x for k, v in micro_paths.items() for x in (f"--{k}", v)]
+    args += ["--model.whisper", str(micro_world / "models" / "whisper"), "--model.audio_encoder", "whisper"]
+    assert train_main(["--preset", "stage_a_micro", "--out_dir", str(tmp_path), "--name", "whisper", *args]) == 0
+    assert outcomes_main(["--checkpoint", str(tmp_path / "whisper"), "--preset", "stage_a_micro", "--ks", "4,8",
+                          "--batch-size", "32", *args]) == 0
+    whisper = tmp_path / "whisper" / "outcomes_test.npz"
+    encoder = OutcomeTable.load(whisper).provenance["flops_check"]["encoder"]
+    assert encoder["analytic"] == pytest.approx(encoder["profiler"], rel=1e-9) and encoder["analytic"] > 0
+    table = join_files([table_path, whisper])
+    assert table.action_labels == ["none", "clap-k4", "clap-k8", "whisper-k4", "whisper-k8"]
+    assert [j["encoder"] for j in table.provenance["joined"]] == ["clap", "whisper"]
