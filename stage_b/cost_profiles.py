@@ -64,7 +64,8 @@ LATENCY_NOTE = "latency_ms is the embedded machine's measurement, not recounted 
 @dataclasses.dataclass(frozen=True)
 class CostProfile:
     """One named profile: `kind` "table" (the table's own gflops), "analytic" (recounted for base + encoder) or
-    "per_encoder" (each action recounted by the analytic profile of its encoder, `members`: (encoder, profile) pairs)."""
+    "per_encoder" (each action recounted by the analytic profile of its encoder; `members`: (encoder, profile)
+    pairs)."""
 
     name: str
     kind: str
@@ -299,8 +300,8 @@ def table_parts(table: OutcomeTable, name: str) -> dict[str, np.ndarray]:
     distinct, inverse = np.unique(tokens, return_inverse=True)
     out = {}
     for part in PARTS:
-        per_value = np.array([[action_parts(profile, int(k), int(t))[part] for profile, k in zip(profiles, table.actions)]
-                              for t in distinct])
+        per_value = np.array([[action_parts(profile, int(k), int(t))[part]
+                               for profile, k in zip(profiles, table.actions)] for t in distinct])
         out[part] = per_value[inverse]
     return out
 

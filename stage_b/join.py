@@ -92,8 +92,9 @@ def check_joinable(first: tuple[str, OutcomeTable], other: tuple[str, OutcomeTab
         row = _first_difference(a.ids, values_a, values_b, exact)
         if row is not None:
             shown = (values_a.reshape(a.n_rows, -1)[row][:4].tolist(), values_b.reshape(a.n_rows, -1)[row][:4].tolist())
-            raise ValueError(f"the {label} differs at question {str(a.ids[row])!r} (row {row}): {shown[0]} in {name_a}, "
-                             f"{shown[1]} in {name_b}; expected the same frozen base and questions in both tables")
+            raise ValueError(f"the {label} differs at question {str(a.ids[row])!r} (row {row}): {shown[0]} in "
+                             f"{name_a}, {shown[1]} in {name_b}; expected the same frozen base and questions in both "
+                             "tables")
     repeats = [None if t.latency_repeats_ms is None else t.latency_repeats_ms.shape[2] for t in (a, b)]
     if repeats[0] != repeats[1]:
         raise ValueError(f"table {name_a} has {repeats[0]} timed repeats per cell, {name_b} {repeats[1]} "

@@ -1,4 +1,5 @@
-"""Named actions in the outcome table: (encoder, k) pairs validated, round-tripped, labelled; unnamed tables as before."""
+"""Named actions in the outcome table: (encoder, k) pairs validated, round-tripped and labelled; unnamed tables as
+before."""
 
 from pathlib import Path
 
