@@ -2,11 +2,12 @@
 
 Run: python benchmarks/encoder_choice.py --clap CLAP_TABLE --joined JOINED_TABLE [--runs /tmp/h_encoder_pareto]
      [--pairs embedded=embedded,llava-1.5-7b+clap-htsat=llava-1.5-7b+clap-or-whisper] [--seeds 0,1,2]
-     [--timesteps 100000] [--workers 1] [--out benchmarks/results/encoder_choice.json]
+     [--alphas W,W,...] [--timesteps 100000] [--workers 1] [--out benchmarks/results/encoder_choice.json]
 CLAP_TABLE is a stage_b-outcomes table of the CLAP bridge; JOINED_TABLE joins it (as its first input, which gives the
 no-audio column) with the Whisper bridge's table of the same split (stage_b-join), so both action spaces answer the
 same questions with the same frozen base. For each pair CLAP_PROFILE=JOINED_PROFILE two stage_b-pareto sweeps run
-(alpha component, every baseline, the derived weight grid, the given seeds; finished policies are reused): the CLAP
+(alpha component, every baseline, the given seeds, each sweep's derived weight grid or `--alphas` for both;
+finished policies are reused): the CLAP
 table under CLAP_PROFILE in <runs>_clap_<CLAP_PROFILE>/ (the k-only action space) and the joined table under
 JOINED_PROFILE in <runs>_<JOINED_PROFILE>/ (encoder choice). Both evaluate on the same held-out rows (the tables have
 the same rows and every policy the same split seed). Reported per pair:
@@ -56,10 +57,11 @@ METHODS = ("ppo-alpha", "supervised-alpha", "bandit-alpha", "cascade")  # learne
 FIXED = ("static", "oracle-frontier")  # one set of points each
 
 
-def sweep(table: Path, out: Path, profile: str, seeds: list[int], timesteps: int, workers: int) -> tuple[dict, list]:
-    """One alpha sweep with every baseline (stage_b.pareto.run_sweep): its pareto.json report and pareto.csv rows."""
-    report = run_sweep(ParetoConfig(table, out, None, tuple(seeds), ("alpha",), timesteps, workers=workers,
-                                    cost_profile=profile))
+def sweep(table: Path, out: Path, profile: str, settings: dict) -> tuple[dict, list]:
+    """One alpha sweep with every baseline (stage_b.pareto.run_sweep): its pareto.json report and pareto.csv rows;
+    `settings`: weights (None: derived), seeds, timesteps, workers."""
+    report = run_sweep(ParetoConfig(table, out, settings["weights"], tuple(settings["seeds"]), ("alpha",),
+                                    settings["timesteps"], workers=settings["workers"], cost_profile=profile))
     return report, read_csv(out / "pareto.csv")
 
 
@@ -102,15 +104,12 @@ def action_means(table: OutcomeTable, profile: str) -> dict:
             for a, label in enumerate(profiled.action_labels)}
 
 
-def compare(clap_table: Path, joined_table: Path, profiles: tuple[str, str], runs: str, seeds: list[int],
-            timesteps: int, workers: int) -> dict:
+def compare(clap_table: Path, joined_table: Path, profiles: tuple[str, str], runs: str, settings: dict) -> dict:
     """Both sweeps of one profile pair and their comparison on one reference point (module docstring)."""
     start = time.perf_counter()
     clap_profile, joined_profile = profiles
-    spaces = {"k_only": sweep(clap_table, Path(f"{runs}_clap_{clap_profile}"), clap_profile, seeds, timesteps,
-                              workers),
-              "encoder_choice": sweep(joined_table, Path(f"{runs}_{joined_profile}"), joined_profile, seeds,
-                                      timesteps, workers)}
+    spaces = {"k_only": sweep(clap_table, Path(f"{runs}_clap_{clap_profile}"), clap_profile, settings),
+              "encoder_choice": sweep(joined_table, Path(f"{runs}_{joined_profile}"), joined_profile, settings)}
     reports, rows = {k: v[0] for k, v in spaces.items()}, {k: v[1] for k, v in spaces.items()}
     g_ref = max(r["reference"]["gflops_per_query"] for r in reports.values())
     static = {r["method"]: r for r in rows["k_only"] if is_static(r["method"])}
@@ -159,6 +158,7 @@ def main() -> None:
     parser.add_argument("--pairs", default="embedded=embedded,llava-1.5-7b+clap-htsat=llava-1.5-7b+clap-or-whisper")
     parser.add_argument("--runs", default="/tmp/h_encoder_pareto", help="prefix of the sweeps' folders")
     parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--alphas", default=None, help="reward weights of both sweeps (default: each one's derived)")
     parser.add_argument("--timesteps", type=int, default=100_000)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("benchmarks") / "results" / "encoder_choice.json")
@@ -169,10 +169,11 @@ def main() -> None:
     if first.get("table_sha256") != file_sha256(args.clap):
         raise ValueError(f"{args.joined} does not join {args.clap} as its first table (its first input has SHA-256 "
                          f"{first.get('table_sha256')}); expected `stage_b-join {args.clap} WHISPER_TABLE`")
-    seeds = list(number_list("--seeds", args.seeds, int, ge=0))
+    settings = {"seeds": list(number_list("--seeds", args.seeds, int, ge=0)), "timesteps": args.timesteps,
+                "workers": args.workers,
+                "weights": None if args.alphas is None else tuple(number_list("--alphas", args.alphas, float, ge=0))}
     start = time.perf_counter()
-    results = {f"{clap}|{joined_name}": compare(args.clap, args.joined, (clap, joined_name), args.runs, seeds,
-                                                args.timesteps, args.workers)
+    results = {f"{clap}|{joined_name}": compare(args.clap, args.joined, (clap, joined_name), args.runs, settings)
                for clap, joined_name in parse_pairs(args.pairs)}
     for name, result in results.items():
         ppo = result["encoder_choice_minus_k_only"]["ppo-alpha"]
@@ -181,8 +182,8 @@ def main() -> None:
     save_result({"tables": {"k_only": str(args.clap), "encoder_choice": str(args.joined),
                             "joined_provenance": {key: joined.provenance[key] for key in
                                                   ("checkpoint_hash", "split", "action_names", "no_audio_from")}},
-                 "settings": {"seeds": seeds, "timesteps": args.timesteps, "workers": args.workers,
-                              "components": ["alpha"], "weights": "derived per sweep (stage_b.weight_grid)"},
+                 "settings": {**settings, "components": ["alpha"], "runs": args.runs,
+                              "weights": settings["weights"] or "derived per sweep (stage_b.weight_grid)"},
                  "comparisons": results, "runtime_seconds": round(time.perf_counter() - start, 1)}, args.out)
 
 
