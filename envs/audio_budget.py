@@ -87,6 +87,9 @@ def observed_columns(table: OutcomeTable, confidence: bool = False) -> np.ndarra
 class AudioBudgetEnv(gym.Env):
     """An episode is `episode_length` questions; each step picks an action index into `table.actions`.
 
+    A step's info names the action taken (`action_taken`, its index), its token count (`k`) and its name
+    (`action_name`: `OutcomeTable.action_labels`, e.g. "k8", or "whisper-k8" in a table joining two bridges).
+
     Observation (float32, D + 2, or D + 3 with `confidence`): the current question's features
     (standardised per column by `scaler`, by default fitted on `rows`, so embeddings and audio
     statistics share one scale), the no-audio confidence if bought, the remaining budget fraction
@@ -144,6 +147,7 @@ class AudioBudgetEnv(gym.Env):
         self._gflops = gflops.astype(np.float64).tolist()
         self._latency = latency.astype(np.float64).tolist()
         self._k = table.actions.tolist()
+        self._names = table.action_labels
         self._n_actions = table.n_actions
         self._outcome = outcome
         self._live_confidence = live_confidence
@@ -162,7 +166,7 @@ class AudioBudgetEnv(gym.Env):
         if seed is not None:
             super().reset(seed=seed)
         log.debug("AudioBudgetEnv: %d rows, actions %s, alpha %.3g, gamma %.3g, budget %s, scale %s",
-                  self.rows.size, self._k, self.alpha, self.gamma, budget, self.scale)
+                  self.rows.size, self._names, self.alpha, self.gamma, budget, self.scale)
 
     def reward(self, score: Any, gflops: Any, latency_ms: Any) -> Any:
         """score - alpha * gflops / scale.gflops - gamma * latency_ms / scale.latency_ms (scalars or arrays)."""
@@ -240,7 +244,7 @@ class AudioBudgetEnv(gym.Env):
             reward = self.reward(score, gflops, latency)
         if self.budget is not None:
             self._remaining = max(0.0, self._remaining - gflops)
-        info = {"action_taken": a, "k": self._k[a], "score": score, "gflops": gflops,
+        info = {"action_taken": a, "k": self._k[a], "action_name": self._names[a], "score": score, "gflops": gflops,
                 "latency_ms": latency, "row": row, "budget_forced": forced}
         if self.confidence:
             info["confidence"] = self._seen_confidence

@@ -10,7 +10,7 @@ threshold only: the `envs` package never imports training code.
 
 Arrays (N questions, A actions, D features):
 - `ids`, `family` ("visual" | "audio" | "audio_visual"), `qtype`: (N,) unicode strings;
-- `actions`: (A,) int64 audio-token counts, `actions[0] == 0` (no audio);
+- `actions`: (A,) int64 audio-token counts, `actions[0] == 0` (no audio), distinct unless `action_names` is given;
 - `score`: (N, A) in [0, 1]; `gflops`, `latency_ms`: (N, A) finite and > 0;
 - `features`: (N, D) finite, known before the decision;
 - `provenance`: a 0-d unicode array holding JSON (checkpoint hash, split, actions, ...);
@@ -19,12 +19,17 @@ Arrays (N questions, A actions, D features):
 - `latency_repeats_ms` (optional): (N, A, R) finite and > 0, the R timed repeats behind each
   `latency_ms` cell, which must be their median (tables built before it have `latency_ms` only);
 - `text_tokens` (optional): (N,) integers >= 0, the prompt's tokens that are not image placeholders, so a
-  cost profile (stage_b.cost_profiles) can count the same question on another base model.
+  cost profile (stage_b.cost_profiles) can count the same question on another base model;
+- `action_names` (optional): (A,) distinct unicode names, for a table whose audio actions go through more than one
+  bridge (stage_b.join): "none" for action 0, then "<encoder>-k<k>" (e.g. "clap-k4", "whisper-k16") with k the
+  action's token count, so two actions may share a k. A table without names (one bridge, as stage_b-outcomes writes
+  it) labels its actions "k<k>" (`action_labels`), exactly as before names existed.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +41,10 @@ from shared.metrics import CORRECT
 
 FAMILIES = ("visual", "audio", "audio_visual")
 KEYS = ("ids", "family", "qtype", "actions", "score", "gflops", "latency_ms", "features", "provenance")
-OPTIONAL_KEYS = ("confidence", "latency_repeats_ms", "text_tokens")
+OPTIONAL_KEYS = ("confidence", "latency_repeats_ms", "text_tokens")  # per row
+ACTION_KEYS = ("action_names",)  # optional, per action
+NO_AUDIO = "none"  # the name of action 0 in a table with action names
+ACTION_NAME = re.compile(r"^(?P<encoder>[a-z][a-z0-9_]*)-k(?P<k>[0-9]+)$")  # an audio action's name: <encoder>-k<k>
 DEFAULT_TABLE = "runs/stage_a/outcomes_test.npz"  # what `stage_b-outcomes` writes for the default `stage_a-train` run
 BUILD_HINT = ("build one with `stage_b-outcomes --checkpoint DIR --split S` (without arguments it reads the default "
               f"`stage_a-train` run in runs/stage_a and writes {DEFAULT_TABLE})")
@@ -58,6 +66,7 @@ class OutcomeTable:
     confidence: np.ndarray | None = None
     latency_repeats_ms: np.ndarray | None = None
     text_tokens: np.ndarray | None = None
+    action_names: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self._validate("OutcomeTable")
@@ -69,6 +78,21 @@ class OutcomeTable:
     @property
     def n_actions(self) -> int:
         return int(self.actions.shape[0])
+
+    @property
+    def action_labels(self) -> list[str]:
+        """Each action's name: `action_names`, or "k<k>" (k0 for no audio) in a table without names."""
+        if self.action_names is None:
+            return [f"k{k}" for k in self.actions.tolist()]
+        return self.action_names.tolist()
+
+    @property
+    def action_encoders(self) -> list[str] | None:
+        """Per action, the encoder its audio goes through ("" for no audio); None in a table without names (one
+        bridge, whose encoder the table does not record)."""
+        if self.action_names is None:
+            return None
+        return [""] + [ACTION_NAME.match(name)["encoder"] for name in self.action_names.tolist()[1:]]
 
     def _validate(self, source: str) -> None:
         """Coerce dtypes and check every field; errors name `source`, the field and the bad value."""
@@ -94,8 +118,11 @@ class OutcomeTable:
         self.actions = actions.astype(np.int64)
         if self.actions[0] != 0:
             raise ValueError(f"{source}: 'actions'[0] = {int(self.actions[0])}, expected 0 (no audio)")
-        if (self.actions < 0).any() or np.unique(self.actions).size != self.actions.size:
-            raise ValueError(f"{source}: 'actions' = {self.actions.tolist()}, expected distinct token counts >= 0")
+        if self.action_names is None:
+            if (self.actions < 0).any() or np.unique(self.actions).size != self.actions.size:
+                raise ValueError(f"{source}: 'actions' = {self.actions.tolist()}, expected distinct token counts >= 0")
+        else:
+            self.action_names = self._checked_names(source, np.asarray(self.action_names))
         a = self.actions.size
         for name, low, low_open, high in (("score", 0.0, False, 1.0), ("gflops", 0.0, True, None),
                                           ("latency_ms", 0.0, True, None)):
@@ -138,6 +165,25 @@ class OutcomeTable:
         if not isinstance(self.provenance, dict):
             raise ValueError(f"{source}: 'provenance' is {type(self.provenance).__name__}, expected a dict")
 
+    def _checked_names(self, source: str, names: np.ndarray) -> np.ndarray:
+        """`action_names` as (A,) distinct unicode: "none" for action 0, "<encoder>-k<k>" matching each audio action."""
+        a = self.actions.size
+        if names.shape != (a,) or names.dtype.kind != "U":
+            raise ValueError(f"{source}: 'action_names' has shape {names.shape} dtype {names.dtype}, expected ({a},) "
+                             "unicode strings like 'actions'")
+        listed = names.tolist()
+        if len(set(listed)) != a:
+            repeated = next(name for name in listed if listed.count(name) > 1)
+            raise ValueError(f"{source}: 'action_names' = {listed} names {repeated!r} twice; expected distinct names")
+        if listed[0] != NO_AUDIO:
+            raise ValueError(f"{source}: 'action_names'[0] = {listed[0]!r}, expected {NO_AUDIO!r} (action 0: no audio)")
+        for j, (name, k) in enumerate(zip(listed[1:], self.actions.tolist()[1:]), start=1):
+            match = ACTION_NAME.match(name)
+            if match is None or int(match["k"]) != k or k < 1:
+                raise ValueError(f"{source}: 'action_names'[{j}] = {name!r} with 'actions'[{j}] = {k}; expected "
+                                 f"'<encoder>-k{k}' (lower-case encoder, k >= 1 audio tokens)")
+        return names
+
     def _checked_repeats(self, source: str, repeats: np.ndarray) -> np.ndarray:
         """`latency_repeats_ms` as float32 (N, A, R), finite and > 0, with `latency_ms` its median over R."""
         n, a = self.latency_ms.shape
@@ -169,7 +215,7 @@ class OutcomeTable:
         missing = [key for key in KEYS if key not in data]
         if missing:
             raise ValueError(f"outcome table {path}: missing key '{missing[0]}' (all missing: {missing}); {BUILD_HINT}")
-        arrays = {key: data[key] for key in KEYS + OPTIONAL_KEYS if key in data}
+        arrays = {key: data[key] for key in KEYS + OPTIONAL_KEYS + ACTION_KEYS if key in data}
         raw = arrays.pop("provenance")
         if raw.ndim != 0 or raw.dtype.kind != "U":
             raise ValueError(f"outcome table {path}: 'provenance' has shape {raw.shape} dtype {raw.dtype}, "
@@ -179,7 +225,7 @@ class OutcomeTable:
         except json.JSONDecodeError as err:
             raise ValueError(f"outcome table {path}: 'provenance' is not valid JSON ({err})") from err
         table = cls.__new__(cls)
-        table.__dict__.update({**dict.fromkeys(OPTIONAL_KEYS), **arrays, "provenance": provenance})
+        table.__dict__.update({**dict.fromkeys(OPTIONAL_KEYS + ACTION_KEYS), **arrays, "provenance": provenance})
         table._validate(f"outcome table {path}")
         return table
 
@@ -187,11 +233,12 @@ class OutcomeTable:
         """Write the table atomically: a temp file in the same folder, then os.replace."""
         arrays = {key: getattr(self, key) for key in KEYS if key != "provenance"}
         arrays["provenance"] = np.array(json.dumps(self.provenance))
-        arrays.update({key: getattr(self, key) for key in OPTIONAL_KEYS if getattr(self, key) is not None})
+        arrays.update({key: getattr(self, key) for key in OPTIONAL_KEYS + ACTION_KEYS
+                       if getattr(self, key) is not None})
         return atomic_write_npz(path, arrays)
 
     def subset(self, rows: np.ndarray) -> OutcomeTable:
-        """The table restricted to `rows` (indices), with the same actions and provenance."""
+        """The table restricted to `rows` (indices), with the same actions, action names and provenance."""
         rows = np.asarray(rows)
         if rows.ndim != 1 or rows.dtype.kind not in "iu":
             raise ValueError(f"rows must be a 1-D integer index array, got shape {rows.shape} dtype {rows.dtype}")
@@ -201,6 +248,7 @@ class OutcomeTable:
                             actions=self.actions.copy(), score=self.score[rows], gflops=self.gflops[rows],
                             latency_ms=self.latency_ms[rows], features=self.features[rows],
                             provenance=dict(self.provenance),
+                            action_names=None if self.action_names is None else self.action_names.copy(),
                             **{key: None if getattr(self, key) is None else getattr(self, key)[rows]
                                for key in OPTIONAL_KEYS})
 

@@ -25,6 +25,7 @@ class FrozenAudioEncoder(Protocol):
     identity: str
     dim: int
     frame_seconds: float
+    max_seconds: float  # the window every clip is padded to: longer clips are cut (CLAP) or refused (Whisper)
 
     def encode(self, waves: Sequence[np.ndarray], sample_rate: int) -> tuple[torch.Tensor, torch.Tensor]:
         ...
@@ -95,6 +96,7 @@ class WhisperEncoder:
         self.device = settings.device
         self.dim = int(self.encoder.config.d_model)
         self.frame_seconds = 2 * self.extractor.hop_length / self.extractor.sampling_rate
+        self.max_seconds = float(self.extractor.chunk_length)  # n_samples = chunk_length x sampling_rate
         self.identity = f"whisper:{settings.path}:chunk{self.extractor.chunk_length}"
 
     def modules(self) -> list[torch.nn.Module]:
@@ -122,6 +124,7 @@ class BothEncoder:
         self.dim = clap.dim + whisper.dim
         self.identity = f"both:{clap.identity}|{whisper.identity}"
         self.frame_seconds = max(clap.frame_seconds, whisper.frame_seconds)
+        self.max_seconds = min(clap.max_seconds, whisper.max_seconds)  # the longest clip both accept
 
     def modules(self) -> list[torch.nn.Module]:
         return [m for part in self.parts for m in part.modules()]

@@ -10,8 +10,9 @@ charged as the env charges (`stage_b.evaluate.point`, i.e. `OutcomeTable.charged
   slice of the training rows. Per reward weight it answers with argmax_a (predicted score - cost
   term), the cost term being the mean that the env's reward (`AudioBudgetEnv.reward`) charged
   action a on the training rows. Knob: the sweep's weights, per component; seeds: the bootstrap.
-- `cascade`: the base model answers first; audio with one k (the audio action with the best mean
-  training score, ties to fewer tokens) only when its no-audio confidence is below a threshold tau.
+- `cascade`: the base model answers first; audio with one action (the audio action with the best mean
+  training score, ties to fewer tokens, then to less training compute) only when its no-audio
+  confidence is below a threshold tau.
   Knob: tau, as many thresholds as the sweep's longest component grid has weights (at least 2), so
   that every method's frontier has as many points (a hypervolume grows with its number of points):
   0 (never audio), the training rows' confidence quantiles at evenly spaced levels between, and
@@ -177,7 +178,8 @@ def quantile_levels(count: int) -> np.ndarray:
 
 
 def fit_cascade(data: BaselineData, count: int) -> Cascade:
-    """The audio action with the best mean training score (ties to fewer tokens) and `count` thresholds (at least 2):
+    """The audio action with the best mean training score (ties to fewer tokens, then to fewer mean training GFLOPs,
+    e.g. between two encoders' actions of the same k) and `count` thresholds (at least 2):
     0, the training rows' confidence quantiles at the inner `quantile_levels`, and ALWAYS_TAU."""
     table = data.train_table
     if table.n_actions < 2:
@@ -185,7 +187,8 @@ def fit_cascade(data: BaselineData, count: int) -> Cascade:
     confidence = table.require_confidence()[data.train_rows]
     audio = data.train_score[:, 1:].mean(axis=0)
     best = np.flatnonzero(audio == audio.max()) + 1
-    k_index = int(best[np.argmin(table.actions[best])])
+    cost = table.gflops[data.train_rows].mean(axis=0, dtype=np.float64)
+    k_index = int(best[np.lexsort((cost[best], table.actions[best]))[0]])
     quantiles = np.quantile(confidence.astype(np.float64), quantile_levels(count)[1:-1])
     return Cascade(k_index, np.unique(np.concatenate([[NEVER_TAU], quantiles, [ALWAYS_TAU]])))
 
@@ -195,7 +198,8 @@ def cascade_rows(data: BaselineData, count: int) -> tuple[list[dict], dict]:
     rule = fit_cascade(data, count)
     confidence = data.eval_table.require_confidence()[data.eval_rows]
     rows = [data.row("cascade", rule.actions(confidence, tau), True) for tau in rule.thresholds]
-    return rows, {"k": int(data.train_table.actions[rule.k_index]), "thresholds": rule.thresholds.tolist(),
+    return rows, {"k": int(data.train_table.actions[rule.k_index]),
+                  "action": data.train_table.action_labels[rule.k_index], "thresholds": rule.thresholds.tolist(),
                   "quantile_levels": quantile_levels(count)[1:-1].tolist(), "deterministic": True,
                   "rule": "audio with k tokens when the no-audio confidence < tau; thresholds: 0 (never), the "
                           "training rows' confidence quantiles at quantile_levels, then always; pareto.csv's "

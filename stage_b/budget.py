@@ -5,7 +5,7 @@ sweep, one PPO policy trains with that budget and no cost weight (alpha = gamma 
 the budget, so it maximises accuracy within it. It observes the remaining budget fraction and the
 fraction of the episode left at every step (AudioBudgetEnv), and lives in OUT/policies/budget-b<b>-seed<s>/.
 
-The baseline is the *best static policy that fits the budget*: each static policy (never, always-k)
+The baseline is the *best static policy that fits the budget*: each static policy (never, always-<action>)
 played through the same budgeted env on the same questions in the same episodes as PPO, so an audio
 action that would overspend the episode's budget is replaced by no audio exactly as PPO's would be
 (a budget-blind deployment: audio until the budget runs out), and the best of them by accuracy. This
@@ -41,6 +41,7 @@ from envs.outcome_table import OutcomeTable
 from shared.checkpoint import atomic_file
 from shared.stats import mean_std
 from stage_b.evaluate import play, point
+from stage_b.frontier import static_methods
 from stage_b.latency import PERCENTILES
 from stage_b.train import PolicyConfig
 
@@ -88,9 +89,9 @@ def evaluate_budgets(configs: dict[str, PolicyConfig], results: dict[str, dict],
         out.append(_row(config.budget, PPO, config.seed, point(table, rows, result["actions"]), result["forced"]))
     envs = {config.budget: config.env_kwargs() for config in configs.values()}  # the seeds of a budget share it
     for budget, env_kwargs in sorted(envs.items()):
-        for index, k in enumerate(table.actions):
+        for index, method in enumerate(static_methods(table.action_labels)):
             steps = play(StaticPolicy(index), AudioBudgetEnv(table, rows=rows, **env_kwargs), rows)
-            out.append(_row(budget, "never" if k == 0 else f"always-k{k}", None,
+            out.append(_row(budget, method, None,
                             point(table, steps["row"], steps["action"]), steps["forced"]))
     return out
 

@@ -5,7 +5,8 @@ pre-decision features with the extractor the outcome table used (stage_b.policy_
 the policy's saved scaler, and appends the episode state the policy was trained with at the first step of an
 episode (budget fraction 1.0, episode fraction left 1.0), exactly as `AudioBudgetEnv.reset` shows a question.
 Serving has no episodes, so policies trained with a budget (whose decisions depend on the budget spent so far) or
-with the bought no-audio confidence feature are refused by name rather than fed a made-up state.
+with the bought no-audio confidence feature are refused by name rather than fed a made-up state; so are policies of
+a table joining several bridges (stage_b.join), since a pipeline loads one.
 The policy loads without pickle (stage_b.actor) unless `trust_pickle`.
 """
 
@@ -38,6 +39,10 @@ class PolicyChooser:
                              "expected a policy trained without --confidence")
         provenance = check_keys(f"{policy.folder / 'policy.json'}: table_provenance",
                                 policy.record["table_provenance"], ("actions", "checkpoint_hash", "features"))
+        if "action_names" in provenance:
+            raise ValueError(f"{policy.folder}: chooses among the actions {provenance['action_names']} of several "
+                             "bridges (stage_b.join); a pipeline serves one bridge, expected a policy trained on a "
+                             "stage_b-outcomes table")
         self.policy = policy
         self.actions = [int(k) for k in provenance["actions"]]
         self.checkpoint_hash = provenance["checkpoint_hash"]

@@ -6,7 +6,16 @@ prefix fusion change the balance again. A profile is data (configs/cost_profiles
 named by hub id with their configs in configs/hub/<hub id>/config.json, and the shape of SAFE's default bridge on that
 LM (projector Linears, fusion rank and layers, LoRA rank and projections, k_max). Each analytic file gives two
 profiles: `<file>` (cross-attention fusion) and `<file>-prefix` (prefix fusion). `embedded` keeps the table's own
-`gflops`, as stage_b-outcomes counted them on the table's checkpoint.
+`gflops`, as stage_b-outcomes counted them on the table's checkpoint (on a table joining several bridges, stage_b.join,
+each action's own: every input table counted its actions on its own checkpoint and encoder).
+
+A table joining several bridges names each action's encoder (`OutcomeTable.action_encoders`), and an analytic
+profile charges one encoder on every action, so it refuses such a table. A *per-encoder* profile (kind
+`per_encoder`, e.g. llava-1.5-7b+clap-or-whisper) maps each encoder name to an analytic profile and charges every
+audio action by the profile of its own encoder (clap-k4 as llava-1.5-7b+clap-htsat, whisper-k4 as
+llava-1.5-7b+whisper-large-v3); its members must share the base, image tokens and LoRA, so no audio costs the same
+through either bridge (it is charged by the first member). Its `-prefix` name uses each member's `-prefix` profile.
+It refuses a table without action names, whose encoder it cannot know.
 
 Per table row and action a profile charges, with stage_a.flops (no weights are loaded; configs only):
 - the base prefill of the real model over S = image_tokens + the row's `text_tokens` (generate's prefill: the last
@@ -43,9 +52,10 @@ log = logging.getLogger(__name__)
 PROFILE_DIR = Path(configs.__file__).parent / "cost_profiles"
 EMBEDDED = "embedded"
 PREFIX_SUFFIX = "-prefix"
-KINDS = ("table", "analytic")
+KINDS = ("table", "analytic", "per_encoder")
 PARTS = ("base", "lora", "bridge", "encoder")
 ANALYTIC_KEYS = ("kind", "base", "encoder", "image_tokens", "encoder_frames", "k_max", "ks", "bridge", "sources")
+PER_ENCODER_KEYS = ("kind", "encoders", "sources")
 BRIDGE_KEYS = ("audio_dim", "projector", "fusion_rank", "fusion_layers", "lora_rank", "lora_layers",
                "lora_projections")
 LATENCY_NOTE = "latency_ms is the embedded machine's measurement, not recounted by the profile"
@@ -53,7 +63,9 @@ LATENCY_NOTE = "latency_ms is the embedded machine's measurement, not recounted 
 
 @dataclasses.dataclass(frozen=True)
 class CostProfile:
-    """One named profile: `kind` "table" (the table's own gflops) or "analytic" (recounted for base + encoder)."""
+    """One named profile: `kind` "table" (the table's own gflops), "analytic" (recounted for base + encoder) or
+    "per_encoder" (each action recounted by the analytic profile of its encoder; `members`: (encoder, profile)
+    pairs)."""
 
     name: str
     kind: str
@@ -68,11 +80,16 @@ class CostProfile:
     ks: tuple[int, ...] = ()
     fusion_layers: tuple[int, ...] = ()
     shape: BridgeShape | None = None
+    members: tuple[tuple[str, CostProfile], ...] = ()
 
     def describe(self) -> dict:
         """The profile as recorded in a table's provenance and in reports."""
         if self.kind == "table":
             return {"name": self.name, "kind": self.kind, "file": self.file.name}
+        if self.kind == "per_encoder":
+            return {"name": self.name, "kind": self.kind, "file": self.file.name,
+                    "encoders": {encoder: member.describe() for encoder, member in self.members},
+                    "no_audio": self.members[0][1].name, "latency": LATENCY_NOTE}
         return {"name": self.name, "kind": self.kind, "file": self.file.name, "base": self.base,
                 "encoder": self.encoder, "fusion_mode": self.fusion_mode, "image_tokens": self.image_tokens,
                 "encoder_frames": self.encoder_frames, "encoder_gflops": encoder_gflops(self), "k_max": self.k_max,
@@ -143,6 +160,8 @@ def load_profile(name: str) -> CostProfile:
     data = _read(path)
     if data["kind"] == "table":
         return CostProfile(name, "table", path, dict(data.get("sources", {})))
+    if data["kind"] == "per_encoder":
+        return _per_encoder(name, path, data, PREFIX_SUFFIX if prefix else "")
     _keys(path, "the file", data, ANALYTIC_KEYS)
     bridge = data["bridge"]
     _keys(path, "bridge", bridge, BRIDGE_KEYS)
@@ -174,6 +193,30 @@ def load_profile(name: str) -> CostProfile:
                        image_tokens=_positive_int(path, "image_tokens", data["image_tokens"]),
                        encoder_frames=_positive_int(path, "encoder_frames", data["encoder_frames"]),
                        k_max=k_max, ks=ks, fusion_layers=tuple(fusion_layers), shape=shape)
+
+
+def _per_encoder(name: str, path: Path, data: dict, suffix: str) -> CostProfile:
+    """A per-encoder profile: each encoder's analytic member (its `-prefix` profile when `suffix` is "-prefix"),
+    checked to share the base, image tokens and LoRA (no audio then costs the same through every bridge)."""
+    _keys(path, "the file", data, PER_ENCODER_KEYS)
+    encoders = data["encoders"]
+    if not isinstance(encoders, dict) or len(encoders) < 2:
+        raise ValueError(f"cost profile {path}: encoders is {encoders!r}; expected a mapping of two or more encoder "
+                         "names (as in action names, e.g. clap) to analytic profile names")
+    members = []
+    for encoder, member in encoders.items():
+        if str(member) not in profile_names() or load_profile(f"{member}{suffix}").kind != "analytic":
+            raise ValueError(f"cost profile {path}: encoders.{encoder} is {member!r}; expected an analytic profile, "
+                             f"one of {[n for n in profile_names() if not n.endswith(PREFIX_SUFFIX)]}")
+        members.append((str(encoder), load_profile(f"{member}{suffix}")))
+    first = members[0][1]
+    for encoder, member in members[1:]:
+        if (member.base, member.image_tokens, member.shape.lora) != (first.base, first.image_tokens, first.shape.lora):
+            raise ValueError(f"cost profile {path}: encoders.{encoder} ({member.name}, base {member.base}) and "
+                             f"encoders.{members[0][0]} ({first.name}, base {first.base}) differ in base, image tokens "
+                             "or LoRA; expected bridges on one frozen base, so that no audio costs the same in both")
+    return CostProfile(name, "per_encoder", path, dict(data["sources"]), base=first.base,
+                       fusion_mode=first.fusion_mode, members=tuple(members))
 
 
 @functools.cache
@@ -217,18 +260,48 @@ def require_text_tokens(table: OutcomeTable, profile: str) -> np.ndarray:
     return table.text_tokens
 
 
-def table_parts(table: OutcomeTable, name: str) -> dict[str, np.ndarray]:
-    """Per part (base, lora, bridge, encoder): (N, A) GFLOPs of each row and action under analytic profile `name`."""
+def action_profiles(table: OutcomeTable, name: str) -> list[CostProfile]:
+    """The analytic profile that charges each action of `table` under profile `name`: the profile itself on every
+    action, or for a per-encoder profile the member of each action's encoder (no audio: the first member)."""
     profile = load_profile(name)
+    encoders = table.action_encoders
+    used = sorted(set(encoders or ()) - {""})
+    if profile.kind == "analytic":
+        if len(used) > 1:
+            per_encoder = [n for n in profile_names() if load_profile(n).kind == "per_encoder"]
+            raise ValueError(f"the table's actions {table.action_labels} go through the encoders {used}, but cost "
+                             f"profile {name!r} charges one encoder ({profile.encoder}) on every action; expected a "
+                             f"per-encoder profile, one of {per_encoder}")
+        return [profile] * table.n_actions
+    if profile.kind != "per_encoder":
+        raise ValueError(f"cost profile {name!r} keeps the table's gflops; it has no parts to count")
+    if encoders is None:
+        raise ValueError(f"cost profile {name!r} charges each action by its own encoder, but the table's actions "
+                         f"{table.action_labels} do not name an encoder (one bridge, as stage_b-outcomes writes it); "
+                         "expected a table joined by stage_b-join, or a profile of one encoder")
+    members = dict(profile.members)
+    unknown = [encoder for encoder in used if encoder not in members]
+    if unknown:
+        raise ValueError(f"the table's actions {table.action_labels} use the encoders {unknown}, which cost profile "
+                         f"{name!r} does not charge; it knows {list(members)}")
+    return [members[encoder] if encoder else profile.members[0][1] for encoder in encoders]
+
+
+def table_parts(table: OutcomeTable, name: str) -> dict[str, np.ndarray]:
+    """Per part (base, lora, bridge, encoder): (N, A) GFLOPs of each row and action under profile `name` (analytic,
+    or per-encoder: each action by its own encoder's profile, `action_profiles`)."""
+    profiles = action_profiles(table, name)
     tokens = require_text_tokens(table, name)
-    over = [int(k) for k in table.actions if k > profile.k_max]
+    over = [f"{label} (k_max {profile.k_max})" for label, profile, k in zip(table.action_labels, profiles,
+                                                                           table.actions.tolist()) if k > profile.k_max]
     if over:
-        raise ValueError(f"the table's actions {table.actions.tolist()} include k = {over}, beyond cost profile "
-                         f"{name!r}'s k_max {profile.k_max}")
+        raise ValueError(f"the table's actions {table.action_labels} include {over}: more tokens than cost profile "
+                         f"{name!r} allows")
     distinct, inverse = np.unique(tokens, return_inverse=True)
     out = {}
     for part in PARTS:
-        per_value = np.array([[action_parts(profile, int(k), int(t))[part] for k in table.actions] for t in distinct])
+        per_value = np.array([[action_parts(profile, int(k), int(t))[part]
+                               for profile, k in zip(profiles, table.actions)] for t in distinct])
         out[part] = per_value[inverse]
     return out
 

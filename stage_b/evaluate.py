@@ -144,9 +144,9 @@ class SavedPolicy:
             raise ValueError(f"no outcome table for split '{split}' at {path}; build it with `stage_b-outcomes "
                              f"--checkpoint {train_table.provenance.get('checkpoint', 'DIR')} --split {split}`")
         table = OutcomeTable.load(path)
-        if not np.array_equal(table.actions, train_table.actions):
-            raise ValueError(f"{path}: actions {table.actions.tolist()} differ from the policy's "
-                             f"{train_table.actions.tolist()}")
+        if table.action_labels != train_table.action_labels:
+            raise ValueError(f"{path}: actions {table.action_labels} differ from the policy's "
+                             f"{train_table.action_labels}")
         self._check_table(table, path, allow_other_table)
         return table, np.arange(table.n_rows)
 
@@ -191,11 +191,12 @@ def point(table: OutcomeTable, rows: np.ndarray, actions: np.ndarray, confidence
 
 def summarize(table: OutcomeTable, rows: np.ndarray, actions: np.ndarray, confidence: bool = False) -> dict:
     """`point` with the accuracy's bootstrap CI, plus the latency samples' source and the action histograms per
-    family and type."""
+    family and type, keyed by action label (`OutcomeTable.action_labels`: k0, k4, ..., or none, clap-k4, ...)."""
     histogram: dict[str, Counter] = defaultdict(Counter)
-    for row, k in zip(rows, table.actions[actions]):
-        histogram[str(table.family[row])][f"k{k}"] += 1
-        histogram[f"{table.family[row]}.{table.qtype[row]}"][f"k{k}"] += 1
+    labels = table.action_labels
+    for row, action in zip(rows, actions):
+        histogram[str(table.family[row])][labels[action]] += 1
+        histogram[f"{table.family[row]}.{table.qtype[row]}"][labels[action]] += 1
     return {"n": len(rows), **point(table, rows, actions, confidence),
             "accuracy": mean_ci(table.score[rows, actions]), "latency_source": latency_source(table),
             "actions": {name: dict(sorted(c.items())) for name, c in sorted(histogram.items())}}

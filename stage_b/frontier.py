@@ -154,6 +154,12 @@ def is_static(method: str) -> bool:
     return method.startswith(STATIC_PREFIXES)
 
 
+def static_methods(labels: Sequence[str]) -> list[str]:
+    """The static policy of each action (`OutcomeTable.action_labels`): `never` for action 0 (no audio), then
+    `always-<label>`, e.g. always-k16, or always-whisper-k16 in a table joining two bridges."""
+    return ["never", *(f"{STATIC_PREFIXES[1]}{label}" for label in labels[1:])]
+
+
 def seed_means(rows: Sequence[dict], method: str) -> list[dict]:
     """Rows of one method grouped by (alpha, gamma): mean and std over seeds of accuracy and GFLOPs, and of the
     latency percentiles when the rows have them (`<column>` and `<column>_std`), by GFLOPs."""
@@ -184,15 +190,16 @@ def method_points(rows: Sequence[dict], method: str) -> list[dict]:
     return seed_means(rows, method)
 
 
-def _xy(points: Sequence[dict]) -> tuple[np.ndarray, np.ndarray]:
+def xy(points: Sequence[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """(GFLOPs per query, accuracy) arrays of `points` (pareto.csv rows or `seed_means` points)."""
     return (np.array([p["gflops_per_query"] for p in points], dtype=np.float64),
             np.array([p["accuracy"] for p in points], dtype=np.float64))
 
 
-def _seed_hypervolumes(rows: Sequence[dict], method: str, g_ref: float) -> list[float]:
+def seed_hypervolumes(rows: Sequence[dict], method: str, g_ref: float) -> list[float]:
     """The hypervolume of each seed's own points (one value for a deterministic method, whose rows have no seed)."""
     seeds = sorted({r["seed"] for r in rows if r["method"] == method}, key=lambda s: -1 if s is None else s)
-    return [hypervolume(*_xy([r for r in rows if r["method"] == method and r["seed"] == s]), g_ref) for s in seeds]
+    return [hypervolume(*xy([r for r in rows if r["method"] == method and r["seed"] == s]), g_ref) for s in seeds]
 
 
 def _per_seed_summary(values: list[float], deterministic: bool, oracle: float) -> dict:
@@ -210,7 +217,7 @@ def _baseline_comparisons(rows: Sequence[dict], baselines: Sequence[str], compon
     """(per-seed hypervolume summary of every PPO component and baseline, PPO minus baseline with a Welch interval)."""
     methods = [f"ppo-{c}" for c in components] + list(baselines)
     deterministic = {m: all(r["seed"] is None for r in rows if r["method"] == m) for m in methods}
-    values = {m: _seed_hypervolumes(rows, m, g_ref) for m in methods}
+    values = {m: seed_hypervolumes(rows, m, g_ref) for m in methods}
     per_seed = {m: _per_seed_summary(values[m], deterministic[m], oracle) for m in methods}
     differences = {}
     for baseline in baselines:
@@ -230,23 +237,23 @@ def summarize_sweep(rows: Sequence[dict], components: Sequence[str]) -> dict:
     learned = {c: seed_means(rows, f"ppo-{c}") for c in components}
     random = [p | {"method": f"random-{c}"} for c in components for p in seed_means(rows, f"random-{c}")]
     oracle = [r for r in rows if r["method"] == "oracle-frontier"]
-    hv = {f"ppo-{c}": hypervolume(*_xy(points), g_ref) for c, points in learned.items()}
-    hv |= {"static": hypervolume(*_xy(list(static.values())), g_ref), "random": hypervolume(*_xy(random), g_ref),
-           "oracle": hypervolume(*_xy([r for r in rows if r["method"] == "oracle"]), g_ref),
-           "oracle-frontier": hypervolume(*_xy(oracle), g_ref)}
+    hv = {f"ppo-{c}": hypervolume(*xy(points), g_ref) for c, points in learned.items()}
+    hv |= {"static": hypervolume(*xy(list(static.values())), g_ref), "random": hypervolume(*xy(random), g_ref),
+           "oracle": hypervolume(*xy([r for r in rows if r["method"] == "oracle"]), g_ref),
+           "oracle-frontier": hypervolume(*xy(oracle), g_ref)}
     baselines = sorted({r["method"] for r in rows if r["method"].startswith(BASELINE_PREFIXES)})
     baseline_points = {m: method_points(rows, m) for m in baselines}
-    hv |= {m: hypervolume(*_xy(points), g_ref) for m, points in baseline_points.items()}
+    hv |= {m: hypervolume(*xy(points), g_ref) for m, points in baseline_points.items()}
     per_seed, differences = _baseline_comparisons(rows, baselines, components, g_ref, hv["oracle-frontier"])
     all_learned = [p for points in learned.values() for p in points]
-    learned_g, learned_acc = _xy(all_learned)
+    learned_g, learned_acc = xy(all_learned)
     checks = [{"method": p["method"], "alpha": p.get("alpha"), "gamma": p.get("gamma"),
                "gflops_per_query": p["gflops_per_query"], "accuracy": p["accuracy"],
                **{column: p.get(column) for column in PERCENTILES},
                **dominance(p["gflops_per_query"], p["accuracy"], learned_g, learned_acc)}
               for p in [*static.values(), *random]]
     saving_args = (full["accuracy"], g_ref, g_never)
-    savings = {f"ppo-{c}": matched_accuracy_saving(*_xy(points), *saving_args) for c, points in learned.items()}
+    savings = {f"ppo-{c}": matched_accuracy_saving(*xy(points), *saving_args) for c, points in learned.items()}
     savings["any"] = matched_accuracy_saving(learned_g, learned_acc, *saving_args)
     return {
         "reference": {"gflops_per_query": g_ref, "accuracy": 0.0, "method": full["method"]},

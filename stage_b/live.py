@@ -13,8 +13,9 @@ live confidence is from the table's): the check that table mode is faithful.
 `stage_b-live --policy DIR` runs it (exit 1 if live accuracy falls outside table mode's 95% CI),
 rebuilding the model from the preset and overrides recorded in the table's provenance; like
 `stage_b-eval`, it refuses a table of another Stage A checkpoint than the policy's unless
-`--allow-other-table`, before any model is loaded, and a table recounted under a cost profile
-(stage_b.cost_profiles): its GFLOPs are another model's, not those of the models live mode runs.
+`--allow-other-table`, before any model is loaded, a table recounted under a cost profile
+(stage_b.cost_profiles): its GFLOPs are another model's, not those of the models live mode runs, and a table
+joining several bridges (stage_b.join): live mode loads one.
 """
 
 from __future__ import annotations
@@ -146,6 +147,10 @@ def main(argv: list[str] | None = None) -> int:
     policy = SavedPolicy.load(args.policy, args.trust_pickle)
     evaluation = policy.evaluation_rows(None, args.allow_other_table)  # checked before SAFE is loaded
     provenance = evaluation[0].provenance
+    if evaluation[0].action_names is not None:
+        raise InputError(f"outcome table {policy.config.table} joins several bridges (actions "
+                         f"{evaluation[0].action_labels}, stage_b.join); live mode runs one bridge, so it needs a table "
+                         "stage_b-outcomes wrote for one checkpoint")
     check_keys(f"the provenance of outcome table {policy.config.table}", provenance, PROVENANCE_KEYS)
     profile = provenance.get("cost_profile", {}).get("name", EMBEDDED)
     if profile != EMBEDDED:

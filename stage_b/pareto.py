@@ -14,7 +14,8 @@ says why.
 
 Every policy acts on the same questions (`SavedPolicy.evaluation_rows`: the training table's
 held-out rows, or all of `outcomes_<split>.npz`), and so do the baselines: `never` (no audio),
-`always-k<k>`, `random-<component>` (each policy's own actions permuted across the questions,
+`always-<action>` (always-k<k>, or always-<encoder>-k<k> on a table joining bridges: stage_b.join),
+`random-<component>` (each policy's own actions permuted across the questions,
 seeded by the policy's seed: the same action mix and expected compute, blind to the question;
 with `--confidence` both pay for the no-audio run the policies observe),
 `oracle` (the cheapest correct action per question) and `oracle-frontier` (per question the action
@@ -84,7 +85,12 @@ from stage_b.baselines import select_baselines, sweep_baselines
 from stage_b.budget import BUDGET_COLUMNS, budget_policies, run_budgets
 from stage_b.cost_profiles import EMBEDDED
 from stage_b.evaluate import SavedPolicy, point
-from stage_b.frontier import oracle_choice, oracle_frontier, summarize_sweep
+from stage_b.frontier import (
+    oracle_choice,
+    oracle_frontier,
+    static_methods,
+    summarize_sweep,
+)
 from stage_b.latency import PERCENTILES, frontier_percentiles, latency_source
 from stage_b.plot import AXES, plot_pareto
 from stage_b.sweep_config import ParetoConfig, parse_sweep
@@ -190,8 +196,7 @@ def evaluate_sweep(sweep: ParetoConfig, results: dict[str, dict]) -> tuple[list[
         shuffled = np.random.default_rng(config.seed).permutation(result["actions"])
         out.append(_row(f"ppo-{component}", point(table, rows, result["actions"], sweep.confidence), **weights))
         out.append(_row(f"random-{component}", point(table, rows, shuffled, sweep.confidence), **weights))
-    for index, k in enumerate(table.actions):
-        method = "never" if k == 0 else f"always-k{k}"
+    for index, method in enumerate(static_methods(table.action_labels)):
         out.append(_row(method, point(table, rows, np.full(len(rows), index, dtype=np.int64))))
     out.append(_row("oracle", point(table, rows, table.oracle_actions()[rows])))
     sub = table.subset(rows)

@@ -64,7 +64,7 @@ class SafeRunner:
 
     def full_window(self) -> np.ndarray:
         """A silent clip of the encoder's whole window (every clip is padded to it)."""
-        return np.zeros(int(getattr(self.encoder, "max_seconds", 30.0) * self.sample_rate), dtype=np.float32)
+        return np.zeros(int(self.encoder.max_seconds * self.sample_rate), dtype=np.float32)
 
     @staticmethod
     def audio_inputs(batch: Batch, k: int, frames: torch.Tensor | None = None,

@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from stage_a.sweep import main as sweep_main
 from stage_a.train import main as train_main
 from stage_b.actor import ACTOR_FILE
 from stage_b.evaluate import main as policy_eval_main
+from stage_b.join import main as join_main
 from stage_b.live import main as live_main
 from stage_b.outcomes import main as outcomes_main
 from stage_b.pareto import main as pareto_main
@@ -35,7 +37,7 @@ MAINS: dict[str, Callable] = {
     "safe-world": world_main, "safe-data": data_main, "stage_a-check": check_main, "stage_a-train": train_main,
     "stage_a-eval": eval_main, "stage_a-sweep": sweep_main, "stage_b-outcomes": outcomes_main,
     "stage_b-train": policy_main, "stage_b-eval": policy_eval_main, "stage_b-pareto": pareto_main,
-    "stage_b-live": live_main, "safe-convert-clap": clap_main, "safe-answer": answer_main, "safe-serve": serve_main}
+    "stage_b-live": live_main, "stage_b-join": join_main, "safe-convert-clap": clap_main, "safe-answer": answer_main, "safe-serve": serve_main}
 
 
 class Inputs:
@@ -209,6 +211,14 @@ CASES: dict[str, Case] = {
     "live questions 0": ("stage_b-live", lambda i: ["--policy", str(i.policy), "--questions", "0"],
                          lambda i: "--questions"),
     "live missing policy": ("stage_b-live", lambda i: ["--policy", str(i.tmp / "nolive")], lambda i: "nolive"),
+    "join missing table": ("stage_b-join", lambda i: [str(i.table), str(i.tmp / "gone.npz"), "--out",
+                                                      str(i.tmp / "j1.npz")], lambda i: "gone.npz"),
+    "join one encoder twice": ("stage_b-join", lambda i: [str(i.table), str(i.table), "--out", str(i.tmp / "j2.npz")],
+                               lambda i: str(i.table)),
+    "join text table": ("stage_b-join", lambda i: [str(i.table), str(i.file("t3.npz", "text")), "--out",
+                                                   str(i.tmp / "j3.npz")], lambda i: "t3.npz"),
+    "join existing out": ("stage_b-join", lambda i: [str(i.table), str(i.table), "--out", str(i.table)],
+                          lambda i: "--overwrite"),
     "data check line 5": ("safe-data", lambda i: ["check", str(i.manifest("5"))], lambda i: "expected a JSON object"),
     "data check audio_start abc": ("safe-data", lambda i: ["check", str(i.manifest(
         '{"id": "y", "question": "q?", "answers": ["a"], "family": "audio", "qtype": "kind", "source": "world", '
@@ -268,6 +278,8 @@ def inputs(tmp_path: Path, micro_paths: dict[str, str], table_path: Path, policy
 def test_the_battery_has_at_least_60_cases_over_every_console_script() -> None:
     assert len(CASES) >= 60
     assert {script for script, _, _ in CASES.values()} == set(MAINS)
+    scripts = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]["scripts"]
+    assert set(MAINS) == set(scripts), "every console script in pyproject.toml is in the battery"
 
 
 @pytest.mark.parametrize("name", list(CASES))

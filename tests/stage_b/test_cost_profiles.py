@@ -93,7 +93,8 @@ def parts(name: str, k: int, text_tokens: int) -> dict[str, float]:
 
 
 def test_names_and_an_unknown_one() -> None:
-    combinations = ("llava-1.5-13b+clap-htsat", "llava-1.5-7b+clap-htsat", "llava-1.5-7b+whisper-large-v3")
+    combinations = ("llava-1.5-13b+clap-htsat", "llava-1.5-7b+clap-htsat", "llava-1.5-7b+clap-or-whisper",
+                    "llava-1.5-7b+whisper-large-v3")
     assert profile_names() == [EMBEDDED, *(f"{c}{m}" for c in combinations for m in ("", "-prefix"))]
     with pytest.raises(ValueError, match=r"^--cost-profile is 'llava-7b'; expected one of \['embedded', .*\]$"):
         load_profile("llava-7b")
