@@ -36,7 +36,7 @@ class WeightConditioned(gym.Wrapper):
     def __init__(self, env: AudioBudgetEnv, units: tuple[float, float], weight_max: float) -> None:
         super().__init__(env)
         if not isinstance(env, AudioBudgetEnv):
-            raise ValueError(f"env is {type(env).__name__}; expected an AudioBudgetEnv")
+            raise TypeError(f"env is {type(env).__name__}; expected an AudioBudgetEnv")
         if env.alpha != 0 or env.gamma != 0:
             raise ValueError(f"the inner env has alpha {env.alpha} and gamma {env.gamma}; expected 0 and 0 (the "
                              "wrapper charges the costs)")
