@@ -57,7 +57,10 @@ train seconds (`train_seconds.per_policy`). A reused policy whose config differs
 In both modes pareto.json's `oracle_at_grid` gives, per component, the hypervolume of the oracle played only
 at that component's evaluation weights (`oracle_choice` per weight on the evaluation rows, its cost in the
 policies' units as for `oracle-frontier`) and its share of the whole oracle frontier's: a hypervolume is a
-staircase over a method's points, so even the oracle loses area between the weights of a coarse grid.
+staircase over a method's points, so even the oracle loses area between the weights of a coarse grid. It is a
+diagnostic of the grid, not a bound: the oracle's frontier moves in jumps at a few weights (many questions gain
+the same score for nearly the same cost), so its share depends on where the grid's weights fall, and a method
+whose choices change smoothly with the weight can exceed it.
 
 OUT/pareto.csv has the columns in `COLUMNS`. `alpha`, `gamma`, `seed` are the reward weights and
 seed for `ppo-*`, `random-*`, `supervised-*` and `bandit-*` rows, and the weight (alpha = w,
@@ -255,8 +258,9 @@ def oracle_cost(sub: OutcomeTable, scale: RewardScale, units: tuple[float, float
 def oracle_at_grid(sweep: ParetoConfig, table: OutcomeTable, rows: np.ndarray, scale: RewardScale, g_ref: float,
                    full: float) -> dict[str, dict]:
     """Per component, the oracle played only at that component's evaluation weights on `rows` (its cost in the
-    policies' units): hypervolume and share of the whole oracle frontier's (`full`), the ceiling a grid of that
-    size puts on a staircase of points."""
+    policies' units): hypervolume and share of the whole oracle frontier's (`full`), i.e. how much of the frontier
+    a staircase over that grid's points keeps for the oracle itself (not a bound on other methods: their points at
+    the same weights fall elsewhere on the plane)."""
     sub = table.subset(rows)
     out = {}
     for component in sweep.components:
