@@ -301,7 +301,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timesteps", type=int, default=100_000)
     parser.add_argument("--n-envs", type=int, default=8)
-    parser.add_argument("--out", type=Path, default=None, help="policy folder (default: runs/stage_b/alpha<A>-gamma<G>-seed<S>)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="policy folder (default: runs/stage_b/alpha<A>-gamma<G>-seed<S>, with --weight-max "
+                             "runs/stage_b/conditioned-wmax<W>-alpha<A>-gamma<G>-seed<S>)")
     add_overwrite_flag(parser, "its policy files")
     parser.add_argument("--no-tensorboard", action="store_true")
     parser.add_argument("--wandb", action="store_true", help="log through SB3's wandb integration (offline without a key)")

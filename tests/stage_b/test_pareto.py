@@ -419,7 +419,8 @@ def test_conditioned_sweep_plays_one_policy_per_component_and_seed_on_one_grid(c
         weight_max = report["weight_grid"][component]["weights"][-1]
         grid = np.linspace(0, weight_max, 5).tolist()
         assert report["evaluation_grid"][component] == grid and report["oracle_at_grid"][component]["weights"] == 5
-        record = json.loads((conditioned_out / "policies" / f"{component}-conditioned-seed0" / "policy.json").read_text())
+        folder = conditioned_out / "policies" / f"{component}-conditioned-seed0"
+        record = json.loads((folder / "policy.json").read_text())
         assert record["conditioned"] and record["config"]["weight_max"] == weight_max
         assert (record["config"]["alpha"], record["config"]["gamma"]) == units
         expected = sorted((w * units[0], w * units[1]) for w in grid for _ in (0, 1))
@@ -446,7 +447,8 @@ def test_a_conditioned_policy_of_other_steps_or_weight_max_is_retrained(conditio
                                                                          tmp_path: Path,
                                                                          caplog: pytest.LogCaptureFixture) -> None:
     out = tmp_path / "again"
-    shutil.copytree(conditioned_out / "policies" / "alpha-conditioned-seed0", out / "policies" / "alpha-conditioned-seed0")
+    name = "alpha-conditioned-seed0"
+    shutil.copytree(conditioned_out / "policies" / name, out / "policies" / name)
     weight_max = json.loads((conditioned_out / "pareto.json").read_text())["weight_grid"]["alpha"]["weights"][-1]
     sweep = ParetoConfig(table_path, out, seeds=(0,), components=("alpha",), timesteps=512, n_envs=2, workers=1,
                          conditioned=True, eval_weights=3, baselines=())
