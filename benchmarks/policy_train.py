@@ -28,8 +28,9 @@ from shared.benchmark import save_result
 from shared.config import load_config
 from shared.logs import setup_logging
 from stage_a.config import TrainConfig
-from stage_b.evaluate import SavedPolicy, evaluate_policy, play
+from stage_b.evaluate import SavedPolicy, evaluate_policy
 from stage_b.live import compare_live
+from stage_b.playback import play
 from stage_b.runner import SafeRunner
 from stage_b.train import PolicyConfig, train_policy
 

@@ -77,6 +77,11 @@ class FeatureScaler:
         return cls(np.asarray(data["mean"], dtype=np.float64), np.asarray(data["std"], dtype=np.float64))
 
 
+def cost_reward(score: Any, gflops: Any, latency_ms: Any, alpha: float, gamma: float, scale: RewardScale) -> Any:
+    """score - alpha * gflops / scale.gflops - gamma * latency_ms / scale.latency_ms (scalars or arrays)."""
+    return score - alpha * gflops / scale.gflops - gamma * latency_ms / scale.latency_ms
+
+
 def observed_columns(table: OutcomeTable, confidence: bool = False) -> np.ndarray:
     """The raw per-question columns a policy observes: the table's features, plus the no-audio confidence if bought."""
     if not confidence:
@@ -140,12 +145,14 @@ class AudioBudgetEnv(gym.Env):
         gflops, latency = table.charged_costs(confidence)
         self.max_gflops = float(gflops.max())  # the budget's unit
         self.scale = scale or RewardScale.fit(table, self.rows, confidence)
-        reward = self.reward(table.score.astype(np.float64), gflops, latency)
+        score, gflops, latency = (np.asarray(x, dtype=np.float64) for x in (table.score, gflops, latency))
+        # In float64, the precision of the costs `info` reports, so a step's reward is `reward(info's values)`.
+        reward = self.reward(score, gflops, latency)
         # Python lists: scalar look-ups in nested lists are several times faster than numpy indexing.
         self._reward = reward.tolist()
-        self._score = table.score.astype(np.float64).tolist()
-        self._gflops = gflops.astype(np.float64).tolist()
-        self._latency = latency.astype(np.float64).tolist()
+        self._score = score.tolist()
+        self._gflops = gflops.tolist()
+        self._latency = latency.tolist()
         self._k = table.actions.tolist()
         self._names = table.action_labels
         self._n_actions = table.n_actions
@@ -169,8 +176,8 @@ class AudioBudgetEnv(gym.Env):
                   self.rows.size, self._names, self.alpha, self.gamma, budget, self.scale)
 
     def reward(self, score: Any, gflops: Any, latency_ms: Any) -> Any:
-        """score - alpha * gflops / scale.gflops - gamma * latency_ms / scale.latency_ms (scalars or arrays)."""
-        return score - self.alpha * gflops / self.scale.gflops - self.gamma * latency_ms / self.scale.latency_ms
+        """`cost_reward` at this env's alpha, gamma and scale."""
+        return cost_reward(score, gflops, latency_ms, self.alpha, self.gamma, self.scale)
 
     def _budget_fraction(self) -> float:
         return 1.0 if self.budget is None else self._remaining / self._total_budget

@@ -93,8 +93,9 @@ class BaselineData:
         row and action."""
         env = AudioBudgetEnv(self.train_table, alpha=alpha, gamma=gamma, rows=self.train_rows,
                              confidence=self.confidence, scaler=self.scaler, scale=self.scale)
-        gflops, latency = self.train_table.charged_costs(self.confidence)
-        return env.reward(self.train_score, gflops[self.train_rows], latency[self.train_rows])
+        gflops, latency = (cost[self.train_rows].astype(np.float64)  # the env's precision
+                           for cost in self.train_table.charged_costs(self.confidence))
+        return env.reward(self.train_score, gflops, latency)
 
     def row(self, method: str, actions: np.ndarray, confidence: bool, alpha: float | None = None,
             gamma: float | None = None, seed: int | None = None) -> dict:
@@ -269,14 +270,15 @@ def run_baselines(data: BaselineData, names: Sequence[str], grid: Grid, seeds: S
 
 def sweep_baselines(sweep: ParetoConfig, train_table: OutcomeTable, names: tuple[str, ...], table: OutcomeTable,
                     eval_rows: np.ndarray) -> tuple[list[dict], dict]:
-    """pareto.csv rows of the baselines `names` at every weight of every component's grid, trained on the policies'
-    training rows with their reward scale and evaluated on `eval_rows`; and what they fitted."""
+    """pareto.csv rows of the baselines `names` at every weight the sweep evaluates (`ParetoConfig.grid`: each
+    component's grid, or a conditioned sweep's evaluation grid), the cascade at as many thresholds, trained on the
+    policies' training rows with their reward scale and evaluated on `eval_rows`; and what they fitted."""
     if not names:
         return [], {}
     config = next(iter(sweep.policies().values()))  # every policy of the sweep shares its rows and reward scale
     train_rows = config.rows(train_table).train
     data = BaselineData(train_table, train_rows, table, eval_rows, sweep.confidence, config.reward_scale(train_table))
     grid = [(c, alpha, gamma) for c, _, alpha, gamma in sweep.grid()]
-    thresholds = max(len(weights["weights"]) for weights in sweep.weight_grids.values())
+    thresholds = max(len(sweep.evaluation_weights(c)) for c in sweep.components)
     rows, report = run_baselines(data, names, grid, sorted(set(sweep.seeds)), thresholds)
     return rows, {"train_rows": len(train_rows), **report}

@@ -40,9 +40,10 @@ from envs.audio_budget import AudioBudgetEnv
 from envs.outcome_table import OutcomeTable
 from shared.checkpoint import atomic_file
 from shared.stats import mean_std
-from stage_b.evaluate import play, point
+from stage_b.evaluate import point
 from stage_b.frontier import static_methods
 from stage_b.latency import PERCENTILES
+from stage_b.playback import play
 from stage_b.train import PolicyConfig
 
 if TYPE_CHECKING:
@@ -86,7 +87,8 @@ def evaluate_budgets(configs: dict[str, PolicyConfig], results: dict[str, dict],
         if not np.array_equal(result["rows"], rows):
             raise ValueError(f"policy {name} was evaluated on other rows than the sweep's; the sweep's policies must "
                              "share the table and split_seed")
-        out.append(_row(config.budget, PPO, config.seed, point(table, rows, result["actions"]), result["forced"]))
+        played = result["plays"][0]  # a budget policy plays at its own weight (stage_b.pareto._train_and_play)
+        out.append(_row(config.budget, PPO, config.seed, point(table, rows, played["actions"]), played["forced"]))
     envs = {config.budget: config.env_kwargs() for config in configs.values()}  # the seeds of a budget share it
     for budget, env_kwargs in sorted(envs.items()):
         for index, method in enumerate(static_methods(table.action_labels)):

@@ -6,7 +6,8 @@ the policy's saved scaler, and appends the episode state the policy was trained 
 episode (budget fraction 1.0, episode fraction left 1.0), exactly as `AudioBudgetEnv.reset` shows a question.
 Serving has no episodes, so policies trained with a budget (whose decisions depend on the budget spent so far) or
 with the bought no-audio confidence feature are refused by name rather than fed a made-up state; so are policies of
-a table joining several bridges (stage_b.join), since a pipeline loads one.
+a table joining several bridges (stage_b.join), since a pipeline loads one, and weight-conditioned policies
+(`stage_b-train --weight-max`), which would need a cost weight per request.
 The policy loads without pickle (stage_b.actor) unless `trust_pickle`.
 """
 
@@ -31,6 +32,10 @@ class PolicyChooser:
 
     def __init__(self, policy: SavedPolicy) -> None:
         config = policy.config
+        if config.conditioned:
+            raise ValueError(f"{policy.folder}: a weight-conditioned policy (weight_max {config.weight_max:g}), "
+                             "which needs a cost weight per request that serving does not take yet; expected a "
+                             "policy trained without --weight-max")
         if config.budget is not None:
             raise ValueError(f"{policy.folder}: trained with budget {config.budget}, whose decisions depend on the "
                              "budget left in an episode; serving has no episodes, expected a policy without a budget")

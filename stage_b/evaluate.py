@@ -30,12 +30,14 @@ from stable_baselines3.common.policies import BasePolicy
 from envs.audio_budget import AudioBudgetEnv, Confidence, FeatureScaler, Outcome
 from envs.outcome_table import OutcomeTable
 from envs.reward_scale import RewardScale
-from shared.cli import ArgumentParser, InputError, console
+from envs.weight_conditioned import WeightConditioned
+from shared.cli import ArgumentParser, InputError, check_number, console
 from shared.loading import load_json, load_sb3
 from shared.logs import setup_logging
 from shared.stats import mean_ci
 from stage_b.actor import ACTOR_FILE, load_actor
 from stage_b.latency import SOURCES, latency_percentiles, latency_source
+from stage_b.playback import play
 from stage_b.train import LEGACY_VAL_FRACTION, PolicyConfig
 
 log = logging.getLogger(__name__)
@@ -105,16 +107,37 @@ class SavedPolicy:
         return RewardScale.table_max(table, self.confidence)
 
     def env(self, table: OutcomeTable, rows: np.ndarray, outcome: Outcome | None = None,
-            live_confidence: Confidence | None = None) -> AudioBudgetEnv:
-        """The env this policy trained in (reward weights and scale, budget, episode length, confidence, scaler)
-        over `rows`; `outcome` and `live_confidence` switch it to live mode (AudioBudgetEnv)."""
-        return AudioBudgetEnv(table, rows=rows, scaler=self.scaler, outcome=outcome, live_confidence=live_confidence,
-                              scale=self.reward_scale(table), **self.config.env_kwargs())
+            live_confidence: Confidence | None = None) -> AudioBudgetEnv | WeightConditioned:
+        """The env this policy trained in (reward weights and scale, budget, episode length, confidence, scaler,
+        the weight wrapper of a conditioned policy) over `rows`; `outcome` and `live_confidence` switch it to live
+        mode (AudioBudgetEnv)."""
+        return self.config.make_env(table, rows=rows, scaler=self.scaler, outcome=outcome,
+                                    live_confidence=live_confidence, scale=self.reward_scale(table))
 
     def play(self, table: OutcomeTable, rows: np.ndarray, seed: int = 0, outcome: Outcome | None = None,
-             live_confidence: Confidence | None = None) -> dict[str, np.ndarray]:
-        """Every question of `rows` once, through this policy's env (see `play`)."""
-        return play(self.model, self.env(table, rows, outcome, live_confidence), rows, seed)
+             live_confidence: Confidence | None = None, weight: float | None = None) -> dict[str, np.ndarray]:
+        """Every question of `rows` once, through this policy's env (see `play`); a weight-conditioned policy at
+        `weight`, which it needs and any other policy refuses (`checked_weight`)."""
+        env = self.env(table, rows, outcome, live_confidence)
+        return play(self.model, env, rows, seed, self.checked_weight(weight))
+
+    def checked_weight(self, weight: float | None, flag: str = "--weight") -> float | None:
+        """`weight` if this policy takes it: a number in [0, weight_max] for a weight-conditioned policy, None for
+        any other; else an InputError naming `flag`, the value and the policy."""
+        config = self.config
+        if config.conditioned and weight is None:
+            raise InputError(f"{self.folder} is a weight-conditioned policy (weight_max {config.weight_max:g}); "
+                             f"expected {flag} w in [0, {config.weight_max:g}], the cost weight to play it at")
+        if not config.conditioned and weight is not None:
+            raise InputError(f"{flag} {weight} for {self.folder}, a policy trained at alpha {config.alpha:g}, gamma "
+                             f"{config.gamma:g}; expected no {flag} (only a weight-conditioned policy takes one)")
+        return None if weight is None else check_number(flag, weight, ge=0, le=config.weight_max)
+
+    def weights(self, weight: float | None = None) -> tuple[float, float]:
+        """The (alpha, gamma) the policy plays with: its own, or for a conditioned policy `weight` x its units."""
+        if self.checked_weight(weight) is None:
+            return self.config.alpha, self.config.gamma
+        return weight * self.config.alpha, weight * self.config.gamma
 
     def _check_table(self, table: OutcomeTable, path: Path, allow_other_table: bool = False) -> None:
         """Refuse a table built from another Stage A checkpoint than the policy's training table (whatever its
@@ -151,33 +174,6 @@ class SavedPolicy:
         return table, np.arange(table.n_rows)
 
 
-def play(model: PPO | BasePolicy, env: AudioBudgetEnv, rows: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
-    """The deterministic policy on every question of `rows` once, as the env shows them in training.
-
-    A seeded permutation of `rows` is cut into episodes of the env's length (the last may be
-    shorter), each played with `reset(options={"order": ...})`, so the episode and budget features
-    and any budget substitution are those of the env. Returns per-step arrays: row, action (as
-    taken), score, gflops, latency_ms, reward, forced (the budget replaced the chosen action by no
-    audio) and, for a policy observing it, the no-audio confidence it saw; sorted by row.
-    """
-    order = np.random.default_rng(seed).permutation(np.asarray(rows, dtype=np.int64))
-    steps: dict[str, list] = defaultdict(list)
-    keys = ("row", "score", "gflops", "latency_ms", *(("confidence",) if env.confidence else ()))
-    for start in range(0, len(order), env.episode_length):
-        obs, _ = env.reset(options={"order": order[start:start + env.episode_length]})
-        done = False
-        while not done:
-            action, _ = model.predict(obs, deterministic=True)
-            obs, reward, done, _, info = env.step(int(action))
-            for key in keys:
-                steps[key].append(info[key])
-            steps["action"].append(info["action_taken"])
-            steps["forced"].append(info["budget_forced"])
-            steps["reward"].append(reward)
-    by_row = np.argsort(steps["row"])
-    return {key: np.asarray(values)[by_row] for key, values in steps.items()}
-
-
 def point(table: OutcomeTable, rows: np.ndarray, actions: np.ndarray, confidence: bool = False) -> dict:
     """Mean accuracy, cost per question (charged as the policy pays it) with p50 and p95 latency (stage_b.latency),
     and audio rate of one set of choices."""
@@ -203,12 +199,15 @@ def summarize(table: OutcomeTable, rows: np.ndarray, actions: np.ndarray, confid
 
 
 def evaluate_policy(policy_dir: Path, split: str | None = None, trust_pickle: bool = False,
-                    allow_other_table: bool = False) -> dict:
-    """Summarise a saved policy's choices on its held-out rows, or on every question of another split's table."""
+                    allow_other_table: bool = False, weight: float | None = None) -> dict:
+    """Summarise a saved policy's choices on its held-out rows, or on every question of another split's table; a
+    weight-conditioned policy at `weight` (required for it, refused for any other)."""
     policy = SavedPolicy.load(policy_dir, trust_pickle)
+    alpha, gamma = policy.weights(weight)  # a missing or refused weight is named before the table is read
     table, rows = policy.evaluation_rows(split, allow_other_table)
-    steps = policy.play(table, rows)
-    return {"policy": str(policy_dir), "alpha": policy.config.alpha, "gamma": policy.config.gamma,
+    steps = policy.play(table, rows, weight=weight)
+    conditioned = {"weight": weight, "weight_max": policy.config.weight_max} if policy.config.conditioned else {}
+    return {"policy": str(policy_dir), "alpha": alpha, "gamma": gamma, **conditioned,
             "split": table.provenance.get("split"), "rows": "held-out" if split is None else "all",
             **summarize(table, steps["row"], steps["action"], policy.confidence)}
 
@@ -230,7 +229,8 @@ def add_allow_other_table(parser: argparse.ArgumentParser) -> None:
 def format_table(result: dict) -> str:
     """A readable summary: headline figures, then the action histogram per family and type."""
     lo, hi = result["accuracy"]["ci95"]
-    lines = [f"policy {result['policy']} (alpha {result['alpha']}, gamma {result['gamma']}), "
+    at = f", weight {result['weight']:g} of [0, {result['weight_max']:g}]" if "weight" in result else ""
+    lines = [f"policy {result['policy']} (alpha {result['alpha']:g}, gamma {result['gamma']:g}{at}), "
              f"{result['n']} questions ({result['rows']} rows of split {result['split']})",
              f"accuracy {100 * result['accuracy']['mean']:.2f} % [{100 * lo:.2f}, {100 * hi:.2f}]; "
              f"{result['gflops_per_query']:.4f} GFLOPs and {result['latency_ms']:.2f} ms per question; "
@@ -249,12 +249,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default=None,
                         help="evaluate on all questions of outcomes_<split>.npz beside the training table "
                              "(default: the training table's held-out rows)")
+    parser.add_argument("--weight", type=float, default=None,
+                        help="the cost weight to play a weight-conditioned policy at (stage_b-train --weight-max), "
+                             "in [0, weight_max]; required for such a policy, refused for any other")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     add_trust_pickle(parser)
     add_allow_other_table(parser)
     args = parser.parse_args(argv)
     setup_logging()
-    result = evaluate_policy(args.policy, args.split, args.trust_pickle, args.allow_other_table)
+    result = evaluate_policy(args.policy, args.split, args.trust_pickle, args.allow_other_table, args.weight)
     print(json.dumps(result, indent=2) if args.json else format_table(result))
     return 0
 

@@ -106,6 +106,16 @@ def oracle_choice(score: np.ndarray, cost: np.ndarray, weight: float) -> np.ndar
     return np.argmin(np.where(candidates, cost, np.inf), axis=1)
 
 
+def oracle_at_weights(score: np.ndarray, cost: np.ndarray, gflops: np.ndarray,
+                      weights: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """(GFLOPs per query, accuracy) of the oracle played only at `weights` (`oracle_choice` at each): what a method
+    evaluated at those weights would reach if it knew every outcome."""
+    rows = np.arange(score.shape[0])
+    choices = [oracle_choice(score, cost, w) for w in weights]
+    return (np.array([gflops[rows, c].mean(dtype=np.float64) for c in choices]),
+            np.array([score[rows, c].mean(dtype=np.float64) for c in choices]))
+
+
 def oracle_frontier(score: np.ndarray, cost: np.ndarray, columns: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The outcome-knowing oracle at every weight where its choice changes: {"weight", "accuracy", <column> means}.
 

@@ -15,7 +15,8 @@ rebuilding the model from the preset and overrides recorded in the table's prove
 `stage_b-eval`, it refuses a table of another Stage A checkpoint than the policy's unless
 `--allow-other-table`, before any model is loaded, a table recounted under a cost profile
 (stage_b.cost_profiles): its GFLOPs are another model's, not those of the models live mode runs, and a table
-joining several bridges (stage_b.join): live mode loads one.
+joining several bridges (stage_b.join): live mode loads one. A weight-conditioned policy (`stage_b-train
+--weight-max`) is refused by name: live mode does not play one at a chosen weight.
 """
 
 from __future__ import annotations
@@ -145,6 +146,10 @@ def main(argv: list[str] | None = None) -> int:
     check_number("--seed", args.seed, ge=0, integer=True)
     setup_logging()
     policy = SavedPolicy.load(args.policy, args.trust_pickle)
+    if policy.config.conditioned:
+        raise InputError(f"{args.policy} is a weight-conditioned policy (weight_max {policy.config.weight_max:g}); "
+                         "live mode plays policies trained at one weight, expected a policy trained without "
+                         "--weight-max (stage_b-eval --weight plays a conditioned one on the table)")
     evaluation = policy.evaluation_rows(None, args.allow_other_table)  # checked before SAFE is loaded
     provenance = evaluation[0].provenance
     if evaluation[0].action_names is not None:

@@ -42,6 +42,26 @@ the sweep's table, so the derived weight grids, the reward scale, every policy, 
 reused as above. Its latency stays the embedded machine's measurement, so a non-embedded profile takes only the
 alpha component (the default there; gamma and both are refused). pareto.json names the profile (`cost_profile`).
 
+With `--conditioned` each component and seed trains ONE weight-conditioned policy instead
+(`<component>-conditioned-seed<s>`, `stage_b-train --weight-max`: the weight is drawn per training
+episode and observed), with weight_max the top of the component's grid (its last weight, BEYOND x the
+derived top; with `--alphas` the largest given) and `--timesteps` steps. Each is played on the evaluation
+rows at `--eval-weights` N weights evenly spaced from 0 to weight_max (default 40), one `ppo-<component>`
+and one `random-<component>` row per weight and seed (alpha, gamma = w x the component's units), and
+`supervised-*` and `bandit-*` are evaluated at the same N weights and the cascade at N thresholds, so every
+hypervolume counts the same number of points; `never`, `always-*`, `oracle` and `oracle-frontier` are as
+above. pareto.json records `policy` ("conditioned" or "per-weight"), `evaluation_grid` and each policy's
+train seconds (`train_seconds.per_policy`). A reused policy whose config differs only in
+`RETRAINED_FIELDS` (timesteps, weight_max) is retrained, with a log line; any other difference is an error.
+
+In both modes pareto.json's `oracle_at_grid` gives, per component, the hypervolume of the oracle played only
+at that component's evaluation weights (`oracle_choice` per weight on the evaluation rows, its cost in the
+policies' units as for `oracle-frontier`) and its share of the whole oracle frontier's: a hypervolume is a
+staircase over a method's points, so even the oracle loses area between the weights of a coarse grid. It is a
+diagnostic of the grid, not a bound: the oracle's frontier moves in jumps at a few weights (many questions gain
+the same score for nearly the same cost), so its share depends on where the grid's weights fall, and a method
+whose choices change smoothly with the weight can exceed it.
+
 OUT/pareto.csv has the columns in `COLUMNS`. `alpha`, `gamma`, `seed` are the reward weights and
 seed for `ppo-*`, `random-*`, `supervised-*` and `bandit-*` rows, and the weight (alpha = w,
 gamma = 0) for `oracle-frontier` rows; a field that does not apply (static, oracle and cascade
@@ -76,6 +96,7 @@ import numpy as np
 from tqdm import tqdm
 
 from envs.outcome_table import OutcomeTable
+from envs.reward_scale import RewardScale
 from shared.benchmark import machine_info
 from shared.checkpoint import atomic_write_text
 from shared.cli import console
@@ -86,6 +107,8 @@ from stage_b.budget import BUDGET_COLUMNS, budget_policies, run_budgets
 from stage_b.cost_profiles import EMBEDDED
 from stage_b.evaluate import SavedPolicy, point
 from stage_b.frontier import (
+    hypervolume,
+    oracle_at_weights,
     oracle_choice,
     oracle_frontier,
     static_methods,
@@ -93,13 +116,14 @@ from stage_b.frontier import (
 )
 from stage_b.latency import PERCENTILES, frontier_percentiles, latency_source
 from stage_b.plot import AXES, plot_pareto
-from stage_b.sweep_config import ParetoConfig, parse_sweep
+from stage_b.sweep_config import COMPONENTS, ParetoConfig, parse_sweep, weighted
 from stage_b.train import PolicyConfig, train_policy
 
 log = logging.getLogger(__name__)
 
 COLUMNS = ("method", "alpha", "gamma", "seed", "accuracy", "gflops_per_query", "latency_ms", "audio_rate",
            *PERCENTILES)
+RETRAINED_FIELDS = ("timesteps", "weight_max")  # a reused policy whose config differs only here is retrained
 
 
 def _init_worker() -> None:
@@ -109,31 +133,40 @@ def _init_worker() -> None:
     torch.set_num_threads(1)
 
 
-def _train_and_play(config: PolicyConfig, folder: Path, train: bool, split: str | None) -> dict:
-    """In a worker: train the policy unless reused, then its actions on the evaluation rows."""
+def _train_and_play(config: PolicyConfig, folder: Path, train: bool, split: str | None,
+                    weights: list[float | None]) -> dict:
+    """In a worker: train the policy unless reused, then its actions on the evaluation rows at each of `weights`
+    (a conditioned policy's evaluation grid, or [None]: its own weight)."""
     if train:
         train_policy(config, folder, tensorboard=False)
     policy = SavedPolicy.load(folder)
     table, rows = policy.evaluation_rows(split)
-    steps = policy.play(table, rows)
-    return {"rows": steps["row"], "actions": steps["action"], "forced": steps["forced"],
-            "train_seconds": policy.record["train_seconds"]}
+    plays = [(w, policy.play(table, rows, weight=w)) for w in weights]
+    return {"rows": plays[0][1]["row"], "train_seconds": policy.record["train_seconds"],
+            "plays": [{"weight": w, "actions": steps["action"], "forced": steps["forced"]} for w, steps in plays]}
 
 
 def _needs_training(folder: Path, config: PolicyConfig, table_sha256: str, table: OutcomeTable) -> bool:
     """False when `folder` holds a finished policy with this config, trained on the table whose file has
-    `table_sha256` (loaded as `table`) with the reward scale this config has on it; a different config is an error."""
+    `table_sha256` (loaded as `table`) with the reward scale this config has on it. A config differing only in
+    RETRAINED_FIELDS (PPO steps, a conditioned policy's weight_max) is retrained; any other difference is an error."""
     record_path = folder / "policy.json"
     if not record_path.is_file():
         return True
     record = load_json(record_path, "a policy record written by stage_b-train", keys=("config",))
-    saved = record["config"]
+    saved = {"weight_max": None} | record["config"]  # policy.json written before weight-conditioned policies
     if "val_fraction" not in saved:
         log.info("retraining %s: it was trained before the validation split (its best/ was selected on the "
                  "held-out rows)", folder)
         return True
-    if saved != asdict(config):
-        raise ValueError(f"{folder} holds a policy trained with {saved}, not {asdict(config)}; "
+    wanted = asdict(config)
+    changed = sorted(key for key in saved.keys() | wanted.keys() if saved.get(key) != wanted.get(key))
+    if changed and set(changed) <= set(RETRAINED_FIELDS):
+        log.info("retraining %s: it was trained with %s, the sweep's are %s", folder,
+                 {key: saved.get(key) for key in changed}, {key: wanted.get(key) for key in changed})
+        return True
+    if changed:
+        raise ValueError(f"{folder} holds a policy trained with {saved}, not {wanted}; "
                          "delete it or choose another --out")
     trained_on = record.get("table_sha256")
     if trained_on != table_sha256:
@@ -151,7 +184,7 @@ def _needs_training(folder: Path, config: PolicyConfig, table_sha256: str, table
 
 def run_policies(sweep: ParetoConfig, configs: dict[str, PolicyConfig], table: OutcomeTable) -> dict[str, dict]:
     """Train (or reuse) the policies `configs` names (folder name -> config) in a process pool, `table` being the
-    sweep's table already loaded; name -> {rows, actions, forced, train_seconds, reused}."""
+    sweep's table already loaded; name -> {rows, plays: [{weight, actions, forced}], train_seconds, reused}."""
     folders = {name: sweep.out / "policies" / name for name in configs}
     table_sha256 = file_sha256(sweep.table)
     train = {name: _needs_training(folders[name], config, table_sha256, table) for name, config in configs.items()}
@@ -160,8 +193,8 @@ def run_policies(sweep: ParetoConfig, configs: dict[str, PolicyConfig], table: O
     results = {}
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(sweep.workers, mp_context=context, initializer=_init_worker) as pool:
-        futures = {pool.submit(_train_and_play, config, folders[name], train[name], sweep.split): name
-                   for name, config in configs.items()}
+        futures = {pool.submit(_train_and_play, config, folders[name], train[name], sweep.split,
+                               sweep.play_weights(config)): name for name, config in configs.items()}
         for future in tqdm(as_completed(futures), total=len(futures), desc="policies"):
             name = futures[future]
             try:
@@ -191,17 +224,20 @@ def evaluate_sweep(sweep: ParetoConfig, results: dict[str, dict]) -> tuple[list[
         if not np.array_equal(result["rows"], rows):
             raise ValueError(f"policy {name} was evaluated on other rows than {first}; the sweep's policies must "
                              "share the table and split_seed")
-        component = name.split("-w")[0]
-        weights = {"alpha": config.alpha, "gamma": config.gamma, "seed": config.seed}
-        shuffled = np.random.default_rng(config.seed).permutation(result["actions"])
-        out.append(_row(f"ppo-{component}", point(table, rows, result["actions"], sweep.confidence), **weights))
-        out.append(_row(f"random-{component}", point(table, rows, shuffled, sweep.confidence), **weights))
+        component = name.split("-", 1)[0]
+        for played in result["plays"]:
+            alpha, gamma = ((config.alpha, config.gamma) if played["weight"] is None
+                            else weighted(component, played["weight"]))
+            weights = {"alpha": alpha, "gamma": gamma, "seed": config.seed}
+            shuffled = np.random.default_rng(config.seed).permutation(played["actions"])
+            out.append(_row(f"ppo-{component}", point(table, rows, played["actions"], sweep.confidence), **weights))
+            out.append(_row(f"random-{component}", point(table, rows, shuffled, sweep.confidence), **weights))
     for index, method in enumerate(static_methods(table.action_labels)):
         out.append(_row(method, point(table, rows, np.full(len(rows), index, dtype=np.int64))))
     out.append(_row("oracle", point(table, rows, table.oracle_actions()[rows])))
     sub = table.subset(rows)
     audio = np.broadcast_to((table.actions > 0).astype(np.float64), sub.score.shape)
-    cost = sub.gflops / policy.reward_scale(table).gflops  # weights in the policies' units
+    cost = oracle_cost(sub, policy.reward_scale(table), COMPONENTS["alpha"])
     frontier = oracle_frontier(sub.score, cost, {"gflops": sub.gflops, "latency_ms": sub.latency_ms, "audio": audio})
     spread = frontier_percentiles(sub.charged_latency_samples(), oracle_choice(sub.score, cost, 0.0),
                                   frontier["switch_row"], frontier["switch_action"])
@@ -211,6 +247,29 @@ def evaluate_sweep(sweep: ParetoConfig, results: dict[str, dict]) -> tuple[list[
             for i, (w, acc, g, lat, rate) in enumerate(zip(frontier["weight"], frontier["accuracy"], frontier["gflops"],
                                                            frontier["latency_ms"], frontier["audio"]))]
     return out, table, rows
+
+
+def oracle_cost(sub: OutcomeTable, scale: RewardScale, units: tuple[float, float]) -> np.ndarray:
+    """(N, A) cost at weight 1 that the oracle weighs, in the policies' units: alpha_unit * gflops / scale.gflops +
+    gamma_unit * latency_ms / scale.latency_ms of the table's own (uncharged) columns."""
+    return units[0] * sub.gflops / scale.gflops + units[1] * sub.latency_ms / scale.latency_ms
+
+
+def oracle_at_grid(sweep: ParetoConfig, table: OutcomeTable, rows: np.ndarray, scale: RewardScale, g_ref: float,
+                   full: float) -> dict[str, dict]:
+    """Per component, the oracle played only at that component's evaluation weights on `rows` (its cost in the
+    policies' units): hypervolume and share of the whole oracle frontier's (`full`), i.e. how much of the frontier
+    a staircase over that grid's points keeps for the oracle itself (not a bound on other methods: their points at
+    the same weights fall elsewhere on the plane)."""
+    sub = table.subset(rows)
+    out = {}
+    for component in sweep.components:
+        weights = sweep.evaluation_weights(component)
+        cost = oracle_cost(sub, scale, COMPONENTS[component])
+        hv = hypervolume(*oracle_at_weights(sub.score, cost, sub.gflops, weights), g_ref)
+        out[component] = {"weights": len(weights), "hypervolume": hv,
+                          "ratio_to_oracle": hv / full if full > 0 else None}
+    return out
 
 
 def write_csv(rows: list[dict], path: Path, columns: tuple[str, ...] = COLUMNS) -> Path:
@@ -257,19 +316,26 @@ def run_sweep(sweep: ParetoConfig) -> dict:
                                                     f"Stage B under a compute budget: {where}")
         write_csv(budget_rows, sweep.out / "budget.csv", BUDGET_COLUMNS)
     seconds = [r["train_seconds"] for r in results.values()]
+    summary = summarize_sweep(rows, sweep.components)
+    scale = next(iter(sweep.policies().values())).reward_scale(train_table)  # every policy's (see _needs_training)
     report = {
         "out": str(sweep.out), "table": str(sweep.table), "cost_profile": sweep.cost_profile, "split": split,
-        "rows": kind, "n": len(eval_rows),
-        **summarize_sweep(rows, sweep.components),
+        "rows": kind, "n": len(eval_rows), "policy": "conditioned" if sweep.conditioned else "per-weight",
+        "evaluation_grid": {c: sweep.evaluation_weights(c) for c in sweep.components},
+        **summary,
+        "oracle_at_grid": oracle_at_grid(sweep, table, eval_rows, scale, summary["reference"]["gflops_per_query"],
+                                         summary["hypervolume"]["oracle-frontier"]),
         "baselines": {"run": list(baselines), "skipped": skipped, **baseline_report},
         "train_seconds": {"median": statistics.median(seconds), "sum": round(sum(seconds), 1),
-                          "policies": len(seconds), "trained": sum(not r["reused"] for r in results.values())},
+                          "policies": len(seconds), "trained": sum(not r["reused"] for r in results.values()),
+                          "per_policy": {name: r["train_seconds"] for name, r in sorted(results.items())}},
         "latency": {"source": latency_source(table), "percentiles": PERCENTILES,
                     "repeats": table.charged_latency_samples().shape[2]},
         "weight_grid": sweep.weight_grids,
         "sweep": {"weights": {c: grid["weights"] for c, grid in sweep.weight_grids.items()},
                   "seeds": sorted(set(sweep.seeds)), "components": list(sweep.components),
                   "budgets": sorted(set(sweep.budgets)), "timesteps": sweep.timesteps, "n_envs": sweep.n_envs,
+                  "conditioned": sweep.conditioned, "eval_weights": sweep.eval_weights,
                   "workers": sweep.workers, "wall_seconds": round(time.perf_counter() - start, 1)},
         "machine": machine_info(), "table_provenance": table.provenance, **budget,
     }
@@ -282,9 +348,10 @@ def headline(report: dict) -> dict:
     saving = report["matched_accuracy_saving"]["any"]
     budget = {"budget": [{key: p[key] for key in ("budget", "ppo_accuracy", "ppo_accuracy_std", "best_static")}
                          for p in report["budget"]["points"]]} if "budget" in report else {}
-    return {"out": report["out"], "cost_profile": report["cost_profile"], "n": report["n"],
+    return {"out": report["out"], "cost_profile": report["cost_profile"], "n": report["n"], "policy": report["policy"],
             "hypervolume": report["hypervolume"],
             "hypervolume_ratio_to_oracle": report["hypervolume_ratio_to_oracle"],
+            "oracle_at_grid": {c: grid["ratio_to_oracle"] for c, grid in report["oracle_at_grid"].items()},
             "ppo_minus_baseline_hypervolume": {b: {p: {k: d[k] for k in ("mean_diff", "ci95")} for p, d in ppo.items()}
                                                for b, ppo in report["ppo_minus_baseline_hypervolume"].items()},
             "dominated": report["dominated"],

@@ -12,6 +12,8 @@ from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 
+import numpy as np
+
 from envs.audio_budget import BUDGET
 from envs.outcome_table import DEFAULT_TABLE, OutcomeTable
 from shared.cli import ArgumentParser, InputError, check_number, name_list, number_list
@@ -22,6 +24,7 @@ from stage_b.train import PolicyConfig
 from stage_b.weight_grid import derive_grids
 
 COMPONENTS = {"alpha": (1.0, 0.0), "gamma": (0.0, 1.0), "both": (1.0, 1.0)}  # (alpha, gamma) per unit weight
+EVAL_WEIGHTS = 40  # --conditioned: weights each conditioned policy (and every weighted baseline) is evaluated at
 
 
 def weighted(component: str, weight: float) -> tuple[float, float]:
@@ -29,10 +32,16 @@ def weighted(component: str, weight: float) -> tuple[float, float]:
     return COMPONENTS[component][0] * weight, COMPONENTS[component][1] * weight
 
 
+def evaluation_grid(weight_max: float, count: int) -> list[float]:
+    """`count` weights evenly spaced from 0 to `weight_max`, both included: a conditioned policy's evaluation grid."""
+    return np.linspace(0.0, weight_max, count).tolist()
+
+
 @dataclass
 class ParetoConfig:
     """One `stage_b-pareto` sweep: table, output folder, weights (None: derived per component), seeds, components,
-    PPO budget, baselines, episode compute budgets, plot axis and cost profile."""
+    PPO budget, baselines, episode compute budgets, plot axis, cost profile and, with `conditioned`, one
+    weight-conditioned policy per component and seed evaluated at `eval_weights` weights (default EVAL_WEIGHTS)."""
 
     table: Path
     out: Path
@@ -48,6 +57,8 @@ class ParetoConfig:
     budgets: tuple[float, ...] = ()
     axis: str = "gflops"
     cost_profile: str = EMBEDDED
+    conditioned: bool = False
+    eval_weights: int | None = None  # None: EVAL_WEIGHTS with `conditioned`; refused without it
 
     def __post_init__(self) -> None:
         if self.weights == () or not self.seeds:
@@ -72,6 +83,15 @@ class ParetoConfig:
             raise InputError("--budget with --confidence is not supported: the confidence's base run changes the "
                              "maximum compute a budget is a fraction of, so PPO and the static policies it is compared "
                              "with would get different budgets; expected one of the two flags")
+        if self.eval_weights is not None and not self.conditioned:
+            raise InputError(f"--eval-weights {self.eval_weights} without --conditioned: a per-weight sweep evaluates "
+                             "each policy at its own weight; expected --eval-weights only with --conditioned")
+        if self.conditioned:
+            self.eval_weights = check_number("--eval-weights", EVAL_WEIGHTS if self.eval_weights is None
+                                             else self.eval_weights, ge=2, integer=True)
+            if self.weights is not None and max(self.weights) == 0:
+                raise InputError(f"--alphas is {list(self.weights)} with --conditioned: the largest weight is the "
+                                 "policies' weight_max; expected a weight > 0")
         check_profile_name(self.cost_profile)
         latency = [c for c in self.components if COMPONENTS[c][1] > 0]
         if self.cost_profile != EMBEDDED and latency:
@@ -95,9 +115,27 @@ class ParetoConfig:
         return derive_grids(OutcomeTable.load(self.table), self.policy(self.components[0], 0.0, 0),
                             {c: COMPONENTS[c] for c in self.components})
 
+    def weight_max(self, component: str) -> float:
+        """The top of `component`'s grid (its last derived weight, or the largest of --alphas): the weight_max of its
+        conditioned policies."""
+        return max(self.weight_grids[component]["weights"])
+
+    def evaluation_weights(self, component: str) -> list[float]:
+        """The weights `component` is evaluated at, by PPO and the weighted baselines alike: its grid (`weight_grids`),
+        or with `conditioned` the `evaluation_grid` of `eval_weights` weights up to its weight_max."""
+        if self.conditioned:
+            return evaluation_grid(self.weight_max(component), self.eval_weights)
+        return self.weight_grids[component]["weights"]
+
+    def play_weights(self, config: PolicyConfig) -> list[float | None]:
+        """The weights one policy of the sweep is played at: the evaluation grid of a conditioned policy, else
+        [None] (its own weight)."""
+        return evaluation_grid(config.weight_max, self.eval_weights) if config.conditioned else [None]
+
     def grid(self) -> list[tuple[str, float, float, float]]:
-        """(component, weight, alpha, gamma) of every point of the sweep, by component then weight (`weight_grids`)."""
-        return [(c, w, *weighted(c, w)) for c in self.components for w in self.weight_grids[c]["weights"]]
+        """(component, weight, alpha, gamma) of every evaluated point of the sweep, by component then weight
+        (`evaluation_weights`)."""
+        return [(c, w, *weighted(c, w)) for c in self.components for w in self.evaluation_weights(c)]
 
     def policy(self, component: str, weight: float, seed: int) -> PolicyConfig:
         """The training config of one policy of the sweep."""
@@ -105,10 +143,19 @@ class ParetoConfig:
         return PolicyConfig(str(self.table), alpha=alpha, gamma=gamma, confidence=self.confidence, seed=seed,
                             timesteps=self.timesteps, n_envs=self.n_envs)
 
+    def conditioned_policy(self, component: str, seed: int) -> PolicyConfig:
+        """The training config of one weight-conditioned policy: the component's units, its weight_max."""
+        alpha, gamma = COMPONENTS[component]
+        return PolicyConfig(str(self.table), alpha=alpha, gamma=gamma, confidence=self.confidence, seed=seed,
+                            timesteps=self.timesteps, n_envs=self.n_envs, weight_max=self.weight_max(component))
+
     def policies(self) -> dict[str, PolicyConfig]:
-        """Folder name (<component>-w<weight>-seed<seed>) -> training config, for every policy of the sweep."""
-        return {f"{c}-w{w:g}-seed{s}": self.policy(c, w, s) for c, w, _, _ in self.grid()
-                for s in sorted(set(self.seeds))}
+        """Folder name -> training config, for every policy of the sweep: <component>-w<weight>-seed<seed> per
+        weight, or with `conditioned` <component>-conditioned-seed<seed>."""
+        seeds = sorted(set(self.seeds))
+        if self.conditioned:
+            return {f"{c}-conditioned-seed{s}": self.conditioned_policy(c, s) for c in self.components for s in seeds}
+        return {f"{c}-w{w:g}-seed{s}": self.policy(c, w, s) for c, w, _, _ in self.grid() for s in seeds}
 
 
 def parse_sweep(argv: list[str] | None, description: str) -> ParetoConfig:
@@ -141,6 +188,13 @@ def parse_sweep(argv: list[str] | None, description: str) -> ParetoConfig:
     parser.add_argument("--axis", default="gflops",
                         help=f"x axis of a second plot, one of {list(AXES)}: latency_p95 also plots accuracy against "
                              "p95 latency (pareto_latency_p95.png); pareto.png is always against GFLOPs")
+    parser.add_argument("--conditioned", action="store_true",
+                        help="train one weight-conditioned policy per component and seed (stage_b-train --weight-max, "
+                             "weight_max the top of the component's grid) instead of one per weight, and evaluate it, "
+                             "and the weighted baselines, at --eval-weights weights")
+    parser.add_argument("--eval-weights", type=int, default=None,
+                        help=f"with --conditioned: evaluation weights, evenly spaced from 0 to weight_max "
+                             f"(default {EVAL_WEIGHTS})")
     parser.add_argument("--cost-profile", default=EMBEDDED,
                         help="recount the table's GFLOPs for real models (configs/cost_profiles; default: embedded, "
                              "the table's own)")
@@ -152,4 +206,4 @@ def parse_sweep(argv: list[str] | None, description: str) -> ParetoConfig:
                         tuple(c.strip() for c in components.split(",") if c.strip()), args.timesteps,
                         args.n_envs, args.workers, args.split, args.confidence, baselines,
                         () if args.budget is None else number_list("--budget", args.budget, float, **BUDGET),
-                        args.axis, args.cost_profile)
+                        args.axis, args.cost_profile, args.conditioned, args.eval_weights)

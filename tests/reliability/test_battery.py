@@ -31,6 +31,7 @@ from stage_b.join import main as join_main
 from stage_b.live import main as live_main
 from stage_b.outcomes import main as outcomes_main
 from stage_b.pareto import main as pareto_main
+from stage_b.train import PolicyConfig, train_policy
 from stage_b.train import main as policy_main
 
 MAINS: dict[str, Callable] = {
@@ -84,6 +85,13 @@ class Inputs:
                 (folder / name).write_bytes((folder / name).read_bytes()[:64])
         if damage == "json":
             (folder / "policy.json").write_text("{not json")
+        return folder
+
+    def conditioned(self) -> Path:
+        """A weight-conditioned policy (stage_b-train --weight-max 2, 64 steps) on the good table."""
+        folder = self.tmp / "conditioned"
+        train_policy(PolicyConfig(str(self.table), weight_max=2.0, timesteps=64, n_envs=1, eval_every=64), folder,
+                     tensorboard=False)
         return folder
 
     def manifest(self, bad_line: str) -> Path:
@@ -203,6 +211,17 @@ CASES: dict[str, Case] = {
                               lambda i: ACTOR_FILE),
     "policy eval bad json": ("stage_b-eval", lambda i: ["--policy", str(i.policy_copy("json"))],
                              lambda i: "policy.json"),
+    "policy weight-max negative": ("stage_b-train", lambda i: ["--table", str(i.table), "--weight-max", "-1"],
+                                   lambda i: "--weight-max is -1.0"),
+    "policy eval conditioned without weight": ("stage_b-eval", lambda i: ["--policy", str(i.conditioned())],
+                                               lambda i: "expected --weight w in [0, 2]"),
+    "policy eval weight for an ordinary policy": ("stage_b-eval", lambda i: ["--policy", str(i.policy), "--weight",
+                                                                             "1"], lambda i: "expected no --weight"),
+    "pareto eval-weights without conditioned": ("stage_b-pareto", lambda i: ["--table", str(i.table),
+                                                                             "--eval-weights", "5"],
+                                                lambda i: "--eval-weights 5 without --conditioned"),
+    "live conditioned policy": ("stage_b-live", lambda i: ["--policy", str(i.conditioned())],
+                                lambda i: "is a weight-conditioned policy"),
     "pareto alphas item": ("stage_b-pareto", lambda i: ["--table", str(i.table), "--alphas", "0.1,a"],
                            lambda i: "'a'"),
     "pareto seeds item": ("stage_b-pareto", lambda i: ["--table", str(i.table), "--seeds", "x"], lambda i: "'x'"),

@@ -16,9 +16,10 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from envs.audio_budget import AudioBudgetEnv, FeatureScaler, observed_columns
 from envs.outcome_table import OutcomeTable
 from stage_b.actor import ACTOR_FILE
-from stage_b.evaluate import PickleRefused, SavedPolicy, evaluate_policy, play
+from stage_b.evaluate import PickleRefused, SavedPolicy, evaluate_policy
 from stage_b.evaluate import main as eval_main
 from stage_b.live import main as live_main
+from stage_b.playback import play
 from stage_b.train import PolicyConfig, train_policy
 
 

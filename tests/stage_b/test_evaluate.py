@@ -94,6 +94,15 @@ def test_live_mode_refuses_another_checkpoints_table_before_loading_safe(root: P
     assert "holds outcomes of Stage A checkpoint bbbb" in _err_line(capsys, "stage_b-live")
 
 
+def test_live_mode_refuses_a_weight_conditioned_policy_by_name(root: Path, capsys: pytest.CaptureFixture) -> None:
+    train_policy(PolicyConfig(str(root / "toy" / "outcomes_toy.npz"), weight_max=2.0, timesteps=64, n_envs=1,
+                              eval_every=64), root / "conditioned", tensorboard=False)
+    assert live_main(["--policy", str(root / "conditioned")]) == 2
+    line = _err_line(capsys, "stage_b-live")
+    assert f"{root / 'conditioned'} is a weight-conditioned policy (weight_max 2)" in line
+    assert "expected a policy trained without --weight-max" in line
+
+
 @pytest.mark.parametrize("damage", ["truncated", "empty"])
 def test_damaged_policy_files_are_named(root: Path, damage: str, capsys: pytest.CaptureFixture) -> None:
     """policy.json, and an old zip-only folder's policy.zip (loaded with --trust-pickle)."""
@@ -138,9 +147,8 @@ def test_evaluation_rewards_with_the_training_scale(root: Path, caplog: pytest.L
     assert best.scale == policy.scale == RewardScale.from_json(recorded)
     for saved in (policy, best):
         steps = saved.play(table, held_out)
-        expected = training_env.reward(table.score[steps["row"], steps["action"]].astype(np.float64),
-                                       table.gflops[steps["row"], steps["action"]],
-                                       table.latency_ms[steps["row"], steps["action"]])
+        expected = training_env.reward(*(column[steps["row"], steps["action"]].astype(np.float64)  # as the env does
+                                         for column in (table.score, table.gflops, table.latency_ms)))
         np.testing.assert_array_equal(steps["reward"], expected)
     record = json.loads((root / "policy" / "policy.json").read_text())
     del record["reward_scale"]  # a policy saved before scales were recorded divided by the table's maxima

@@ -5,8 +5,8 @@ import pytest
 from scipy import stats
 
 from shared.stats import welch_t
-from stage_b.frontier import (dominance, hypervolume, matched_accuracy_saving, oracle_choice, oracle_frontier,
-                              pareto_mask, seed_means, summarize_sweep)
+from stage_b.frontier import (dominance, hypervolume, matched_accuracy_saving, oracle_at_weights, oracle_choice,
+                              oracle_frontier, pareto_mask, seed_means, summarize_sweep)
 from stage_b.latency import frontier_percentiles
 
 
@@ -64,6 +64,17 @@ def test_oracle_frontier_hand_computed() -> None:
     np.testing.assert_allclose(frontier["accuracy"], [1.0, 2.5 / 3, 1.5 / 3])
     np.testing.assert_allclose(frontier["cost"], [1.6 / 3, 0.7 / 3, 0.1])
     assert frontier["accuracy"][0] == pytest.approx(score.max(axis=1).mean())
+
+
+def test_oracle_at_weights_hand_computed() -> None:
+    """Three actions on one question: scores 0, 0.6, 1 at costs 0, 1, 2. The oracle takes action 2 while
+    1 - 2w >= 0.6 - w (w <= 0.4, ties to the cheaper), action 1 while 0.6 - w > 0 (w < 0.6), then action 0."""
+    score, cost = np.array([[0.0, 0.6, 1.0]]), np.array([[0.0, 1.0, 2.0]])
+    gflops, accuracy = oracle_at_weights(score, cost, 10 * cost, [0.0, 0.5, 0.6, 1.0])
+    assert gflops.tolist() == [20.0, 10.0, 0.0, 0.0] and accuracy.tolist() == [1.0, 0.6, 0.0, 0.0]
+    # on the frontier's own vertices it reproduces the frontier, whatever it is evaluated at in between
+    frontier = oracle_frontier(score, cost, {"gflops": 10 * cost})
+    assert oracle_at_weights(score, cost, 10 * cost, frontier["weight"])[0].tolist() == frontier["gflops"].tolist()
 
 
 def test_oracle_frontier_matches_a_brute_force_weight_scan() -> None:

@@ -3,6 +3,7 @@
 import json
 import logging
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +12,10 @@ from matplotlib.image import imread
 
 from envs.audio_budget import AudioBudgetEnv
 from envs.outcome_table import OutcomeTable
+from envs.reward_scale import RewardScale
 from shared.loading import file_sha256
 from stage_b.evaluate import SavedPolicy, summarize
-from stage_b.pareto import COLUMNS, main, read_csv, run_sweep
+from stage_b.pareto import COLUMNS, main, oracle_at_grid, read_csv, run_sweep
 from stage_b.sweep_config import ParetoConfig
 from stage_b.train import PolicyConfig
 from stage_b.weight_grid import BEYOND
@@ -134,6 +136,11 @@ def test_json_and_png(sweep_out: Path) -> None:
     assert all(p["latency_p95_ms"] > 0 for points in report["learned_points"].values() for p in points)
     components = ("alpha", "gamma", "both")
     assert report["weight_grid"] == {c: {"source": "--alphas", "weights": [0.0, 0.5]} for c in components}
+    assert report["policy"] == "per-weight" and report["evaluation_grid"] == {c: [0.0, 0.5] for c in components}
+    assert set(report["train_seconds"]["per_policy"]) == {f"{c}-w{w}-seed0" for c in components for w in ("0", "0.5")}
+    assert set(report["oracle_at_grid"]) == set(components)
+    assert all(grid["weights"] == 2 and 0 < grid["ratio_to_oracle"] <= 1 + 1e-9
+               for grid in report["oracle_at_grid"].values())
     assert report["sweep"]["weights"] == {c: [0.0, 0.5] for c in components}
     assert not (sweep_out / "pareto_latency_p95.png").exists()  # only with --axis latency_p95
     png = sweep_out / "pareto.png"
@@ -200,7 +207,9 @@ def test_a_failing_worker_raises(sweep_out: Path, table_path: Path, tmp_path: Pa
                                                 ("--baselines", ",", "--baselines is ','; expected comma-separated names"),
                                                 ("--baselines", "none,bandit", "item 'none' is not one of"),
                                                 ("--axis", "p99",
-                                                 "--axis is 'p99'; expected one of ['gflops', 'latency_p95']")])
+                                                 "--axis is 'p99'; expected one of ['gflops', 'latency_p95']"),
+                                                ("--eval-weights", "5",
+                                                 "--eval-weights 5 without --conditioned: a per-weight sweep")])
 def test_bad_arguments_exit_2_before_the_table_is_read(tmp_path: Path, flag: str, value: str, message: str,
                                                        capsys: pytest.CaptureFixture) -> None:
     assert main(["--table", str(tmp_path / "none.npz"), "--out", str(tmp_path), flag, value]) == 2
@@ -345,3 +354,112 @@ def test_a_policy_of_another_reward_scale_is_retrained(sweep_out: Path, table_pa
         assert report["train_seconds"]["trained"] == 1 and "reusing" not in caplog.text
         assert f"retraining {record_path.parent}: it was trained with reward scale" in caplog.text
         assert json.loads(record_path.read_text())["reward_scale"] == expected
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--conditioned", "--eval-weights", "1"], "--eval-weights is 1; expected an integer >= 2"),
+    (["--conditioned", "--alphas", "0"], "--alphas is [0.0] with --conditioned: the largest weight is the policies' "
+                                         "weight_max; expected a weight > 0"),
+])
+def test_bad_conditioned_arguments_exit_2_before_the_table_is_read(tmp_path: Path, flags: list[str], message: str,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    assert main(["--table", str(tmp_path / "none.npz"), "--out", str(tmp_path), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+
+
+def test_oracle_at_grid_on_hand_made_outcomes(tmp_path: Path) -> None:
+    """Question 0 needs audio (score 0 without, 1 with), question 1 does not; audio costs 3 GFLOPs against 1 and 1.5 ms
+    against 1, both scales are 3. In compute units the oracle uses audio on question 0 while 1 - w > -w / 3, i.e. for
+    w < 1.5: at w = 0 its point is (2 GFLOPs, accuracy 1), at w = 2 it is (1, 0.5). With the reference at 3 GFLOPs the
+    whole frontier's hypervolume is 1 x 0.5 + 1 x 1 = 1.5; the grid {0, 2} reaches all of it, the grid {0} only the
+    1 x 1 of its one point. In latency units audio pays while w < 6, so at {0, 2} the gamma oracle gets 1 x 1 too."""
+    table = OutcomeTable(ids=np.array(["q0", "q1"]), family=np.array(["audio", "visual"]), qtype=np.array(["k", "k"]),
+                         actions=np.array([0, 4]), score=np.array([[0.0, 1.0], [1.0, 1.0]], np.float32),
+                         gflops=np.array([[1.0, 3.0], [1.0, 3.0]], np.float32),
+                         latency_ms=np.array([[1.0, 1.5], [1.0, 1.5]], np.float32),
+                         features=np.zeros((2, 1), np.float32), provenance={})
+    scale, rows = RewardScale(3.0, 3.0), np.array([0, 1])
+    both = oracle_at_grid(ParetoConfig(tmp_path / "t.npz", tmp_path, weights=(0.0, 2.0), components=("alpha", "gamma")),
+                          table, rows, scale, 3.0, 1.5)
+    assert both == {"alpha": {"weights": 2, "hypervolume": pytest.approx(1.5), "ratio_to_oracle": pytest.approx(1.0)},
+                    "gamma": {"weights": 2, "hypervolume": pytest.approx(1.0), "ratio_to_oracle": pytest.approx(2 / 3)}}
+    one = oracle_at_grid(ParetoConfig(tmp_path / "t.npz", tmp_path, weights=(0.0,), components=("alpha",)),
+                         table, rows, scale, 3.0, 1.5)
+    assert one == {"alpha": {"weights": 1, "hypervolume": pytest.approx(1.0), "ratio_to_oracle": pytest.approx(2 / 3)}}
+    conditioned = ParetoConfig(tmp_path / "t.npz", tmp_path, weights=(0.0, 2.0), components=("both",),
+                               conditioned=True, eval_weights=3)  # weights 0, 1, 2 of the cost 2 x gflops / 3
+    assert conditioned.evaluation_weights("both") == [0.0, 1.0, 2.0]
+    assert oracle_at_grid(conditioned, table, rows, scale, 3.0, 1.5)["both"] == {
+        "weights": 3, "hypervolume": pytest.approx(1.5), "ratio_to_oracle": pytest.approx(1.0)}
+
+
+@pytest.fixture(scope="module")
+def conditioned_out(table_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """alpha and gamma, seeds 0 and 1, one conditioned policy each on the derived grid's top, 5 evaluation weights,
+    the default baselines, and a budget (its policies are per-budget, as in any sweep)."""
+    out = tmp_path_factory.mktemp("conditioned")
+    assert main(["--table", str(table_path), "--out", str(out), "--seeds", "0,1", "--components", "alpha,gamma",
+                 "--conditioned", "--eval-weights", "5", "--timesteps", "512", "--n-envs", "2", "--workers", "2",
+                 "--budget", "0.5"]) == 0
+    return out
+
+
+def test_conditioned_sweep_plays_one_policy_per_component_and_seed_on_one_grid(conditioned_out: Path,
+                                                                               table_path: Path) -> None:
+    report = json.loads((conditioned_out / "pareto.json").read_text())
+    assert report["policy"] == "conditioned" and report["sweep"]["conditioned"] and report["sweep"]["eval_weights"] == 5
+    names = [f"{c}-conditioned-seed{s}" for c in ("alpha", "gamma") for s in (0, 1)]
+    assert sorted(p.name for p in (conditioned_out / "policies").iterdir()) == sorted(
+        [*names, "budget-b0.5-seed0", "budget-b0.5-seed1"])
+    assert set(report["train_seconds"]["per_policy"]) == {*names, "budget-b0.5-seed0", "budget-b0.5-seed1"}
+    rows = read_csv(conditioned_out / "pareto.csv")
+    table = OutcomeTable.load(table_path)
+    for component, units in (("alpha", (1.0, 0.0)), ("gamma", (0.0, 1.0))):
+        weight_max = report["weight_grid"][component]["weights"][-1]
+        grid = np.linspace(0, weight_max, 5).tolist()
+        assert report["evaluation_grid"][component] == grid and report["oracle_at_grid"][component]["weights"] == 5
+        folder = conditioned_out / "policies" / f"{component}-conditioned-seed0"
+        record = json.loads((folder / "policy.json").read_text())
+        assert record["conditioned"] and record["config"]["weight_max"] == weight_max
+        assert (record["config"]["alpha"], record["config"]["gamma"]) == units
+        expected = sorted((w * units[0], w * units[1]) for w in grid for _ in (0, 1))
+        for kind in ("ppo", "random", "supervised", "bandit"):  # every weighted method on the same weights and seeds
+            found = [r for r in rows if r["method"] == f"{kind}-{component}"]
+            assert sorted((r["alpha"], r["gamma"]) for r in found) == expected, kind
+        policy = SavedPolicy.load(conditioned_out / "policies" / f"{component}-conditioned-seed1")
+        held_out = np.asarray(policy.record["test_rows"])
+        steps = policy.play(table, held_out, weight=grid[3])
+        ppo = next(r for r in rows if r["method"] == f"ppo-{component}" and r["seed"] == 1
+                   and (r["alpha"], r["gamma"]) == (grid[3] * units[0], grid[3] * units[1]))
+        assert ppo["accuracy"] == pytest.approx(summarize(table, steps["row"], steps["action"])["accuracy"]["mean"])
+        assert ppo["gflops_per_query"] == pytest.approx(table.gflops[steps["row"], steps["action"]].mean())
+    assert len([r for r in rows if r["method"] == "oracle-frontier"]) > 2
+    assert len(report["dominance"]) == 4 + 2 * 5  # static policies, then random means per component and weight
+    assert set(report["ppo_minus_baseline_hypervolume"]) == {f"{b}-{c}" for b in ("supervised", "bandit")
+                                                              for c in ("alpha", "gamma")}
+    assert report["ppo_minus_baseline_hypervolume"]["supervised-alpha"]["ppo-alpha"]["ci95"] is not None
+    assert all(0 < grid["ratio_to_oracle"] <= 1 + 1e-9 for grid in report["oracle_at_grid"].values())
+    assert [p["budget"] for p in report["budget"]["points"]] == [0.5] and (conditioned_out / "budget.csv").is_file()
+
+
+def test_a_conditioned_policy_of_other_steps_or_weight_max_is_retrained(conditioned_out: Path, table_path: Path,
+                                                                         tmp_path: Path,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    out = tmp_path / "again"
+    name = "alpha-conditioned-seed0"
+    shutil.copytree(conditioned_out / "policies" / name, out / "policies" / name)
+    weight_max = json.loads((conditioned_out / "pareto.json").read_text())["weight_grid"]["alpha"]["weights"][-1]
+    sweep = ParetoConfig(table_path, out, seeds=(0,), components=("alpha",), timesteps=512, n_envs=2, workers=1,
+                         conditioned=True, eval_weights=3, baselines=())
+    with caplog.at_level(logging.INFO, logger="stage_b.pareto"):
+        assert run_sweep(sweep)["train_seconds"]["trained"] == 0 and "reusing" in caplog.text
+        caplog.clear()
+        assert run_sweep(replace(sweep, timesteps=1024))["train_seconds"]["trained"] == 1
+        assert "it was trained with {'timesteps': 512}, the sweep's are {'timesteps': 1024}" in caplog.text
+        caplog.clear()
+        report = run_sweep(replace(sweep, timesteps=1024, weights=(0.0, 1.0)))
+    assert report["train_seconds"]["trained"] == 1 and report["evaluation_grid"] == {"alpha": [0.0, 0.5, 1.0]}
+    assert f"it was trained with {{'weight_max': {weight_max}}}, the sweep's are {{'weight_max': 1.0}}" in caplog.text
+    with pytest.raises(ValueError, match="holds a policy trained with"):  # any other difference is refused
+        run_sweep(replace(sweep, timesteps=1024, weights=(0.0, 1.0), n_envs=1))

@@ -2,10 +2,12 @@
 
 import hashlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from envs.outcome_table import OutcomeTable
 from stage_b.evaluate import SavedPolicy, evaluate_policy
@@ -88,12 +90,23 @@ def test_confidence_feature_is_observed_and_charged(dominant_table: Path, tmp_pa
     ("--timesteps", "0", "--timesteps is 0; expected an integer >= 1"),
     ("--n-envs", "-2", "--n-envs is -2; expected an integer >= 1"),
     ("--seed", "-1", "--seed is -1; expected an integer >= 0"),
+    ("--weight-max", "-1", "--weight-max is -1.0; expected None or a finite number > 0"),
+    ("--weight-max", "inf", "--weight-max is inf; expected None or a finite number > 0"),
 ])
 def test_invalid_numbers_exit_2_before_the_table_is_read(tmp_path: Path, flag: str, value: str, message: str,
                                                          capsys: pytest.CaptureFixture) -> None:
     # the table does not exist: reading it first would name it instead
     assert main(["--table", str(tmp_path / "none.npz"), "--out", str(tmp_path / "p"), flag, value]) == 2
     assert capsys.readouterr().err == f"stage_b-train: {message}\n"
+    assert not (tmp_path / "p").exists()
+
+
+def test_weight_max_without_a_unit_exits_2_before_the_table_is_read(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    assert main(["--table", str(tmp_path / "none.npz"), "--out", str(tmp_path / "p"), "--weight-max", "2",
+                 "--alpha", "0"]) == 2
+    assert capsys.readouterr().err == ("stage_b-train: --weight-max 2.0 with --alpha 0 and --gamma 0: the weight would "
+                                       "multiply no cost; expected a nonzero --alpha or --gamma unit\n")
     assert not (tmp_path / "p").exists()
 
 
@@ -136,3 +149,99 @@ def test_evaluation_plays_the_policy_under_its_budget(dominant_table: Path, tmp_
                  tmp_path / "policy", tensorboard=False)
     result = evaluate_policy(tmp_path / "policy")
     assert result["n"] == 18 and result["audio_rate"] <= 5 / 18 and result["accuracy"]["mean"] <= 5 / 18
+
+
+@pytest.fixture
+def tradeoff_table(tmp_path: Path) -> Path:
+    """Visual questions need no audio, the others need it; audio costs 4-6 GFLOPs against 1 (the reward scale is 6),
+    so audio pays on an audio question while w * (4 - 1) / 6 < 1: for weights below 2."""
+    n, rng = 90, np.random.default_rng(0)
+    family = np.array(["visual", "audio", "audio_visual"])[np.arange(n) % 3]
+    score = np.ones((n, 4), np.float32)
+    score[family != "visual", 0] = 0.0
+    gflops = np.tile(np.array([1.0, 4.0, 5.0, 6.0], np.float32), (n, 1))
+    table = OutcomeTable(ids=np.array([f"q{i}" for i in range(n)]), family=family, qtype=np.array(["kind"] * n),
+                         actions=np.array([0, 4, 8, 16]), score=score, gflops=gflops, latency_ms=10 * gflops,
+                         features=np.column_stack([family == "visual", rng.normal(size=n)]).astype(np.float32),
+                         provenance={"split": "toy"})
+    return table.save(tmp_path / "tradeoff.npz")
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """PPO's small MLP gains nothing from a second thread, and on a busy machine spinning threads make a 3 s run last
+    over a minute."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_a_weight_conditioned_policy_follows_the_weight_it_is_shown(tradeoff_table: Path, tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    """One policy, weights drawn per episode: audio on the audio questions at w = 0, none at w = 4; selected on
+    the validation rows at 5 fixed weights; saved, reloaded and played at a weight by stage_b-eval."""
+    out = tmp_path / "conditioned"
+    record = train_policy(PolicyConfig(str(tradeoff_table), alpha=1.0, weight_max=4.0, timesteps=16_384, n_envs=2,
+                                       eval_every=2048), out, tensorboard=False)
+    saved = json.loads((out / "policy.json").read_text())
+    assert saved["conditioned"] is True and saved["config"]["weight_max"] == 4.0 == record["config"]["weight_max"]
+    selection = saved["selection"]
+    assert selection["weights"] == [0.0, 1.0, 2.0, 3.0, 4.0] and len(selection["evaluations"]) == 8
+    assert selection["best"] in selection["evaluations"]
+    policy = SavedPolicy.load(out)
+    assert policy.model.observation_space.shape == (2 + 2 + 1,)  # features, budget, episode left, weight
+    free, costly = evaluate_policy(out, weight=0.0), evaluate_policy(out, weight=4.0)
+    assert free["accuracy"]["mean"] >= 0.9 and free["audio_rate"] >= 0.6, free
+    assert costly["audio_rate"] <= 0.1 and costly["alpha"] == 4.0 and costly["gamma"] == 0.0, costly
+    assert costly["weight"] == 4.0 and costly["weight_max"] == 4.0
+    table, rows = OutcomeTable.load(tradeoff_table), np.asarray(record["test_rows"])
+    steps = policy.play(table, rows, weight=4.0)
+    assert np.array_equal(steps["action"], policy.play(table, rows, weight=4.0)["action"])
+    assert eval_main(["--policy", str(out), "--weight", "0.5", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["alpha"] == 0.5
+    assert eval_main(["--policy", str(out), "--weight", "2"]) == 0
+    assert "(alpha 2, gamma 0, weight 2 of [0, 4])" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("weight, message", [
+    (None, "is a weight-conditioned policy (weight_max 4); expected --weight w in [0, 4]"),
+    ("4.5", "--weight is 4.5; expected a finite number >= 0 and <= 4"),
+    ("nan", "--weight is nan; expected"),
+])
+def test_eval_of_a_conditioned_policy_needs_a_weight_in_range(tradeoff_table: Path, tmp_path: Path,
+                                                              weight: str | None, message: str,
+                                                              capsys: pytest.CaptureFixture) -> None:
+    train_policy(PolicyConfig(str(tradeoff_table), weight_max=4.0, timesteps=64, n_envs=1, eval_every=64),
+                 tmp_path / "p", tensorboard=False)
+    assert eval_main(["--policy", str(tmp_path / "p"), *(["--weight", weight] if weight else [])]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("stage_b-eval: ") and message in err, err
+
+
+def test_eval_of_an_ordinary_policy_refuses_a_weight(tradeoff_table: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    train_policy(PolicyConfig(str(tradeoff_table), timesteps=64, n_envs=1, eval_every=64), tmp_path / "p",
+                 tensorboard=False)
+    assert eval_main(["--policy", str(tmp_path / "p"), "--weight", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--weight 1.0 for" in err and "expected no --weight" in err, err
+
+
+def test_stage_b_train_weight_max_takes_alpha_and_gamma_as_units(tradeoff_table: Path, tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture) -> None:
+    """--weight-max alone: the compute unit (1, 0); with a budget the inner env charges it as for any policy."""
+    out = tmp_path / "p"
+    assert main(["--table", str(tradeoff_table), "--weight-max", "3", "--timesteps", "256", "--n-envs", "1",
+                 "--budget", "0.5", "--out", str(out), "--no-tensorboard"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["conditioned"] is True
+    assert {k: printed["config"][k] for k in ("alpha", "gamma", "weight_max", "budget")} == {
+        "alpha": 1.0, "gamma": 0.0, "weight_max": 3.0, "budget": 0.5}
+    result = evaluate_policy(out, weight=3.0)
+    assert result["alpha"] == 3.0 and result["n"] == 27
+    assert main(["--table", str(tradeoff_table), "--weight-max", "3", "--gamma", "2", "--alpha", "0", "--timesteps",
+                 "64", "--n-envs", "1", "--out", str(tmp_path / "g"), "--no-tensorboard"]) == 0
+    config = json.loads(capsys.readouterr().out)["config"]
+    assert (config["alpha"], config["gamma"]) == (0.0, 2.0)
