@@ -52,7 +52,7 @@ and one `random-<component>` row per weight and seed (alpha, gamma = w x the com
 hypervolume counts the same number of points; `never`, `always-*`, `oracle` and `oracle-frontier` are as
 above. pareto.json records `policy` ("conditioned" or "per-weight"), `evaluation_grid` and each policy's
 train seconds (`train_seconds.per_policy`). A reused policy whose config differs only in
-`RETRAINED_FIELDS` (timesteps, weight_max) is retrained, with a log line; any other difference is an error.
+`RETRAINED_FIELDS` (timesteps, weight_max, weight_draw) is retrained, with a log line; any other difference is an error.
 
 In both modes pareto.json's `oracle_at_grid` gives, per component, the hypervolume of the oracle played only
 at that component's evaluation weights (`oracle_choice` per weight on the evaluation rows, its cost in the
@@ -123,7 +123,7 @@ log = logging.getLogger(__name__)
 
 COLUMNS = ("method", "alpha", "gamma", "seed", "accuracy", "gflops_per_query", "latency_ms", "audio_rate",
            *PERCENTILES)
-RETRAINED_FIELDS = ("timesteps", "weight_max")  # a reused policy whose config differs only here is retrained
+RETRAINED_FIELDS = ("timesteps", "weight_max", "weight_draw")  # a reused policy whose config differs only here is retrained
 
 
 def _init_worker() -> None:
@@ -149,12 +149,13 @@ def _train_and_play(config: PolicyConfig, folder: Path, train: bool, split: str 
 def _needs_training(folder: Path, config: PolicyConfig, table_sha256: str, table: OutcomeTable) -> bool:
     """False when `folder` holds a finished policy with this config, trained on the table whose file has
     `table_sha256` (loaded as `table`) with the reward scale this config has on it. A config differing only in
-    RETRAINED_FIELDS (PPO steps, a conditioned policy's weight_max) is retrained; any other difference is an error."""
+    RETRAINED_FIELDS (PPO steps, a conditioned policy's weight_max and weight draw) is retrained; any other
+    difference is an error."""
     record_path = folder / "policy.json"
     if not record_path.is_file():
         return True
     record = load_json(record_path, "a policy record written by stage_b-train", keys=("config",))
-    saved = {"weight_max": None} | record["config"]  # policy.json written before weight-conditioned policies
+    saved = {"weight_max": None, "weight_draw": "uniform"} | record["config"]  # records from before those fields
     if "val_fraction" not in saved:
         log.info("retraining %s: it was trained before the validation split (its best/ was selected on the "
                  "held-out rows)", folder)

@@ -59,6 +59,7 @@ class ParetoConfig:
     cost_profile: str = EMBEDDED
     conditioned: bool = False
     eval_weights: int | None = None  # None: EVAL_WEIGHTS with `conditioned`; refused without it
+    weight_draw: str = "uniform"  # the conditioned policies' training weights (stage_b-train --weight-draw)
 
     def __post_init__(self) -> None:
         if self.weights == () or not self.seeds:
@@ -83,6 +84,9 @@ class ParetoConfig:
             raise InputError("--budget with --confidence is not supported: the confidence's base run changes the "
                              "maximum compute a budget is a fraction of, so PPO and the static policies it is compared "
                              "with would get different budgets; expected one of the two flags")
+        if self.weight_draw != "uniform" and not self.conditioned:
+            raise InputError(f"--weight-draw {self.weight_draw} without --conditioned: only weight-conditioned "
+                             "policies draw weights; expected --weight-draw only with --conditioned")
         if self.eval_weights is not None and not self.conditioned:
             raise InputError(f"--eval-weights {self.eval_weights} without --conditioned: a per-weight sweep evaluates "
                              "each policy at its own weight; expected --eval-weights only with --conditioned")
@@ -147,7 +151,8 @@ class ParetoConfig:
         """The training config of one weight-conditioned policy: the component's units, its weight_max."""
         alpha, gamma = COMPONENTS[component]
         return PolicyConfig(str(self.table), alpha=alpha, gamma=gamma, confidence=self.confidence, seed=seed,
-                            timesteps=self.timesteps, n_envs=self.n_envs, weight_max=self.weight_max(component))
+                            timesteps=self.timesteps, n_envs=self.n_envs, weight_max=self.weight_max(component),
+                            weight_draw=self.weight_draw)
 
     def policies(self) -> dict[str, PolicyConfig]:
         """Folder name -> training config, for every policy of the sweep: <component>-w<weight>-seed<seed> per
@@ -195,6 +200,9 @@ def parse_sweep(argv: list[str] | None, description: str) -> ParetoConfig:
     parser.add_argument("--eval-weights", type=int, default=None,
                         help=f"with --conditioned: evaluation weights, evenly spaced from 0 to weight_max "
                              f"(default {EVAL_WEIGHTS})")
+    parser.add_argument("--weight-draw", default="uniform",
+                        help="with --conditioned: how the policies' training episodes draw their weight (stage_b-train "
+                             "--weight-draw)")
     parser.add_argument("--cost-profile", default=EMBEDDED,
                         help="recount the table's GFLOPs for real models (configs/cost_profiles; default: embedded, "
                              "the table's own)")
@@ -206,4 +214,4 @@ def parse_sweep(argv: list[str] | None, description: str) -> ParetoConfig:
                         tuple(c.strip() for c in components.split(",") if c.strip()), args.timesteps,
                         args.n_envs, args.workers, args.split, args.confidence, baselines,
                         () if args.budget is None else number_list("--budget", args.budget, float, **BUDGET),
-                        args.axis, args.cost_profile, args.conditioned, args.eval_weights)
+                        args.axis, args.cost_profile, args.conditioned, args.eval_weights, args.weight_draw)

@@ -92,6 +92,7 @@ def test_confidence_feature_is_observed_and_charged(dominant_table: Path, tmp_pa
     ("--seed", "-1", "--seed is -1; expected an integer >= 0"),
     ("--weight-max", "-1", "--weight-max is -1.0; expected None or a finite number > 0"),
     ("--weight-max", "inf", "--weight-max is inf; expected None or a finite number > 0"),
+    ("--weight-draw", "cubed", "--weight-draw is 'cubed'; expected one of ['uniform', 'squared']"),
 ])
 def test_invalid_numbers_exit_2_before_the_table_is_read(tmp_path: Path, flag: str, value: str, message: str,
                                                          capsys: pytest.CaptureFixture) -> None:
