@@ -161,6 +161,8 @@ def _needs_training(folder: Path, config: PolicyConfig, table_sha256: str, table
                  "held-out rows)", folder)
         return True
     wanted = asdict(config)
+    if saved["weight_max"] is None and not config.conditioned:  # a per-weight policy draws no weight
+        saved["weight_draw"] = wanted["weight_draw"]
     changed = sorted(key for key in saved.keys() | wanted.keys() if saved.get(key) != wanted.get(key))
     if changed and set(changed) <= set(RETRAINED_FIELDS):
         log.info("retraining %s: it was trained with %s, the sweep's are %s", folder,

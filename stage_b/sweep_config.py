@@ -16,6 +16,7 @@ import numpy as np
 
 from envs.audio_budget import BUDGET
 from envs.outcome_table import DEFAULT_TABLE, OutcomeTable
+from envs.weight_conditioned import DEFAULT_DRAW
 from shared.cli import ArgumentParser, InputError, check_number, name_list, number_list
 from stage_b.baselines import BASELINES
 from stage_b.cost_profiles import EMBEDDED, check_profile_name, profiled_tables
@@ -59,7 +60,7 @@ class ParetoConfig:
     cost_profile: str = EMBEDDED
     conditioned: bool = False
     eval_weights: int | None = None  # None: EVAL_WEIGHTS with `conditioned`; refused without it
-    weight_draw: str = "uniform"  # the conditioned policies' training weights (stage_b-train --weight-draw)
+    weight_draw: str = DEFAULT_DRAW  # the conditioned policies' training weights (stage_b-train --weight-draw)
 
     def __post_init__(self) -> None:
         if self.weights == () or not self.seeds:
@@ -84,7 +85,7 @@ class ParetoConfig:
             raise InputError("--budget with --confidence is not supported: the confidence's base run changes the "
                              "maximum compute a budget is a fraction of, so PPO and the static policies it is compared "
                              "with would get different budgets; expected one of the two flags")
-        if self.weight_draw != "uniform" and not self.conditioned:
+        if self.weight_draw != DEFAULT_DRAW and not self.conditioned:
             raise InputError(f"--weight-draw {self.weight_draw} without --conditioned: only weight-conditioned "
                              "policies draw weights; expected --weight-draw only with --conditioned")
         if self.eval_weights is not None and not self.conditioned:
@@ -200,7 +201,7 @@ def parse_sweep(argv: list[str] | None, description: str) -> ParetoConfig:
     parser.add_argument("--eval-weights", type=int, default=None,
                         help=f"with --conditioned: evaluation weights, evenly spaced from 0 to weight_max "
                              f"(default {EVAL_WEIGHTS})")
-    parser.add_argument("--weight-draw", default="uniform",
+    parser.add_argument("--weight-draw", default=DEFAULT_DRAW,
                         help="with --conditioned: how the policies' training episodes draw their weight (stage_b-train "
                              "--weight-draw)")
     parser.add_argument("--cost-profile", default=EMBEDDED,

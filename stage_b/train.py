@@ -28,7 +28,7 @@ reuses its own policy folders through `train_policy` and is unaffected).
 
 `--weight-max W` trains one *weight-conditioned* policy instead (`SAFE/AudioBudgetConditioned-v0`,
 envs.weight_conditioned): --alpha and --gamma are the cost's units (default 1 and 0: compute), every
-training episode draws its weight w in [0, W] (`--weight-draw`: uniformly, or W x u^2 with u uniform), rewards with w x the units and shows w / W to the
+training episode draws its weight w in [0, W] (`--weight-draw`: W x u^2 with u uniform, by default, or uniformly), rewards with w x the units and shows w / W to the
 policy as one more observation column. Its validation (the `best/` selection) plays every validation row
 once at each of VAL_WEIGHTS fixed weights evenly spaced in [0, W] and scores the mean over those weights of
 the mean reward per question (EvalCallback's random episodes would each draw another weight, so two
@@ -56,7 +56,7 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from envs.audio_budget import BUDGET, AudioBudgetEnv, FeatureScaler, observed_columns
 from envs.outcome_table import DEFAULT_TABLE, OutcomeTable
 from envs.reward_scale import RewardScale
-from envs.weight_conditioned import WEIGHT_DRAWS, WeightConditioned
+from envs.weight_conditioned import DEFAULT_DRAW, WEIGHT_DRAWS, WeightConditioned
 from shared.checkpoint import atomic_directory, atomic_write_text
 from shared.cli import ArgumentParser, InputError, add_overwrite_flag, check_number, console, refuse_overwrite
 from shared.loading import file_sha256
@@ -101,7 +101,7 @@ class PolicyConfig:
     eval_every: int = 10_000
     val_fraction: float = 0.15
     weight_max: float | None = None
-    weight_draw: str = "uniform"  # a conditioned policy's training weights (envs.weight_conditioned.WEIGHT_DRAWS)
+    weight_draw: str = DEFAULT_DRAW  # a conditioned policy's training weights (envs.weight_conditioned.WEIGHT_DRAWS)
 
     @property
     def conditioned(self) -> bool:
@@ -142,6 +142,9 @@ class PolicyConfig:
         check_number("--weight-max", self.weight_max, optional=True, gt=0)
         if self.weight_draw not in WEIGHT_DRAWS:
             raise InputError(f"--weight-draw is {self.weight_draw!r}; expected one of {list(WEIGHT_DRAWS)}")
+        if self.weight_draw != DEFAULT_DRAW and not self.conditioned:
+            raise InputError(f"--weight-draw {self.weight_draw} without --weight-max: only weight-conditioned policies "
+                             "draw weights; expected --weight-draw only with --weight-max")
         if self.conditioned and self.alpha == self.gamma == 0:
             raise InputError(f"--weight-max {self.weight_max} with --alpha 0 and --gamma 0: the weight would multiply "
                              "no cost; expected a nonzero --alpha or --gamma unit")
@@ -298,9 +301,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weight-max", type=float, default=None,
                         help="train one weight-conditioned policy: each episode draws w in [0, W] (reward weights "
                              "w x --alpha, w x --gamma) and the policy observes it; stage_b-eval then needs --weight")
-    parser.add_argument("--weight-draw", default="uniform",
-                        help=f"with --weight-max: how training episodes draw w, one of {list(WEIGHT_DRAWS)} (squared: "
-                             "W x u^2, denser at small weights)")
+    parser.add_argument("--weight-draw", default=DEFAULT_DRAW,
+                        help=f"with --weight-max: how training episodes draw w, one of {list(WEIGHT_DRAWS)} (default "
+                             f"{DEFAULT_DRAW}: W x u^2, denser at small weights)")
     parser.add_argument("--budget", type=float, default=None,
                         help="episode compute budget, a fraction of the maximum in (0, 1] (default: none)")
     parser.add_argument("--confidence", action="store_true",

@@ -163,6 +163,20 @@ def test_resume_reuses_finished_policies(sweep_out: Path, table_path: Path, tmp_
         run_sweep(ParetoConfig(table_path, out, weights=(0.5,), seeds=(0,), components=("alpha",), timesteps=1024))
 
 
+def test_a_per_weight_policy_recorded_before_weight_draws_is_reused(sweep_out: Path, table_path: Path,
+                                                                     tmp_path: Path) -> None:
+    """policy.json written before `weight_max` and `weight_draw` existed: a per-weight policy draws no weight."""
+    out = tmp_path / "old"
+    shutil.copytree(sweep_out, out)
+    for record_path in (out / "policies").glob("alpha-*/policy.json"):
+        record = json.loads(record_path.read_text())
+        del record["config"]["weight_max"], record["config"]["weight_draw"]
+        record_path.write_text(json.dumps(record))
+    report = run_sweep(ParetoConfig(table_path, out, weights=(0.0, 0.5), seeds=(0,), components=("alpha",),
+                                    timesteps=512, n_envs=2, baselines=()))
+    assert report["train_seconds"]["trained"] == 0
+
+
 def test_policies_of_a_replaced_table_are_retrained(table_path: Path, tmp_path: Path,
                                                     caplog: pytest.LogCaptureFixture) -> None:
     """The same --table path, since overwritten with other outcomes of the same shapes: reusing would mix tables."""
@@ -461,5 +475,10 @@ def test_a_conditioned_policy_of_other_steps_or_weight_max_is_retrained(conditio
         report = run_sweep(replace(sweep, timesteps=1024, weights=(0.0, 1.0)))
     assert report["train_seconds"]["trained"] == 1 and report["evaluation_grid"] == {"alpha": [0.0, 0.5, 1.0]}
     assert f"it was trained with {{'weight_max': {weight_max}}}, the sweep's are {{'weight_max': 1.0}}" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="stage_b.pareto"):
+        assert run_sweep(replace(sweep, timesteps=1024, weights=(0.0, 1.0), weight_draw="uniform")
+                         )["train_seconds"]["trained"] == 1
+    assert "it was trained with {'weight_draw': 'squared'}, the sweep's are {'weight_draw': 'uniform'}" in caplog.text
     with pytest.raises(ValueError, match="holds a policy trained with"):  # any other difference is refused
         run_sweep(replace(sweep, timesteps=1024, weights=(0.0, 1.0), n_envs=1))
