@@ -96,7 +96,8 @@ def test_a_policy_for_another_bridge_or_with_episode_state_is_refused(pipe: Safe
             PolicyChooser.load(folder)
 
 
-def test_a_weight_conditioned_policy_is_refused_by_name(tmp_path: Path) -> None:
+def toy_policy(tmp_path: Path, **config: object) -> Path:
+    """A 64-step policy on a 20-question toy table whose provenance lacks what a chooser needs."""
     from stage_b.train import PolicyConfig, train_policy
 
     n = 20
@@ -104,8 +105,13 @@ def test_a_weight_conditioned_policy_is_refused_by_name(tmp_path: Path) -> None:
                        qtype=np.array(["kind"] * n), actions=np.array([0, 4]), score=np.ones((n, 2), np.float32),
                        gflops=np.ones((n, 2), np.float32), latency_ms=np.ones((n, 2), np.float32),
                        features=np.zeros((n, 3), np.float32), provenance={"split": "toy", "actions": [0, 4]})
-    train_policy(PolicyConfig(str(toy.save(tmp_path / "toy.npz")), weight_max=1.5, timesteps=64, n_envs=1,
-                              eval_every=64), tmp_path / "policy", tensorboard=False)
+    train_policy(PolicyConfig(str(toy.save(tmp_path / "toy.npz")), timesteps=64, n_envs=1, eval_every=64, **config),
+                 tmp_path / "policy", tensorboard=False)
+    return tmp_path / "policy"
+
+
+def test_a_weight_conditioned_policy_is_refused_by_name(tmp_path: Path) -> None:
+    toy_policy(tmp_path, weight_max=1.5)
     with pytest.raises(ValueError, match=r"policy: a weight-conditioned policy \(weight_max 1.5\), which needs a "
                                          "cost weight per request that serving does not take yet"):
         PolicyChooser.load(tmp_path / "policy")
@@ -113,14 +119,7 @@ def test_a_weight_conditioned_policy_is_refused_by_name(tmp_path: Path) -> None:
 
 def test_a_policy_whose_table_provenance_lacks_a_key_is_named(tmp_path: Path) -> None:
     from shared.cli import InputError
-    from stage_b.train import PolicyConfig, train_policy
 
-    n = 20
-    toy = OutcomeTable(ids=np.array([f"q{i}" for i in range(n)]), family=np.array(["audio"] * n),
-                       qtype=np.array(["kind"] * n), actions=np.array([0, 4]), score=np.ones((n, 2), np.float32),
-                       gflops=np.ones((n, 2), np.float32), latency_ms=np.ones((n, 2), np.float32),
-                       features=np.zeros((n, 3), np.float32), provenance={"split": "toy", "actions": [0, 4]})
-    train_policy(PolicyConfig(str(toy.save(tmp_path / "toy.npz")), timesteps=64, n_envs=1, eval_every=64),
-                 tmp_path / "policy", tensorboard=False)
+    toy_policy(tmp_path)
     with pytest.raises(InputError, match=r"policy\.json: table_provenance lacks 'checkpoint_hash', 'features'"):
         PolicyChooser.load(tmp_path / "policy")
