@@ -93,8 +93,8 @@ def parts(name: str, k: int, text_tokens: int) -> dict[str, float]:
 
 
 def test_names_and_an_unknown_one() -> None:
-    combinations = ("llava-1.5-13b+clap-htsat", "llava-1.5-7b+clap-htsat", "llava-1.5-7b+clap-or-whisper",
-                    "llava-1.5-7b+whisper-large-v3")
+    combinations = ("llava-1.5-13b+clap-htsat", "llava-1.5-13b+clap-or-whisper", "llava-1.5-13b+whisper-large-v3",
+                    "llava-1.5-7b+clap-htsat", "llava-1.5-7b+clap-or-whisper", "llava-1.5-7b+whisper-large-v3")
     assert profile_names() == [EMBEDDED, *(f"{c}{m}" for c in combinations for m in ("", "-prefix"))]
     with pytest.raises(ValueError, match=r"^--cost-profile is 'llava-7b'; expected one of \['embedded', .*\]$"):
         load_profile("llava-7b")
@@ -219,7 +219,8 @@ def test_known_magnitudes() -> None:
 
 def test_the_issue_ordering(table_path: Path) -> None:
     """Embedded: the encoder costs many times the base; LLaVA-7B + CLAP: the base costs hundreds of CLAP encoders,
-    so k barely matters; Whisper-large-v3 is a quarter of the base; prefix fusion makes k cost more than CLAP."""
+    so k barely matters; Whisper-large-v3 is a quarter of the base (an eighth of 13B's); prefix fusion makes k cost
+    more than CLAP."""
     table = OutcomeTable.load(table_path)
     assert table.provenance["encoder_gflops"] > 10 * table.gflops[:, 0].max()
     text = int(np.median(table.text_tokens))
@@ -231,6 +232,9 @@ def test_the_issue_ordering(table_path: Path) -> None:
     assert prefix["bridge"] > 10 * prefix["encoder"]
     thirteen = action_parts(load_profile("llava-1.5-13b+clap-htsat"), 16, text)
     assert 1.8 < thirteen["base"] / clap["base"] < 2.0
+    thirteen_whisper = action_parts(load_profile("llava-1.5-13b+whisper-large-v3"), 16, text)
+    assert thirteen_whisper["encoder"] == whisper["encoder"] and thirteen_whisper["base"] == thirteen["base"]
+    assert 0.1 < thirteen_whisper["encoder"] / thirteen_whisper["base"] < 0.2  # half the 7B share: the base doubles
 
 
 def test_applying_a_profile_changes_only_gflops(table_path: Path) -> None:

@@ -135,11 +135,13 @@ def test_the_command_names_encoders_from_the_runs_config(tmp_path: Path, capsys:
     assert err.count("\n") == 1 and "question ids differ first at row 3: 'q3' in clap, 'x3' in whisper" in err
 
 
-def test_a_per_encoder_profile_charges_each_action_its_own_encoder(joined: OutcomeTable) -> None:
+@pytest.mark.parametrize("base", ["llava-1.5-7b", "llava-1.5-13b"])
+def test_a_per_encoder_profile_charges_each_action_its_own_encoder(joined: OutcomeTable, base: str) -> None:
     """clap-k<k> as the CLAP profile counts it, whisper-k<k> as the Whisper one, no audio alike in both; charging
     CLAP on a Whisper action would undercount it by Whisper-large-v3's encoder (~2.3 TFLOPs)."""
-    profiled = apply_cost_profile(joined, PER_ENCODER)
-    clap, whisper = (load_profile(f"llava-1.5-7b+{e}") for e in ("clap-htsat", "whisper-large-v3"))
+    per_encoder = f"{base}+clap-or-whisper"
+    profiled = apply_cost_profile(joined, per_encoder)
+    clap, whisper = (load_profile(f"{base}+{e}") for e in ("clap-htsat", "whisper-large-v3"))
     for a, (name, k) in enumerate(zip(NAMES, joined.actions.tolist())):
         member = whisper if name.startswith("whisper") else clap
         expected = [sum(action_parts(member, k, int(t)).values()) for t in joined.text_tokens]
@@ -149,7 +151,7 @@ def test_a_per_encoder_profile_charges_each_action_its_own_encoder(joined: Outco
     gap = profiled.gflops[:, 3] - profiled.gflops[:, 1]  # whisper-k4 minus clap-k4
     assert (gap > 2000).all()
     assert profiled.provenance["cost_profile"]["encoders"]["whisper"]["encoder"] == "openai/whisper-large-v3"
-    prefix = apply_cost_profile(joined, f"{PER_ENCODER}-prefix")
+    prefix = apply_cost_profile(joined, f"{per_encoder}-prefix")
     assert (prefix.gflops[:, 1:] > profiled.gflops[:, 1:]).all()  # k prefix positions through every layer
     assert np.array_equal(apply_cost_profile(joined, EMBEDDED).gflops, joined.gflops)  # each action's own measurement
 
