@@ -219,7 +219,7 @@ def test_known_magnitudes() -> None:
 
 def test_the_issue_ordering(table_path: Path) -> None:
     """Embedded: the encoder costs many times the base; LLaVA-7B + CLAP: the base costs hundreds of CLAP encoders,
-    so k barely matters; Whisper-large-v3 is a quarter of the base (an eighth of 13B's); prefix fusion makes k cost
+    so k barely matters; Whisper-large-v3 is a quarter of the base (a seventh of 13B's); prefix fusion makes k cost
     more than CLAP."""
     table = OutcomeTable.load(table_path)
     assert table.provenance["encoder_gflops"] > 10 * table.gflops[:, 0].max()
