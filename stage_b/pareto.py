@@ -52,7 +52,8 @@ and one `random-<component>` row per weight and seed (alpha, gamma = w x the com
 hypervolume counts the same number of points; `never`, `always-*`, `oracle` and `oracle-frontier` are as
 above. pareto.json records `policy` ("conditioned" or "per-weight"), `evaluation_grid` and each policy's
 train seconds (`train_seconds.per_policy`). A reused policy whose config differs only in
-`RETRAINED_FIELDS` (timesteps, weight_max, weight_draw) is retrained, with a log line; any other difference is an error.
+`RETRAINED_FIELDS` (timesteps, weight_max, weight_draw) is retrained, with a log line; any other
+difference is an error.
 
 In both modes pareto.json's `oracle_at_grid` gives, per component, the hypervolume of the oracle played only
 at that component's evaluation weights (`oracle_choice` per weight on the evaluation rows, its cost in the
@@ -123,7 +124,8 @@ log = logging.getLogger(__name__)
 
 COLUMNS = ("method", "alpha", "gamma", "seed", "accuracy", "gflops_per_query", "latency_ms", "audio_rate",
            *PERCENTILES)
-RETRAINED_FIELDS = ("timesteps", "weight_max", "weight_draw")  # a reused policy whose config differs only here is retrained
+# a reused policy whose config differs from the sweep's only in these fields is retrained
+RETRAINED_FIELDS = ("timesteps", "weight_max", "weight_draw")
 
 
 def _init_worker() -> None:

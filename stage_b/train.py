@@ -28,8 +28,8 @@ reuses its own policy folders through `train_policy` and is unaffected).
 
 `--weight-max W` trains one *weight-conditioned* policy instead (`SAFE/AudioBudgetConditioned-v0`,
 envs.weight_conditioned): --alpha and --gamma are the cost's units (default 1 and 0: compute), every
-training episode draws its weight w in [0, W] (`--weight-draw`: W x u^2 with u uniform, by default, or uniformly), rewards with w x the units and shows w / W to the
-policy as one more observation column. Its validation (the `best/` selection) plays every validation row
+training episode draws its weight w in [0, W] (`--weight-draw`: W x u^2 with u uniform, by default, or
+uniformly), rewards with w x the units and shows w / W to the policy as one more observation column. Its validation (the `best/` selection) plays every validation row
 once at each of VAL_WEIGHTS fixed weights evenly spaced in [0, W] and scores the mean over those weights of
 the mean reward per question (EvalCallback's random episodes would each draw another weight, so two
 evaluations would not be comparable). policy.json records `conditioned` and the config's `weight_max`;
