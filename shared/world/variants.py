@@ -5,8 +5,9 @@ standard ones; every shift but `seed` keeps each scene, image, question and answ
 
 - seed:   another seed (the base spec's seed + 1): new scenes from the same distribution.
 - reverb: RT60 0.3 s, a small furnished room, its reverberant energy equal to the direct sound's. The tail of a
-          pulse fills the next 0.12 s gap but decays by 24 dB (60 dB x 0.12 / 0.3) across it, so every next
-          onset stays a clear rise; at 0.5 s the tail often masks the onsets (tests/shared/world/test_variants.py).
+          pulse fills the next 0.12 s gap but decays by 24 dB (60 dB x 0.12 / 0.3) across it. An onset counter
+          (tests/shared/world/test_variants.py) finds every pulse in 567 of the 600 test scenes at 40 dB SNR
+          (dry: 600; RT60 0.2 s: 579, 0.5 s: 526, 1 s: 231): longer rooms start to hide the count.
 - pitch:  x1.41, half an octave up. Low pulses end at 592 Hz, below the geometric middle (615 Hz) of the
           default low (260-420 Hz) and high (900-1400 Hz) ranges, so "high or low" keeps its answer even for a
           listener who kept the default world's boundary; the highest chirp ends at 3.9 kHz, below Nyquist.
