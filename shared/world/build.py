@@ -14,7 +14,8 @@ of the same folder (another `safe-world build`, or a `stage_a-train` building it
 the world up to date and reuses it. The data folder, each model folder and build.json are replaced
 atomically (shared.checkpoint). The models train in two parallel processes, one thread each (at
 this size a second thread gives a model nothing), longest first: the Whisper, the shortest, takes
-the first process that is free.
+the first process that is free. With `data_only` (`safe-world build --data-only`) only the data folder is built;
+models trained on other data stay marked stale in the record until a full build retrains them.
 """
 
 from __future__ import annotations
@@ -76,10 +77,12 @@ class WorldConfig:
 
 
 def default_world_dir(spec: WorldSpec) -> Path:
-    """$SAFE_WORLD_DIR, else a folder per size and seed in the user cache dir."""
+    """$SAFE_WORLD_DIR, else a folder per size and seed in the user cache dir; a world with rendering shifts (reverb,
+    pitch, tempo, timbre) gets its own folder, named with its data hash, so it never replaces the unshifted one."""
     if os.environ.get(WORLD_DIR_ENV):
         return Path(os.environ[WORLD_DIR_ENV])
-    return Path(platformdirs.user_cache_dir("safe")) / "world" / f"{spec.size}-seed{spec.seed}"
+    name = f"{spec.size}-seed{spec.seed}" + (f"-{spec.data_hash()[:12]}" if spec.rendering_shifts() else "")
+    return Path(platformdirs.user_cache_dir("safe")) / "world" / name
 
 
 def read_record(world_dir: Path) -> dict:
@@ -136,17 +139,20 @@ def _single_threaded_children() -> Iterator[None]:
                 os.environ[k] = v
 
 
-def build_world(config: WorldConfig, world_dir: Path | None = None, force: bool = False) -> Path:
-    """Build what is missing or stale, holding the folder's lock (a concurrent build is waited for); returns the
-    world folder."""
+def build_world(config: WorldConfig, world_dir: Path | None = None, force: bool = False,
+                data_only: bool = False) -> Path:
+    """Build what is missing or stale (only the data with `data_only`), holding the folder's lock (a concurrent
+    build is waited for); returns the world folder."""
     world_dir = Path(world_dir) if world_dir else default_world_dir(config.world)
     with folder_lock(world_dir, "a world build", wait=True):
-        return _build_locked(config, world_dir, force)
+        return _build_locked(config, world_dir, force, data_only)
 
 
-def _build_locked(config: WorldConfig, world_dir: Path, force: bool) -> Path:
+def _build_locked(config: WorldConfig, world_dir: Path, force: bool, data_only: bool) -> Path:
     record = {} if force else read_record(world_dir)
     stale = list(config.part_hashes()) if force else _stale_parts(config, world_dir, record)
+    if data_only:
+        stale = [p for p in stale if p == "data"]
     if not stale:
         log.info("world at %s is up to date", world_dir)
         return world_dir
@@ -159,6 +165,9 @@ def _build_locked(config: WorldConfig, world_dir: Path, force: bool) -> Path:
         # Models trained on other data are stale too.
         stale = sorted(set(stale) | set(MODELS))
         _write_record(world_dir, {**record, "spec": asdict(config.world)})
+        if data_only:
+            log.info("world data built at %s (models not trained: --data-only)", world_dir / "data")
+            return world_dir
     models = [p for p in MODELS if p in stale]
     jobs = [(p, world_dir / "data", world_dir / "models" / p, config.world, getattr(config, p)) for p in models]
     if config.jobs == 2 and len(jobs) >= 2:

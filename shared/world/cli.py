@@ -48,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("-v", "--verbose", action="store_true", help="debug logging")
         if name == "build":
             cmd.add_argument("--force", action="store_true", help="rebuild every part")
+            cmd.add_argument("--data-only", action="store_true",
+                             help="build only the data folder (images, clips, manifests), train no model")
         if name == "export":
             cmd.add_argument("--out", type=Path, required=True, help="export folder (new or empty)")
             cmd.add_argument("--overwrite", "--force", dest="force", action="store_true",
@@ -143,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     config = load_config(WorldConfig, args.preset, parse_overrides(extra))
     world_dir = args.dir or default_world_dir(config.world)
     if args.command == "build":
-        build_world(config, world_dir, force=args.force)
+        build_world(config, world_dir, force=args.force, data_only=args.data_only)
     if args.command == "export":
         summary = export_world(world_dir, args.out, link=args.link, force=args.force)
         print(json.dumps(summary, indent=2) if args.json else format_summary(summary))

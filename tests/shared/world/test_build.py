@@ -107,3 +107,22 @@ def test_world_dir_defaults_to_env_var_then_user_cache(monkeypatch: pytest.Monke
     monkeypatch.delenv("SAFE_WORLD_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     assert default_world_dir(WorldSpec(size="micro", seed=2)) == tmp_path / "cache" / "safe" / "world" / "micro-seed2"
+    shifted = WorldSpec(size="micro", seed=2, reverb_seconds=0.3)
+    assert default_world_dir(shifted) == tmp_path / "cache" / "safe" / "world" / f"micro-seed2-{shifted.data_hash()[:12]}"
+
+
+def test_data_only_builds_a_shifted_worlds_data_and_a_later_build_adds_the_models(tmp_path: Path) -> None:
+    from shared.world.spec import WorldSpec
+
+    args = ["build", "--preset", "world_micro", "--dir", str(tmp_path), "--world.reverb_seconds", "0.3",
+            "--world.timbre", "unseen"]
+    assert main([*args, "--data-only"]) == 0
+    record = read_record(tmp_path)
+    assert set(record["parts"]) == {"data"} and not (tmp_path / "models").exists()
+    assert (record["spec"]["reverb_seconds"], record["spec"]["timbre"]) == (0.3, "unseen")
+    assert record["parts"]["data"]["hash"] == WorldSpec(size="micro", reverb_seconds=0.3, timbre="unseen").data_hash()
+    assert main([*args, "--data-only"]) == 0
+    assert read_record(tmp_path) == record
+    assert main(args) == 0
+    after = read_record(tmp_path)
+    assert sorted(after["last_build_parts"]) == ["clap", "vl", "whisper"] and after["parts"]["data"] == record["parts"]["data"]
