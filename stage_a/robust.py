@@ -77,6 +77,11 @@ class Study:
         self.shifts, self.variant_split, self.shift_skipped = shift_grid()
         if self.shifts and getattr(cfg.data, split_name):
             self.shifts, self.shift_skipped = {}, f"the {split_name} split is a manifest, not the embedded world's"
+        self.spec = load_config(WorldConfig, cfg.world).world
+        same = [name for name, o in self.shifts.items() if all(getattr(self.spec, k) == v for k, v in o.items())]
+        if same:
+            log.warning("shifts %s leave this world's spec unchanged; skipped", same)
+            self.shifts = {name: o for name, o in self.shifts.items() if name not in same}
         self.index = {s.id: i for i, s in enumerate(self.split.samples)}
         self.results: dict[str, dict] = {}
 
@@ -150,17 +155,20 @@ class Study:
         answers = self._answers(split, self.rows, audio=True)
         result = self._finish(self.records(split, answers))
         scenes_file = Path(self.setup.paths[self.split_name]).parent / f"{self.split_name}.scenes.jsonl"
-        if scenes_file.is_file():
-            implied = implied_answers(self.split, self.rows, perm, read_scenes(scenes_file.parent, self.split_name))
+        if scenes_file.is_file():  # the probe runs on every audio-visual question of the split, not only --size's
+            probe_rows = [i for i, s in enumerate(self.split.samples) if s.family == "audio_visual"]
+            implied = implied_answers(self.split, probe_rows, perm, read_scenes(scenes_file.parent, self.split_name))
+            rows = sorted(implied)
             base = {self.index[r["id"]]: r["answer"] for r in self.results["base"]["records"]}
-            result["probe"] = {"safe": probe_rates(self.split, implied, answers),
+            base |= self._answers(self.split, [i for i in rows if i not in base], audio=False)
+            answers |= self._answers(split, [i for i in rows if i not in answers], audio=True)
+            result["probe"] = {"questions": len(probe_rows), "safe": probe_rates(self.split, implied, answers),
                                "base": probe_rates(self.split, implied, base)}
         return result
 
     def _shift(self, shift: str) -> dict:
-        spec = load_config(WorldConfig, self.cfg.world).world
         overrides = self.shifts[shift]
-        manifest = self.variant_split(spec, overrides, self.split_name, self.variant_root)
+        manifest = self.variant_split(self.spec, overrides, self.split_name, self.variant_root)
         cache = feature_cache(self.setup.encoder, self.cfg.data.feature_cache)
         split = load_split(f"{self.split_name}-{shift}", manifest, self.setup.encoder, cache, self.cfg.data.sample_rate,
                            self.setup.processor)
@@ -179,12 +187,13 @@ class Study:
                 self.results[name] = json.loads(path.read_text(encoding="utf-8"))
                 log.info("condition %s: done earlier, read from %s", name, path)
                 continue
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             result = {"name": name, **self.compute(name)}
             result["seconds"] = round(time.perf_counter() - start, 1)
+            result["cpu_seconds"] = round(time.process_time() - cpu, 1)  # all threads: wall time on idle cores
             atomic_write_text(path, json.dumps(result))
             self.results[name] = result
-            log.info("condition %s: %.1f s", name, result["seconds"])
+            log.info("condition %s: %.1f s (%.1f s of CPU)", name, result["seconds"], result["cpu_seconds"])
 
 
 def _prepare_out(out: Path, settings: dict, overwrite: bool) -> None:

@@ -62,7 +62,7 @@ def targets(conditions: Mapping[str, dict]) -> list[dict]:
                     "value": f"{m['identical_answers']} / {m['n']} identical", "met": m["identical_answers"] == m["n"]})
     mismatched = conditions.get("mismatched")
     if mismatched and "visual" in mismatched["summary"]:
-        loss = -100 * mismatched["summary"]["visual"]["vs_base"]["mean_diff"]
+        loss = 0.0 - 100 * mismatched["summary"]["visual"]["vs_base"]["mean_diff"]  # 0.0 - x: no "-0.00"
         out.append({"target": f"mismatched audio: VL accuracy loss vs the base <= {VL_LOSS_PTS:g} point",
                     "value": f"{loss:+.2f} pts", "met": loss <= VL_LOSS_PTS})
     clean = conditions.get("clean", {}).get("summary", {}).get(AUDIO_GROUP)
@@ -108,12 +108,16 @@ def _summary_of(conditions: Mapping[str, dict], name: str, group: str = AUDIO_GR
 
 
 def _noise_tables(conditions: Mapping[str, dict]) -> list[str]:
+    if not any(name.startswith("noise-") for name in conditions):
+        return []
     lines = ["## Noise (audio + audio-visual questions only)", "",
              "Accuracy in % with 95 % CI; diff: paired vs clean SAFE on the same questions; floor: the base model "
              "without audio on the same questions.", ""]
     clean = _summary_of(conditions, "clean")
     for noise in NOISE_TYPES:
-        rows = [["clean", _pct(clean and clean["acc"]), "-", _pct(clean and clean["base"]), "-", "-"]]
+        families = conditions.get("clean", {}).get("summary", {})
+        rows = [["clean", _pct(clean and clean["acc"]), "-", _pct(clean and clean["base"]),
+                 _pct(families.get("audio", {}).get("acc")), _pct(families.get("audio_visual", {}).get("acc"))]]
         for snr in STANDARD_SNRS:
             name = f"noise-{noise}-{snr:g}dB"
             s, fam = _summary_of(conditions, name), conditions.get(name, {}).get("summary", {})
@@ -125,6 +129,8 @@ def _noise_tables(conditions: Mapping[str, dict]) -> list[str]:
 
 
 def _mask_table(conditions: Mapping[str, dict]) -> list[str]:
+    if not any(name.startswith("mask-") for name in conditions):
+        return []
     rows = []
     for c in (c for c in STANDARD if c.kind == "mask"):
         s = _summary_of(conditions, c.name)
@@ -163,8 +169,9 @@ def _mismatch_lines(conditions: Mapping[str, dict]) -> list[str]:
              *_table(["family", "mismatched", "clean", "base (no audio)", "diff vs base", "diff vs clean"], rows)]
     probe = mismatched.get("probe")
     if probe:
-        lines += ["AVHBench-style probe: audio-visual questions whose swapped clip (a single sound event) implies "
-                  "another answer with this image's objects; how often the answer follows the wrong audio.", "",
+        lines += [f"AVHBench-style probe, on all {probe['questions']} audio-visual questions of the split: those "
+                  "whose swapped clip (a single sound event) implies another answer with this image's objects; how "
+                  "often the answer follows the wrong audio, and how often the truth.", "",
                   *_table(["type", "questions", "SAFE follows wrong audio", "SAFE follows truth",
                            "base follows wrong audio", "base follows truth"],
                           [[t, str(p["n"]), f"{100 * p['follows_wrong_audio']:.1f} %",

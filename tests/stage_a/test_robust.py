@@ -11,12 +11,16 @@ import torch
 
 import stage_a.model
 from shared.config import load_config
+from shared.world.generate import read_scenes
+from shared.world.questions import _audio_visual
+from shared.world.scenes import Scene, SceneObject, SoundEvent
 from stage_a.config import TrainConfig
 from stage_a.corruptions import parse_corruption
 from stage_a.evaluate import EvalSettings
 from stage_a.exactness import fill_zero_init
 from stage_a.robust import main as robust_main
-from stage_a.robust_conditions import corrupted_split, derangement, mismatched_split, missing_audio_pass
+from stage_a.robust_conditions import (corrupted_split, derangement, implied_answers, mismatched_split,
+                                       missing_audio_pass, probe_rates)
 from stage_a.setup import build_setup
 
 PRESET = "stage_a_micro"
@@ -146,3 +150,30 @@ def test_bad_arguments_are_named(bridge: Path, tmp_path: Path, capsys: pytest.Ca
     assert robust_main(["--checkpoint", str(bridge), "--conditions", "noise,blur", "--out", str(tmp_path / "o")]) == 2
     assert "--conditions" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_probe_implies_what_the_world_would_ask_of_this_image_with_the_swapped_sound(setup, micro_world) -> None:
+    """The oracle: the world's own audio-visual questions on a scene with this image's objects and the swapped
+    clip's events."""
+    split = setup.test
+    mismatched, perm = mismatched_split(split, seed=0)
+    scenes = read_scenes(micro_world / "data", "test")
+    rows = list(range(len(split)))
+    implied = implied_answers(split, rows, perm, scenes)
+    by_key = {s["key"]: s for s in scenes}
+    by_audio = {str(Path(s["audio"]).resolve()): s for s in scenes}
+    expected = {}
+    for i in rows:
+        sample = split.samples[i]
+        if sample.family != "audio_visual":
+            continue
+        own = by_key[sample.meta["scene"]]
+        swapped = by_audio[str(Path(split.clips[perm[split.feature_index[i]]].path).resolve())]
+        hybrid = Scene("test", 0, tuple(SceneObject(**o) for o in own["objects"]),
+                       tuple(SoundEvent(**e) for e in swapped["events"]), 0.0)
+        asked = {q.qtype: q.answer for q in _audio_visual(hybrid)}
+        if sample.qtype in asked and asked[sample.qtype] != sample.meta["answer"]:
+            expected[i] = asked[sample.qtype]
+    assert implied == expected and implied
+    rates = probe_rates(split, implied, {i: implied[i] for i in implied})
+    assert all(r["follows_wrong_audio"] == 1.0 and r["follows_truth"] == 0.0 for r in rates.values())
