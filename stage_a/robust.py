@@ -36,7 +36,7 @@ from shared.cli import ArgumentParser, InputError, add_overwrite_flag, check_num
 from shared.config import load_config, parse_overrides
 from shared.dataset_metrics import DatasetScorer, check_sample
 from shared.logs import setup_logging
-from shared.world.build import WorldConfig
+from shared.world.build import WorldConfig, read_record
 from shared.world.generate import read_scenes
 from stage_a.checkpointing import bridge_folder
 from stage_a.config import TrainConfig
@@ -75,9 +75,12 @@ class Study:
         self.settings = EvalSettings(k=cfg.k_eval, batch_size=cfg.eval_batch_size)
         self.out, self.device, self.variant_root = out, device, variant_root
         self.shifts, self.variant_split, self.shift_skipped = shift_grid()
-        if self.shifts and getattr(cfg.data, split_name):
-            self.shifts, self.shift_skipped = {}, f"the {split_name} split is a manifest, not the embedded world's"
         self.spec = load_config(WorldConfig, cfg.world).world
+        world_dir = Path(setup.paths[split_name]).parent.parent
+        built = read_record(world_dir).get("parts", {}).get("data", {}).get("hash")
+        if self.shifts and built != self.spec.data_hash():
+            self.shifts, self.shift_skipped = {}, (f"the {split_name} split is not of the world preset "
+                                                   f"{cfg.world!r} (data hash in {world_dir}: {built})")
         same = [name for name, o in self.shifts.items() if all(getattr(self.spec, k) == v for k, v in o.items())]
         if same:
             log.warning("shifts %s leave this world's spec unchanged; skipped", same)

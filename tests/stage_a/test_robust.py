@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -110,7 +111,7 @@ CONDITIONS = "clean,noise,mask,missing,mismatched,shift"
 def test_cli_writes_json_markdown_and_plot_and_resumes(bridge: Path, micro_paths: dict, tmp_path: Path,
                                                        capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "robust"
-    argv = ["--checkpoint", str(bridge), "--preset", PRESET, "--size", "0", "--out", str(out),
+    argv = ["--checkpoint", str(bridge), "--preset", PRESET, "--size", "60", "--out", str(out),
             "--variant-root", str(tmp_path / "variants"), *_args(micro_paths)]
     assert robust_main(argv) == 0
     text = capsys.readouterr().out
@@ -127,6 +128,12 @@ def test_cli_writes_json_markdown_and_plot_and_resumes(bridge: Path, micro_paths
     assert "visual" in report["conditions"]["mismatched"]["summary"]
     assert any("identical" in t["target"] for t in report["targets"])
     assert sum("0 dB" in t["target"] for t in report["targets"]) == 3
+    shifts = {n for n in names if n.startswith("shift-")}
+    if importlib.util.find_spec("shared.world.variants"):  # the world variants' branch is merged
+        assert shifts and report["shift_skipped"] is None
+        assert all({"audio", "visual"} <= set(report["conditions"][n]["summary"]) for n in shifts)
+    else:
+        assert not shifts and "not available" in report["shift_skipped"]
     # Resume: finished conditions are read back, a deleted one is computed again.
     folder = out / "conditions"
     stamps = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
