@@ -200,16 +200,15 @@ class Study:
 
 
 def _prepare_out(out: Path, settings: dict, overwrite: bool) -> None:
-    """Resume an output folder of the same settings; refuse one of other settings unless overwrite (start over)."""
+    """Resume an output folder of the same settings; refuse one of other settings; with overwrite, start over."""
     record = out / "settings.json"
-    if record.is_file() and json.loads(record.read_text(encoding="utf-8")) == settings:
-        return
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            held = "results of other settings" if record.is_file() else f"{sorted(p.name for p in out.iterdir())[:5]}"
-            raise InputError(f"--out {out} already holds {held}; expected a new folder, the same settings (to "
-                             "resume) or --overwrite to start over")
+    same = record.is_file() and json.loads(record.read_text(encoding="utf-8")) == settings
+    if overwrite:
         shutil.rmtree(out / "conditions", ignore_errors=True)
+    elif not same and out.exists() and any(out.iterdir()):
+        held = "results of other settings" if record.is_file() else f"{sorted(p.name for p in out.iterdir())[:5]}"
+        raise InputError(f"--out {out} already holds {held}; expected a new folder, the same settings (to resume) "
+                         "or --overwrite to start over")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(record, json.dumps(settings, indent=2))
 
