@@ -92,11 +92,12 @@ def resolve_paths(cfg: TrainConfig, splits: tuple[str, ...] = ("train", "val", "
     return paths
 
 
-def feature_cache(encoder, root: str) -> FeatureCache:
-    """The on-disk feature cache of this encoder (identity + weights)."""
+def feature_cache(encoder, root: str, variant: str = "") -> FeatureCache:
+    """The on-disk feature cache of this encoder (identity + weights); a `variant` (e.g. a corruption of the audio,
+    stage_a.robust) is appended to the identity, so its entries never mix with the clean ones."""
     fingerprint = encoder_fingerprint(encoder)
-    return FeatureCache(root or Path(platformdirs.user_cache_dir("safe")) / "features", fingerprint["identity"],
-                        fingerprint["weights_sha256"])
+    return FeatureCache(root or Path(platformdirs.user_cache_dir("safe")) / "features",
+                        fingerprint["identity"] + variant, fingerprint["weights_sha256"])
 
 
 def load_base(path: str, dtype: str, device: torch.device | str) -> tuple[torch.nn.Module, object]:
