@@ -36,7 +36,7 @@ from stage_a.model import bridge_k_max
 from stage_a.readouts import BlockReadout
 from stage_a.setup import build_setup
 
-DEFAULT_QUESTIONS = 120
+DEFAULT_QUESTIONS = 300
 TARGET = "occlusion.deletion"
 
 
