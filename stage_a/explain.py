@@ -142,6 +142,7 @@ def figures(summary: dict, records: list[dict]) -> dict[str, bytes]:
     layers = list(next(iter(summary["layers"].values())))
     fig, axes = plt.subplots(1, len(layers), figsize=(5 * len(layers), 3.5), squeeze=False)
     for ax, layer in zip(axes[0], layers):
+        ax.set_prop_cycle(color=plt.cm.tab20.colors)
         for qtype, blocks in summary["layers"].items():
             spans = next(r["token_spans"] for r in records if r["type"] == qtype)
             ax.plot([(a + b) / 2 for a, b in spans], blocks[layer]["attention"], marker="o", label=qtype)
@@ -153,6 +154,7 @@ def figures(summary: dict, records: list[dict]) -> dict[str, bytes]:
     attributed = [r for r in records if "attribution" in r]
     if attributed:
         fig, ax = plt.subplots(figsize=(6, 4))
+        ax.set_prop_cycle(color=plt.cm.tab20.colors)
         for qtype in sorted({r["type"] for r in attributed}):
             members = [r["attribution"] for r in attributed if r["type"] == qtype]
             centres = [(a + b) / 2 for a, b in members[0]["windows_s"]]

@@ -44,6 +44,9 @@ def test_explain_writes_json_markdown_and_figures(bridge: Path, micro_paths: dic
     assert all(("attribution" in r) == (r["family"] != "visual") for r in records)
     assert set(summary["faithfulness"]["areas"]) == {f"{o}.{c}" for o in ("occlusion", "attention")
                                                      for c in ("deletion", "insertion")}
+    for r in (r for r in records if "attribution" in r):  # the whole clip, at either end of the curves, is SAFE's answer
+        faith = r["attribution"]["faithfulness"]["occlusion"]
+        assert faith["deletion"]["curve"][0] == faith["insertion"]["curve"][-1] == r["safe"]["score"]
     first = next(r for r in records if "attribution" in r)["attribution"]
     assert len(first["occlusion"]) == len(first["attention"]) == len(first["windows_s"]) == 4
     assert set(summary["association_bias"]) >= {"source_visible", "distractors"}
