@@ -70,10 +70,10 @@ def _spans(records: list[dict], qtype: str) -> list[str]:
 
 def markdown(summary: dict, records: list[dict], meta: dict) -> str:
     """explain.md: every table of the summary."""
-    lines = [f"# What the bridge attends to: {meta['checkpoint']}", "",
-             f"{meta['questions']} questions ({meta['attributed']} audio / audio-visual) of {meta['data']}, k = "
+    scope = (f"{meta['questions']} questions ({meta['attributed']} audio / audio-visual) of {meta['data']}, k = "
              f"{meta['k']}, {meta['windows']} occlusion windows, {meta['n_random']} random orders per question; "
-             f"{meta['seconds']:.0f} s.", "", "## Fusion blocks: relative update norm ||update|| / ||h||", "",
+             f"{meta['seconds']:.0f} s.")
+    lines = [f"# What the bridge attends to: {meta['checkpoint']}", "", scope, "", "## Fusion blocks: relative update norm ||update|| / ||h||", "",
              "residual_scale per block: " + ", ".join(f"layer {k}: {v:g}" for k, v in summary["residual_scales"].items()),
              ""]
     rows = [[qtype, layer, entry["norm_answer"]["n"], _ci(entry["norm_answer"]), _ci(entry["norm_prompt"])]
@@ -91,8 +91,8 @@ def markdown(summary: dict, records: list[dict], meta: dict) -> str:
                         [[*key.split("."), e["ranked"]["n"], _ci(e["ranked"]), _ci(e["random"]),
                           f"{e['diff']['mean_diff']:+.3f} [{e['diff']['ci95'][0]:+.3f}, {e['diff']['ci95'][1]:+.3f}]",
                           "yes" if e["excludes_0"] else "no"] for key, e in faith["areas"].items()])
-        lines += ["", f"Target (deletion area of top occlusion windows < random, CI excluding 0): "
-                      f"{'MET' if meta['target_met'] else 'NOT MET'}", "",
+        target = f"{'MET' if meta['target_met'] else 'NOT MET'}"
+        lines += ["", f"Target (deletion area of top occlusion windows < random, CI excluding 0): {target}", "",
                   "## Rank correlation of attention and occlusion (Spearman, per question)", ""]
         lines += _table(["type", "rho [95% CI]", "undefined (constant)"],
                         [[t, _ci(e["spearman"]), e["undefined"]] for t, e in faith["spearman"].items()])
