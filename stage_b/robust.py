@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             check_condition(name)
         except ValueError as err:
-            raise InputError(f"--corruptions: {err}; or 'mismatched'") from err
+            raise InputError(f"--corruptions: {name!r}: {err}; or 'mismatched'") from err
     if len(set(conditions)) < len(conditions) or not conditions:
         raise InputError(f"--corruptions is {args.corruptions!r}; expected distinct, non-empty condition names")
     check_number("--batch-size", args.batch_size, ge=1, integer=True)
