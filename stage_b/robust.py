@@ -20,7 +20,14 @@ import torch
 
 from envs.outcome_table import OutcomeTable
 from shared.checkpoint import atomic_write_text
-from shared.cli import ArgumentParser, InputError, add_overwrite_flag, check_number, console, refuse_overwrite
+from shared.cli import (
+    ArgumentParser,
+    InputError,
+    add_overwrite_flag,
+    check_number,
+    console,
+    refuse_overwrite,
+)
 from shared.logs import setup_logging
 from shared.stats import mean_ci
 from stage_b.evaluate import SavedPolicy, point
@@ -70,10 +77,10 @@ def format_markdown(report: dict) -> str:
     """One table per policy: a row per condition and strategy."""
     lines = ["# Stage B under corrupted audio", ""]
     for entry in report["policies"]:
-        lines += [f"## {entry['policy']} (alpha {entry['alpha']:g}, gamma {entry['gamma']:g}), {entry['n']} "
-                  "held-out questions", "",
-                  "| condition | strategy | accuracy % [95 % CI] | drop vs clean | GFLOPs/q | audio % | audio % "
-                  "(A+AV) | audio % (VL) |", "|---|---|---|---|---|---|---|---|"]
+        lines += [(f"## {entry['policy']} (alpha {entry['alpha']:g}, gamma {entry['gamma']:g}), {entry['n']} "
+                  "held-out questions"), "",
+                  ("| condition | strategy | accuracy % [95 % CI] | drop vs clean | GFLOPs/q | audio % | audio % "
+                  "(A+AV) | audio % (VL) |"), "|---|---|---|---|---|---|---|---|"]
         for condition, strategies in entry["conditions"].items():
             for name, f in strategies.items():
                 lo, hi = f["accuracy"]["ci95"]
@@ -95,14 +102,12 @@ def run(policy_dirs: list[Path], conditions: list[str], out: Path, root: Path, s
     makers: dict[str, CorruptedTables] = {}
     report = {"conditions": conditions, "seed": seed, "policies": []}
     for policy in policies:
+        table, rows = policy.evaluation_rows()  # the held-out rows of a table of the policy's own checkpoint
         table_path = str(Path(policy.config.table).resolve())
         if table_path not in makers:
-            table = OutcomeTable.load(table_path)
-            policy._check_table(table, Path(table_path))
             runner, cache_root = table_runner(table, root)
             makers[table_path] = CorruptedTables(table, runner, cache_root, out / "tables", seed, batch_size)
         maker = makers[table_path]
-        rows = np.asarray(policy.record["test_rows"], dtype=np.int64)
         results = {name: evaluate(policy, maker.get(name, rows)) for name in conditions}
         report["policies"].append({"policy": str(policy.folder), "alpha": policy.config.alpha,
                                    "gamma": policy.config.gamma, "table": table_path, "n": len(rows),

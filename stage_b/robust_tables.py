@@ -25,7 +25,12 @@ from shared.data.audio_io import load_audio
 from stage_a.config import TrainConfig
 from stage_a.corruptions import corrupt_clip, parse_corruption
 from stage_a.data import Split
-from stage_a.robust_conditions import _file_of, clip_key, corrupted_split, mismatched_split
+from stage_a.robust_conditions import (
+    _file_of,
+    clip_key,
+    corrupted_split,
+    mismatched_split,
+)
 from stage_b.policy_features import PREVIEW_COLUMNS, audio_preview
 from stage_b.runner import SafeRunner
 

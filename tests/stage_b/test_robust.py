@@ -7,8 +7,6 @@ import numpy as np
 import pytest
 
 from envs.outcome_table import OutcomeTable
-from shared.config import load_config
-from stage_a.config import TrainConfig
 from stage_a.corruptions import parse_corruption
 from stage_a.robust_conditions import corrupted_split, mismatched_split
 from stage_b.evaluate import SavedPolicy, evaluate_policy
