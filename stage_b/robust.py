@@ -4,8 +4,10 @@ For each condition (a corruption name of stage_a.corruptions, or "mismatched") a
 over each policy's held-out rows (stage_b.robust_tables: audio actions re-answered by SAFE on the corrupted
 features, audio-preview columns recomputed from the corrupted wave; no-audio scores and costs unchanged) and cached
 in <out>/tables, so a rerun resumes. Each policy then plays it, and per condition the report gives the policy's
-accuracy (95 % bootstrap CI), GFLOPs per query and audio rate (overall, on audio + audio-visual, on VL), beside
-always-k<max>, never (k0) and the outcome-knowing oracle on the same rows, each with its accuracy drop vs clean.
+accuracy (95 % bootstrap CI), GFLOPs per query, audio rate (overall, on audio + audio-visual, on VL) and "no gain"
+(of the questions it gave audio, the share where the chosen action scored no higher than no audio), beside
+always-k<max>, never (k0) and the outcome-knowing oracle on the same rows, each with its accuracy drop vs clean
+(paired bootstrap CI over the same questions).
 Writes <out>/robust.json and <out>/robust.md atomically; an existing report is refused unless --overwrite.
 """
 
@@ -29,7 +31,7 @@ from shared.cli import (
     refuse_overwrite,
 )
 from shared.logs import setup_logging
-from shared.stats import mean_ci
+from shared.stats import mean_ci, paired_diff_ci
 from stage_b.evaluate import SavedPolicy, point
 from stage_b.robust_tables import CorruptedTables, check_condition, table_runner
 
@@ -44,8 +46,10 @@ def strategy(table: OutcomeTable, actions: np.ndarray, confidence: bool = False)
     audio_rows = np.isin(table.family, AUDIO_FAMILIES)
     uses = table.actions[actions] > 0
     out = point(table, rows, actions, confidence)
-    return {"accuracy": mean_ci(table.score[rows, actions]), "gflops_per_query": out["gflops_per_query"],
+    chosen = table.score[rows, actions]
+    return {"scores": chosen, "accuracy": mean_ci(chosen), "gflops_per_query": out["gflops_per_query"],
             "audio_rate": out["audio_rate"],
+            "audio_no_gain": float((chosen[uses] <= table.score[uses, 0]).mean()) if uses.any() else None,
             "audio_rate_audio_av": float(uses[audio_rows].mean()) if audio_rows.any() else None,
             "audio_rate_vl": float(uses[~audio_rows].mean()) if (~audio_rows).any() else None}
 
@@ -64,12 +68,16 @@ def evaluate(policy: SavedPolicy, table: OutcomeTable) -> dict[str, dict]:
 
 
 def with_drops(results: dict[str, dict[str, dict]]) -> dict[str, dict[str, dict]]:
-    """Each strategy's accuracy drop vs its clean accuracy (points of accuracy, clean minus corrupted)."""
+    """Each strategy's accuracy drop vs its clean accuracy on the same rows (clean minus corrupted, with a paired
+    bootstrap CI), when clean is among the conditions; the per-row scores are dropped from the result."""
     clean = results.get("clean")
     for condition in results.values():
         for name, figures in condition.items():
-            figures["drop_vs_clean"] = (None if clean is None else
-                                        clean[name]["accuracy"]["mean"] - figures["accuracy"]["mean"])
+            figures["drop_vs_clean"] = None if clean is None else paired_diff_ci(clean[name]["scores"],
+                                                                                 figures["scores"])
+    for condition in results.values():
+        for figures in condition.values():
+            del figures["scores"]
     return results
 
 
@@ -80,13 +88,15 @@ def format_markdown(report: dict) -> str:
         lines += [(f"## {entry['policy']} (alpha {entry['alpha']:g}, gamma {entry['gamma']:g}), {entry['n']} "
                   "held-out questions"), "",
                   ("| condition | strategy | accuracy % [95 % CI] | drop vs clean | GFLOPs/q | audio % | audio % "
-                  "(A+AV) | audio % (VL) |"), "|---|---|---|---|---|---|---|---|"]
+                  "(A+AV) | audio % (VL) | no gain % |"), "|---|---|---|---|---|---|---|---|---|"]
         for condition, strategies in entry["conditions"].items():
             for name, f in strategies.items():
                 lo, hi = f["accuracy"]["ci95"]
-                drop = "" if f["drop_vs_clean"] is None else f"{100 * f['drop_vs_clean']:+.2f}"
+                drop = "" if f["drop_vs_clean"] is None else (
+                    f"{100 * f['drop_vs_clean']['mean_diff']:+.2f} [{100 * f['drop_vs_clean']['ci95'][0]:+.2f}, "
+                    f"{100 * f['drop_vs_clean']['ci95'][1]:+.2f}]")
                 rates = [("-" if r is None else f"{100 * r:.1f}")
-                         for r in (f["audio_rate"], f["audio_rate_audio_av"], f["audio_rate_vl"])]
+                         for r in (f["audio_rate"], f["audio_rate_audio_av"], f["audio_rate_vl"], f["audio_no_gain"])]
                 lines.append(f"| {condition} | {name} | {100 * f['accuracy']['mean']:.2f} [{100 * lo:.2f}, "
                              f"{100 * hi:.2f}] | {drop} | {f['gflops_per_query']:.4f} | {' | '.join(rates)} |")
         lines.append("")

@@ -93,7 +93,13 @@ def test_cli_end_to_end(policy_dir: Path, tmp_path: Path, capsys: pytest.Capture
     reference = evaluate_policy(policy_dir)
     assert clean["policy"]["accuracy"]["mean"] == pytest.approx(reference["accuracy"]["mean"])
     assert clean["policy"]["gflops_per_query"] == pytest.approx(reference["gflops_per_query"])
-    assert clean["policy"]["drop_vs_clean"] == 0.0
+    assert clean["policy"]["drop_vs_clean"]["mean_diff"] == 0.0
+    table = OutcomeTable.load(SavedPolicy.load(policy_dir).config.table)
+    held_out = np.asarray(SavedPolicy.load(policy_dir).record["test_rows"])
+    top = int(np.argmax(table.actions))
+    no_gain = (table.score[held_out, top] <= table.score[held_out, 0]).mean()
+    assert clean["always-k8"]["audio_no_gain"] == pytest.approx(no_gain)
+    assert clean["never"]["audio_no_gain"] is None
     never = [c["never"]["accuracy"]["mean"] for c in entry["conditions"].values()]
     assert never == [never[0]] * 3
     assert clean["always-k8"]["audio_rate"] == 1.0 and clean["never"]["audio_rate"] == 0.0
