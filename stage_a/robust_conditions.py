@@ -44,7 +44,8 @@ def clip_key(ref: AudioRef) -> str:
     return f"{ref.path}@{ref.start:.6f}:{'end' if ref.end is None else f'{ref.end:.6f}'}"
 
 
-def _file_of(key: str) -> str:
+def clip_file(key: str) -> str:
+    """The audio file of a clip key (`path@start:end`): babble is drawn from other files."""
     return key.rsplit("@", 1)[0]
 
 
@@ -66,7 +67,7 @@ def corrupted_split(split: Split, corruption: Corruption, rows: Sequence[int], e
 
     def encode(batch: list[AudioRef]) -> list[torch.Tensor]:
         waves = [corrupt_clip(corruption, load(clip_key(r)), clip_key(r), pool, load, sample_rate=sample_rate,
-                              seed=seed, group=_file_of) for r in batch]
+                              seed=seed, group=clip_file) for r in batch]
         frames, mask = encoder.encode(waves, sample_rate)
         return [f[m] for f, m in zip(frames, mask.bool())]
 

@@ -26,7 +26,7 @@ from stage_a.config import TrainConfig
 from stage_a.corruptions import corrupt_clip, parse_corruption
 from stage_a.data import Split
 from stage_a.robust_conditions import (
-    _file_of,
+    clip_file,
     clip_key,
     corrupted_split,
     mismatched_split,
@@ -131,7 +131,7 @@ class CorruptedTables:
         split = corrupted_split(data, corruption, split_rows, self.runner.encoder,
                                 self.cache_root, self.sample_rate, self.seed)
         waves = {j: corrupt_clip(corruption, self.load(self.keys[j]), self.keys[j], self.pool, self.load,
-                                 sample_rate=self.sample_rate, seed=self.seed, group=_file_of) for j in set(clips)}
+                                 sample_rate=self.sample_rate, seed=self.seed, group=clip_file) for j in set(clips)}
         return split, [audio_preview(waves[j], self.sample_rate) for j in clips]
 
     def build(self, name: str, rows: np.ndarray) -> OutcomeTable:
