@@ -23,6 +23,8 @@ from shared.data.cli import main as data_main
 from shared.world.cli import main as world_main
 from stage_a.check import main as check_main
 from stage_a.eval_command import main as eval_main
+from stage_a.explain import main as explain_main
+from stage_a.robust import main as robust_main
 from stage_a.sweep import main as sweep_main
 from stage_a.train import main as train_main
 from stage_b.actor import ACTOR_FILE
@@ -31,12 +33,14 @@ from stage_b.join import main as join_main
 from stage_b.live import main as live_main
 from stage_b.outcomes import main as outcomes_main
 from stage_b.pareto import main as pareto_main
+from stage_b.robust import main as policy_robust_main
 from stage_b.train import PolicyConfig, train_policy
 from stage_b.train import main as policy_main
 
 MAINS: dict[str, Callable] = {
     "safe-world": world_main, "safe-data": data_main, "stage_a-check": check_main, "stage_a-train": train_main,
-    "stage_a-eval": eval_main, "stage_a-sweep": sweep_main, "stage_b-outcomes": outcomes_main,
+    "stage_a-eval": eval_main, "stage_a-sweep": sweep_main, "stage_a-robust": robust_main, "stage_a-explain": explain_main,
+    "stage_b-outcomes": outcomes_main, "stage_b-robust": policy_robust_main,
     "stage_b-train": policy_main, "stage_b-eval": policy_eval_main, "stage_b-pareto": pareto_main,
     "stage_b-live": live_main, "stage_b-join": join_main, "safe-convert-clap": clap_main, "safe-answer": answer_main, "safe-serve": serve_main}
 
@@ -169,6 +173,16 @@ CASES: dict[str, Case] = {
                           lambda i: "adapter.safetensors"),
     "eval existing out": ("stage_a-eval", lambda i: ["--preset", "stage_a_micro", "--out", str(i.run)],
                           lambda i: "--overwrite"),
+    "robust size negative": ("stage_a-robust", lambda i: ["--checkpoint", str(i.run), "--size", "-1"],
+                             lambda i: "--size"),
+    "robust missing bridge": ("stage_a-robust", lambda i: ["--checkpoint", str(i.tmp / "nob3")], lambda i: "nob3"),
+    "explain questions 0": ("stage_a-explain", lambda i: ["--checkpoint", str(i.run), "--questions", "0"],
+                            lambda i: "--questions"),
+    "explain missing bridge": ("stage_a-explain", lambda i: ["--checkpoint", str(i.tmp / "nob4")], lambda i: "nob4"),
+    "policy robust bad corruption": ("stage_b-robust", lambda i: ["--policy", str(i.policy), "--corruptions",
+                                                                  "noise-white-xdB"], lambda i: "noise-white-xdB"),
+    "policy robust batch 0": ("stage_b-robust", lambda i: ["--policy", str(i.policy), "--batch-size", "0"],
+                              lambda i: "--batch-size"),
     "check bad k": ("stage_a-check", lambda i: ["--k", "0"], lambda i: "--k"),
     "check missing base": ("stage_a-check", lambda i: ["--base-vl", "./no/such/vl"], lambda i: "./no/such/vl"),
     "check truncated bridge": ("stage_a-check", lambda i: ["--base-vl", i.paths["model.base_vl"], "--clap",
