@@ -40,17 +40,16 @@ def copy_variant(cfg: AugmentConfig, copy: int, pool: list[str]) -> str:
             f"|mask={cfg.mask_fraction:g}|pool={pool_digest}")
 
 
-def draw_corruptions(cfg: AugmentConfig, key: str, copy: int) -> list[Corruption]:
-    """The corruptions of one (clip, copy), applied in order: a noise at an integer SNR, then an optional mask."""
+def draw_corruptions(cfg: AugmentConfig, key: str, copy: int) -> tuple[list[Corruption], int]:
+    """The corruptions of one (clip, copy), applied in order (a noise at an integer SNR, then an optional mask), and
+    the seed of their own draws (`corrupt_clip`), so copies with the same corruption still differ."""
     rng = corruption_rng(f"augment-copy{copy}", key, cfg.seed)
-    low, high = int(np.ceil(cfg.snr_db[0])), int(np.floor(cfg.snr_db[1]))
-    if low > high:
-        raise ValueError(f"augment.snr_db {list(cfg.snr_db)} holds no integer dB; expected a range spanning one")
+    low, high = int(np.ceil(cfg.snr_db[0])), int(np.floor(cfg.snr_db[1]))  # AugmentConfig: low <= high
     out = [Corruption("noise", noise=cfg.noise[int(rng.integers(len(cfg.noise)))],
                       snr_db=float(rng.integers(low, high + 1)))]
     if cfg.mask_fraction > 0:
         out.append(Corruption("mask", fraction=cfg.mask_fraction * (1.0 - float(rng.random())), layout="contiguous"))
-    return out
+    return out, int(rng.integers(2**62))
 
 
 def augmented_split(split: Split, cfg: AugmentConfig, encoder, cache_root: str, sample_rate: int) -> Split:
@@ -70,9 +69,10 @@ def augmented_split(split: Split, cfg: AugmentConfig, encoder, cache_root: str, 
             for ref in batch:
                 key = clip_key(ref)
                 wave = load(key)
-                for j, corruption in enumerate(draw_corruptions(cfg, key, copy)):
-                    wave = corrupt_clip(corruption, wave, key, pool, load, sample_rate=sample_rate,
-                                        seed=cfg.seed * 1_000 + copy * 10 + j, group=clip_file)
+                corruptions, seed = draw_corruptions(cfg, key, copy)
+                for corruption in corruptions:
+                    wave = corrupt_clip(corruption, wave, key, pool, load, sample_rate=sample_rate, seed=seed,
+                                        group=clip_file)
                 waves.append(wave)
             frames, mask = encoder.encode(waves, sample_rate)
             return [f[m] for f, m in zip(frames, mask.bool())]

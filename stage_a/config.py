@@ -91,8 +91,9 @@ class AugmentConfig:
         if not self.noise or any(n not in NOISE_TYPES for n in self.noise):
             raise ValueError(f"augment.noise is {list(self.noise)}; expected a non-empty list of {NOISE_TYPES}")
         if len(self.snr_db) != 2 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in self.snr_db) \
-                or self.snr_db[0] > self.snr_db[1]:
-            raise ValueError(f"augment.snr_db is {list(self.snr_db)}; expected [low, high] finite dB with low <= high")
+                or math.ceil(self.snr_db[0]) > math.floor(self.snr_db[1]):
+            raise ValueError(f"augment.snr_db is {list(self.snr_db)}; expected [low, high] finite dB with low <= high, "
+                             "spanning at least one integer dB (SNRs are drawn as integers)")
 
 
 @dataclass

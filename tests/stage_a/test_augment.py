@@ -32,7 +32,7 @@ def trainers(micro_paths: dict[str, str], tmp_path_factory: pytest.TempPathFacto
 @pytest.mark.parametrize("key, value, field", [
     ("copies", -1, "augment.copies"), ("copies", 1.5, "augment.copies"), ("probability", 1.5, "augment.probability"),
     ("mask_fraction", -0.1, "augment.mask_fraction"), ("seed", -2, "augment.seed"), ("noise", ("hum",), "augment.noise"),
-    ("noise", (), "augment.noise"), ("snr_db", (20.0, -5.0), "augment.snr_db"), ("snr_db", (0.0,), "augment.snr_db"),
+    ("noise", (), "augment.noise"), ("snr_db", (20.0, -5.0), "augment.snr_db"), ("snr_db", (0.0,), "augment.snr_db"), ("snr_db", (0.2, 0.8), "augment.snr_db"),
 ])
 def test_bad_values_are_named(key: str, value, field: str) -> None:
     with pytest.raises(ValueError, match=field.replace(".", r"\.")):
@@ -75,10 +75,11 @@ def test_copies_differ_and_are_drawn_per_clip_and_copy(trainers: dict) -> None:
     j = train.feature_index[train.indices(audio=True)[0]]
     assert not torch.equal(train.augmented[0][j], train.augmented[1][j])
     cfg = trainers["on"].cfg.augment
-    draws = {(c, key): draw_corruptions(cfg, key, c) for c in range(2) for key in ("a@0:end", "b@0:end", "c@0:end")}
+    draws = {(c, key): draw_corruptions(cfg, key, c)[0] for c in range(2) for key in ("a@0:end", "b@0:end", "c@0:end")}
     assert all(-5 <= d[0].snr_db <= 20 and 0 < d[1].fraction <= 0.2 for d in draws.values())
     assert len({d[0].name for d in draws.values()}) > 1
-    assert draw_corruptions(cfg, "a@0:end", 1) == draws[(1, "a@0:end")]
+    assert draw_corruptions(cfg, "a@0:end", 1)[0] == draws[(1, "a@0:end")]
+    assert draw_corruptions(cfg, "a@0:end", 0)[1] != draw_corruptions(cfg, "a@0:end", 1)[1]
 
 
 def test_validation_and_test_are_never_augmented(trainers: dict) -> None:
