@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, field
 
 from shared.cli import check_number
+from stage_a.corruptions import NOISE_TYPES
 from stage_a.fusion import FusionConfig
 from stage_a.lora import LoraSettings
 from stage_a.projector import ProjectorConfig
@@ -70,6 +71,32 @@ class DataSettings:
 
 
 @dataclass
+class AugmentConfig:
+    """Training-side audio augmentation: `copies` corrupted feature sets per train clip (0: off), each drawn once
+    (noise type, SNR in dB, optional time mask) and cached; a training audio row uses one with `probability`."""
+
+    copies: int = 0
+    probability: float = 0.5
+    noise: tuple[str, ...] = ("white", "pink", "babble")
+    snr_db: tuple[float, float] = (-5.0, 20.0)
+    mask_fraction: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_number("augment.copies", self.copies, ge=0, integer=True)
+        check_number("augment.probability", self.probability, ge=0, le=1)
+        check_number("augment.mask_fraction", self.mask_fraction, ge=0, le=1)
+        check_number("augment.seed", self.seed, ge=0, integer=True)
+        self.noise, self.snr_db = tuple(self.noise), tuple(self.snr_db)
+        if not self.noise or any(n not in NOISE_TYPES for n in self.noise):
+            raise ValueError(f"augment.noise is {list(self.noise)}; expected a non-empty list of {NOISE_TYPES}")
+        if len(self.snr_db) != 2 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in self.snr_db) \
+                or math.ceil(self.snr_db[0]) > math.floor(self.snr_db[1]):
+            raise ValueError(f"augment.snr_db is {list(self.snr_db)}; expected [low, high] finite dB with low <= high, "
+                             "spanning at least one integer dB (SNRs are drawn as integers)")
+
+
+@dataclass
 class TrainConfig:
     """Everything one `stage_a-train` run needs; `world` names the embedded world's preset (used for empty paths)."""
 
@@ -80,6 +107,7 @@ class TrainConfig:
     model: ModelSettings = field(default_factory=ModelSettings)
     data: DataSettings = field(default_factory=DataSettings)
     mix: MixConfig = field(default_factory=MixConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     retention: str = "full"
     kl_weight: float | None = None
     kl_temperature: float | None = None

@@ -30,7 +30,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -79,7 +79,8 @@ class Split:
     """One checked split: samples, their targets, audio features, and the image file each sample is shown
     (`visuals`: its image, its chosen frame, or None) with those files loaded once (`images`).
     `excluded`: the manifest's total, the number excluded, counts per kind and each excluded sample
-    (index in the manifest, id, kinds)."""
+    (index in the manifest, id, kinds). `augmented[c][j]`: clip j's features in augmented copy c (stage_a.augment;
+    None for clips no audio-dependent row uses), empty unless the training split is augmented."""
 
     name: str
     samples: list[Sample]
@@ -90,6 +91,7 @@ class Split:
     images: dict[str, Image.Image]
     excluded: dict
     clips: list[AudioRef]
+    augmented: list[list[torch.Tensor | None]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -223,8 +225,18 @@ class Collator:
         blank = f"constant RGB {BLANK_RGB} image at the processor's size" if self.no_image_policy == "blank_image" else None
         return {"no_image_policy": self.no_image_policy, "blank_image": blank}
 
-    def _audio(self, split: Split, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        return pad_frames([split.features[split.feature_index[i]] for i in rows])
+    def _audio(self, split: Split, rows: list[int], copies: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Padded frames of the rows: clean, or of augmented copy copies[r] where that is >= 0."""
+        if copies is None:
+            return pad_frames([split.features[split.feature_index[i]] for i in rows])
+        feats = []
+        for i, c in zip(rows, copies, strict=True):
+            f = split.features[split.feature_index[i]] if c < 0 else split.augmented[c][split.feature_index[i]]
+            if f is None:
+                raise ValueError(f"sample {split.samples[i].id!r} of the {split.name} split has no features in "
+                                 f"augmented copy {c}; expected copies only for audio-dependent rows")
+            feats.append(f)
+        return pad_frames(feats)
 
     def _prompt(self, split: Split, i: int) -> str:
         return build_prompt(self.processor, split.samples[i].question, image=split.visuals[i] is not None)
@@ -234,8 +246,10 @@ class Collator:
         prompts = [self._prompt(split, i) for i in rows]
         return model_inputs(self.processor, prompts, [split.image(i) for i in rows], padding_side, answers=answers)
 
-    def train_batch(self, split: Split, rows: list[int], targets: list[str] | None = None) -> Batch:
-        """Prompt + answer + EOS per row; labels hold the answer tokens only."""
+    def train_batch(self, split: Split, rows: list[int], targets: list[str] | None = None,
+                    copies: list[int] | None = None) -> Batch:
+        """Prompt + answer + EOS per row; labels hold the answer tokens only; `copies`: each row's augmented copy
+        (-1: clean), None: all clean."""
         samples = [split.samples[i] for i in rows]
         answers = targets or [split.targets[i] for i in rows]
         inputs = self._inputs(split, rows, "right", answers)
@@ -248,7 +262,7 @@ class Collator:
                 raise ValueError(f"sample {sample.id!r}: answer {answer!r} does not tokenise to the end of its "
                                  "prompt + answer text; expected the prompt and answer to split at the space")
             labels[row, end - len(target): end] = target
-        frames, frame_mask = self._audio(split, rows)
+        frames, frame_mask = self._audio(split, rows, copies)
         return Batch(inputs, labels, torch.tensor([s.family == "visual" for s in samples]), frames, frame_mask,
                      [s.id for s in samples])
 

@@ -47,6 +47,7 @@ from shared.config import load_config, parse_overrides, to_dict
 from shared.loading import load_safetensors
 from shared.locks import folder_lock
 from shared.logs import setup_logging
+from stage_a.augment import augmented_split, choose_copies
 from stage_a.checkpointing import (BASE_LM_FILE, STATE_FILE, BestEval, Checkpoint, TrainState, load_checkpoint,
                                    missing_files, save_checkpoint, trained_base_params)
 from stage_a.config import TrainConfig, gate_value, lr_factor, retention_settings
@@ -91,6 +92,9 @@ class StageATrainer:
             torch.set_num_threads(cfg.threads)
         with self.acc.main_process_first():
             self.setup = build_setup(cfg, self.acc.device)
+            if cfg.augment.copies:  # corrupted feature copies of the train split only, encoded once and cached
+                self.setup.train = augmented_split(self.setup.train, cfg.augment, self.setup.encoder,
+                                                   cfg.data.feature_cache, cfg.data.sample_rate)
         self.model = self.setup.model
         checkpoint = self._read_checkpoint(strict) if resume else None  # a bad one fails before any evaluation
         self.media_ids = media_token_ids(self.model.base)
@@ -158,7 +162,11 @@ class StageATrainer:
         local = rows[self.acc.process_index::self.acc.num_processes]
         gen = torch.Generator().manual_seed(self.cfg.seed * 65_537 + step)
         k = self.cfg.k_choices[int(torch.randint(len(self.cfg.k_choices), (1,), generator=gen))]
-        batch = self.setup.collator.train_batch(self.setup.train, local, [self.targets[i] for i in local])
+        copies = None
+        if self.cfg.augment.copies:
+            copies = choose_copies(self.setup.train, rows, self.cfg.augment, self.cfg.seed, step)
+            copies = copies[self.acc.process_index::self.acc.num_processes]
+        batch = self.setup.collator.train_batch(self.setup.train, local, [self.targets[i] for i in local], copies)
         if self.cfg.shuffle_audio:
             batch = shuffled_audio(batch, seed=step)
         return batch.to(self.acc.device), rows, k, gate_value(self.cfg.gate_schedule, step, self.cfg.gate_warmup_steps)
@@ -367,7 +375,7 @@ class StageATrainer:
         trained = self.cfg.use_audio and self.state.step > 0
         summary = {**result, "split": "test", "trainable_params": sum(p.numel() for p in self.params) if trained else 0, "retention_variant": self.cfg.retention,
                    "retention": dataclasses.asdict(self.retention), "k_eval": self.cfg.k_eval,
-                   "model_dtype": self.cfg.model.dtype,
+                   "model_dtype": self.cfg.model.dtype, "augment": dataclasses.asdict(self.cfg.augment),
                    "train_seconds": round(self.state.train_seconds, 2), "steps": self.state.step,
                    "best_step": best.step if best else None, "within_tolerance": best is not None,
                    "stopped_early": self.state.stopped_early, "vl_labels": self.cfg.data.vl_labels,

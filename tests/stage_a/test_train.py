@@ -148,8 +148,8 @@ def test_nan_loss_skips_the_step_then_stops_after_three(paths: dict, tmp_path: P
     trainer = StageATrainer(_config(paths, tmp_path, gate_schedule="none"))
     original = Collator.train_batch
 
-    def poisoned(self, split, rows, targets=None):
-        batch = original(self, split, rows, targets)
+    def poisoned(self, split, rows, targets=None, copies=None):
+        batch = original(self, split, rows, targets, copies)
         batch.frames[0, 0] = float("nan")
         return batch
 
