@@ -299,3 +299,60 @@ def protected_projections(model: SafeModel) -> dict[str, torch.nn.Linear]:
         if name.endswith("lora_A.default") and isinstance(module, torch.nn.Linear):
             out[name] = module
     return out
+
+
+class RetentionTerms:
+    """One run's EWC and null-space state: refreshed on calibration VL batches, applied around each step, checkpointed."""
+
+    def __init__(self, model: SafeModel, settings: RetentionConfig, calibration: list[int], batch_size: int) -> None:
+        self.settings = settings
+        named = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        self.fisher = OnlineFisher(named, settings.fisher_decay) if settings.fisher_weight > 0 else None
+        protected = protected_projections(model) if settings.nullspace else {}
+        self.nullspace = NullSpaceProjector(protected, settings.nullspace_energy) if protected else None
+        if settings.nullspace and not protected:
+            log.warning("null-space retention has no projection to protect (prefix mode without LoRA)")
+        self.batches = [calibration[i: i + batch_size] for i in range(0, len(calibration), batch_size)]
+
+    def refresh(self, step: int, nll: Callable[[list[int]], Tensor], forward: Callable[[list[int]], object]) -> dict:
+        """Re-estimate the Fisher (from `nll` of calibration rows) and the null-space bases (hooks on `forward`)."""
+        s, out = self.settings, {}
+        if self.fisher is not None and step % s.fisher_every == 0:
+            out["fisher"] = self.fisher.estimate([lambda rows=rows: nll(rows) for rows in self.batches[: s.fisher_batches]])
+        if self.nullspace is not None and step % s.nullspace_every == 0:
+            with torch.no_grad(), self.nullspace.collect():
+                for rows in self.batches[: s.nullspace_batches]:
+                    forward(rows)
+            out["nullspace_rank"] = self.nullspace.refresh()
+        return out
+
+    def penalty(self, like: Tensor) -> Tensor:
+        """The EWC penalty, or a zero in `like`'s graph without a Fisher."""
+        return self.fisher.penalty() if self.fisher is not None else like.sum() * 0
+
+    def before_update(self) -> None:
+        if self.nullspace is not None:
+            self.nullspace.snapshot()
+
+    def after_update(self) -> None:
+        """Project the optimizer's update of each protected projection onto its null space."""
+        if self.nullspace is not None:
+            self.nullspace.project()
+
+    def state_dict(self) -> dict[str, Tensor]:
+        out = {f"fisher/{k}": v for k, v in self.fisher.state_dict().items()} if self.fisher is not None else {}
+        if self.nullspace is not None:
+            out |= {f"nullspace/{k}": v for k, v in self.nullspace.state_dict().items()}
+        return out
+
+    def load_state_dict(self, tensors: dict[str, Tensor]) -> None:
+        """Restore from a checkpoint's tensors (keys prefixed fisher/ and nullspace/; others are ignored)."""
+        part = lambda prefix: {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        if self.fisher is not None:
+            self.fisher.load_state_dict(part("fisher/"))
+        if self.nullspace is not None:
+            self.nullspace.load_state_dict(part("nullspace/"))
+
+    def summary(self) -> dict:
+        return {"fisher_normalisation": OnlineFisher.NORMALISATION if self.fisher else None,
+                "nullspace_ranks": self.nullspace.ranks() if self.nullspace else None}

@@ -52,14 +52,14 @@ from stage_a.checkpointing import (BASE_LM_FILE, STATE_FILE, BestEval, Checkpoin
                                    missing_files, save_checkpoint, trained_base_params)
 from stage_a.config import TrainConfig, gate_value, lr_factor, retention_settings
 from stage_a.data import Batch
-from stage_a.losses import answer_loss, answer_positions
 from stage_a.evaluate import EvalSettings, Evaluator, eval_rows, generate_answers, shuffled_audio
+from stage_a.losses import answer_loss, answer_positions
 from stage_a.model import BRIDGE_FILE, WEIGHTS_FILE
 from stage_a.model_card import write_model_card
 from stage_a.monitor import GradientMonitor, RunLogger, components, frozen_base
 from stage_a.prefix import media_token_ids, select_rows
 from stage_a.provenance import verify_record
-from stage_a.retention import NullSpaceProjector, OnlineFisher, distill_loss, protected_projections
+from stage_a.retention import RetentionTerms, distill_loss
 from stage_a.sampler import MixSampler
 from stage_a.setup import build_setup
 from stage_a.summary import format_summary
@@ -67,8 +67,6 @@ from stage_a.summary import format_summary
 log = logging.getLogger(__name__)
 MAX_BAD_STEPS = 3
 PREDICTIONS_FILE = "predictions.jsonl"
-
-
 
 
 class StageATrainer:
@@ -106,12 +104,6 @@ class StageATrainer:
         self.scaler = torch.amp.GradScaler(self.acc.device.type, enabled=cfg.model.dtype == "float16")
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, cfg.warmup_steps, cfg.steps))
-        named = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
-        self.fisher = OnlineFisher(named, self.retention.fisher_decay) if self.retention.fisher_weight > 0 else None
-        protected = protected_projections(self.model) if self.retention.nullspace else {}
-        self.nullspace = NullSpaceProjector(protected, self.retention.nullspace_energy) if protected else None
-        if self.retention.nullspace and not protected:
-            log.warning("null-space retention has no projection to protect (prefix mode without LoRA)")
         trained_base = set(self.setup.trained_base)
         self.monitor = GradientMonitor(components(self.model, trained_base), frozen_base(self.model, trained_base),
                                        patience=cfg.vanish_patience)
@@ -126,6 +118,7 @@ class StageATrainer:
         calib = torch.randperm(len(vl_rows), generator=torch.Generator().manual_seed(cfg.seed))
         self.calibration = [vl_rows[i] for i in calib[: cfg.mix.batch_size * max(
             self.retention.fisher_batches, self.retention.nullspace_batches)].tolist()]
+        self.terms = RetentionTerms(self.model, self.retention, self.calibration, cfg.mix.batch_size)
         # Both evaluators measure the untouched base now, before training or a restored checkpoint changes
         # anything (the full fine-tuning baseline trains the base LM itself).
         self.evaluator = Evaluator(self.model, self.setup.collator, self.setup.val,
@@ -178,24 +171,15 @@ class StageATrainer:
 
     def _refresh_retention(self, step: int, k: int) -> dict:
         """Re-estimate the Fisher and the null-space bases on calibration VL questions with audio (gate 1)."""
-        r, out = self.retention, {}
-        batches = [self.calibration[i: i + self.cfg.mix.batch_size]
-                   for i in range(0, len(self.calibration), self.cfg.mix.batch_size)]
-        collate = lambda rows: self.setup.collator.train_batch(  # noqa: E731
-            self.setup.train, rows, [self.targets[i] for i in rows]).to(self.acc.device)
-        if self.fisher is not None and step % r.fisher_every == 0:
-            def nll(rows: list[int]):
-                batch = collate(rows)
-                logits = self.model(**self._audio(batch, k, 1.0), **batch.inputs).logits
-                return answer_loss(logits, batch.labels, torch.ones_like(batch.is_vl), 0.0)
-            out["fisher"] = self.fisher.estimate([lambda rows=rows: nll(rows) for rows in batches[: r.fisher_batches]])
-        if self.nullspace is not None and step % r.nullspace_every == 0:
-            with torch.no_grad(), self.nullspace.collect():
-                for rows in batches[: r.nullspace_batches]:
-                    batch = collate(rows)
-                    self.model(**self._audio(batch, k, 1.0), **batch.inputs)
-            out["nullspace_rank"] = self.nullspace.refresh()
-        return out
+        def forward(rows: list[int]) -> tuple[Batch, torch.Tensor]:
+            batch = self.setup.collator.train_batch(self.setup.train, rows, [self.targets[i] for i in rows])
+            batch = batch.to(self.acc.device)
+            return batch, self.model(**self._audio(batch, k, 1.0), **batch.inputs).logits
+
+        def nll(rows: list[int]) -> torch.Tensor:
+            batch, logits = forward(rows)
+            return answer_loss(logits, batch.labels, torch.ones_like(batch.is_vl), 0.0)
+        return self.terms.refresh(step, nll, forward)
 
     def train_step(self, step: int) -> dict:
         batch, rows, k, gate = self._batch(step)
@@ -211,7 +195,7 @@ class StageATrainer:
                 # VL rows only; per-image tensors follow their rows (rows without an image have none)
                 teacher = self.model(**select_rows(batch.inputs, vl, self.media_ids)).logits
             kl = distill_loss(logits[vl], teacher, answer_positions(batch.labels[vl]), r.kl_temperature, r.kl_kind)
-        ewc = self.fisher.penalty() if self.fisher is not None else logits.sum() * 0
+        ewc = self.terms.penalty(logits)
         loss = ce + r.kl_weight * kl + r.fisher_weight * ewc
         finite = bool(self.acc.gather(torch.isfinite(loss.detach()).float().reshape(1)).min() > 0)
         if not finite:
@@ -234,14 +218,12 @@ class StageATrainer:
         norms = self.monitor.observe()
         if cfg.grad_clip > 0:
             self.acc.clip_grad_norm_(self.params, cfg.grad_clip)
-        if self.nullspace is not None:
-            self.nullspace.snapshot()
+        self.terms.before_update()
         if self.scaler.is_enabled():
             info["loss_scale"] = self.scaler.get_scale()
         self.scaler.step(self.optimizer)  # skipped (weights unchanged) when a float16 gradient overflowed
         self.scaler.update()
-        if self.nullspace is not None:
-            self.nullspace.project()
+        self.terms.after_update()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return {"loss": loss.item(), "ce": ce.item(), "kl": kl.detach().item(), "ewc": ewc.item(),
@@ -292,11 +274,7 @@ class StageATrainer:
     def checkpoint(self) -> None:
         if not self.acc.is_main_process:
             return
-        tensors = {"seen": self.seen}
-        if self.fisher is not None:
-            tensors |= {f"fisher/{k}": v for k, v in self.fisher.state_dict().items()}
-        if self.nullspace is not None:
-            tensors |= {f"nullspace/{k}": v for k, v in self.nullspace.state_dict().items()}
+        tensors = {"seen": self.seen, **self.terms.state_dict()}
         state = self.state.to_json({"sampler": self.sampler.state_dict(), "monitor": self.monitor.state_dict(),
                                     "scaler": self.scaler.state_dict()})
         save_checkpoint(self.ckpt_dir, self.model, self.optimizer, self.scheduler, tensors, state)
@@ -313,11 +291,7 @@ class StageATrainer:
             self.model.base.load_state_dict(ckpt.base_lm, strict=False)
         self.optimizer.load_state_dict(ckpt.optimizer)
         self.scheduler.load_state_dict(ckpt.scheduler)
-        part = lambda prefix: {k[len(prefix):]: v for k, v in ckpt.tensors.items() if k.startswith(prefix)}  # noqa: E731
-        if self.fisher is not None:
-            self.fisher.load_state_dict(part("fisher/"))
-        if self.nullspace is not None:
-            self.nullspace.load_state_dict(part("nullspace/"))
+        self.terms.load_state_dict(ckpt.tensors)
         self.seen = ckpt.tensors["seen"].bool()
         self.state, parts = TrainState.from_json(ckpt.state, str(self.ckpt_dir / STATE_FILE))
         self.sampler.load_state_dict(parts["sampler"])
@@ -379,8 +353,7 @@ class StageATrainer:
                    "train_seconds": round(self.state.train_seconds, 2), "steps": self.state.step,
                    "best_step": best.step if best else None, "within_tolerance": best is not None,
                    "stopped_early": self.state.stopped_early, "vl_labels": self.cfg.data.vl_labels,
-                   "fisher_normalisation": OnlineFisher.NORMALISATION if self.fisher else None,
-                   "nullspace_ranks": self.nullspace.ranks() if self.nullspace else None,
+                   **self.terms.summary(),
                    "excluded": {s.name: s.excluded for s in (self.setup.train, self.setup.val, self.setup.test)},
                    "inputs": {**self.setup.collator.provenance(),
                               **{s.name: s.composition() for s in (self.setup.train, self.setup.val, self.setup.test)}},
