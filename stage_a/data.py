@@ -226,11 +226,9 @@ class Collator:
         return {"no_image_policy": self.no_image_policy, "blank_image": blank}
 
     def _audio(self, split: Split, rows: list[int], copies: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Padded frames of the rows: clean, or of augmented copy copies[r] where that is >= 0."""
-        if copies is None:
-            return pad_frames([split.features[split.feature_index[i]] for i in rows])
+        """Padded frames of the rows: clean, or of augmented copy copies[r] where that is >= 0 (None: all clean)."""
         feats = []
-        for i, c in zip(rows, copies, strict=True):
+        for i, c in zip(rows, [-1] * len(rows) if copies is None else copies, strict=True):
             f = split.features[split.feature_index[i]] if c < 0 else split.augmented[c][split.feature_index[i]]
             if f is None:
                 raise ValueError(f"sample {split.samples[i].id!r} of the {split.name} split has no features in "
