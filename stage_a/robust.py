@@ -199,18 +199,22 @@ class Study:
             log.info("condition %s: %.1f s (%.1f s of CPU)", name, result["seconds"], result["cpu_seconds"])
 
 
-def _prepare_out(out: Path, settings: dict, overwrite: bool) -> None:
-    """Resume an output folder of the same settings; refuse one of other settings; with overwrite, start over."""
+def _check_out(out: Path, settings: dict, overwrite: bool) -> None:
+    """Refuse an output folder that holds results of other settings, unless overwrite (checked before any work)."""
     record = out / "settings.json"
     same = record.is_file() and json.loads(record.read_text(encoding="utf-8")) == settings
-    if overwrite:
-        shutil.rmtree(out / "conditions", ignore_errors=True)
-    elif not same and out.exists() and any(out.iterdir()):
+    if not (overwrite or same) and out.exists() and any(out.iterdir()):
         held = "results of other settings" if record.is_file() else f"{sorted(p.name for p in out.iterdir())[:5]}"
         raise InputError(f"--out {out} already holds {held}; expected a new folder, the same settings (to resume) "
                          "or --overwrite to start over")
+
+
+def _claim_out(out: Path, settings: dict, overwrite: bool) -> None:
+    """Record the settings once the bridge has loaded, so a run refused at load leaves no folder to block a retry."""
+    if overwrite:
+        shutil.rmtree(out / "conditions", ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(record, json.dumps(settings, indent=2))
+    atomic_write_text(out / "settings.json", json.dumps(settings, indent=2))
 
 
 @console("stage_a-robust")
@@ -245,11 +249,12 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or args.checkpoint / "robustness"
     settings = {"checkpoint": str(bridge.resolve()), "preset": args.preset, "overrides": rest, "split": args.split,
                 "size": args.size, "row_seed": cfg.seed, "seed": args.seed, "k": cfg.k_eval}
-    _prepare_out(out, settings, args.overwrite)
+    _check_out(out, settings, args.overwrite)
     if cfg.threads:  # --threads 1 beside other jobs: two torch threads on two busy cores spin far slower
         torch.set_num_threads(cfg.threads)
     start = time.perf_counter()
     setup = build_setup(cfg, args.device, splits=(args.split,), bridge_dir=bridge)
+    _claim_out(out, settings, args.overwrite)
     variant_root = args.variant_root or Path(platformdirs.user_cache_dir("safe")) / "world_variants"
     study = Study(setup, args.split, cfg, args.size, args.seed, out, args.device, variant_root)
     with torch.no_grad():

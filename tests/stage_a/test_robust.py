@@ -184,3 +184,15 @@ def test_probe_implies_what_the_world_would_ask_of_this_image_with_the_swapped_s
     assert implied == expected and implied
     rates = probe_rates(split, implied, {i: implied[i] for i in implied})
     assert all(r["follows_wrong_audio"] == 1.0 and r["follows_truth"] == 0.0 for r in rates.values())
+
+
+def test_a_bridge_refused_at_load_leaves_no_folder_to_block_the_retry(bridge: Path, micro_paths: dict, tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "robust"
+    argv = ["--checkpoint", str(bridge), "--preset", PRESET, "--size", "20", "--conditions", "missing",
+            "--out", str(out), *_args(micro_paths)]
+    assert robust_main([*argv, "--model.audio_encoder", "both"]) != 0  # trained on CLAP alone: refused at load
+    capsys.readouterr()
+    assert not (out / "settings.json").exists()
+    assert robust_main(argv) == 0
+    assert json.loads((out / "settings.json").read_text())["overrides"] == _args(micro_paths)
