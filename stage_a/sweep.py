@@ -140,7 +140,7 @@ def write_tables(sweep: SweepConfig, out_dir: Path) -> dict:
     writer.writerows(flat)
     atomic_write_text(out_dir / "results.csv", buffer.getvalue())
     atomic_write_text(out_dir / "results.md", render_markdown(sweep, table))
-    atomic_write_text(out_dir / "results.json", json.dumps(table, indent=2))
+    atomic_write_text(out_dir / "results.json", json.dumps({**table, "common": sweep.common}, indent=2))
     return table
 
 

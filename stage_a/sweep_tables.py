@@ -228,9 +228,11 @@ def _p(value) -> str:
 def render_markdown(sweep, table: dict) -> str:
     """The sweep's results as Markdown: one row per cell, then failures and the success criteria."""
     worlds = f", worlds {list(sweep.worlds)}" if sweep.worlds else ""
+    common = "".join(f" `--{key} {value}`" for key, value in sweep.common.items())
     unit = "run (world × seed)" if sweep.worlds else "seed"
     lines = [f"# Sweep `{sweep.name}` (training preset `{sweep.train_preset}`, seeds {list(sweep.seeds)}{worlds}, "
              f"default cell `{sweep.default}`)", "",
+             *([f"Every cell with{common} (the preset's `common` and `--set`).", ""] if common else []),
              f"Accuracies in %, mean ± std over {unit}s, [95% hierarchical-bootstrap CI: {unit}s resampled, then "
              f"questions within each]. Δ columns compare with the default cell, each {unit} paired with the same "
              f"{unit} of the default and question by question: Δ with its hierarchical-bootstrap 95% CI; p hier. = "

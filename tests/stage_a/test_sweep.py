@@ -34,6 +34,10 @@ def test_task_indices_run_one_cell_each_and_merge_recovers_the_table(preset: Pat
     assert full["audio_p_mcnemar"] is None  # McNemar only for single-seed comparisons
     assert (out / "results.csv").read_text().startswith("cell,seeds,audio_acc")
     assert "| none | 2 |" in (out / "results.md").read_text()
+    # The overrides common to every cell, from the preset and --set, are named in both outputs.
+    assert main(["--preset", str(preset), "--out", str(out), "--merge", "--set", "model.audio_encoder", "both"]) == 0
+    assert json.loads((out / "results.json").read_text())["common"]["model.audio_encoder"] == "both"
+    assert "`--model.audio_encoder both`" in (out / "results.md").read_text().split("\n\n")[1]
 
 
 def test_a_failing_cell_is_reported_and_does_not_stop_the_others(preset: Path, tmp_path: Path) -> None:
