@@ -2,7 +2,7 @@
 
 The frozen encoder never runs per step. With `augment.copies: N`, each clip an audio-dependent train row uses
 gets N corrupted versions, each drawn once per (clip, copy) from a generator seeded by the clip's key, the copy
-and `augment.seed` (`stage_a.corruptions.corruption_rng`): a noise type of `augment.noise` (babble from clips of
+and `augment.seed` (`shared.corruptions.corruption_rng`): a noise type of `augment.noise` (babble from clips of
 other files of the split), an integer SNR in `augment.snr_db`, and, with `augment.mask_fraction` > 0, a
 contiguous time mask of up to that fraction. Copy c's features are cached under their own key
 (`<encoder id>|augment=copy<c>|...`, see `copy_variant`), so a rerun encodes nothing and clean entries are never
@@ -24,7 +24,7 @@ import torch
 from shared.data.audio_io import load_audio
 from shared.features import AudioRef
 from stage_a.config import AugmentConfig
-from stage_a.corruptions import Corruption, corrupt_clip, corruption_rng
+from shared.corruptions import Corruption, corrupt_clip, corruption_rng
 from stage_a.data import AUDIO_FAMILIES, Split
 from stage_a.robust_conditions import clip_file, clip_key
 from stage_a.setup import feature_cache

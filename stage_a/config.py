@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field
 
 from shared.cli import check_number
-from stage_a.corruptions import NOISE_TYPES
+from shared.corruptions import NOISE_TYPES
 from stage_a.fusion import FusionConfig
 from stage_a.lora import LoraSettings
 from stage_a.projector import ProjectorConfig

@@ -5,7 +5,7 @@ the VL reference). Then per condition SAFE answers the study's questions (a fami
 the split) and each question is scored with its dataset's metric:
 - clean: SAFE with the split's audio, every question;
 - noise (white, babble, pink x 20 .. -10 dB) and time masks (25/50/75 %, contiguous or scattered): the clips
-  are corrupted before the frozen encoder (stage_a.corruptions, stage_a.robust_conditions), on the audio and
+  are corrupted before the frozen encoder (shared.corruptions, stage_a.robust_conditions), on the audio and
   audio-visual questions only (VL questions do not need the audio);
 - missing: every question without valid audio frames, in mixed batches beside questions with audio, compared
   with the bare base's answer question by question (the target: identical on 100 %);
@@ -40,7 +40,7 @@ from shared.world.build import WorldConfig, read_record
 from shared.world.generate import read_scenes
 from stage_a.checkpointing import bridge_folder
 from stage_a.config import TrainConfig
-from stage_a.corruptions import STANDARD, parse_corruption
+from shared.corruptions import STANDARD, parse_corruption
 from stage_a.data import AUDIO_FAMILIES, Split, load_split
 from stage_a.evaluate import EvalSettings, eval_rows, generate_answers
 from stage_a.robust_conditions import (corrupted_split, implied_answers, mismatched_split, missing_audio_pass,

@@ -1,6 +1,6 @@
 """The conditions of the robustness study (stage_a.robust), each as the split SAFE is evaluated on.
 
-- corrupted audio: each clip the rows use is corrupted (stage_a.corruptions) BEFORE the frozen encoder, and
+- corrupted audio: each clip the rows use is corrupted (shared.corruptions) BEFORE the frozen encoder, and
   its features cached under their own key (`<encoder id>|corruption=<name>|seed=<s>`, plus the babble pool's
   digest), so a rerun reuses them and clean entries are never touched. The returned split holds features only
   for those clips: a row outside them fails loudly instead of silently getting clean audio;
@@ -29,7 +29,7 @@ from shared.features import AudioRef
 from shared.metrics import normalize_prediction
 from shared.world.questions import SYNONYMS
 from shared.world.spec import SHAPE_OF_SOUND, position_name
-from stage_a.corruptions import Corruption, corrupt_clip
+from shared.corruptions import Corruption, corrupt_clip
 from stage_a.data import Collator, Split
 from stage_a.evaluate import EvalSettings
 from stage_a.model import SafeModel

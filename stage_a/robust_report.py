@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from shared.checkpoint import atomic_file  # noqa: E402
 from shared.stats import mean_ci, paired_diff_ci  # noqa: E402
-from stage_a.corruptions import NOISE_TYPES, STANDARD, STANDARD_SNRS  # noqa: E402
+from shared.corruptions import NOISE_TYPES, STANDARD, STANDARD_SNRS  # noqa: E402
 
 AUDIO_GROUP = "audio+av"
 FAMILY_GROUPS = ("audio", "audio_visual", AUDIO_GROUP, "visual")

@@ -1,6 +1,6 @@
 """`stage_b-robust --policy DIR [...]`: trained Stage B policies on corrupted audio, against fixed baselines.
 
-For each condition (a corruption name of stage_a.corruptions, or "mismatched") a corrupted outcome table is made
+For each condition (a corruption name of shared.corruptions, or "mismatched") a corrupted outcome table is made
 over each policy's held-out rows (stage_b.robust_tables: audio actions re-answered by SAFE on the corrupted
 features, audio-preview columns recomputed from the corrupted wave; no-audio scores and costs unchanged) and cached
 in <out>/tables, so a rerun resumes. Each policy then plays it, and per condition the report gives the policy's

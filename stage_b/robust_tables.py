@@ -1,6 +1,6 @@
 """Outcome tables of corrupted audio: the held-out rows of a table, re-answered by SAFE on corrupted features.
 
-For a corruption (stage_a.corruptions, or "mismatched": every clip swapped for one of another file) the table keeps
+For a corruption (shared.corruptions, or "mismatched": every clip swapped for one of another file) the table keeps
 the measured gflops, latency and no-audio scores, and recomputes:
 - the score of every audio action (k > 0): SAFE (the table's provenance checkpoint and split, gate 1) answering on
   the corrupted features, made by stage_a.robust_conditions (corrupted_split: a separately keyed feature cache;
@@ -23,7 +23,7 @@ from envs.outcome_table import OutcomeTable
 from shared.config import load_config
 from shared.data.audio_io import load_audio
 from stage_a.config import TrainConfig
-from stage_a.corruptions import corrupt_clip, parse_corruption
+from shared.corruptions import corrupt_clip, parse_corruption
 from stage_a.data import Split
 from stage_a.robust_conditions import (
     clip_file,
@@ -39,7 +39,7 @@ MISMATCHED = "mismatched"
 
 
 def check_condition(name: str) -> str:
-    """`name` if it is a corruption name (stage_a.corruptions) or 'mismatched'; else the parser's ValueError."""
+    """`name` if it is a corruption name (shared.corruptions) or 'mismatched'; else the parser's ValueError."""
     if name != MISMATCHED:
         parse_corruption(name)
     return name

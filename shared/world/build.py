@@ -71,17 +71,29 @@ class WorldConfig:
         return {
             "data": data,
             "vl": stable_hash({"data": data, "recipe": asdict(self.vl)}),
-            "clap": stable_hash({"data": data, "recipe": asdict(self.clap)}),
+            "clap": stable_hash({"data": data, "recipe": clap_recipe(self.clap)}),
             "whisper": stable_hash({"data": data, "recipe": asdict(self.whisper)}),
         }
 
 
-def default_world_dir(spec: WorldSpec) -> Path:
-    """$SAFE_WORLD_DIR, else a folder per size and seed in the user cache dir; a world with rendering shifts (reverb,
-    pitch, tempo, timbre) gets its own folder, named with its data hash, so it never replaces the unshifted one."""
+def clap_recipe(cfg: ClapTrainConfig) -> dict:
+    """The CLAP recipe its hash is taken over: without the mixture settings when there are no mixtures, so worlds
+    built before mixture training existed keep their encoder."""
+    recipe = asdict(cfg)
+    if not cfg.mix_copies:
+        recipe = {k: v for k, v in recipe.items() if not k.startswith("mix_")}
+    return recipe
+
+
+def default_world_dir(spec: WorldSpec, clap: ClapTrainConfig | None = None) -> Path:
+    """$SAFE_WORLD_DIR, else a folder per size and seed in the user cache dir. A world with rendering shifts (reverb,
+    pitch, tempo, timbre) gets its own folder, named with its data hash, and so does a world whose encoder trains on
+    mixtures (named with its CLAP recipe's hash), so neither ever replaces the plain world."""
     if os.environ.get(WORLD_DIR_ENV):
         return Path(os.environ[WORLD_DIR_ENV])
     name = f"{spec.size}-seed{spec.seed}" + (f"-{spec.data_hash()[:12]}" if spec.rendering_shifts() else "")
+    if clap is not None and clap.mix_copies:
+        name += f"-clapmix-{stable_hash(clap_recipe(clap))[:8]}"
     return Path(platformdirs.user_cache_dir("safe")) / "world" / name
 
 
@@ -143,7 +155,7 @@ def build_world(config: WorldConfig, world_dir: Path | None = None, force: bool 
                 data_only: bool = False) -> Path:
     """Build what is missing or stale (only the data with `data_only`), holding the folder's lock (a concurrent
     build is waited for); returns the world folder."""
-    world_dir = Path(world_dir) if world_dir else default_world_dir(config.world)
+    world_dir = Path(world_dir) if world_dir else default_world_dir(config.world, config.clap)
     with folder_lock(world_dir, "a world build", wait=True):
         return _build_locked(config, world_dir, force, data_only)
 

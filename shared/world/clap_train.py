@@ -4,6 +4,11 @@ Mel inputs of all train clips are extracted once and cached as one tensor; train
 step count from a seeded generator, so a seed fixes the weights. Each step contrasts the batch's
 clips with the batch's distinct captions, so two clips with the same caption are never treated as
 negatives of each other.
+
+With `mix_copies` > 0 the pool also holds that many babble mixtures of every train clip (other train clips
+mixed in at an SNR drawn from `mix_snr_db`, shared.corruptions), each captioned by its own clip: the encoder
+learns to describe the loudest source of a mixture of the world's sounds. Steps stay the same, so mixtures
+replace a share of the clean batches.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from transformers import ClapModel, ClapProcessor
 
 from shared.checkpoint import atomic_directory
 from shared.cli import check_number
+from shared.corruptions import Corruption, corrupt_clip, corruption_rng
 from shared.clap_features import clap_text_embeddings, features_from_mels, mel_features
 from shared.data.audio_io import load_audio
 from shared.world.audio_model import all_captions, build_clap, caption_events
@@ -61,6 +67,8 @@ class ClapTrainConfig:
     weight_decay: float = 0.0
     warmup_steps: int = 50
     eval_split: str = "test"
+    mix_copies: int = 0
+    mix_snr_db: tuple[float, float] = (0.0, 10.0)
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "audio_dim", "text_dim", "projection_dim"):
@@ -69,6 +77,10 @@ class ClapTrainConfig:
             check_number(f"clap.{name}", getattr(self, name), gt=0)
         check_number("clap.dropout", self.dropout, ge=0, lt=1)
         check_number("clap.weight_decay", self.weight_decay, ge=0)
+        check_number("clap.mix_copies", self.mix_copies, ge=0, integer=True)
+        low, high = self.mix_snr_db
+        if not (np.isfinite(low) and np.isfinite(high) and low <= high):
+            raise ValueError(f"clap.mix_snr_db is {list(self.mix_snr_db)}; expected [low, high] finite dB, low <= high")
 
 
 def load_mels(
@@ -83,6 +95,34 @@ def load_mels(
         waves = [load_audio(s["audio"], sample_rate) for s in scenes[i:i + LOAD_CHUNK]]
         parts.append(mel_features(processor, waves, sample_rate))
     return torch.cat(parts), scenes
+
+
+def mixture_snr(key: str, copy: int, cfg: ClapTrainConfig) -> float:
+    """The SNR (dB, to 0.1) of one clip's mixture copy: uniform in cfg.mix_snr_db from the clip's own generator."""
+    return float(np.round(corruption_rng(f"mix-snr-{copy}", key, cfg.seed).uniform(*cfg.mix_snr_db), 1))
+
+
+def mixture_wave(key: str, copy: int, keys: list[str], load: Callable[[str], np.ndarray], sample_rate: int,
+                 cfg: ClapTrainConfig) -> np.ndarray:
+    """One clip's mixture copy: babble of other clips of `keys` at `mixture_snr`, chosen and shifted by
+    shared.corruptions (seeded by the clip, the copy and cfg.seed)."""
+    corruption = Corruption("noise", noise="babble", snr_db=mixture_snr(key, copy, cfg))
+    return corrupt_clip(corruption, load(key), key, keys, load, sample_rate=sample_rate, seed=cfg.seed * 1000 + copy)
+
+
+def mixed_mels(processor: ClapProcessor, scenes: list[dict], sample_rate: int, cfg: ClapTrainConfig) -> torch.Tensor:
+    """Mel inputs (cfg.mix_copies * N, 1, frames, mels) of every clip's `mixture_wave`s, copy by copy."""
+    keys = [s["audio"] for s in scenes]
+
+    def load(key: str) -> np.ndarray:
+        return load_audio(key, sample_rate)
+
+    parts = []
+    for copy in range(cfg.mix_copies):
+        for i in tqdm(range(0, len(keys), LOAD_CHUNK), desc=f"clap mixtures {copy + 1}/{cfg.mix_copies}", unit="chunk"):
+            waves = [mixture_wave(key, copy, keys, load, sample_rate, cfg) for key in keys[i:i + LOAD_CHUNK]]
+            parts.append(mel_features(processor, waves, sample_rate))
+    return torch.cat(parts)
 
 
 def _sequence(events: tuple[SoundEvent, ...], attribute: str) -> tuple:
@@ -223,8 +263,12 @@ def fit_clap(data_dir: Path, spec: WorldSpec, cfg: ClapTrainConfig) -> tuple[Cla
             f"train captions {missing[:3]} are not in the world's caption grammar; expected world captions"
         )
     labels = torch.tensor([index[s["caption"]] for s in scenes])
+    if cfg.mix_copies:
+        mels = torch.cat([mels, mixed_mels(processor, scenes, spec.sample_rate, cfg)])
+        labels = labels.repeat(1 + cfg.mix_copies)
     text_inputs = dict(processor.tokenizer(captions, padding=True, return_tensors="pt"))
-    log.info("clap: %d train clips, %d captions, %d parameters", len(mels), len(captions), model.num_parameters())
+    log.info("clap: %d train clips (%d of them mixtures), %d captions, %d parameters", len(mels), len(mels) - len(scenes),
+             len(captions), model.num_parameters())
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         train_start = time.perf_counter()
@@ -236,7 +280,8 @@ def fit_clap(data_dir: Path, spec: WorldSpec, cfg: ClapTrainConfig) -> tuple[Cla
         "params": model.num_parameters(),
         "train_seconds": round(train_seconds, 1),
         "feature_seconds": round(feature_seconds, 1),
-        "train_clips": len(mels),
+        "train_clips": len(scenes),
+        "mixtures": len(mels) - len(scenes),
         "final_loss": round(float(np.mean(losses[-50:])), 4),
     }
     return model, processor, info

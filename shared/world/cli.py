@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = _parser().parse_known_args(argv)
     setup_logging(args.verbose)
     config = load_config(WorldConfig, args.preset, parse_overrides(extra))
-    world_dir = args.dir or default_world_dir(config.world)
+    world_dir = args.dir or default_world_dir(config.world, config.clap)
     if args.command == "build":
         build_world(config, world_dir, force=args.force, data_only=args.data_only)
     if args.command == "export":

@@ -16,7 +16,7 @@ from shared.world.generate import read_scenes
 from shared.world.questions import _audio_visual
 from shared.world.scenes import Scene, SceneObject, SoundEvent
 from stage_a.config import TrainConfig
-from stage_a.corruptions import parse_corruption
+from shared.corruptions import parse_corruption
 from stage_a.evaluate import EvalSettings
 from stage_a.exactness import fill_zero_init
 from stage_a.robust import main as robust_main

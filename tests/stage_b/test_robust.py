@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from envs.outcome_table import OutcomeTable
-from stage_a.corruptions import parse_corruption
+from shared.corruptions import parse_corruption
 from stage_a.robust_conditions import corrupted_split, mismatched_split
 from stage_b.evaluate import SavedPolicy, evaluate_policy
 from stage_b.robust import main as robust_main

@@ -13,7 +13,9 @@ from transformers import ClapModel, ClapProcessor, ClapTextConfig
 from shared.clap_features import clap_audio_embeddings, clap_frame_features, mel_features
 from shared.data.audio_io import load_audio
 from shared.world.audio_model import SPECIAL_TOKENS, all_captions, build_clap, build_tokenizer, caption_events
-from shared.world.clap_train import ClapTrainConfig, fit_clap, retrieval_metrics, save_clap, train_clap
+from shared.corruptions import snr_db
+from shared.world.clap_train import (ClapTrainConfig, fit_clap, mixed_mels, mixture_snr, mixture_wave,
+                                      retrieval_metrics, save_clap, train_clap)
 from shared.world.generate import generate_split, read_scenes
 from shared.world.scenes import Scene
 from shared.world.sounds import caption
@@ -127,6 +129,45 @@ def test_same_seed_gives_identical_weights_and_another_seed_does_not(data_dir: P
     assert first.keys() == second.keys()
     assert all(torch.equal(first[k], second[k]) for k in first)
     assert not all(torch.equal(first[k], other[k]) for k in first)
+
+
+def test_mixtures_hold_other_clips_at_the_drawn_snr(data_dir: Path) -> None:
+    cfg = dataclasses.replace(TINY, mix_copies=2, mix_snr_db=(-5.0, 10.0))
+    keys = [s["audio"] for s in read_scenes(data_dir, "train")]
+    load = lambda key: load_audio(key, SPEC.sample_rate)  # noqa: E731
+    snrs = {(key, copy): mixture_snr(key, copy, cfg) for key in keys for copy in range(2)}
+    assert all(-5.0 <= v <= 10.0 for v in snrs.values()) and len(set(snrs.values())) > len(keys)
+    for key in keys[:4]:
+        clean = load(key)
+        for copy in range(2):
+            mix = mixture_wave(key, copy, keys, load, SPEC.sample_rate, cfg)
+            assert abs(snr_db(clean, mix.astype(np.float64) - clean) - snrs[(key, copy)]) < 0.01
+        assert np.array_equal(mix, mixture_wave(key, 1, keys, load, SPEC.sample_rate, cfg))
+        assert not np.array_equal(mix, mixture_wave(key, 0, keys, load, SPEC.sample_rate, cfg))
+
+
+def test_mixture_training_adds_the_mixtures_to_the_pool(data_dir: Path) -> None:
+    mixing = dataclasses.replace(TINY, mix_copies=1)
+    model, processor, info = fit_clap(data_dir, SPEC, mixing)
+    scenes = read_scenes(data_dir, "train")
+    assert info["mixtures"] == info["train_clips"] == len(scenes)
+    mixed = mixed_mels(processor, scenes, SPEC.sample_rate, mixing)
+    keys = [s["audio"] for s in scenes]
+    load = lambda key: load_audio(key, SPEC.sample_rate)  # noqa: E731
+    assert mixed.shape[0] == len(scenes)
+    for j in (0, len(keys) - 1):
+        expected = mel_features(processor, [mixture_wave(keys[j], 0, keys, load, SPEC.sample_rate, mixing)],
+                                SPEC.sample_rate)[0]
+        assert torch.equal(mixed[j], expected)
+        assert not torch.equal(expected, mel_features(processor, [load(keys[j])], SPEC.sample_rate)[0])
+    clean = fit_clap(data_dir, SPEC, TINY)[0].state_dict()
+    assert not all(torch.equal(clean[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("bad", [{"mix_copies": -1}, {"mix_snr_db": (10.0, 0.0)}, {"mix_snr_db": (0.0, float("inf"))}])
+def test_bad_mixture_settings_are_refused(bad: dict) -> None:
+    with pytest.raises(ValueError, match=f"clap.{next(iter(bad))}"):
+        ClapTrainConfig(**bad)
 
 
 def test_frame_features_keep_time_in_order(trained: tuple[dict, Path]) -> None:

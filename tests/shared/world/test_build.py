@@ -6,7 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from shared.world.build import read_record
+import dataclasses
+
+from shared.config import load_config
+from shared.world.build import WorldConfig, read_record
+from shared.world.clap_train import ClapTrainConfig
 from shared.world.cli import main
 
 
@@ -67,6 +71,21 @@ def test_unchanged_spec_rebuilds_nothing_and_changed_recipe_rebuilds_one_part(wo
     assert after["parts"]["clap"]["hash"] != before["parts"]["clap"]["hash"]
 
 
+# The default world's CLAP hash as recorded by worlds built before mixture training existed (build.json, 2026-11).
+DEFAULT_CLAP_HASH = "a2443ea96ae1b316697a3a36d0f1764dd6bff100c86915d8145bf6d6408d6c3e"
+
+
+def test_mixture_settings_change_the_clap_hash_only_when_mixtures_are_on() -> None:
+    config = load_config(WorldConfig, "world")
+    assert config.part_hashes()["clap"] == DEFAULT_CLAP_HASH
+    idle = dataclasses.replace(config, clap=dataclasses.replace(config.clap, mix_snr_db=(-5.0, 5.0)))
+    assert idle.part_hashes() == config.part_hashes()
+    mixing = dataclasses.replace(config, clap=dataclasses.replace(config.clap, mix_copies=1))
+    assert mixing.part_hashes()["clap"] != DEFAULT_CLAP_HASH
+    assert {k: v for k, v in mixing.part_hashes().items() if k != "clap"} == {
+        k: v for k, v in config.part_hashes().items() if k != "clap"}
+
+
 def test_bad_config_value_exits_2_naming_the_key(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["build", "--preset", "world_micro", "--dir", str(tmp_path), "--world.size", "huge"]) == 2
     err = capsys.readouterr().err
@@ -109,6 +128,10 @@ def test_world_dir_defaults_to_env_var_then_user_cache(monkeypatch: pytest.Monke
     assert default_world_dir(WorldSpec(size="micro", seed=2)) == tmp_path / "cache" / "safe" / "world" / "micro-seed2"
     shifted = WorldSpec(size="micro", seed=2, reverb_seconds=0.3)
     assert default_world_dir(shifted) == tmp_path / "cache" / "safe" / "world" / f"micro-seed2-{shifted.data_hash()[:12]}"
+    mixing = default_world_dir(WorldSpec(), ClapTrainConfig(mix_copies=2))
+    assert mixing.name.startswith("default-seed0-clapmix-")
+    assert default_world_dir(WorldSpec(), ClapTrainConfig(mix_copies=1)) != mixing
+    assert default_world_dir(WorldSpec(), ClapTrainConfig()) == default_world_dir(WorldSpec())
 
 
 def test_data_only_builds_a_shifted_worlds_data_and_a_later_build_adds_the_models(tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stage_a.corruptions import (BABBLE_CLIPS, CLEAN, MASK_CHUNK_SECONDS, STANDARD, Corruption, apply, choose_babble,
+from shared.corruptions import (BABBLE_CLIPS, CLEAN, MASK_CHUNK_SECONDS, STANDARD, Corruption, apply, choose_babble,
                                  corrupt_clip, corruption_rng, mask_indices, parse_corruption, snr_db)
 
 SR = 16000

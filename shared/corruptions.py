@@ -1,4 +1,5 @@
-"""Audio corruptions for robustness evaluation: additive noise at an exact SNR and time masking (pure numpy).
+"""Audio corruptions: additive noise at an exact SNR and time masking (pure numpy), used by `stage_a-robust`, by
+training-side augmentation (stage_a.augment) and by the world encoder's mixture training (shared.world.clap_train).
 
 A `Corruption` is applied to a clip's waveform before the frozen encoder:
 - noise: white (the world's own noise type), pink (1/f power spectrum, out of domain: the world only
