@@ -14,6 +14,7 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import torch
 from transformers import ClapModel, ClapProcessor
 
@@ -36,7 +37,7 @@ def retrieval_under(world: Path, conditions: list[str]) -> dict[str, dict]:
     scenes = read_scenes(world / "data", "test")
     keys, truth = [s["audio"] for s in scenes], [s["caption"] for s in scenes]
 
-    def load(key: str):
+    def load(key: str) -> np.ndarray:
         return load_audio(key, sample_rate)
 
     results = {}

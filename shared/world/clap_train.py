@@ -29,8 +29,8 @@ from transformers import ClapModel, ClapProcessor
 
 from shared.checkpoint import atomic_directory
 from shared.cli import check_number
-from shared.corruptions import Corruption, corrupt_clip, corruption_rng
 from shared.clap_features import clap_text_embeddings, features_from_mels, mel_features
+from shared.corruptions import Corruption, corrupt_clip, corruption_rng
 from shared.data.audio_io import load_audio
 from shared.world.audio_model import all_captions, build_clap, caption_events
 from shared.world.generate import read_scenes
@@ -267,8 +267,8 @@ def fit_clap(data_dir: Path, spec: WorldSpec, cfg: ClapTrainConfig) -> tuple[Cla
         mels = torch.cat([mels, mixed_mels(processor, scenes, spec.sample_rate, cfg)])
         labels = labels.repeat(1 + cfg.mix_copies)
     text_inputs = dict(processor.tokenizer(captions, padding=True, return_tensors="pt"))
-    log.info("clap: %d train clips (%d of them mixtures), %d captions, %d parameters", len(mels), len(mels) - len(scenes),
-             len(captions), model.num_parameters())
+    log.info("clap: %d train clips (%d of them mixtures), %d captions, %d parameters", len(mels),
+             len(mels) - len(scenes), len(captions), model.num_parameters())
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         train_start = time.perf_counter()
