@@ -1,7 +1,8 @@
 """Benchmark: forward latency of the base VL model vs SAFE on the embedded world, k in {0, 4, 8, 16}.
 
 Run: python benchmarks/stage_a_latency.py [--batch 16] [--repeats 30]
-Measures, in one run on one machine: base forward; SAFE without audio and at gate 0 (must cost
+Measures, in one run on one machine: base forward; SAFE (the default preset's bridge: its projector, fusion
+and LoRA, seeded and with its zero-initialised outputs filled) without audio and at gate 0 (must cost
 <= 1% over base); SAFE with audio at k = 4, 8, 16; and for k = 8 the share of the audio
 encoder, the projector and the fusion blocks. Figures are medians over repeats, in ms per
 batch; the gate-0 and no-audio overheads are medians of paired, back-to-back ratios to the base. Results go to
@@ -26,10 +27,11 @@ from shared.encoders import ClapEncoder, EncoderSettings
 from shared.benchmark import save_result
 from shared.logs import setup_logging
 from shared.world.build import WorldConfig, build_world
-from stage_a.fusion import FusionConfig
-from stage_a.model import BridgeConfig, SafeModel, lm_hidden_size
-from stage_a.projector import ProjectorConfig
+from stage_a.config import TrainConfig
+from stage_a.exactness import fill_zero_init
+from stage_a.model import SafeModel
 from stage_a.prompting import build_prompt
+from stage_a.setup import bridge_config
 
 
 def median_ms(fn, repeats: int) -> float:
@@ -74,9 +76,8 @@ def main() -> None:
     frames, mask = encoder.encode(waves, 16000)
     torch.manual_seed(0)
     model = SafeModel(LlavaForConditionalGeneration.from_pretrained(world / "models" / "vl"),
-                      BridgeConfig(ProjectorConfig(encoder.dim, lm_hidden_size(base)), FusionConfig()))
-    for block in model.fusion.blocks.values():
-        block.out.weight.normal_(0.0, 0.02)
+                      bridge_config(load_config(TrainConfig, "stage_a").model, encoder.dim, base)).eval()
+    fill_zero_init(model, seed=0, std=0.02)
     r = args.repeats
     base_ms = median_ms(lambda: base(**inputs), r)
     result = {"benchmark": "stage_a_latency", "batch": args.batch, "repeats": r, "threads": torch.get_num_threads(),
@@ -87,20 +88,24 @@ def main() -> None:
         result[f"audio_k{k}_ms"] = median_ms(lambda: model(audio_frames=frames, frame_mask=mask, k=k, gate=1.0, **inputs), r)
     encoder_ms = median_ms(lambda: encoder.encode(waves, 16000), max(3, r // 5))
     projector_ms = median_ms(lambda: model.projector(frames, 8, mask), r)
-    fusion_ms = round(result["audio_k8_ms"] - projector_ms - base_ms, 3)
+    fusion_ms = round(result["audio_k8_ms"] - projector_ms - base_ms, 3)  # the fusion blocks and the LoRA branches
     total_k8 = encoder_ms + result["audio_k8_ms"]
     result.update({
         "gate0_over_base": paired_overhead(lambda: base(**inputs), lambda: model(
             audio_frames=frames, frame_mask=mask, k=8, gate=0.0, **inputs), 10 * r),
         "no_audio_over_base": paired_overhead(lambda: base(**inputs), lambda: model(**inputs), 10 * r),
-        "k8_breakdown_ms": {"base": base_ms, "encoder": encoder_ms, "projector": projector_ms, "fusion": fusion_ms},
+        "k8_breakdown_ms": {"base": base_ms, "encoder": encoder_ms, "projector": projector_ms,
+                            "fusion_and_lora": fusion_ms},
         "k8_share": {name: round(ms / total_k8, 4) for name, ms in
-                     (("base", base_ms), ("encoder", encoder_ms), ("projector", projector_ms), ("fusion", fusion_ms))},
+                     (("base", base_ms), ("encoder", encoder_ms), ("projector", projector_ms),
+                                       ("fusion_and_lora", fusion_ms))},
         "k8_total_over_base": round(total_k8 / base_ms, 3),
         "param_mb": {name: round(sum(p.numel() * p.element_size() for p in m.parameters()) / 2**20, 3)
                      for name, m in (("base", base), ("encoder", encoder.model), ("projector", model.projector),
                                      ("fusion", model.fusion))},
     })
+    result["param_mb"]["lora"] = round(sum(p.numel() * p.element_size() for name, p in model.named_parameters()
+                                           if ".lora_" in name) / 2**20, 3)
     save_result(result, args.out)
 
 

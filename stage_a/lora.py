@@ -3,10 +3,11 @@
 The default preset wraps every Linear of the decoder layers (`all-linear`: attention and MLP);
 LoRA goes on language-model projections only: the target regex is anchored on the path of the
 LM's decoder layers (stage_a.fusion.decoder_layers_path, the same discovery and override as the
-fusion adapter), so the vision tower's q/v projections are never touched. Each LoRA branch's output is multiplied
-by a per-sample activity mask (1 = sample has audio and gate > 0); outside an audio context
-every sample is inactive. An inactive sample's projection is `base(x) + 0`, bit-identical to
-the frozen base model, so gate-0 and no-audio exactness still hold with LoRA on.
+fusion adapter), so the vision tower's q/v projections are never touched. Each LoRA branch's output is selected
+by a per-sample activity mask (sample has audio and gate > 0), zero elsewhere; outside an audio context every
+sample is inactive. An inactive sample's projection is `base(x) + 0`, bit-identical to the frozen base model even
+when a branch misbehaves (a NaN in an inactive row stays out, where multiplying by 0 would let it through), so
+gate-0 and no-audio exactness hold with LoRA on. The branches are still evaluated on calls without audio.
 """
 
 from __future__ import annotations
@@ -81,14 +82,14 @@ class AudioOnlyLora:
 
     def _gate(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
         if self._active is None:
-            return output * 0
-        active, rows = self._active, output.shape[0]
+            return torch.zeros_like(output)
+        active, rows = self._active.bool(), output.shape[0]
         if rows != len(active):  # a layer that flattens (batch, time) into rows first, e.g. OPT's fc1 / fc2
             if rows % len(active):
                 raise RuntimeError(f"LoRA branch output has {rows} rows for a batch of {len(active)}; expected "
                                    "the batch, or batch x positions flattened batch-major")
             active = active.repeat_interleave(rows // len(active))
-        return output * active.to(output.dtype).view(-1, *([1] * (output.dim() - 1)))
+        return torch.where(active.view(-1, *([1] * (output.dim() - 1))), output, output.new_zeros(()))
 
     @staticmethod
     def state(base: nn.Module) -> dict[str, torch.Tensor]:

@@ -42,6 +42,17 @@ def test_lora_is_inactive_without_audio_and_at_gate_zero(llava_dir: Path, llava_
     assert torch.equal(mixed[0], reference[0]) and not torch.allclose(mixed[1], reference[1])
 
 
+def test_a_nan_in_a_lora_branch_stays_out_of_inactive_rows(llava_dir: Path, llava_inputs: dict) -> None:
+    model = _model(llava_dir)
+    reference = LlavaForConditionalGeneration.from_pretrained(llava_dir).eval()(**llava_inputs).logits
+    with torch.no_grad():
+        next(p for n, p in model.base.named_parameters() if ".lora_B." in n).fill_(float("nan"))
+    mixed = model(audio_frames=torch.randn(2, 6, 8), k=4, gate=torch.tensor([0.0, 1.0]), **llava_inputs).logits
+    assert torch.equal(mixed[0], reference[0])  # selected, not multiplied: 0 * NaN would be NaN here
+    assert torch.isnan(mixed[1]).any()
+    assert torch.equal(model(**llava_inputs).logits, reference)  # no audio: the branch runs, and adds exactly 0
+
+
 def test_lora_survives_save_and_reload(llava_dir: Path, llava_inputs: dict, tmp_path: Path) -> None:
     model = _model(llava_dir)
     frames = torch.randn(2, 6, 8)
