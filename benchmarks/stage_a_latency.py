@@ -5,7 +5,7 @@ Measures, in one run on one machine: base forward; SAFE (the default preset's br
 and LoRA, seeded and with its zero-initialised outputs filled) without audio and at gate 0 (target <= 1% over
 base, which the fusion alone meets; the LoRA branches still run without audio, see the README); SAFE with audio
 at k = 4, 8, 16; and for k = 8 the share of the audio
-encoder, the projector and the fusion blocks. Figures are medians over repeats, in ms per
+encoder, the projector, and the fusion blocks with the LoRA branches. Figures are medians over repeats, in ms per
 batch; the gate-0 and no-audio overheads are medians of paired, back-to-back ratios to the base. Results go to
 benchmarks/results/stage_a_latency.json.
 """
@@ -99,7 +99,7 @@ def main() -> None:
                             "fusion_and_lora": fusion_ms},
         "k8_share": {name: round(ms / total_k8, 4) for name, ms in
                      (("base", base_ms), ("encoder", encoder_ms), ("projector", projector_ms),
-                                       ("fusion_and_lora", fusion_ms))},
+                      ("fusion_and_lora", fusion_ms))},
         "k8_total_over_base": round(total_k8 / base_ms, 3),
         "param_mb": {name: round(sum(p.numel() * p.element_size() for p in m.parameters()) / 2**20, 3)
                      for name, m in (("base", base), ("encoder", encoder.model), ("projector", model.projector),
